@@ -1,0 +1,139 @@
+"""Expectation compensation (EC): nonlinear modules and products of two spiking operands.
+
+ECMT (Huang et al., ACM MM 2024), Theorems 4.1 and 4.2. A nonlinear module F applied to each step's
+input would give mean_t F(x(t)) ≠ F(mean_t x(t)). EC instead emits
+
+    O(t) = t·F(S(t)/t) - (t-1)·F(S(t-1)/(t-1)),    O(1) = F(x(1)),    S(t) = Σ_{τ≤t} x(τ),
+
+so that Σ_{τ≤t} O(τ) = t·F(S(t)/t): the output rate is F of the input rate at every t. For a
+product of two spiking operands with running sums A(t), B(t) the same rule with F = product of the
+running means gives Σ O = A(t)·B(t)/t (Theorem 4.2).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .neurons import MTNeuron
+from .state import Stateful
+
+
+def compensate(mean_now: Tensor, mean_prev: Tensor | None, t: int, out: Tensor | None = None) -> Tensor:
+    """EC output O(t) = t·F_t - (t-1)·F_{t-1} from the means F_t = F(S(t)/t) (ECMT eq. 15).
+
+    Written as F_{t-1} + t·(F_t - F_{t-1}), one fused pass (``torch.lerp`` with weight t). Keeping
+    the previous mean F_{t-1} in state, not recomputing it, evaluates F once per step (the
+    reference code evaluates it twice). For t = 1, O(1) = F_1. ``out`` may be ``mean_prev``
+    itself, which is no longer needed once O(t) is known.
+    """
+    if t == 1 or mean_prev is None:
+        return mean_now.clone()
+    if out is None:
+        return torch.lerp(mean_prev, mean_now, float(t))
+    return torch.lerp(mean_prev, mean_now, float(t), out=out)
+
+
+class ExpectationCompensation(Stateful, nn.Module):
+    """EC(F): the nonlinear module F applied to the input rate, emitted as per-step increments.
+
+    F keeps its original parameters (e.g. LayerNorm affine) and is stored as ``self.f``.
+
+    Args:
+        f: the nonlinear module (one tensor in, one tensor out).
+        compensated: False gives the ablation "no EC": F applied to each step's input.
+        analog: why F was left analog, if it was (no conversion rule with strict=False); it is then
+            computed on rates exactly like an EC module, so the network stays correct.
+    """
+
+    def __init__(self, f: nn.Module, compensated: bool = True, analog: str | None = None) -> None:
+        super().__init__()
+        self.f = f
+        self.compensated = compensated
+        self.analog = analog
+        self.reset()
+
+    @torch.no_grad()  # state is updated in place: simulation, not training
+    def forward(self, x: Tensor) -> Tensor:
+        self.t += 1
+        if not self.compensated:
+            return self.f(x)
+        if self.t == 1:
+            self.total, self._scaled = x.clone(), torch.empty_like(x)
+        else:
+            self.total.add_(x)
+        mean_now = self.f(torch.div(self.total, self.t, out=self._scaled))
+        out = compensate(mean_now, self.mean, self.t, out=self.mean)
+        self.mean = mean_now
+        return out
+
+    def reset(self) -> None:
+        self.t = 0
+        self.total: Tensor | None = None
+        self._scaled: Tensor | None = None
+        self.mean: Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return f"compensated={self.compensated}" + (f", analog={self.analog!r}" if self.analog else "")
+
+
+PRODUCT_OPS = {"matmul": torch.matmul, "mul": torch.mul}
+
+
+class SpikingProduct(Stateful, nn.Module):
+    """MT neurons on both operands of a product, followed by the product EC (ECMT Theorem 4.2).
+
+    With a(t), b(t) the operands' spikes and A(t), B(t) their running sums, the output is
+    O(t) = A(t)B(t)/t - A(t-1)B(t-1)/(t-1), i.e. :func:`compensate` applied to the product of the
+    running means Ā(t)·B̄(t). The paper evaluates A(t)B(t) event by event as
+    K_S(t) = K_S(t-1) + a(t)b(t) + a(t)B(t-1) + A(t-1)b(t) (eq. 17-18), three sparse products;
+    here the same value comes from one dense product of the running sums per step, which is the
+    fast path in simulation (the event-driven operation count is what energy accounting reports).
+
+    Args:
+        neuron_a, neuron_b: MT neurons on the left and right operand.
+        op: "matmul" (Q·Kᵀ, attn·V) or "mul" (elementwise gating).
+        scale: constant factor folded into the product (the attention scale d^-1/2).
+        compensated: False gives the ablation "no EC": a(t)·b(t)·scale per step.
+    """
+
+    def __init__(
+        self,
+        neuron_a: MTNeuron,
+        neuron_b: MTNeuron,
+        op: str = "matmul",
+        scale: float = 1.0,
+        compensated: bool = True,
+    ) -> None:
+        super().__init__()
+        self.neuron_a = neuron_a
+        self.neuron_b = neuron_b
+        self.op = op
+        self.scale = float(scale)
+        self.compensated = compensated
+        self.reset()
+
+    @torch.no_grad()  # state is updated in place: simulation, not training
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        product = PRODUCT_OPS[self.op]
+        spikes_a, spikes_b = self.neuron_a(a), self.neuron_b(b)
+        self.t += 1
+        if not self.compensated:
+            return product(spikes_a, spikes_b).mul_(self.scale)
+        if self.t == 1:  # own copies: the spikes may still be read by hooks on the neurons
+            self.sum_a, self.sum_b = spikes_a.clone(), spikes_b.clone()
+        else:
+            self.sum_a, self.sum_b = self.sum_a.add_(spikes_a), self.sum_b.add_(spikes_b)
+        mean_now = product(self.sum_a, self.sum_b).mul_(self.scale / self.t**2)
+        out = compensate(mean_now, self.mean, self.t, out=self.mean)
+        self.mean = mean_now
+        return out
+
+    def reset(self) -> None:
+        self.t = 0
+        self.sum_a: Tensor | None = None
+        self.sum_b: Tensor | None = None
+        self.mean: Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return f"op={self.op}, scale={self.scale:.6g}, compensated={self.compensated}"

@@ -1,0 +1,233 @@
+"""prepare → calibrate → convert: from a trained ANN to a :class:`~transpike.model.SpikingModel`.
+
+ECMT Algorithm 1. ``prepare`` copies the model and swaps, module by module (see
+:mod:`transpike.rules`): opaque modules for explicit twins, weight layers for :class:`Observed`
+layers, products get observers on both operands. ``calibrate`` runs the copy on calibration batches
+so the observers build their histograms. ``to_spiking`` turns every observed site into MT neurons
+with thresholds read from its histogram, every nonlinear module into EC(F) and every product into
+the product EC.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .compensation import ExpectationCompensation, SpikingProduct
+from .errors import ConversionError
+from .model import SpikingModel
+from .neurons import NEURONS, ROUNDINGS, MTNeuron
+from .observers import HistogramObserver
+from .rules import Role, rule_for
+from .sites import Observed, Product, Unconverted
+from .synapses import SpikingLayer
+from .thresholds import mse_thresholds, percentile_thresholds
+
+METHODS = ("ecmt",)
+GRANULARITIES = ("tensor", "channel")
+THRESHOLDS = ("percentile", "mse")
+
+
+@dataclass(frozen=True)
+class ConversionOptions:
+    """Every choice that defines a converted network (saved with it).
+
+    Attributes:
+        method: "ecmt".
+        levels: n, MT levels per sign (ECMT code default 8); 1 gives a plain signed IF neuron.
+        percentile: p; θ1 = P_p and θ2 = -P_{100-p} of each site's calibration values.
+        granularity: "tensor" (one θ1, θ2 per site, the paper) or "channel".
+        threshold: "percentile" (the paper) or "mse": per site, the θ that minimizes the expected
+            rate error over the first ``horizon`` steps (see :func:`~transpike.thresholds.mse_thresholds`).
+        horizon: time steps the "mse" search optimizes for.
+        rounding: "greedy" (the paper) or "nearest" level choice.
+        neuron: "mt" (one spike per step) or "burst" (several levels may fire in one step).
+        compensation: False is the ablation without EC (F applied to each step's input).
+        strict: False leaves modules without a rule analog instead of raising.
+    """
+
+    method: str = "ecmt"
+    levels: int = 8
+    percentile: float = 99.0
+    granularity: str = "tensor"
+    threshold: str = "percentile"
+    horizon: int = 4
+    rounding: str = "greedy"
+    neuron: str = "mt"
+    compensation: bool = True
+    strict: bool = True
+
+    def __post_init__(self) -> None:
+        choices = {
+            "method": METHODS,
+            "granularity": GRANULARITIES,
+            "threshold": THRESHOLDS,
+            "rounding": ROUNDINGS,
+            "neuron": NEURONS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or not 1 <= self.levels <= 30:
+            raise ValueError(f"levels must be an integer in [1, 30], got {self.levels!r}")
+        if not isinstance(self.percentile, (int, float)) or not 50.0 < float(self.percentile) <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {self.percentile!r}")
+        if isinstance(self.horizon, bool) or not isinstance(self.horizon, int) or self.horizon < 1:
+            raise ValueError(f"horizon must be an integer >= 1, got {self.horizon!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def prepare(model: nn.Module, options: ConversionOptions) -> nn.Module:
+    """A copy of ``model`` in eval mode with observers at every MT site (the model is untouched)."""
+    network = copy.deepcopy(model).eval()
+    for p in network.parameters():
+        p.requires_grad_(False)
+    return _prepare(network, "", options, direct=False)
+
+
+def _prepare(module: nn.Module, path: str, options: ConversionOptions, direct: bool) -> nn.Module:
+    rule = rule_for(module)
+    reason = (
+        "no conversion rule for this module type" if rule is None else (rule.check and rule.check(module))
+    )
+    if reason:
+        if options.strict:
+            raise ConversionError(
+                path,
+                module,
+                f"{reason}; register a rule with transpike.rules.register(), or pass strict=False to "
+                "leave it analog",
+            )
+        return Unconverted(module, reason)
+    if rule.twin is not None:
+        return _prepare(rule.twin(module), path, options, direct)
+    per_channel = options.granularity == "channel"
+    if rule.role is Role.WEIGHT:
+        if direct:
+            return module
+        return Observed(module, HistogramObserver(rule.channel_dims if per_channel else (), path))
+    if rule.role is Role.PRODUCT:
+        module.site_a = HistogramObserver(module.channels_a if per_channel else (), _join(path, "site_a"))
+        module.site_b = HistogramObserver(module.channels_b if per_channel else (), _join(path, "site_b"))
+    elif rule.role in (Role.CONTAINER, Role.INPUT):
+        for name, child in list(module.named_children()):
+            setattr(
+                module, name, _prepare(child, _join(path, name), options, direct or rule.role is Role.INPUT)
+            )
+    return module
+
+
+def _batches(calibration: Tensor | Iterable) -> Iterable[Tensor]:
+    """Input tensors from a tensor, an iterable of tensors or of (input, target) pairs."""
+    items = [calibration] if isinstance(calibration, Tensor) else calibration
+    for item in items:
+        yield item[0] if isinstance(item, (tuple, list)) else item
+
+
+@torch.inference_mode()
+def calibrate(network: nn.Module, calibration: Tensor | Iterable, max_batches: int | None = None) -> int:
+    """Run the prepared network on calibration batches; returns the number of batches used."""
+    device = next(network.parameters()).device
+    count = 0
+    for index, x in enumerate(_batches(calibration)):
+        if max_batches is not None and count >= max_batches:
+            break
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise ValueError(
+                f"calibration batch {index}: expected a floating-point tensor, got {_describe(x)}"
+            )
+        if not torch.isfinite(x).all():
+            raise ValueError(f"calibration batch {index}: contains NaN or Inf")
+        network(x.to(device))
+        count += 1
+    if count == 0:
+        raise ValueError("calibration is empty: give at least one batch of inputs")
+    return count
+
+
+def _describe(x: object) -> str:
+    return f"tensor of dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+
+
+def _neuron(observer: HistogramObserver, options: ConversionOptions) -> MTNeuron:
+    if options.threshold == "mse":
+        theta_pos, theta_neg = mse_thresholds(
+            observer, options.percentile, options.levels, options.rounding, options.neuron, options.horizon
+        )
+    else:
+        theta_pos, theta_neg = percentile_thresholds(observer, options.percentile)
+    return MTNeuron(theta_pos, theta_neg, options.levels, options.rounding, options.neuron)
+
+
+def to_spiking(module: nn.Module, options: ConversionOptions) -> nn.Module:
+    """Replace every site, nonlinear module and product of a calibrated network by its SNN form."""
+    if isinstance(module, Observed):
+        return SpikingLayer(_neuron(module.observer, options), module.layer)
+    if isinstance(module, Product):
+        return SpikingProduct(
+            _neuron(module.site_a, options),
+            _neuron(module.site_b, options),
+            module.op,
+            module.scale,
+            options.compensation,
+        )
+    if isinstance(module, Unconverted):
+        return ExpectationCompensation(module.module, analog=module.reason)
+    rule = rule_for(module)
+    if rule is not None and rule.role is Role.NONLINEAR:
+        return ExpectationCompensation(module, compensated=options.compensation)
+    for name, child in list(module.named_children()):
+        setattr(module, name, to_spiking(child, options))
+    return module
+
+
+def convert(
+    model: nn.Module,
+    calibration: Tensor | Iterable,
+    method: str = "ecmt",
+    levels: int = 8,
+    percentile: float = 99.0,
+    *,
+    granularity: str = "tensor",
+    threshold: str = "percentile",
+    horizon: int = 4,
+    rounding: str = "greedy",
+    neuron: str = "mt",
+    compensation: bool = True,
+    strict: bool = True,
+    max_batches: int | None = None,
+) -> SpikingModel:
+    """Convert a trained ANN into a spiking network.
+
+    Args:
+        model: a module built from supported parts (see :mod:`transpike.rules`); never modified.
+        calibration: a tensor batch, or an iterable of batches or (input, target) pairs (a
+            DataLoader works). Use training data, not the evaluation set.
+        method: "ecmt".
+        levels, percentile, granularity, threshold, horizon, rounding, neuron, compensation,
+            strict: see :class:`ConversionOptions`.
+        max_batches: use at most this many calibration batches.
+
+    Returns:
+        The :class:`SpikingModel`; ``snn.simulate(x, time_steps)`` gives outputs for every t.
+
+    Raises:
+        ConversionError: a module has no rule (with ``strict=True``).
+        ValueError: a bad option or calibration input.
+    """
+    options = ConversionOptions(
+        method, levels, percentile, granularity, threshold, horizon, rounding, neuron, compensation, strict
+    )
+    network = prepare(model, options)
+    calibrate(network, calibration, max_batches)
+    return SpikingModel(to_spiking(network, options), options.to_dict())

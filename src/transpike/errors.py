@@ -1,0 +1,14 @@
+"""Errors raised by transpike."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class ConversionError(ValueError):
+    """A module the converter cannot handle, named by its path in the model and its type."""
+
+    def __init__(self, path: str, module: nn.Module, reason: str) -> None:
+        self.path = path or "<root>"
+        self.module_type = f"{type(module).__module__}.{type(module).__qualname__}"
+        super().__init__(f"{self.path} ({self.module_type}): {reason}")

@@ -1,0 +1,154 @@
+"""The converted network: step-by-step simulation and what it is made of.
+
+After t steps, every spiking layer's rate S(t)/t estimates the ANN activation, so the network's
+prediction after t steps is the mean of its head outputs over steps 1..t. One call of
+:meth:`SpikingModel.simulate` with T steps therefore gives the prediction for every t ≤ T.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .compensation import ExpectationCompensation, SpikingProduct
+from .rules import Role, rule_for
+from .state import Stateful
+from .synapses import SpikingLayer, parallel_network
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One converted (or unconverted) module: where, what it was, what it became."""
+
+    path: str
+    module_type: str
+    role: str
+    detail: str = ""
+
+
+class ConversionReport:
+    """The modules of a converted network, by role; ``str()`` gives a table."""
+
+    def __init__(self, rows: list[ReportRow]) -> None:
+        self.rows = rows
+
+    def by_role(self, role: str) -> list[ReportRow]:
+        return [row for row in self.rows if row.role == role]
+
+    @property
+    def analog(self) -> list[ReportRow]:
+        """Modules left analog because the converter had no rule for them."""
+        return self.by_role("analog")
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self.rows:
+            counts[row.role] = counts.get(row.role, 0) + 1
+        return counts
+
+    def __str__(self) -> str:
+        width = max([len(r.path) for r in self.rows] + [4])
+        lines = [f"{'path':<{width}}  {'role':<14} {'module':<22} detail"]
+        lines += [f"{r.path:<{width}}  {r.role:<14} {r.module_type:<22} {r.detail}" for r in self.rows]
+        summary = ", ".join(f"{n} {role}" for role, n in self.counts().items())
+        return "\n".join([*lines, f"total: {summary}"])
+
+
+def _describe(path: str, module: nn.Module) -> ReportRow | None:
+    name = type(module).__name__
+    if isinstance(module, SpikingLayer):
+        neuron = module.neuron
+        detail = f"{neuron.neuron} n={neuron.levels} θ{tuple(neuron.theta_pos.shape) or ''}"
+        return ReportRow(path, type(module.layer).__name__, "mt+weight", detail)
+    if isinstance(module, SpikingProduct):
+        return ReportRow(path, module.op, "mt×mt+product-ec", f"scale={module.scale:.4g}")
+    if isinstance(module, ExpectationCompensation):
+        f_name = type(module.f).__name__
+        if module.analog:
+            return ReportRow(path, f_name, "analog", module.analog)
+        return ReportRow(path, f_name, "ec" if module.compensated else "per-step (no EC)")
+    rule = rule_for(module)
+    if rule is not None and rule.role is Role.WEIGHT:
+        return ReportRow(path, name, "direct-input", "sees the input at every step; stays analog")
+    return None
+
+
+class SpikingModel(nn.Module):
+    """A converted spiking network.
+
+    Args:
+        network: the converted module tree (see :func:`transpike.convert`).
+        options: the conversion options, kept for reports and saving.
+    """
+
+    def __init__(self, network: nn.Module, options: dict) -> None:
+        super().__init__()
+        self.network = network
+        self.options = dict(options)
+
+    def reset(self) -> None:
+        """Clear all state (membranes, running sums, step counters)."""
+        for module in self.network.modules():
+            if isinstance(module, Stateful):
+                module.reset()
+
+    @property
+    def device(self) -> torch.device:
+        tensor = next(iter([*self.network.parameters(), *self.network.buffers()]), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
+
+    @torch.inference_mode()
+    def step(self, x: Tensor) -> Tensor:
+        """Run one time step on input x (fed at every step) and return that step's head output."""
+        return self.network(_check_input(x).to(self.device))
+
+    @torch.inference_mode()
+    def simulate(self, x: Tensor, time_steps: int) -> Tensor:
+        """Reset, run ``time_steps`` steps on x, and return the running mean of the head outputs.
+
+        Returns:
+            Tensor [T, *output_shape]: ``y[t-1]`` is the mean of the head outputs over steps 1..t,
+            the network's prediction after t steps.
+        """
+        if isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 1:
+            raise ValueError(f"time_steps must be an integer >= 1, got {time_steps!r}")
+        x = _check_input(x).to(self.device)
+        self.reset()
+        total = None
+        outputs = []
+        for t in range(1, time_steps + 1):
+            y = self.network(x)
+            total = y.double() if total is None else total.add_(y)
+            outputs.append((total / t).to(y.dtype))
+        return torch.stack(outputs)
+
+    def parallel(self) -> SpikingModel:
+        """This network with the 2n synapse copies of every weight layer materialized (ECMT §4.4).
+
+        Gives the same outputs as the fast path (up to float rounding); for export and inspection.
+        """
+        return SpikingModel(parallel_network(self.network), self.options)
+
+    def report(self) -> ConversionReport:
+        """What every module became: MT sites, EC modules, products, analog leftovers."""
+        rows, skip = [], ()
+        for path, module in self.network.named_modules():
+            if skip and path.startswith(skip):
+                continue
+            row = _describe(path or "<root>", module)
+            if row is not None:
+                rows.append(row)
+                skip = (path + ".",) if path else ("",)
+        return ConversionReport(rows)
+
+
+def _check_input(x: Tensor) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"input x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"input x must be a floating-point tensor, got dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError("input x contains NaN or Inf")
+    return x

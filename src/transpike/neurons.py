@@ -1,0 +1,179 @@
+"""Spiking neurons: the multi-threshold (MT) neuron of ECMT and a burst variant.
+
+ECMT (Huang et al., "Towards High-performance Spiking Transformers from ANN to SNN Conversion",
+ACM MM 2024, §4.3). Each neuron has n positive levels λ_k = θ1·2^k and n negative levels -θ2·2^k,
+k = 0..n-1, where θ1, θ2 > 0 are the smallest levels. Per step t:
+
+    m(t) = v(t-1) + I(t)          charge
+    x(t) = MTH(m(t))              fire at most one spike, signed, carrying its level
+    v(t) = m(t) - x(t)            reset by subtraction
+
+The firing rule is in :func:`mt_fire` (one pure function); :class:`MTNeuron` only holds θ1, θ2 and
+the membrane v. v(0) = 0 as in the paper's Algorithm 1: the half-threshold offset in MTH already
+plays the part of the v(0) = θ/2 optimum of the related work (Bu et al., ICLR 2022).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .state import Stateful
+
+NEURONS = ("mt", "burst")
+ROUNDINGS = ("greedy", "nearest")
+
+# Integer view and exponent-field mask per float dtype: clearing the mantissa bits of a positive
+# normal float y leaves exactly 2**floor(log2(y)), with no log/exp rounding at level boundaries.
+_EXPONENT_MASK = {
+    torch.float64: (torch.int64, 0x7FF0000000000000),
+    torch.float32: (torch.int32, 0x7F800000),
+    torch.float16: (torch.int16, 0x7C00),
+    torch.bfloat16: (torch.int16, 0x7F80),
+}
+
+
+def _pow2_floor_(y: Tensor) -> Tensor:
+    """In place, y <- 2**floor(log2 y) for positive y (mantissa bits cleared)."""
+    int_dtype, mask = _EXPONENT_MASK[y.dtype]
+    y.view(int_dtype).bitwise_and_(mask)
+    return y
+
+
+def _signed_threshold(m: Tensor, theta_pos: Tensor, theta_neg: Tensor, out: Tensor | None) -> Tensor:
+    """θ1 where m ≥ 0 and -θ2 where m < 0: the smallest level on m's side, with m's sign.
+
+    From s = ±1 (the sign of m, never 0): s·(θ1+θ2)/2 + (θ1-θ2)/2, three passes and no select
+    (a select with broadcast thresholds is several times slower on CPU), exact up to one rounding.
+    Dividing m by it gives |m|/θ directly, and multiplying a level by it restores the sign.
+    """
+    one = torch.ones((), dtype=m.dtype, device=m.device)
+    signed = torch.copysign(one, m, out=out) if out is not None else torch.copysign(one, m)
+    return signed.mul_((theta_pos + theta_neg) / 2).add_((theta_pos - theta_neg) / 2)
+
+
+def mt_fire(
+    m: Tensor,
+    theta_pos: Tensor,
+    theta_neg: Tensor,
+    levels: int,
+    rounding: str = "greedy",
+    *,
+    out: Tensor | None = None,
+    scratch: Tensor | None = None,
+) -> Tensor:
+    """The MT neuron's spike x = MTH_{θ1,θ2,n}(m): at most one spike, signed, carrying its level.
+
+    ECMT eq. (20)-(21). With λ_k = θ1·2^k, the greedy rule (the paper and its code) fires the
+    largest k with λ_k - θ1/2 ≤ m, i.e. k = min(n-1, floor(log2((m + θ1/2)/θ1))), and nothing
+    when -θ2/2 < m < θ1/2; the negative side mirrors it with θ2. ``rounding="nearest"`` instead
+    fires the level closest to m (same firing condition |m| ≥ θ/2): the level boundaries move from
+    2^k·θ - θ/2 to the midpoints 1.5·2^(k-1)·θ.
+
+    The level is found without a loop over levels or a logarithm: clearing the mantissa bits of
+    floor(|m|/θ + 1/2) leaves the largest power of two below it (0 when |m| < θ/2).
+
+    Args:
+        m: membrane potential after charging.
+        theta_pos: θ1 > 0, broadcastable to m (scalar per site or one per channel).
+        theta_neg: θ2 > 0, same shape as theta_pos.
+        levels: n, levels per sign; n = 1 is a plain signed IF neuron.
+        rounding: "greedy" or "nearest".
+        out, scratch: optional tensors shaped like m to write the result and the signed threshold
+            into, so that a neuron reuses its memory from step to step (allocation is slow).
+
+    Returns:
+        x with the shape of m: 0 or ±θ·2^k.
+    """
+    theta = _signed_threshold(m, theta_pos, theta_neg, scratch)
+    ratio = torch.div(m, theta, out=out) if out is not None else m / theta  # |m|/θ
+    nearest = _pow2_floor_(ratio.mul(4.0 / 3.0)).floor_() if rounding == "nearest" else None
+    level = _pow2_floor_(ratio.add_(0.5).floor_())
+    if nearest is not None:
+        torch.maximum(nearest, level.clamp_(max=1.0), out=level)
+    return level.clamp_(max=2.0 ** (levels - 1)).mul_(theta)
+
+
+def burst_fire(m: Tensor, theta_pos: Tensor, theta_neg: Tensor, levels: int) -> Tensor:
+    """A burst neuron on the MT levels: every level may fire in the same step.
+
+    Burst spikes (Li & Zeng, IJCAI 2022) let a neuron emit several spikes per step. On the MT
+    levels θ·2^k, k < n, any integer multiple c·θ with 0 ≤ c ≤ 2^n - 1 is one burst (the binary
+    digits of c say which levels fire), so x = sign(m)·θ·min(2^n - 1, floor(|m|/θ + 1/2)): the
+    same half-threshold rule as :func:`mt_fire`, up to n spikes per step instead of one.
+    """
+    theta = _signed_threshold(m, theta_pos, theta_neg, None)
+    return (m / theta).add_(0.5).floor_().clamp_(max=2.0**levels - 1).mul_(theta)
+
+
+def spike_planes(x: Tensor, theta_pos: Tensor, theta_neg: Tensor, levels: int) -> Tensor:
+    """Binary spike trains s_p, one per level, from a neuron output x = Σ_p s_p·λ_p.
+
+    ECMT §4.4: an MT neuron with 2n levels is 2n binary-spike synapse copies. Planes 0..n-1 are the
+    positive levels θ1·2^k, planes n..2n-1 the negative levels -θ2·2^k. Works for MT outputs (one
+    plane set) and burst outputs (the binary digits of the spike count).
+
+    Returns:
+        Tensor of shape [2n, *x.shape] with values in {0, 1}, dtype of x.
+    """
+    count = (x / _signed_threshold(x, theta_pos, theta_neg, None)).round_().to(torch.int64)
+    bits = (count.unsqueeze(0) >> torch.arange(levels, device=x.device).view(-1, *[1] * x.dim())) & 1
+    return torch.cat([bits * (x > 0), bits * (x < 0)]).to(x.dtype)
+
+
+class MTNeuron(Stateful, nn.Module):
+    """A layer of MT (or burst) neurons with thresholds θ1, θ2 and membrane state v.
+
+    Input: the current I(t) of one step; output: x(t) (see :func:`mt_fire`). State starts at
+    v(0) = 0 and is cleared by :meth:`reset`.
+    """
+
+    def __init__(
+        self,
+        theta_pos: Tensor,
+        theta_neg: Tensor,
+        levels: int = 8,
+        rounding: str = "greedy",
+        neuron: str = "mt",
+    ) -> None:
+        super().__init__()
+        if neuron not in NEURONS:
+            raise ValueError(f"neuron must be one of {NEURONS}, got {neuron!r}")
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+        self.register_buffer("theta_pos", torch.as_tensor(theta_pos, dtype=torch.float32).clone())
+        self.register_buffer("theta_neg", torch.as_tensor(theta_neg, dtype=torch.float32).clone())
+        if not (self.theta_pos > 0).all() or not (self.theta_neg > 0).all():
+            raise ValueError("thresholds theta_pos and theta_neg must be > 0")
+        self.levels = int(levels)
+        self.rounding = rounding
+        self.neuron = neuron
+        self.reset()
+
+    def fire(self, m: Tensor, out: Tensor | None = None, scratch: Tensor | None = None) -> Tensor:
+        """x = MTH(m) with this layer's thresholds (no state change)."""
+        theta_pos, theta_neg = self.theta_pos.to(m.dtype), self.theta_neg.to(m.dtype)
+        if self.neuron == "burst":
+            return burst_fire(m, theta_pos, theta_neg, self.levels)
+        return mt_fire(m, theta_pos, theta_neg, self.levels, self.rounding, out=out, scratch=scratch)
+
+    @torch.no_grad()  # state is updated in place: simulation, not training
+    def forward(self, current: Tensor) -> Tensor:
+        """One step: charge, fire, reset by subtraction. The returned tensor is reused next step."""
+        if self.v is None:
+            self.v = current.clone(memory_format=torch.contiguous_format)
+            self._out, self._scratch = torch.empty_like(self.v), torch.empty_like(self.v)
+        else:
+            self.v.add_(current)
+        x = self.fire(self.v, self._out, self._scratch)
+        self.v.sub_(x)
+        return x
+
+    def reset(self) -> None:
+        self.v: Tensor | None = None
+        self._out: Tensor | None = None
+        self._scratch: Tensor | None = None
+
+    def extra_repr(self) -> str:
+        shape = tuple(self.theta_pos.shape) or "tensor"
+        return f"levels={self.levels}, neuron={self.neuron}, rounding={self.rounding}, thresholds={shape}"

@@ -1,0 +1,85 @@
+"""What the converter does with each module type: the rule registry.
+
+Every module in a model must have a rule, found by its exact type, or conversion stops with a
+:class:`~transpike.errors.ConversionError` naming the module (``strict=False`` leaves it analog
+instead). Roles:
+
+- ``CONTAINER``: its forward only combines its children linearly (sums, reshapes, concatenation,
+  token selection); the converter recurses into it.
+- ``INPUT``: like a container, but it sees the model input at every step (direct coding), so its
+  weight layers get no MT neuron (the ViT patch embedding).
+- ``PASSTHROUGH``: linear and stateless in eval mode (Identity, Dropout, LayerScale); kept as is.
+- ``WEIGHT``: a weight layer (Linear, Conv); an MT neuron is placed before it.
+- ``NONLINEAR``: becomes EC(F). A subclass of a registered nonlinear type is accepted too, since EC
+  only calls the module's own forward.
+- ``PRODUCT``: a product of two activations; MT neurons on both operands and the product EC.
+
+A rule may also give a ``twin``: a module that replaces the original at prepare time because the
+original hides its internals (timm's Attention calls one fused SDPA kernel), and a ``check`` that
+returns why a particular configuration cannot be converted. Register your own types with
+:func:`register`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+
+class Role(str, enum.Enum):
+    CONTAINER = "container"
+    INPUT = "input"
+    PASSTHROUGH = "passthrough"
+    WEIGHT = "weight"
+    NONLINEAR = "nonlinear"
+    PRODUCT = "product"
+
+
+@dataclass(frozen=True)
+class Rule:
+    role: Role
+    channel_dims: tuple[int, ...] = ()
+    twin: Callable[[nn.Module], nn.Module] | None = None
+    check: Callable[[nn.Module], str | None] | None = None
+
+
+_RULES: dict[type, Rule] = {}
+
+
+def register(
+    cls: type,
+    role: Role | str,
+    *,
+    channel_dims: tuple[int, ...] = (),
+    twin: Callable[[nn.Module], nn.Module] | None = None,
+    check: Callable[[nn.Module], str | None] | None = None,
+) -> None:
+    """Tell the converter how to treat modules of type ``cls`` (exact type).
+
+    Args:
+        cls: the module class.
+        role: one of :class:`Role` (or its value).
+        channel_dims: for ``WEIGHT``, the input's channel dimensions as negative indices
+            (``(-1,)`` for Linear, ``(-3,)`` for Conv2d), used by per-channel thresholds.
+        twin: for modules that hide their internals, a function returning an explicit equivalent.
+        check: returns a reason why a given instance cannot be converted, or None.
+    """
+    _RULES[cls] = Rule(Role(role), tuple(channel_dims), twin, check)
+
+
+def rule_for(module: nn.Module) -> Rule | None:
+    """The rule for ``module``: its exact type's, or a registered nonlinear base class's."""
+    rule = _RULES.get(type(module))
+    if rule is not None:
+        return rule
+    for base in type(module).__mro__[1:]:
+        rule = _RULES.get(base)
+        if rule is not None and rule.role is Role.NONLINEAR:
+            return rule
+    return None
+
+
+from . import timm_vit, torch_nn  # noqa: E402, F401  (registers the built-in rules)

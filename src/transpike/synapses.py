@@ -1,0 +1,96 @@
+"""Weight layers fed by MT neurons, and parallel parameter normalization (ECMT §4.4).
+
+An MT neuron with 2n levels λ_p (θ1·2^k and -θ2·2^k) feeding a weight layer W is equivalent to 2n
+binary-spike synapse copies ``W_p = W·λ_p / λ_1(next)`` (ECMT eq. 22), after which every neuron has
+thresholds θ1 = 1 and θ2 = η = θ2/θ1. :class:`SpikingLayer` is the fast path used in simulation:
+it multiplies each spike by its level before one dense product, ``I(t) = W·x(t) + b`` with
+``x(t) = Σ_p s_p(t)·λ_p``. :class:`ParallelLayer` materializes the 2n copies with binary spikes, for
+export and to check that both compute the same thing.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from .neurons import MTNeuron, spike_planes
+from .rules import rule_for
+
+
+class SpikingLayer(nn.Module):
+    """MT neurons before a weight layer: ``layer(neuron(I))``."""
+
+    def __init__(self, neuron: MTNeuron, layer: nn.Module) -> None:
+        super().__init__()
+        self.neuron = neuron
+        self.layer = layer
+
+    def forward(self, current: Tensor) -> Tensor:
+        return self.layer(self.neuron(current))
+
+
+def level_values(theta_pos: Tensor, theta_neg: Tensor, levels: int) -> Tensor:
+    """λ_p for p = 1..2n: [θ1·2^0 .. θ1·2^(n-1), -θ2·2^0 .. -θ2·2^(n-1)], shape [2n, *theta.shape]."""
+    powers = torch.exp2(torch.arange(levels, dtype=theta_pos.dtype, device=theta_pos.device))
+    powers = powers.view(-1, *[1] * theta_pos.dim())
+    return torch.cat([powers * theta_pos, -powers * theta_neg])
+
+
+def parallel_weights(weight: Tensor, theta_pos: Tensor, theta_neg: Tensor, levels: int) -> Tensor:
+    """The 2n synapse copies ``W_p = W·λ_p`` of a layer fed by an MT neuron (ECMT eq. 22).
+
+    λ_p multiplies W along its input-channel axis (thresholds of shape [] or [in, 1, ..]). The
+    division by λ_1(next) of eq. 22 normalizes the *next* neuron's thresholds to 1; it is applied
+    by that neuron (see :class:`ParallelLayer`), since in a Transformer the next neuron sits behind
+    a residual sum or an EC module rather than directly after this layer.
+
+    Returns:
+        Tensor [2n, *weight.shape].
+    """
+    lam = level_values(theta_pos, theta_neg, levels)
+    lam = lam.view(lam.shape[0], *[1] * (weight.dim() - theta_pos.dim()), *theta_pos.shape)
+    return weight.unsqueeze(0) * lam
+
+
+class ParallelLayer(nn.Module):
+    """A :class:`SpikingLayer` with its 2n synapse copies materialized (ECMT §4.4).
+
+    The neuron is normalized to θ1 = 1, θ2 = η = θ2/θ1: its input current is divided by θ1 (the
+    1/λ_1 factor of eq. 22, which hardware folds into the producing layer) and it emits binary
+    spikes on 2n lines, which drive the copies W_p as one layer with 2n times the input channels.
+    """
+
+    def __init__(self, spiking: SpikingLayer, channel_dim: int) -> None:
+        super().__init__()
+        neuron, layer = spiking.neuron, spiking.layer
+        if getattr(layer, "groups", 1) != 1:
+            raise ValueError("parallel weights need an ungrouped layer (groups=1)")
+        theta_pos, theta_neg = neuron.theta_pos, neuron.theta_neg
+        self.neuron = MTNeuron(
+            torch.ones_like(theta_pos), theta_neg / theta_pos, neuron.levels, neuron.rounding, neuron.neuron
+        )
+        self.register_buffer("input_gain", 1.0 / theta_pos)
+        self.channel_dim = channel_dim
+        copies = parallel_weights(layer.weight.detach(), theta_pos, theta_neg, neuron.levels)
+        self.layer = copy.deepcopy(layer)
+        # [2n, out, in, ...] -> [out, 2n*in, ...]: plane-major, matching how spikes are concatenated.
+        self.layer.weight = nn.Parameter(copies.transpose(0, 1).flatten(1, 2), requires_grad=False)
+
+    def forward(self, current: Tensor) -> Tensor:
+        spikes = self.neuron(current * self.input_gain)
+        planes = spike_planes(spikes, self.neuron.theta_pos, self.neuron.theta_neg, self.neuron.levels)
+        lines = planes.movedim(0, self.channel_dim - 1).flatten(self.channel_dim - 1, self.channel_dim)
+        return self.layer(lines)
+
+
+def parallel_network(network: nn.Module) -> nn.Module:
+    """A copy of a converted network with every :class:`SpikingLayer` as a :class:`ParallelLayer`."""
+    network = copy.deepcopy(network)
+    for module in list(network.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, SpikingLayer):
+                channel_dim = rule_for(child.layer).channel_dims[0]
+                setattr(module, name, ParallelLayer(child, channel_dim))
+    return network

@@ -1,0 +1,22 @@
+import pytest
+import timm
+import torch
+
+TINY = dict(img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=3, num_classes=5)
+
+
+def tiny_vit(name: str = "vit_tiny_patch16_224", seed: int = 0, **kwargs) -> torch.nn.Module:
+    """A random-init timm ViT small enough for unit tests (16 px, 17 tokens, 2 blocks)."""
+    torch.manual_seed(seed)
+    return timm.create_model(name, **{**TINY, **kwargs}).eval()
+
+
+def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((y - ref).norm() / ref.norm()).item()
+
+
+@pytest.fixture
+def images() -> tuple[torch.Tensor, torch.Tensor]:
+    """(calibration batch, evaluation batch) of random images for TINY models."""
+    gen = torch.Generator().manual_seed(123)
+    return torch.randn(32, 3, 16, 16, generator=gen), torch.randn(6, 3, 16, 16, generator=gen)

@@ -1,0 +1,255 @@
+"""Conversion of timm Vision Transformers: every configuration, equivalences, isolation, errors."""
+
+import copy
+
+import pytest
+import torch
+from conftest import relative_error, tiny_vit
+from timm.layers import Attention
+from timm.models.vision_transformer import ResPostBlock
+from torch import nn
+
+import transpike
+from transpike import ConversionError, ConversionOptions, prepare
+
+CONFIGS = {
+    "class-token": {},
+    "avg-pool": dict(global_pool="avg", class_token=False),
+    "register-tokens": dict(reg_tokens=2),
+    "no-class-token-fc-norm": dict(class_token=False, global_pool="avg", fc_norm=True),
+    "layer-scale": dict(init_values=0.1),
+    "qk-norm": dict(qk_norm=True),
+    "no-qkv-bias": dict(qkv_bias=False),
+    "pre-norm-no-embed-class": dict(pre_norm=True, no_embed_class=True),
+    "res-post-block": dict(block_fn=ResPostBlock),
+}
+MODELS = {name: ("vit_tiny_patch16_224", kw) for name, kw in CONFIGS.items()}
+MODELS["deit"] = ("deit_tiny_patch16_224", {})
+MODELS["deit-distilled"] = ("deit_tiny_distilled_patch16_224", {})
+
+
+def set_fused(model: nn.Module, fused: bool) -> None:
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.fused_attn = fused
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("config", sorted(MODELS))
+def test_prepared_twin_equals_ann(config, fused, images):
+    name, kwargs = MODELS[config]
+    model = tiny_vit(name, **kwargs)
+    set_fused(model, fused)
+    _, x = images
+    with torch.no_grad():
+        assert torch.allclose(prepare(model, ConversionOptions())(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("config", sorted(MODELS))
+def test_snn_tends_to_ann(config, images):
+    name, kwargs = MODELS[config]
+    model = tiny_vit(name, **kwargs)
+    calibration, x = images
+    with torch.no_grad():
+        ref = model(x)
+    y = transpike.convert(model, calibration).simulate(x, 64)
+    assert y.shape == (64, *ref.shape)
+    errors = [relative_error(y[t - 1], ref) for t in (4, 16, 64)]
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.06
+
+
+def test_distilled_deit_has_two_spiking_heads(images):
+    snn = transpike.convert(tiny_vit("deit_tiny_distilled_patch16_224"), images[0])
+    heads = [r.path for r in snn.report().by_role("mt+weight") if r.path.startswith("head")]
+    assert heads == ["head", "head_dist"]
+
+
+def test_report_lists_every_site(images):
+    depth = 2
+    snn = transpike.convert(tiny_vit(qk_norm=True), images[0])
+    counts = snn.report().counts()
+    # per block: qkv, proj, fc1, fc2; plus the head
+    assert counts["mt+weight"] == 4 * depth + 1
+    assert counts["mt×mt+product-ec"] == 2 * depth
+    # per block: norm1, q_norm, k_norm, softmax, norm2, GELU; plus the final norm
+    assert counts["ec"] == 6 * depth + 1
+    assert counts["direct-input"] == 1
+    assert "analog" not in counts
+    assert "blocks.0.attn.qk" in str(snn.report())
+
+
+def test_step_by_step_equals_simulate(images):
+    calibration, x = images
+    snn = transpike.convert(tiny_vit(), calibration)
+    y = snn.simulate(x, 6)
+    snn.reset()
+    steps = torch.stack([snn.step(x) for _ in range(6)])
+    running_mean = steps.double().cumsum(0) / torch.arange(1, 7).view(-1, 1, 1)
+    assert torch.allclose(y, running_mean.float(), atol=1e-6)
+
+
+def test_rerun_after_reset_is_identical(images):
+    calibration, x = images
+    snn = transpike.convert(tiny_vit(), calibration)
+    first = snn.simulate(x, 5)
+    snn.simulate(torch.randn_like(x), 3)  # something else in between
+    assert torch.equal(snn.simulate(x, 5), first)
+
+
+def test_original_model_is_untouched(images):
+    model = tiny_vit()
+    model.train()
+    set_fused(model, True)
+    before = copy.deepcopy(model.state_dict())
+    types = [type(m) for m in model.modules()]
+    transpike.convert(model, images[0])
+    assert model.training
+    assert [type(m) for m in model.modules()] == types
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(m.fused_attn for m in model.modules() if isinstance(m, Attention))
+
+
+def test_gated_attention_product_is_converted():
+    torch.manual_seed(0)
+    model = nn.Sequential(Attention(24, num_heads=3, gated=True)).eval()
+    x = torch.randn(4, 9, 24)
+    snn = transpike.convert(model, torch.randn(16, 9, 24))
+    assert [r.path for r in snn.report().by_role("mt×mt+product-ec")] == ["0.qk", "0.av", "0.gating"]
+    with torch.no_grad():
+        ref = model(x)
+    y = snn.simulate(x, 64)
+    assert relative_error(y[-1], ref) < 0.05 < relative_error(y[0], ref)
+
+
+def test_convolution_fed_by_spikes_gets_neurons():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(64, 3)
+    ).eval()
+    x = torch.randn(5, 1, 8, 8)
+    snn = transpike.convert(model, torch.randn(32, 1, 8, 8), granularity="channel")
+    assert [r.path for r in snn.report().by_role("mt+weight")] == ["0", "2", "5"]
+    with torch.no_grad():
+        ref = model(x)
+    assert relative_error(snn.simulate(x, 64)[-1], ref) < 0.05
+
+
+class Custom(nn.Module):
+    def forward(self, x):
+        return torch.relu(x) * 2
+
+
+def test_unknown_module_is_named(images):
+    model = tiny_vit()
+    model.blocks[1].mlp.act = Custom()
+    with pytest.raises(ConversionError) as error:
+        transpike.convert(model, images[0])
+    assert "blocks.1.mlp.act" in str(error.value)
+    assert "Custom" in str(error.value)
+    assert isinstance(error.value, ValueError)
+
+
+def test_unknown_module_left_analog_when_not_strict(images):
+    model = tiny_vit()
+    model.blocks[1].mlp.act = Custom()
+    calibration, x = images
+    snn = transpike.convert(model, calibration, strict=False)
+    analog = snn.report().analog
+    assert [(r.path, r.module_type) for r in analog] == [("blocks.1.mlp.act", "Custom")]
+    with torch.no_grad():
+        ref = model(x)
+    assert relative_error(snn.simulate(x, 64)[-1], ref) < 0.06
+
+
+def test_nonlinear_pooling_is_refused(images):
+    with pytest.raises(ConversionError, match="global_pool='max'"):
+        transpike.convert(tiny_vit(global_pool="max", class_token=False), images[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(levels=0),
+        dict(levels=2.5),
+        dict(percentile=101.0),
+        dict(percentile=10.0),
+        dict(method="spikformer"),
+        dict(granularity="head"),
+        dict(rounding="up"),
+        dict(neuron="lif"),
+        dict(threshold="max"),
+        dict(horizon=0),
+    ],
+)
+def test_bad_options_are_named(kwargs, images):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name):
+        transpike.convert(tiny_vit(), images[0], **kwargs)
+
+
+def test_calibration_forms(images):
+    calibration, x = images
+    model = tiny_vit()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(calibration, torch.zeros(32)), batch_size=8
+    )
+    by_tensor = transpike.convert(model, calibration).simulate(x, 3)
+    by_loader = transpike.convert(model, loader).simulate(x, 3)
+    by_list = transpike.convert(model, list(calibration.split(8))).simulate(x, 3)
+    # histograms add up, so the thresholds do not depend on how the data was batched
+    assert torch.equal(by_tensor, by_loader) and torch.equal(by_tensor, by_list)
+    with pytest.raises(ValueError, match="empty"):
+        transpike.convert(model, [])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(levels=1),
+        dict(rounding="nearest"),
+        dict(granularity="channel"),
+        dict(neuron="burst"),
+        dict(threshold="mse"),
+        dict(threshold="mse", rounding="nearest", granularity="channel"),
+    ],
+)
+def test_ablation_options_converge(options, images):
+    calibration, x = images
+    model = tiny_vit()
+    with torch.no_grad():
+        ref = model(x)
+    y = transpike.convert(model, calibration, **options).simulate(x, 128)
+    assert relative_error(y[-1], ref) < 0.1
+    assert relative_error(y[-1], ref) < relative_error(y[3], ref)
+
+
+def test_without_compensation_does_not_converge(images):
+    calibration, x = images
+    model = tiny_vit()
+    with torch.no_grad():
+        ref = model(x)
+    with_ec = transpike.convert(model, calibration).simulate(x, 64)[-1]
+    without = transpike.convert(model, calibration, compensation=False).simulate(x, 64)[-1]
+    assert relative_error(without, ref) > 3 * relative_error(with_ec, ref)
+
+
+def test_parallel_weights_give_same_outputs(images):
+    calibration, x = images
+    model = tiny_vit().double()
+    snn = transpike.convert(model, calibration.double())
+    fast = snn.simulate(x.double(), 8)
+    parallel = snn.parallel()
+    layer = parallel.network.blocks[0].mlp.fc1
+    assert isinstance(layer, transpike.ParallelLayer)
+    assert layer.layer.weight.shape == (96, 2 * 8 * 24)  # 2n copies of fc1's 24 inputs
+    assert torch.allclose(parallel.simulate(x.double(), 8), fast, rtol=1e-9, atol=1e-9)
+
+
+def test_parallel_weights_by_hand():
+    weight = torch.tensor([[1.0, -2.0]])
+    copies = transpike.parallel_weights(weight, torch.tensor([0.5, 1.0]), torch.tensor([0.25, 2.0]), 2)
+    # λ_p per input channel: [θ1, 2θ1, -θ2, -2θ2]
+    expected = torch.tensor([[[0.5, -2.0]], [[1.0, -4.0]], [[-0.25, 4.0]], [[-0.5, 8.0]]])
+    assert torch.equal(copies, expected)

@@ -1,0 +1,128 @@
+"""The MT neuron against values worked out by hand and against the paper's level-by-level rule."""
+
+import pytest
+import torch
+
+from transpike import MTNeuron, burst_fire, mt_fire, spike_planes
+from transpike.synapses import level_values
+
+T1, T2 = torch.tensor(1.0), torch.tensor(0.5)  # θ1 = 1, θ2 = 0.5; n = 3: levels 1, 2, 4 and -0.5, -1, -2
+
+
+def fire(values, rounding="greedy", levels=3):
+    return mt_fire(torch.tensor(values), T1, T2, levels, rounding).tolist()
+
+
+def test_greedy_levels_by_hand():
+    # fire the largest λ_k with λ_k - θ/2 <= m; nothing inside (-θ2/2, θ1/2)
+    m = [0.0, 0.49, 0.5, 1.4, 1.5, 3.0, 3.49, 3.5, 100.0, -0.24, -0.25, -0.74, -0.75, -1.75, -50.0]
+    x = [0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 2.0, 4.0, 4.0, 0.0, -0.5, -0.5, -1.0, -2.0, -2.0]
+    assert fire(m) == x
+
+
+def test_nearest_levels_by_hand():
+    # nearest level, same firing condition |m| >= θ/2
+    m = [0.49, 0.5, 0.74, 1.49, 1.51, 2.9, 3.0, 5.9, -0.3, -0.76, -1.6]
+    x = [0.0, 1.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0, -0.5, -1.0, -2.0]
+    assert fire(m, "nearest") == x
+
+
+def test_single_level_is_signed_if_neuron():
+    assert fire([0.4, 0.6, 7.0, -0.2, -0.3, -9.0], levels=1) == [0.0, 1.0, 1.0, 0.0, -0.5, -0.5]
+
+
+def test_burst_by_hand():
+    x = burst_fire(torch.tensor([0.4, 0.5, 5.4, 5.5, 30.0, -0.3, -1.3]), T1, T2, 3).tolist()
+    assert x == [0.0, 1.0, 5.0, 6.0, 7.0, -0.5, -1.5]
+
+
+def reference_greedy(m, theta_pos, theta_neg, levels):
+    """ECMT's rule as the paper states it: try levels from the top, fire the first that passes."""
+    x = torch.zeros_like(m)
+    fired = torch.zeros_like(m, dtype=torch.bool)
+    for k in reversed(range(levels)):
+        up, down = theta_pos * 2**k, theta_neg * 2**k
+        pos = ~fired & (m >= up - theta_pos / 2)
+        neg = ~fired & (-m >= down - theta_neg / 2)
+        x = torch.where(pos, up, torch.where(neg, -down, x))
+        fired |= pos | neg
+    return x
+
+
+@pytest.mark.parametrize("levels", [1, 2, 4, 8])
+def test_closed_form_equals_level_loop(levels):
+    gen = torch.Generator().manual_seed(levels)
+    m = torch.randn(20000, generator=gen, dtype=torch.float64) * 40
+    theta_pos, theta_neg = torch.tensor(0.37, dtype=torch.float64), torch.tensor(0.81, dtype=torch.float64)
+    x, expected = mt_fire(m, theta_pos, theta_neg, levels), reference_greedy(m, theta_pos, theta_neg, levels)
+    # same spike everywhere; the amplitude may differ by one rounding (θ(m) is formed arithmetically)
+    assert torch.equal(torch.sign(x), torch.sign(expected))
+    assert torch.allclose(x, expected, rtol=1e-15, atol=0)
+
+
+def test_nearest_minimizes_distance_among_levels():
+    m = torch.linspace(-20, 20, 8001, dtype=torch.float64)
+    x = mt_fire(m, T1.double(), T2.double(), 4, "nearest")
+    fires = m.abs() >= torch.where(m >= 0, 0.5, 0.25)
+    lam = level_values(T1.double(), T2.double(), 4)
+    best = (m[:, None] - lam[None]).abs().min(1).values
+    assert torch.allclose((m - x).abs()[fires], best[fires])
+    assert (x[~fires] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_dtypes_agree_with_float32(dtype):
+    m = torch.tensor([0.5, 1.5, 3.0, 6.0, 100.0, -0.25, -0.75, -3.0])
+    expected = mt_fire(m, T1, T2, 4)
+    assert torch.equal(mt_fire(m.to(dtype), T1.to(dtype), T2.to(dtype), 4).float(), expected)
+
+
+def test_neuron_dynamics_by_hand():
+    # θ = 1, constant input 0.3: m = 0.3, 0.6 (fire 1, v = -0.4), -0.1, 0.2, 0.5 (fire 1), ...
+    cell = MTNeuron(torch.tensor(1.0), torch.tensor(1.0), levels=2)
+    out = [cell(torch.tensor([0.3])).item() for _ in range(6)]
+    assert out == pytest.approx([0.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    assert cell.v.item() == pytest.approx(-0.2)
+    cell.reset()
+    assert cell.v is None
+
+
+def test_rate_converges_to_input():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(5000, generator=gen) * 3
+    cell = MTNeuron(torch.tensor(0.2), torch.tensor(0.3), levels=8)
+    total = torch.zeros_like(a)
+    for t in range(1, 65):
+        total += cell(a)
+        # S(t) = t·a - v(t) exactly: the rate error is -v(t)/t
+        assert torch.allclose(total / t - a, -cell.v / t, atol=1e-5)
+    assert (total / 64 - a).abs().max() < 0.3 * 2**7 / 64
+
+
+def test_spike_planes_rebuild_output():
+    gen = torch.Generator().manual_seed(1)
+    m = torch.randn(3, 100, generator=gen, dtype=torch.float64) * 10
+    theta_pos, theta_neg = torch.tensor(0.25, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)
+    for x in (mt_fire(m, theta_pos, theta_neg, 5), burst_fire(m, theta_pos, theta_neg, 5)):
+        planes = spike_planes(x, theta_pos, theta_neg, 5)
+        assert planes.shape == (10, 3, 100)
+        assert set(planes.unique().tolist()) <= {0.0, 1.0}
+        lam = level_values(theta_pos, theta_neg, 5).view(-1, 1, 1)
+        assert torch.allclose((planes * lam).sum(0), x)
+    single = spike_planes(mt_fire(m, theta_pos, theta_neg, 5), theta_pos, theta_neg, 5)
+    assert single.sum(0).max() <= 1  # an MT neuron fires at most one spike per step
+
+
+def test_per_channel_thresholds_broadcast():
+    theta = torch.tensor([1.0, 2.0, 4.0])
+    x = mt_fire(torch.full((2, 3), 2.0), theta, theta, 4)
+    assert x.tolist() == [[2.0, 2.0, 4.0]] * 2
+
+
+def test_invalid_neuron_arguments():
+    with pytest.raises(ValueError, match="theta"):
+        MTNeuron(torch.tensor(0.0), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="rounding"):
+        MTNeuron(torch.tensor(1.0), torch.tensor(1.0), rounding="up")
+    with pytest.raises(ValueError, match="neuron"):
+        MTNeuron(torch.tensor(1.0), torch.tensor(1.0), neuron="lif")
