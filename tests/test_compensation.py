@@ -46,6 +46,12 @@ def test_ec_does_not_modify_its_input():
     assert torch.equal(x, keep)
 
 
+def test_in_place_module_does_not_corrupt_state():
+    ec = ExpectationCompensation(nn.ReLU(inplace=True))
+    summed = sum(ec(torch.tensor([v])) for v in (-1.0, 3.0, -1.0))
+    assert summed.item() == pytest.approx(3 * max(0.0, 1.0 / 3))
+
+
 def test_no_compensation_applies_f_per_step():
     ec = ExpectationCompensation(Square(), compensated=False)
     assert [ec(torch.tensor(v)).item() for v in (1.0, 3.0)] == [1.0, 9.0]

@@ -48,6 +48,8 @@ class ExpectationCompensation(Stateful, nn.Module):
 
     def __init__(self, f: nn.Module, compensated: bool = True, analog: str | None = None) -> None:
         super().__init__()
+        if getattr(f, "inplace", False):
+            f.inplace = False  # F reads the running rate, which it must not overwrite
         self.f = f
         self.compensated = compensated
         self.analog = analog
@@ -58,19 +60,20 @@ class ExpectationCompensation(Stateful, nn.Module):
         self.t += 1
         if not self.compensated:
             return self.f(x)
+        # The input rate S(t)/t, kept as a running mean: one fused pass per step instead of a sum
+        # and a division.
         if self.t == 1:
-            self.total, self._scaled = x.clone(), torch.empty_like(x)
+            self.rate = x.clone()
         else:
-            self.total.add_(x)
-        mean_now = self.f(torch.div(self.total, self.t, out=self._scaled))
+            self.rate.lerp_(x, 1.0 / self.t)
+        mean_now = self.f(self.rate)
         out = compensate(mean_now, self.mean, self.t, out=self.mean)
         self.mean = mean_now
         return out
 
     def reset(self) -> None:
         self.t = 0
-        self.total: Tensor | None = None
-        self._scaled: Tensor | None = None
+        self.rate: Tensor | None = None
         self.mean: Tensor | None = None
 
     def extra_repr(self) -> str:

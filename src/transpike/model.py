@@ -124,6 +124,19 @@ class SpikingModel(nn.Module):
             outputs.append((total / t).to(y.dtype))
         return torch.stack(outputs)
 
+    def state_bytes(self) -> int:
+        """Memory held by the simulation state (membranes, running rates and sums), in bytes.
+
+        It depends on the input shape, not on the number of steps.
+        """
+        return sum(
+            value.numel() * value.element_size()
+            for module in self.network.modules()
+            if isinstance(module, Stateful)
+            for value in vars(module).values()
+            if isinstance(value, Tensor)
+        )
+
     def parallel(self) -> SpikingModel:
         """This network with the 2n synapse copies of every weight layer materialized (ECMT §4.4).
 

@@ -15,6 +15,8 @@ plays the part of the v(0) = θ/2 optimum of the related work (Bu et al., ICLR 2
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor, nn
 
@@ -121,6 +123,23 @@ def spike_planes(x: Tensor, theta_pos: Tensor, theta_neg: Tensor, levels: int) -
     return torch.cat([bits * (x > 0), bits * (x < 0)]).to(x.dtype)
 
 
+_workspace = threading.local()
+
+
+def _scratch_like(x: Tensor) -> Tensor:
+    """Scratch memory shaped like x, shared by all neurons of this thread: it only lives during one
+    firing, so one buffer per thread serves the whole network instead of one per neuron."""
+    buffer = getattr(_workspace, "buffer", None)
+    if (
+        buffer is None
+        or buffer.numel() < x.numel()
+        or (buffer.dtype, buffer.device) != (x.dtype, x.device)
+        or buffer.is_inference() != torch.is_inference_mode_enabled()
+    ):
+        buffer = _workspace.buffer = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
+    return buffer[: x.numel()].view(x.shape)
+
+
 class MTNeuron(Stateful, nn.Module):
     """A layer of MT (or burst) neurons with thresholds θ1, θ2 and membrane state v.
 
@@ -162,17 +181,16 @@ class MTNeuron(Stateful, nn.Module):
         """One step: charge, fire, reset by subtraction. The returned tensor is reused next step."""
         if self.v is None:
             self.v = current.clone(memory_format=torch.contiguous_format)
-            self._out, self._scratch = torch.empty_like(self.v), torch.empty_like(self.v)
+            self._out = torch.empty_like(self.v)
         else:
             self.v.add_(current)
-        x = self.fire(self.v, self._out, self._scratch)
+        x = self.fire(self.v, self._out, _scratch_like(self.v))
         self.v.sub_(x)
         return x
 
     def reset(self) -> None:
         self.v: Tensor | None = None
         self._out: Tensor | None = None
-        self._scratch: Tensor | None = None
 
     def extra_repr(self) -> str:
         shape = tuple(self.theta_pos.shape) or "tensor"

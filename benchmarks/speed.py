@@ -1,0 +1,145 @@
+"""Speed and memory: one SNN simulation step against one ANN forward on the same batch.
+
+ANN forwards and SNN steps are interleaved (ANN, step, ANN, step, ...) so both see the same machine
+load; the figure is the median over repeats of the per-pair ratio. Peak memory is the growth of the
+process's peak resident set during ``simulate(x, T)`` against during one ANN forward, each measured
+in a fresh subprocess.
+
+    python benchmarks/speed.py [--models vit_tiny_patch16_224 vit_small_patch16_224] [--batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import timm
+import torch
+
+import transpike
+
+
+def build_ann(name: str, batch: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    gen = torch.Generator().manual_seed(1)
+    return model, torch.randn(batch, 3, 224, 224, generator=gen)
+
+
+def build(
+    name: str, batch: int, options: dict
+) -> tuple[torch.nn.Module, transpike.SpikingModel, torch.Tensor]:
+    model, x = build_ann(name, batch)
+    return model, transpike.convert(model, [torch.randn_like(x) for _ in range(2)], **options), x
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def speed(name: str, batch: int, repeats: int, options: dict) -> dict:
+    model, snn, x = build(name, batch, options)
+    with torch.inference_mode():
+        model(x)
+        snn.reset()
+        for _ in range(2):  # steps 1-2 allocate state; later steps are the steady state
+            snn.step(x)
+        pairs = [(timed(lambda: model(x)), timed(lambda: snn.step(x))) for _ in range(repeats)]
+    ann, step = zip(*pairs, strict=True)
+    return dict(
+        ann_ms=statistics.median(ann) * 1e3,
+        step_ms=statistics.median(step) * 1e3,
+        ratio=statistics.median(s / a for a, s in pairs),
+    )
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def measure_peak(name: str, batch: int, steps: int, what: str, options: dict) -> float:
+    """Run in a fresh process: peak RSS growth in MiB while running one ANN forward or simulate."""
+    if what == "ann":
+        model, x = build_ann(name, batch)
+        run = lambda: model(x)  # noqa: E731
+    else:
+        _, snn, x = build(name, batch, options)
+        run = lambda: snn.simulate(x, steps)  # noqa: E731
+    with torch.inference_mode():
+        before = _status_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+        run()
+        return (_status_kib("VmHWM") - before) / 1024
+
+
+def state_mib(name: str, batch: int, options: dict) -> float:
+    """Simulation state (membranes, rates, sums) held after a run, in MiB: independent of T."""
+    _, snn, x = build(name, batch, options)
+    snn.simulate(x, 2)
+    return snn.state_bytes() / 2**20
+
+
+def peak_memory(name: str, batch: int, steps: int, what: str, options: dict) -> float:
+    code = (
+        "import json, sys; sys.path.insert(0, 'benchmarks'); import speed; "
+        f"print(json.dumps(speed.measure_peak({name!r}, {batch}, {steps}, {what!r}, {options!r})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["vit_tiny_patch16_224", "vit_small_patch16_224"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=8, help="T for the peak-memory measurement")
+    parser.add_argument(
+        "--options", type=json.loads, default={}, help='conversion options, e.g. \'{"neuron": "burst"}\''
+    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/speed.json"))
+    args = parser.parse_args()
+
+    rows = []
+    for name in args.models:
+        row = dict(model=name, **speed(name, args.batch, args.repeats, args.options))
+        row["ann_peak_mib"] = peak_memory(name, args.batch, args.steps, "ann", args.options)
+        row["simulate_peak_mib"] = peak_memory(name, args.batch, args.steps, "snn", args.options)
+        row["state_mib"] = state_mib(name, args.batch, args.options)
+        rows.append(row)
+        print(row, flush=True)
+    result = dict(
+        batch=args.batch,
+        steps=args.steps,
+        options=args.options,
+        machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        torch=torch.__version__,
+        rows=rows,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(
+        f"\n| model (batch {args.batch}, 224 px) | ANN forward | SNN step | step / ANN (median of pairs) "
+        f"| peak RSS growth: ANN forward | simulate T={args.steps} | SNN state |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['ann_ms']:.0f} ms | {r['step_ms']:.0f} ms | {r['ratio']:.2f}x | "
+            f"+{r['ann_peak_mib']:.0f} MiB | +{r['simulate_peak_mib']:.0f} MiB | {r['state_mib']:.0f} MiB |"
+        )
+
+
+if __name__ == "__main__":
+    main()
