@@ -5,14 +5,14 @@ snn = transpike.convert(model, calibration, method="ecmt", levels=8, percentile=
 y = snn.simulate(x, time_steps=8)   # [T, B, classes]; y[t-1] is the prediction after t steps
 """
 
+from ._version import __version__
 from .compensation import ExpectationCompensation, SpikingProduct, compensate
 from .convert import ConversionOptions, calibrate, convert, prepare, to_spiking
 from .errors import ConversionError
+from .io import load, save
 from .model import ConversionReport, SpikingModel
 from .neurons import MTNeuron, burst_fire, mt_fire, spike_planes
 from .synapses import ParallelLayer, SpikingLayer, parallel_weights
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConversionError",
@@ -29,9 +29,11 @@ __all__ = [
     "calibrate",
     "compensate",
     "convert",
+    "load",
     "mt_fire",
     "parallel_weights",
     "prepare",
+    "save",
     "spike_planes",
     "to_spiking",
 ]

@@ -11,7 +11,7 @@ the product EC.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -159,24 +159,51 @@ def _describe(x: object) -> str:
     return f"tensor of dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
 
 
-def _neuron(observer: HistogramObserver, options: ConversionOptions) -> MTNeuron:
-    if options.threshold == "mse":
-        theta_pos, theta_neg = mse_thresholds(
-            observer, options.percentile, options.levels, options.rounding, options.neuron, options.horizon
-        )
-    else:
-        theta_pos, theta_neg = percentile_thresholds(observer, options.percentile)
-    return MTNeuron(theta_pos, theta_neg, options.levels, options.rounding, options.neuron)
+ThresholdSource = Callable[[HistogramObserver, str], tuple[Tensor, Tensor]]
 
 
-def to_spiking(module: nn.Module, options: ConversionOptions) -> nn.Module:
-    """Replace every site, nonlinear module and product of a calibrated network by its SNN form."""
+def calibrated_thresholds(options: ConversionOptions) -> ThresholdSource:
+    """θ1, θ2 of a site from its calibration histogram, by the rule the options name."""
+
+    def thresholds(observer: HistogramObserver, neuron_path: str) -> tuple[Tensor, Tensor]:
+        if options.threshold == "mse":
+            return mse_thresholds(
+                observer,
+                options.percentile,
+                options.levels,
+                options.rounding,
+                options.neuron,
+                options.horizon,
+            )
+        return percentile_thresholds(observer, options.percentile)
+
+    return thresholds
+
+
+def to_spiking(
+    module: nn.Module, options: ConversionOptions, thresholds: ThresholdSource | None = None, path: str = ""
+) -> nn.Module:
+    """Replace every site, nonlinear module and product of a prepared network by its SNN form.
+
+    Args:
+        module: a prepared (and, unless ``thresholds`` says otherwise, calibrated) network.
+        options: the conversion options.
+        thresholds: gives (θ1, θ2) for an observer and the path its neuron will have; by default
+            read from the calibration histograms (:func:`calibrated_thresholds`).
+        path: the module's path in the network (for recursion).
+    """
+    source = thresholds or calibrated_thresholds(options)
+
+    def neuron(observer: HistogramObserver, name: str) -> MTNeuron:
+        theta_pos, theta_neg = source(observer, _join(path, name))
+        return MTNeuron(theta_pos, theta_neg, options.levels, options.rounding, options.neuron)
+
     if isinstance(module, Observed):
-        return SpikingLayer(_neuron(module.observer, options), module.layer)
+        return SpikingLayer(neuron(module.observer, "neuron"), module.layer)
     if isinstance(module, Product):
         return SpikingProduct(
-            _neuron(module.site_a, options),
-            _neuron(module.site_b, options),
+            neuron(module.site_a, "neuron_a"),
+            neuron(module.site_b, "neuron_b"),
             module.op,
             module.scale,
             options.compensation,
@@ -187,7 +214,7 @@ def to_spiking(module: nn.Module, options: ConversionOptions) -> nn.Module:
     if rule is not None and rule.role is Role.NONLINEAR:
         return ExpectationCompensation(module, compensated=options.compensation)
     for name, child in list(module.named_children()):
-        setattr(module, name, to_spiking(child, options))
+        setattr(module, name, to_spiking(child, options, source, _join(path, name)))
     return module
 
 
@@ -206,6 +233,7 @@ def convert(
     compensation: bool = True,
     strict: bool = True,
     max_batches: int | None = None,
+    model_spec: dict | None = None,
 ) -> SpikingModel:
     """Convert a trained ANN into a spiking network.
 
@@ -217,6 +245,8 @@ def convert(
         levels, percentile, granularity, threshold, horizon, rounding, neuron, compensation,
             strict: see :class:`ConversionOptions`.
         max_batches: use at most this many calibration batches.
+        model_spec: how to rebuild the ANN, ``{"timm": name, "kwargs": {...}}``; stored by
+            :func:`transpike.save` so that :func:`transpike.load` needs no template model.
 
     Returns:
         The :class:`SpikingModel`; ``snn.simulate(x, time_steps)`` gives outputs for every t.
@@ -230,4 +260,4 @@ def convert(
     )
     network = prepare(model, options)
     calibrate(network, calibration, max_batches)
-    return SpikingModel(to_spiking(network, options), options.to_dict())
+    return SpikingModel(to_spiking(network, options), options.to_dict(), model_spec)

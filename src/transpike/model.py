@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .compensation import ExpectationCompensation, SpikingProduct
+from .neurons import MTNeuron
 from .rules import Role, rule_for
 from .state import Stateful
 from .synapses import SpikingLayer, parallel_network
@@ -81,12 +82,15 @@ class SpikingModel(nn.Module):
     Args:
         network: the converted module tree (see :func:`transpike.convert`).
         options: the conversion options, kept for reports and saving.
+        model_spec: how to rebuild the ANN architecture, ``{"timm": name, "kwargs": {...}}``, so
+            that :func:`transpike.load` needs no template model; None if unknown.
     """
 
-    def __init__(self, network: nn.Module, options: dict) -> None:
+    def __init__(self, network: nn.Module, options: dict, model_spec: dict | None = None) -> None:
         super().__init__()
         self.network = network
         self.options = dict(options)
+        self.model_spec = model_spec
 
     def reset(self) -> None:
         """Clear all state (membranes, running sums, step counters)."""
@@ -137,12 +141,37 @@ class SpikingModel(nn.Module):
             if isinstance(value, Tensor)
         )
 
+    def ann_state_dict(self) -> dict[str, Tensor]:
+        """The converted ANN's weights under the ANN's own keys (thresholds left out).
+
+        Conversion only wraps modules (``layer`` in a :class:`SpikingLayer`, ``f`` in an EC
+        module), so unwrapping the keys gives back the ANN's state dict exactly.
+        """
+        renames, neurons = {}, []
+        for path, module in self.network.named_modules():
+            prefix = f"{path}." if path else ""
+            if isinstance(module, SpikingLayer):
+                renames[f"{prefix}layer."] = prefix
+            elif isinstance(module, ExpectationCompensation):
+                renames[f"{prefix}f."] = prefix
+            elif isinstance(module, MTNeuron):
+                neurons.append(prefix)
+        state = {}
+        for key, value in self.network.state_dict().items():
+            if any(key.startswith(prefix) for prefix in neurons):
+                continue
+            for old, new in renames.items():
+                if key.startswith(old):
+                    key = new + key[len(old) :]
+            state[key] = value
+        return state
+
     def parallel(self) -> SpikingModel:
         """This network with the 2n synapse copies of every weight layer materialized (ECMT §4.4).
 
         Gives the same outputs as the fast path (up to float rounding); for export and inspection.
         """
-        return SpikingModel(parallel_network(self.network), self.options)
+        return SpikingModel(parallel_network(self.network), self.options, self.model_spec)
 
     def report(self) -> ConversionReport:
         """What every module became: MT sites, EC modules, products, analog leftovers."""

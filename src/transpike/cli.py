@@ -1,0 +1,283 @@
+"""The ``transpike`` command: demo, convert, eval.
+
+    transpike demo [--out DIR] [--time-steps 8]
+    transpike convert --model NAME [--model-kwargs k=v ...] [--checkpoint FILE] --calib DATA --out SNN_FILE
+    transpike eval (--snn SNN_FILE | --model NAME ... --calib DATA) --data DATA --time-steps T --out DIR
+
+Errors in what the user gave (a missing file, an unknown model, a bad option) print one line and
+exit with status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import digits
+from ._version import __version__
+from .convert import GRANULARITIES, METHODS, THRESHOLDS, convert
+from .data import SPEC_HELP, load_dataset, parse_spec
+from .errors import ConversionError
+from .evaluate import World, evaluate, init_world
+from .io import load, rebuild_ann, save
+from .model import SpikingModel
+from .models import create_model, load_checkpoint
+from .neurons import NEURONS, ROUNDINGS
+from .results import check_output_dir, format_table, write_results
+
+
+class UsageError(ValueError):
+    """A problem with what the user asked for."""
+
+
+def parse_kwargs(items: list[str]) -> dict:
+    """``k=v`` pairs; values are Python literals where they parse (3, 0.1, True, (1, 2)), else strings."""
+    kwargs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--model-kwargs: expected key=value, got {item!r}")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value
+    return kwargs
+
+
+def add_conversion_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("conversion")
+    group.add_argument("--method", default="ecmt", choices=METHODS)
+    group.add_argument("--levels", type=int, default=8, help="MT levels per sign (default 8)")
+    group.add_argument("--percentile", type=float, default=99.0, help="threshold percentile p (default 99)")
+    group.add_argument("--threshold", default="percentile", choices=THRESHOLDS)
+    group.add_argument("--horizon", type=int, default=4, help="steps the mse threshold search optimizes for")
+    group.add_argument("--granularity", default="tensor", choices=GRANULARITIES)
+    group.add_argument("--rounding", default="greedy", choices=ROUNDINGS)
+    group.add_argument("--neuron", default="mt", choices=NEURONS)
+    group.add_argument("--no-compensation", action="store_true", help="ablation: no expectation compensation")
+    group.add_argument("--non-strict", action="store_true", help="leave modules without a rule analog")
+
+
+def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", required=required, help="timm model name")
+    group.add_argument(
+        "--model-kwargs", nargs="*", default=[], metavar="K=V", help="passed to timm.create_model"
+    )
+    group.add_argument("--checkpoint", help="safetensors or torch file (read with weights_only=True)")
+    group.add_argument("--calib", help=f"calibration data: {SPEC_HELP} (default split: train)")
+    group.add_argument("--calib-batches", type=int, default=16, help="calibration batches (default 16)")
+
+
+def conversion_options(args: argparse.Namespace) -> dict:
+    return dict(
+        method=args.method,
+        levels=args.levels,
+        percentile=args.percentile,
+        threshold=args.threshold,
+        horizon=args.horizon,
+        granularity=args.granularity,
+        rounding=args.rounding,
+        neuron=args.neuron,
+        compensation=not args.no_compensation,
+        strict=not args.non_strict,
+    )
+
+
+def positive(name: str, value: int) -> int:
+    if value < 1:
+        raise UsageError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def calibration_batches(dataset, batches: int, batch_size: int) -> list[torch.Tensor]:
+    """The first ``batches`` batches of a seeded shuffle (the same on every process)."""
+    order = torch.Generator().manual_seed(0)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=order)
+    out = []
+    for x, _ in loader:
+        out.append(x)
+        if len(out) == batches:
+            break
+    return out
+
+
+def convert_from_args(args: argparse.Namespace) -> tuple[SpikingModel, torch.nn.Module]:
+    """Build the ANN the options describe and convert it; returns (snn, ann)."""
+    if not args.calib:
+        raise UsageError("--calib is required to convert a model")
+    positive("--calib-batches", args.calib_batches)
+    kwargs = parse_kwargs(args.model_kwargs)
+    ann = create_model(args.model, kwargs)
+    if args.checkpoint:
+        load_checkpoint(ann, args.checkpoint)
+    calibration = load_dataset(args.calib, "train", ann)
+    batches = calibration_batches(calibration, args.calib_batches, args.batch_size)
+    snn = convert(ann, batches, **conversion_options(args), model_spec={"timm": args.model, "kwargs": kwargs})
+    return snn, ann
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise UsageError(f"--out {out}: file exists; pass --force to replace it")
+    snn, _ = convert_from_args(args)
+    save(snn, out, overwrite=True)
+    print(snn.report())
+    print(f"\nwrote {out}")
+    return 0
+
+
+def run_evaluation(
+    snn: SpikingModel, ann: torch.nn.Module, dataset, settings: dict, meta: dict, world: World
+) -> dict:
+    """Evaluate, print the table and (on rank 0) write the result files.
+
+    ``settings``: time_steps, batch_size, limit, device, out.
+    """
+    start = time.perf_counter()
+    counts = evaluate(
+        snn,
+        ann,
+        dataset,
+        settings["time_steps"],
+        settings["batch_size"],
+        settings["limit"],
+        settings["device"],
+        world,
+    )
+    results = dict(
+        **meta,
+        method=snn.options["method"],
+        time_steps=settings["time_steps"],
+        **counts,
+        options=snn.options,
+        device=settings["device"],
+        processes=world.size,
+        seconds=round(time.perf_counter() - start, 2),
+        transpike=__version__,
+    )
+    if world.is_main:
+        print(format_table(results))
+        paths = write_results(results, Path(settings["out"]))
+        print("\nwrote " + ", ".join(str(p) for p in paths))
+    return results
+
+
+def check_eval_args(args: argparse.Namespace) -> None:
+    positive("--time-steps", args.time_steps)
+    positive("--batch-size", args.batch_size)
+    if args.limit is not None:
+        positive("--limit", args.limit)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    check_eval_args(args)
+    parse_spec(args.data, "test")  # fail on a bad spec before any slow work
+    if args.calib:
+        parse_spec(args.calib, "train")
+    world = init_world(args.device)
+    if world.is_main:
+        check_output_dir(args.out, args.force)
+    if args.snn:
+        snn = load(args.snn)
+        ann = rebuild_ann(snn)
+        model_name = snn.model_spec["timm"] if snn.model_spec else str(args.snn)
+    elif args.model:
+        snn, ann = convert_from_args(args)
+        model_name = args.model
+    else:
+        raise UsageError("give --snn FILE, or --model NAME with --calib DATA")
+    dataset = load_dataset(args.data, "test", ann)
+    meta = dict(model=model_name, data=args.data, snn_file=args.snn)
+    settings = dict(
+        time_steps=args.time_steps,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        device=args.device,
+        out=args.out,
+    )
+    run_evaluation(snn, ann, dataset, settings, meta, world)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    positive("--time-steps", args.time_steps)
+    out = check_output_dir(args.out, args.force)
+    start = time.perf_counter()
+    with tqdm(
+        total=digits.TRAINING["epochs"], desc="train digits ViT (once, then cached)", unit="epoch"
+    ) as bar:
+        ann = digits.trained_digits_vit(lambda epoch, total: bar.update(epoch - bar.n))
+    train, _ = digits.load_digits_split("train")
+    spec = {"timm": "vit_tiny_patch16_224", "kwargs": digits.ARCHITECTURE}
+    snn = convert(ann, train.split(256), **conversion_options(args), model_spec=spec)
+    test = load_dataset("digits:test")
+    settings = dict(time_steps=args.time_steps, batch_size=256, limit=None, device="cpu", out=out)
+    meta = dict(model="transpike digits ViT", data="digits:test", snn_file=str(out / "snn.safetensors"))
+    run_evaluation(snn, ann, test, settings, meta, World())
+    save(snn, out / "snn.safetensors", overwrite=True)
+    print(f"wrote {out / 'snn.safetensors'}\ndemo finished in {time.perf_counter() - start:.0f} s")
+    print(
+        "other settings: --threshold mse --rounding nearest (one spike per step) or "
+        "--neuron burst --threshold mse; measured in BENCHMARKS.md"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="transpike", description="ANN-to-SNN conversion of Vision Transformers"
+    )
+    parser.add_argument("--version", action="version", version=f"transpike {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="train, convert and evaluate a ViT on the built-in digits data")
+    demo.add_argument("--out", default="transpike-demo", help="results directory (default ./transpike-demo)")
+    demo.add_argument("--time-steps", type=int, default=8)
+    demo.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
+    add_conversion_args(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    conv = commands.add_parser("convert", help="convert a timm model and save the spiking network")
+    add_model_args(conv, required=True)
+    conv.add_argument("--batch-size", type=int, default=32, help="calibration batch size")
+    conv.add_argument("--out", required=True, help="spiking network file (.safetensors)")
+    conv.add_argument("--force", action="store_true", help="replace an existing --out file")
+    add_conversion_args(conv)
+    conv.set_defaults(func=cmd_convert)
+
+    ev = commands.add_parser("eval", help="accuracy of the ANN and of the SNN at every t <= T")
+    ev.add_argument("--snn", help="a network written by 'transpike convert'")
+    add_model_args(ev, required=False)
+    ev.add_argument("--data", required=True, help=f"evaluation data: {SPEC_HELP} (default split: test)")
+    ev.add_argument("--time-steps", type=int, required=True)
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--limit", type=int, help="evaluate only the first N samples")
+    ev.add_argument("--device", default="cpu", help="cpu or cuda")
+    ev.add_argument("--out", required=True, help="results directory")
+    ev.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
+    add_conversion_args(ev)
+    ev.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileExistsError, ConversionError) as error:
+        if args.debug:
+            raise
+        print(f"transpike: error: {error}", file=sys.stderr)
+        return 2

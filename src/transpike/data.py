@@ -1,0 +1,181 @@
+"""Dataset specs for the command line: where calibration and evaluation images come from.
+
+    digits[:train|:test]             sklearn's digits (built in; the default data)
+    npz:PATH                         arrays x (N,C,H,W or N,H,W) and y (N,); uint8 x is divided by 255,
+                                     float x is fed as stored
+    imagefolder:PATH                 an ImageNet-style folder tree (one folder per class)
+    cifar10:PATH[:train|:test]       CIFAR-10, python version, already on disk (PATH/cifar-10-batches-py)
+    cifar100:PATH[:train|:test]      CIFAR-100, python version, already on disk (PATH/cifar-100-python)
+
+Image folders and CIFAR are preprocessed with the model's timm data config (resize, crop,
+normalization), as timm's own validation does. Nothing is ever downloaded. CIFAR's python version is
+a pickle; it is read with an unpickler that can only build numpy arrays and plain containers, so a
+tampered file cannot run code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from .digits import load_digits_split
+
+KINDS = ("digits", "npz", "imagefolder", "cifar10", "cifar100")
+SPEC_HELP = (
+    "digits[:train|:test], npz:PATH, imagefolder:PATH, "
+    "cifar10:PATH[:train|:test], cifar100:PATH[:train|:test]"
+)
+
+
+def parse_spec(spec: str, default_split: str) -> tuple[str, str, str]:
+    """(kind, path, split) of a data spec; ValueError naming the spec if it is malformed."""
+    kind, _, rest = spec.partition(":")
+    if kind not in KINDS:
+        raise ValueError(f"unknown data spec {spec!r}; expected one of: {SPEC_HELP}")
+    split = default_split
+    if kind in ("digits", "cifar10", "cifar100"):
+        head, _, tail = rest.rpartition(":")
+        if tail in ("train", "test"):
+            rest, split = head, tail
+    if kind == "digits":
+        if rest:
+            raise ValueError(f"bad data spec {spec!r}: digits takes only a split, digits[:train|:test]")
+        return kind, "", split
+    if not rest:
+        raise ValueError(f"bad data spec {spec!r}: {kind} needs a path, {kind}:PATH")
+    if not Path(rest).exists():
+        raise ValueError(f"data spec {spec!r}: {rest} does not exist")
+    return kind, rest, split
+
+
+def _npz(path: str) -> TensorDataset:
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            x, y = arrays["x"], arrays["y"]
+    except KeyError as missing:
+        raise ValueError(f"npz data {path}: needs arrays 'x' and 'y', missing {missing}") from None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"npz data {path}: cannot be read as .npz without pickle ({error})") from None
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(
+            f"npz data {path}: need x of shape (N,C,H,W) or (N,H,W) and y of shape (N,), "
+            f"got {x.shape} and {y.shape}"
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"npz data {path}: labels y must be integers, got {y.dtype}")
+    images = torch.from_numpy(x)
+    images = images.float() / 255.0 if x.dtype == np.uint8 else images.float()
+    return TensorDataset(images, torch.from_numpy(y).long())
+
+
+def _timm_transform(model: nn.Module | None, spec: str):
+    if model is None:
+        raise ValueError(f"data spec {spec!r}: preprocessing needs the model's data config")
+    import timm.data
+
+    # The pretrained config keeps the default resolution even when the model was built with another
+    # img_size; the model's own patch embedding knows the size it accepts.
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    overrides = {"input_size": (getattr(model, "in_chans", 3), *size)} if size else {}
+    config = timm.data.resolve_data_config(overrides, model=model)
+    return timm.data.create_transform(**config, is_training=False)
+
+
+def load_dataset(spec: str, default_split: str = "test", model: nn.Module | None = None) -> Dataset:
+    """The dataset a spec names; images come out as float tensors ready for the model.
+
+    Args:
+        spec: see the module docstring.
+        default_split: the split of digits / CIFAR when the spec gives none.
+        model: the ANN, whose timm data config preprocesses image folders and CIFAR.
+    """
+    kind, path, split = parse_spec(spec, default_split)
+    if kind == "digits":
+        return TensorDataset(*load_digits_split(split))
+    if kind == "npz":
+        return _npz(path)
+    transform = _timm_transform(model, spec)
+    if kind == "imagefolder":
+        from torchvision.datasets import ImageFolder
+
+        try:
+            return ImageFolder(path, transform=transform)
+        except (FileNotFoundError, RuntimeError) as error:
+            raise ValueError(f"imagefolder data {path}: {error}") from None
+    return CIFAR(Path(path), kind, split, transform)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Builds only numpy arrays and plain containers: any other global in the stream is refused."""
+
+    ALLOWED = frozenset(
+        [
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
+        ]
+    )
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if module.startswith("numpy.core"):  # numpy 2 moved numpy.core to numpy._core
+            module = module.replace("numpy.core", "numpy._core") if hasattr(np, "_core") else module
+        return getattr(importlib.import_module(module), name)
+
+
+class CIFAR(Dataset):
+    """CIFAR-10 / CIFAR-100 (python version) from disk, as PIL images through ``transform``."""
+
+    LAYOUT: ClassVar[dict[str, tuple]] = {
+        "cifar10": (
+            "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)],
+            ["test_batch"],
+            "labels",
+        ),
+        "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
+    }
+
+    def __init__(self, root: Path, kind: str, split: str, transform=None) -> None:
+        folder, train_files, test_files, label_key = self.LAYOUT[kind]
+        data, labels = [], []
+        for name in train_files if split == "train" else test_files:
+            file = root / folder / name
+            if not file.is_file():
+                raise ValueError(
+                    f"{kind} data {root}: {file} not found (the python version of the dataset is expected; "
+                    "transpike never downloads datasets)"
+                )
+            try:
+                with open(file, "rb") as handle:
+                    entry = _ArrayUnpickler(handle, encoding="latin1").load()
+                data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.extend(int(label) for label in entry[label_key])
+            except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as error:
+                raise ValueError(f"{kind} data {file}: not a CIFAR batch file ({error})") from None
+        self.images = np.concatenate(data).transpose(0, 2, 3, 1)  # HWC for PIL
+        self.labels = labels
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{kind} data {root}: {len(self.images)} images but {len(self.labels)} labels")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        image = Image.fromarray(self.images[index])
+        return (self.transform(image) if self.transform else image), self.labels[index]

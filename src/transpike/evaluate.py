@@ -1,0 +1,87 @@
+"""Accuracy of the ANN and of the SNN after every t ≤ T, in one process or sharded over many.
+
+Under ``torchrun`` (WORLD_SIZE > 1) every process evaluates the samples ``rank, rank + world, ...``
+(each sample exactly once), the correct counts are summed with ``all_reduce``, and every rank ends
+with the same totals; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from .model import SpikingModel
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the evaluation processes."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_world(device: str) -> World:
+    """Join the process group torchrun set up (gloo on CPU, nccl on CUDA); a single process otherwise."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return World(dist.get_rank(), dist.get_world_size())
+
+
+def evaluate(
+    snn: SpikingModel,
+    ann: nn.Module,
+    dataset: Dataset,
+    time_steps: int,
+    batch_size: int = 64,
+    limit: int | None = None,
+    device: str = "cpu",
+    world: World | None = None,
+    progress: bool = True,
+) -> dict:
+    """Top-1 accuracy (percent) of the ANN and of the SNN after each t = 1..T.
+
+    Returns:
+        dict with ``num_samples``, ``ann_top1`` and ``snn_top1`` (list, index t-1 = after t steps).
+    """
+    world = world or World()
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    if total == 0:
+        raise ValueError("the evaluation data is empty")
+    shard = Subset(dataset, range(world.rank, total, world.size))
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
+    snn.to(device)
+    ann.to(device).eval()
+    # counts: [samples, ANN correct, SNN correct after t = 1..T]
+    counts = torch.zeros(2 + time_steps, dtype=torch.float64, device=device)
+    bar = tqdm(total=len(shard), desc="evaluate", unit="img", disable=not (progress and world.is_main))
+    with torch.inference_mode():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            counts[0] += len(y)
+            counts[1] += (ann(x).argmax(-1) == y).sum()
+            counts[2:] += (snn.simulate(x, time_steps).argmax(-1) == y).sum(-1)
+            bar.update(len(y))
+    bar.close()
+    if world.size > 1:
+        dist.all_reduce(counts)
+    counts = counts.cpu()
+    samples = int(counts[0])
+    return dict(
+        num_samples=samples,
+        ann_top1=100.0 * counts[1].item() / samples,
+        snn_top1=(100.0 * counts[2:] / samples).tolist(),
+    )

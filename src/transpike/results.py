@@ -1,0 +1,53 @@
+"""Result files of an evaluation: results.json, results.csv and accuracy.png in one directory.
+
+A directory that already holds files is never written into unless ``force`` is given, and each
+file is written atomically, so an interrupted run leaves the previous results intact.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from .io import atomic_write
+from .plots import plot_accuracy
+
+
+def check_output_dir(path: str | Path, force: bool) -> Path:
+    """The output directory, refused if it holds files and ``force`` is False."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path}: exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise ValueError(f"--out {path}: directory is not empty; pass --force to write into it")
+    return path
+
+
+def write_results(results: dict, out: Path) -> list[Path]:
+    """Write the JSON, the per-t CSV table and the accuracy plot; returns the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path, png_path = out / "results.json", out / "results.csv", out / "accuracy.png"
+    atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["t", "snn_top1", "ann_top1", "difference"])
+            for t, top1 in enumerate(results["snn_top1"], start=1):
+                writer.writerow(
+                    [t, f"{top1:.4f}", f"{results['ann_top1']:.4f}", f"{top1 - results['ann_top1']:.4f}"]
+                )
+
+    atomic_write(csv_path, write_csv)
+    atomic_write(png_path, lambda tmp: plot_accuracy(results, tmp))
+    return [json_path, csv_path, png_path]
+
+
+def format_table(results: dict) -> str:
+    """The per-t table printed by the command line."""
+    ann = results["ann_top1"]
+    lines = [f"ANN top-1: {ann:.2f} % on {results['num_samples']} samples", "", "  t   SNN top-1   vs ANN"]
+    for t, top1 in enumerate(results["snn_top1"], start=1):
+        lines.append(f"{t:>3}   {top1:8.2f} %   {top1 - ann:+6.2f}")
+    return "\n".join(lines)

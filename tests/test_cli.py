@@ -1,0 +1,228 @@
+"""The transpike command: every command, every data spec, errors, and distributed evaluation."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from transpike import cli, digits
+from transpike.data import load_dataset
+
+MODEL = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=24",
+         "depth=2", "num_heads=3", "num_classes=4"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def quick_digits(tmp_path_factory, monkeypatch):
+    """A private model cache and a short training run, so tests neither share nor wait."""
+    monkeypatch.setenv("TRANSPIKE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setitem(digits.TRAINING, "epochs", 2)
+
+
+@pytest.fixture
+def npz_data(tmp_path):
+    """12 random 16 px RGB images with 4 classes, as uint8."""
+    gen = np.random.default_rng(0)
+    path = tmp_path / "data.npz"
+    np.savez(path, x=gen.integers(0, 256, (12, 3, 16, 16), dtype=np.uint8), y=gen.integers(0, 4, 12))
+    return f"npz:{path}"
+
+
+def run(*argv):
+    return cli.main([str(a) for a in argv])
+
+
+def test_demo_writes_results(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert run("demo", "--out", out, "--time-steps", 3) == 0
+    results = json.loads((out / "results.json").read_text())
+    for key in ("model", "method", "time_steps", "num_samples", "ann_top1", "snn_top1", "options"):
+        assert key in results
+    assert results["time_steps"] == 3 and len(results["snn_top1"]) == 3
+    assert results["num_samples"] == 719
+    assert (out / "results.csv").read_text().splitlines()[0] == "t,snn_top1,ann_top1,difference"
+    assert Image.open(out / "accuracy.png").size[0] > 100
+    assert (out / "snn.safetensors").is_file()
+    assert "SNN top-1" in capsys.readouterr().out
+
+
+def test_demo_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    assert run("demo", "--out", out) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "mine.txt").read_text() == "keep"
+
+
+def test_convert_then_eval_equals_eval_with_conversion(tmp_path, npz_data):
+    snn_file = tmp_path / "net.safetensors"
+    assert (
+        run(
+            "convert", *MODEL, "--calib", npz_data, "--calib-batches", 2, "--batch-size", 4, "--out", snn_file
+        )
+        == 0
+    )
+    assert run("eval", "--snn", snn_file, "--data", npz_data, "--time-steps", 4, "--out", tmp_path / "a") == 0
+    assert run(
+        "eval", *MODEL, "--calib", npz_data, "--calib-batches", 2, "--batch-size", 4,
+        "--data", npz_data, "--time-steps", 4, "--out", tmp_path / "b",
+    ) == 0  # fmt: skip
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
+    assert a["snn_top1"] == b["snn_top1"] and a["ann_top1"] == b["ann_top1"]
+    assert a["num_samples"] == 12 and a["model"] == "vit_tiny_patch16_224"
+
+
+def test_convert_refuses_existing_file(tmp_path, npz_data, capsys):
+    target = tmp_path / "net.safetensors"
+    target.write_bytes(b"mine")
+    assert run("convert", *MODEL, "--calib", npz_data, "--out", target) == 2
+    assert "--force" in capsys.readouterr().err
+    assert target.read_bytes() == b"mine"
+
+
+def test_checkpoint_files(tmp_path, npz_data):
+    torch.manual_seed(3)
+    from transpike.models import create_model
+
+    model = create_model("vit_tiny_patch16_224", cli.parse_kwargs(MODEL[3:]))
+    torch.save({"model": model.state_dict()}, tmp_path / "ckpt.pth")
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), tmp_path / "ckpt.safetensors")
+    results = []
+    for ckpt in ("ckpt.pth", "ckpt.safetensors"):
+        out = tmp_path / ckpt.replace(".", "-")
+        argv = ["eval", *MODEL, "--checkpoint", tmp_path / ckpt, "--calib", npz_data, "--data", npz_data]
+        assert run(*argv, "--time-steps", 2, "--out", out) == 0
+        results.append(json.loads((out / "results.json").read_text())["snn_top1"])
+    assert results[0] == results[1]
+
+
+def make_cifar(root, hundred: bool, samples: int = 6):
+    folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
+    folder.mkdir(parents=True)
+    gen = np.random.default_rng(1)
+    key = "fine_labels" if hundred else "labels"
+    names = ["train", "test"] if hundred else [*[f"data_batch_{i}" for i in range(1, 6)], "test_batch"]
+    for name in names:
+        entry = {"data": gen.integers(0, 256, (samples, 3072), dtype=np.uint8), key: list(range(samples))}
+        (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
+
+
+@pytest.mark.parametrize(
+    "kind", ["digits", "digits:train", "npz-float", "imagefolder", "cifar10", "cifar100"]
+)
+def test_every_data_spec(kind, tmp_path):
+    from transpike.models import create_model
+
+    model = create_model(
+        "vit_tiny_patch16_224", dict(img_size=16, patch_size=4, embed_dim=24, depth=1, num_heads=3)
+    )
+    if kind.startswith("digits"):
+        spec, expected = kind, (1078 if kind.endswith("train") else 719, (1, 8, 8))
+    elif kind == "npz-float":
+        np.savez(tmp_path / "d.npz", x=np.random.rand(5, 9, 9).astype(np.float32), y=np.arange(5))
+        spec, expected = f"npz:{tmp_path / 'd.npz'}", (5, (1, 9, 9))
+    elif kind == "imagefolder":
+        for cls in ("cat", "dog"):
+            (tmp_path / cls).mkdir()
+            for i in range(2):
+                Image.fromarray(np.full((20, 24, 3), 40 * i, dtype=np.uint8)).save(
+                    tmp_path / cls / f"{i}.png"
+                )
+        spec, expected = f"imagefolder:{tmp_path}", (4, (3, 16, 16))
+    else:
+        make_cifar(tmp_path, kind == "cifar100")
+        spec, expected = f"{kind}:{tmp_path}", (6, (3, 16, 16))
+    dataset = load_dataset(spec, "test", model)
+    x, y = dataset[0]
+    assert (len(dataset), tuple(x.shape)) == expected
+    assert x.dtype == torch.float32 and int(y) >= 0
+
+
+def test_cifar_pickle_payload_is_refused(tmp_path):
+    make_cifar(tmp_path, hundred=False)
+    marker = tmp_path / "pwned"
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(
+        b"cposix\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+    )
+    with pytest.raises(ValueError, match=r"refusing to load posix\.system"):
+        load_dataset(f"cifar10:{tmp_path}", "test", torch.nn.Identity())
+    assert not marker.exists()
+
+
+EVAL = ["--data", "digits", "--time-steps", "2"]
+CALIB = ["--calib", "digits"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "--snn", "missing.safetensors", *EVAL], "missing.safetensors"),
+        (["eval", *MODEL, "--calib", "npz:/no/such/file.npz", *EVAL], "/no/such"),
+        (["eval", "--model", "vit_nonexistent", *CALIB, *EVAL], "unknown timm model 'vit_nonexistent'"),
+        (["eval", *MODEL, "bogus", *CALIB, *EVAL], "bogus"),
+        (["eval", *MODEL, "depth=oops", *CALIB, *EVAL], "depth"),
+        (
+            ["eval", "--snn", "x", "--data", "mnist:/tmp", "--time-steps", "2"],
+            "unknown data spec 'mnist:/tmp'",
+        ),
+        (["eval", *MODEL, *CALIB, "--data", "digits", "--time-steps", "0"], "--time-steps"),
+        (["eval", *MODEL, "--checkpoint", "nope.pth", *CALIB, *EVAL], "nope.pth"),
+        (["convert", *MODEL, "--out", "x.safetensors"], "--calib"),
+    ],
+)
+def test_errors_are_one_line_with_status_2(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run(*argv, *(["--out", "results"] if argv[0] == "eval" else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1 and err.startswith("transpike: error:")
+
+
+def test_debug_shows_traceback(tmp_path):
+    with pytest.raises(ValueError, match="unknown data spec"):
+        run("--debug", "eval", "--snn", "x", "--data", "nope", "--time-steps", 2, "--out", tmp_path / "r")
+
+
+def test_cuda_device(tmp_path, npz_data, capsys):
+    argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--time-steps", 2, "--device", "cuda"]
+    status = run(*argv, "--out", tmp_path / "r")
+    if torch.cuda.is_available():
+        assert status == 0
+        assert json.loads((tmp_path / "r" / "results.json").read_text())["device"] == "cuda"
+    else:
+        assert status == 2
+        assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(tmp_path, npz_data):
+    common = [
+        *MODEL,
+        "--calib",
+        npz_data,
+        "--calib-batches",
+        2,
+        "--batch-size",
+        4,
+        "--data",
+        npz_data,
+        "--time-steps",
+        3,
+    ]
+    assert run("eval", *common, "--out", tmp_path / "single") == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
+    subprocess.run([*launch, "-m", "transpike", "eval", *map(str, common), "--out", str(tmp_path / "dist")],
+                   check=True, env=env, capture_output=True, timeout=300)  # fmt: skip
+    single, dist = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("single", "dist"))
+    assert dist["processes"] == 2 and dist["num_samples"] == single["num_samples"] == 12
+    assert dist["snn_top1"] == single["snn_top1"] and dist["ann_top1"] == single["ann_top1"]

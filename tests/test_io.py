@@ -1,0 +1,136 @@
+"""Saving and loading converted networks: round trips, foreign files, and no code execution."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from conftest import TINY, tiny_vit
+from safetensors.torch import save_file
+
+import transpike
+from transpike.io import read_header, rebuild_ann
+
+SPEC = {"timm": "vit_tiny_patch16_224", "kwargs": TINY}
+
+
+@pytest.fixture
+def snn(images):
+    return transpike.convert(tiny_vit(), images[0], model_spec=SPEC, granularity="channel", neuron="burst")
+
+
+def test_round_trip_is_bit_identical(snn, images, tmp_path):
+    path = transpike.save(snn, tmp_path / "net.safetensors")
+    loaded = transpike.load(path)
+    assert loaded.options == snn.options
+    assert torch.equal(loaded.simulate(images[1], 6), snn.simulate(images[1], 6))
+    assert list(tmp_path.iterdir()) == [path]  # no temporary files left behind
+
+
+def test_load_with_template_model(images, tmp_path):
+    snn = transpike.convert(tiny_vit(), images[0])  # no model spec
+    path = transpike.save(snn, tmp_path / "net.safetensors")
+    with pytest.raises(ValueError, match="model=") as error:
+        transpike.load(path)
+    assert "net.safetensors" in str(error.value)
+    loaded = transpike.load(path, model=tiny_vit(seed=7))  # any weights: only the architecture counts
+    assert torch.equal(loaded.simulate(images[1], 3), snn.simulate(images[1], 3))
+
+
+def test_rebuilt_ann_is_the_converted_ann(snn, images):
+    with torch.no_grad():
+        assert torch.equal(rebuild_ann(snn)(images[1]), tiny_vit()(images[1]))
+
+
+def test_save_never_overwrites_silently(snn, tmp_path):
+    path = tmp_path / "net.safetensors"
+    path.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        transpike.save(snn, path)
+    assert path.read_bytes() == b"precious"
+    transpike.save(snn, path, overwrite=True)
+    assert read_header(path)["format"] == "transpike.spiking-network"
+
+
+def test_crash_mid_write_keeps_the_previous_file(snn, tmp_path, monkeypatch):
+    path = transpike.save(snn, tmp_path / "net.safetensors")
+    before = path.read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(transpike.io, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        transpike.save(snn, path, overwrite=True)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.safetensors"]
+
+
+class Payload:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_file_is_refused_without_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.safetensors"
+    path.write_bytes(pickle.dumps(Payload(str(marker))))
+    with pytest.raises(ValueError, match="not a transpike network file"):
+        transpike.load(path)
+    assert not marker.exists()
+
+
+def test_torch_save_file_is_refused(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"w": torch.ones(2)}, path)
+    with pytest.raises(ValueError, match="not a transpike network file"):
+        transpike.load(path)
+
+
+def test_foreign_safetensors_is_refused(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.ones(2)}, path)
+    with pytest.raises(ValueError, match="not one written by transpike"):
+        transpike.load(path)
+
+
+def test_newer_version_is_refused(snn, tmp_path):
+    path = tmp_path / "net.safetensors"
+    header = json.loads(json.dumps(dict(format="transpike.spiking-network", version=99, transpike="9.0")))
+    save_file({"w": torch.ones(2)}, path, metadata={"transpike": json.dumps(header)})
+    with pytest.raises(ValueError, match="version 99"):
+        transpike.load(path)
+
+
+def test_truncated_and_missing_files(snn, tmp_path):
+    path = transpike.save(snn, tmp_path / "net.safetensors")
+    data = path.read_bytes()
+    for cut in (0, 7, len(data) // 2, len(data) - 1):
+        path.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=r"net\.safetensors"):
+            transpike.load(path)
+    with pytest.raises(ValueError, match="no such file"):
+        transpike.load(tmp_path / "absent.safetensors")
+
+
+def test_wrong_architecture_is_refused(snn, tmp_path):
+    path = transpike.save(snn, tmp_path / "net.safetensors")
+    with pytest.raises(ValueError, match=r"net\.safetensors"):
+        transpike.load(path, model=tiny_vit(depth=3))
+
+
+def test_file_is_plain_safetensors(snn, tmp_path):
+    path = transpike.save(snn, tmp_path / "net.safetensors")
+    size = int.from_bytes(path.read_bytes()[:8], "little")
+    header = json.loads(path.read_bytes()[8 : 8 + size])
+    assert "blocks.0.attn.qkv.neuron.theta_pos" in header
+    assert json.loads(header["__metadata__"]["transpike"])["model"] == SPEC
+    assert os.path.getsize(path) > 0
