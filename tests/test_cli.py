@@ -49,7 +49,13 @@ def test_demo_writes_results(tmp_path, capsys):
     assert (out / "results.csv").read_text().splitlines()[0] == "t,snn_top1,ann_top1,difference"
     assert Image.open(out / "accuracy.png").size[0] > 100
     assert (out / "snn.safetensors").is_file()
-    assert "SNN top-1" in capsys.readouterr().out
+    energy = results["energy"]
+    assert energy["ann_macs"] > 0 and len(energy["energy_ratio"]) == 3
+    assert {"path", "kind", "ann_macs", "snn_acs", "input_firing_rate"} <= set(energy["layers"][0])
+    for name in ("energy", "firing_rates", "spike_levels"):
+        assert Image.open(out / f"{name}.png").size[0] > 100
+    printed = capsys.readouterr().out
+    assert "SNN top-1" in printed and "ECMT form" in printed
 
 
 def test_demo_refuses_to_overwrite(tmp_path, capsys):
@@ -226,3 +232,8 @@ def test_torchrun_two_processes_match_one(tmp_path, npz_data):
     single, dist = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("single", "dist"))
     assert dist["processes"] == 2 and dist["num_samples"] == single["num_samples"] == 12
     assert dist["snn_top1"] == single["snn_top1"] and dist["ann_top1"] == single["ann_top1"]
+    for key in ("energy_ratio", "energy_ratio_full", "energy_ratio_sit", "snn_acs"):
+        assert dist["energy"][key] == pytest.approx(single["energy"][key])
+    assert dist["energy"]["level_histogram"] == single["energy"]["level_histogram"]
+    for one, two in zip(single["energy"]["sites"], dist["energy"]["sites"], strict=True):
+        assert one["firing_rate"] == pytest.approx(two["firing_rate"])

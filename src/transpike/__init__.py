@@ -8,6 +8,7 @@ y = snn.simulate(x, time_steps=8)   # [T, B, classes]; y[t-1] is the prediction 
 from ._version import __version__
 from .compensation import ExpectationCompensation, SpikingProduct, compensate
 from .convert import ConversionOptions, calibrate, convert, prepare, to_spiking
+from .energy import EnergyReport, account
 from .errors import ConversionError
 from .io import load, save
 from .model import ConversionReport, SpikingModel
@@ -18,6 +19,7 @@ __all__ = [
     "ConversionError",
     "ConversionOptions",
     "ConversionReport",
+    "EnergyReport",
     "ExpectationCompensation",
     "MTNeuron",
     "ParallelLayer",
@@ -25,6 +27,7 @@ __all__ = [
     "SpikingModel",
     "SpikingProduct",
     "__version__",
+    "account",
     "burst_fire",
     "calibrate",
     "compensate",

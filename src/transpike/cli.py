@@ -14,6 +14,7 @@ import argparse
 import ast
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from . import digits
 from ._version import __version__
 from .convert import GRANULARITIES, METHODS, THRESHOLDS, convert
 from .data import SPEC_HELP, load_dataset, parse_spec
+from .energy import E_AC, E_MAC
 from .errors import ConversionError
 from .evaluate import World, evaluate, init_world
 from .io import load, rebuild_ann, save
@@ -63,6 +65,15 @@ def add_conversion_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--neuron", default="mt", choices=NEURONS)
     group.add_argument("--no-compensation", action="store_true", help="ablation: no expectation compensation")
     group.add_argument("--non-strict", action="store_true", help="leave modules without a rule analog")
+
+
+def add_energy_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("energy")
+    group.add_argument("--no-energy", action="store_true", help="skip spike and energy accounting")
+    group.add_argument(
+        "--e-mac", type=float, default=E_MAC, help=f"pJ per multiply-accumulate (default {E_MAC})"
+    )
+    group.add_argument("--e-ac", type=float, default=E_AC, help=f"pJ per accumulate (default {E_AC})")
 
 
 def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -135,38 +146,56 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_evaluation(
-    snn: SpikingModel, ann: torch.nn.Module, dataset, settings: dict, meta: dict, world: World
-) -> dict:
-    """Evaluate, print the table and (on rank 0) write the result files.
+@dataclass(frozen=True)
+class EvalSettings:
+    """How an evaluation runs and where its results go."""
 
-    ``settings``: time_steps, batch_size, limit, device, out.
-    """
+    time_steps: int
+    batch_size: int
+    limit: int | None
+    device: str
+    out: Path
+    energy: bool
+    e_mac: float
+    e_ac: float
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **overrides) -> EvalSettings:
+        values = {name: getattr(args, name, None) for name in cls.__dataclass_fields__}
+        values["energy"] = not args.no_energy
+        values.update(overrides)
+        values["out"] = Path(values["out"])
+        return cls(**values)
+
+
+def run_evaluation(
+    snn: SpikingModel, ann: torch.nn.Module, dataset, settings: EvalSettings, meta: dict, world: World
+) -> dict:
+    """Evaluate, print the table and (on rank 0) write the result files."""
     start = time.perf_counter()
     counts = evaluate(
-        snn,
-        ann,
-        dataset,
-        settings["time_steps"],
-        settings["batch_size"],
-        settings["limit"],
-        settings["device"],
-        world,
-    )
+        snn, ann, dataset, settings.time_steps, settings.batch_size, settings.limit, settings.device, world,
+        energy=settings.energy, e_mac=settings.e_mac, e_ac=settings.e_ac,
+    )  # fmt: skip
+    report = counts.pop("energy", None)
+    if report is not None:
+        counts["energy"] = report.to_dict()
     results = dict(
         **meta,
         method=snn.options["method"],
-        time_steps=settings["time_steps"],
+        time_steps=settings.time_steps,
         **counts,
         options=snn.options,
-        device=settings["device"],
+        device=settings.device,
         processes=world.size,
         seconds=round(time.perf_counter() - start, 2),
         transpike=__version__,
     )
     if world.is_main:
         print(format_table(results))
-        paths = write_results(results, Path(settings["out"]))
+        if report is not None:
+            print("\n" + report.summary())
+        paths = write_results(results, settings.out)
         print("\nwrote " + ", ".join(str(p) for p in paths))
     return results
 
@@ -199,14 +228,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError("give --snn FILE, or --model NAME with --calib DATA")
     dataset = load_dataset(args.data, "test", ann)
     meta = dict(model=model_name, data=args.data, snn_file=args.snn)
-    settings = dict(
-        time_steps=args.time_steps,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        device=args.device,
-        out=args.out,
-    )
-    run_evaluation(snn, ann, dataset, settings, meta, world)
+    run_evaluation(snn, ann, dataset, EvalSettings.from_args(args), meta, world)
     return 0
 
 
@@ -222,7 +244,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = {"timm": "vit_tiny_patch16_224", "kwargs": digits.ARCHITECTURE}
     snn = convert(ann, train.split(256), **conversion_options(args), model_spec=spec)
     test = load_dataset("digits:test")
-    settings = dict(time_steps=args.time_steps, batch_size=256, limit=None, device="cpu", out=out)
+    settings = EvalSettings.from_args(args, batch_size=256, limit=None, device="cpu", out=out)
     meta = dict(model="transpike digits ViT", data="digits:test", snn_file=str(out / "snn.safetensors"))
     run_evaluation(snn, ann, test, settings, meta, World())
     save(snn, out / "snn.safetensors", overwrite=True)
@@ -247,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--time-steps", type=int, default=8)
     demo.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     add_conversion_args(demo)
+    add_energy_args(demo)
     demo.set_defaults(func=cmd_demo)
 
     conv = commands.add_parser("convert", help="convert a timm model and save the spiking network")
@@ -268,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="results directory")
     ev.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     add_conversion_args(ev)
+    add_energy_args(ev)
     ev.set_defaults(func=cmd_eval)
     return parser
 

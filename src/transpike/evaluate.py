@@ -8,6 +8,7 @@ with the same totals; only rank 0 writes files.
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from .energy import E_AC, E_MAC, count_dense_work, energy_report
 from .model import SpikingModel
+from .spikes import SpikeMonitor
 
 
 @dataclass(frozen=True)
@@ -51,11 +54,15 @@ def evaluate(
     device: str = "cpu",
     world: World | None = None,
     progress: bool = True,
+    energy: bool = True,
+    e_mac: float = E_MAC,
+    e_ac: float = E_AC,
 ) -> dict:
-    """Top-1 accuracy (percent) of the ANN and of the SNN after each t = 1..T.
+    """Top-1 accuracy (percent) of the ANN and of the SNN after each t = 1..T, and what it cost.
 
     Returns:
-        dict with ``num_samples``, ``ann_top1`` and ``snn_top1`` (list, index t-1 = after t steps).
+        dict with ``num_samples``, ``ann_top1``, ``snn_top1`` (list, index t-1 = after t steps) and,
+        with ``energy``, the :class:`~transpike.energy.EnergyReport` of all samples as ``energy``.
     """
     world = world or World()
     total = len(dataset) if limit is None else min(limit, len(dataset))
@@ -68,7 +75,9 @@ def evaluate(
     # counts: [samples, ANN correct, SNN correct after t = 1..T]
     counts = torch.zeros(2 + time_steps, dtype=torch.float64, device=device)
     bar = tqdm(total=len(shard), desc="evaluate", unit="img", disable=not (progress and world.is_main))
-    with torch.inference_mode():
+    # Dense work is the same for every sample: count it on one sample, before spikes are monitored.
+    dense = count_dense_work(snn, dataset[0][0].unsqueeze(0).to(device)) if energy else None
+    with torch.inference_mode(), SpikeMonitor(snn) if energy else nullcontext() as monitor:
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             counts[0] += len(y)
@@ -78,10 +87,15 @@ def evaluate(
     bar.close()
     if world.size > 1:
         dist.all_reduce(counts)
+        if monitor is not None:
+            monitor.all_reduce(time_steps)
     counts = counts.cpu()
     samples = int(counts[0])
-    return dict(
+    results = dict(
         num_samples=samples,
         ann_top1=100.0 * counts[1].item() / samples,
         snn_top1=(100.0 * counts[2:] / samples).tolist(),
     )
+    if monitor is not None:
+        results["energy"] = energy_report(monitor, dense, samples, time_steps, e_mac, e_ac)
+    return results

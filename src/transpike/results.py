@@ -1,4 +1,5 @@
-"""Result files of an evaluation: results.json, results.csv and accuracy.png in one directory.
+"""Result files of an evaluation in one directory: results.json, results.csv, accuracy.png and,
+with energy accounting, energy.png, firing_rates.png and spike_levels.png.
 
 A directory that already holds files is never written into unless ``force`` is given, and each
 file is written atomically, so an interrupted run leaves the previous results intact.
@@ -11,7 +12,7 @@ import json
 from pathlib import Path
 
 from .io import atomic_write
-from .plots import plot_accuracy
+from .plots import plot_accuracy, plot_energy, plot_firing_rates, plot_spike_levels
 
 
 def check_output_dir(path: str | Path, force: bool) -> Path:
@@ -41,7 +42,16 @@ def write_results(results: dict, out: Path) -> list[Path]:
 
     atomic_write(csv_path, write_csv)
     atomic_write(png_path, lambda tmp: plot_accuracy(results, tmp))
-    return [json_path, csv_path, png_path]
+    paths = [json_path, csv_path, png_path]
+    if "energy" in results:
+        for name, plot in (
+            ("energy", plot_energy),
+            ("firing_rates", plot_firing_rates),
+            ("spike_levels", plot_spike_levels),
+        ):
+            paths.append(out / f"{name}.png")
+            atomic_write(paths[-1], lambda tmp, plot=plot: plot(results["energy"], tmp))
+    return paths
 
 
 def format_table(results: dict) -> str:

@@ -1,16 +1,17 @@
-"""Counting what a simulation actually does: spikes and the synaptic operations they trigger.
+"""Counting what a simulation actually does: spikes, spikes per level, and synaptic operations.
 
 A :class:`SpikeMonitor` hooks every MT neuron of a :class:`~transpike.model.SpikingModel` and
-records, per site and step, the spikes emitted and the accumulate operations (ACs) they cost:
+records, per site and step (summed over all inputs simulated while it is attached):
 
-- a weight layer fed by spikes: every spike reaches ``fan_out`` synapses (ECMT §5.4:
-  ACs = non-zero inputs × fan-out);
-- a product of two spiking operands: the event-driven update of ECMT eq. 17-18,
-  K_S(t) = K_S(t-1) + a(t)b(t) + a(t)B(t-1) + A(t-1)b(t), costs one AC per pair of non-zero
-  entries that meet in each of the three products, plus the 3·n·m additions into K_S.
+- the spikes emitted and their histogram over threshold levels and signs (ECMT §5.4 reports that
+  most spikes land on the lowest levels θ1 and -θ2);
+- the accumulate operations (ACs) they trigger. A weight layer fed by spikes costs non-zero inputs
+  × fan-out; a product of two spiking operands costs the event-driven update of ECMT eq. 17-18,
+  K_S(t) = K_S(t-1) + a(t)b(t) + a(t)B(t-1) + A(t-1)b(t): one AC per pair of non-zero entries that
+  meet in each of the three products, plus the 3·n·m additions into K_S.
 
-A burst neuron's spike of c·θ is popcount(c) spikes, one per level line (ECMT §4.4).
-Counting is off unless a monitor is attached.
+A burst neuron's output c·θ is popcount(c) spikes, one per level line (ECMT §4.4). Nothing is
+counted unless a monitor is attached, so simulation without one pays nothing.
 """
 
 from __future__ import annotations
@@ -21,18 +22,72 @@ import torch
 from torch import Tensor, nn
 
 from .compensation import SpikingProduct
-from .neurons import MTNeuron
+from .neurons import MTNeuron, _signed_threshold
 from .synapses import SpikingLayer
 
 
-def spike_counts(x: Tensor, neuron: MTNeuron) -> Tensor:
-    """Spikes per neuron in one step: 1 per non-zero MT output, popcount(c) for a burst of c·θ."""
-    if neuron.neuron == "mt":
-        return (x != 0).to(torch.int64)
-    theta = torch.where(x >= 0, neuron.theta_pos.to(x.dtype), neuron.theta_neg.to(x.dtype))
-    count = (x.abs() / theta).round_().to(torch.int64)
-    bits = torch.arange(neuron.levels, device=x.device)
-    return ((count.unsqueeze(-1) >> bits) & 1).sum(-1)
+def _exponent_bins(theta_pos: Tensor, theta_neg: Tensor, levels: int) -> Tensor:
+    """For an MT output x = ±θ·2^k: the histogram bin of each (sign, exponent) code of x.
+
+    The top 9 bits of a float32 are its sign and exponent. Multiplying θ by 2^k only adds k to the
+    exponent, so the code of x tells its sign and level exactly: code - code(θ) = k. Bins: 0 and
+    n+1 hold "no spike" (x = ±0); 1..n the positive levels; n+2..2n+1 the negative ones. Returns
+    [C, 512] bins per channel of the thresholds (C = 1 for per-tensor thresholds).
+    """
+    theta_pos, theta_neg = theta_pos.float(), theta_neg.float()
+    # the level-0 output on each side, computed exactly as mt_fire computes it
+    sides = [
+        _signed_threshold(torch.full_like(theta_pos, s), theta_pos, theta_neg, None) for s in (1.0, -1.0)
+    ]
+    codes = [(side.reshape(-1, 1).view(torch.int32) >> 23) & 0xFF for side in sides]
+    exponent = torch.arange(256, device=theta_pos.device)
+    positive = (exponent - codes[0] + 1).clamp_(0, levels)  # 0: below θ1, i.e. x = 0
+    negative = (exponent - codes[1] + 1).clamp_(0, levels) + levels + 1
+    return torch.cat([positive, negative], dim=1)
+
+
+class SpikeStatistics:
+    """Spikes per sign and level of one neuron layer's output, and the most spikes of one neuron.
+
+    An MT neuron fires one spike on level k, read from the exponent bits of its output (see
+    :func:`_exponent_bins`): two passes over the output, no division, no mask. A burst output c·θ
+    is popcount(c) spikes, one per binary digit of c = |x|/θ < 2^n. Tables that depend only on the
+    thresholds are built once.
+    """
+
+    def __init__(self, neuron: MTNeuron) -> None:
+        self.neuron = neuron
+        n = neuron.levels
+        if neuron.neuron == "mt":
+            self.bins = _exponent_bins(neuron.theta_pos, neuron.theta_neg, n).flatten()
+            channels = self.bins.numel() // 512
+            # per-channel thresholds: one block of 512 codes per channel
+            self.offset = (
+                (torch.arange(channels).view(neuron.theta_pos.shape) * 512) if channels > 1 else None
+            )
+        else:
+            values = torch.arange(2**n)
+            self.bits = (values.unsqueeze(1) >> torch.arange(n)) & 1
+            self.popcount = self.bits.sum(1)
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """([2, n] spikes per sign and level, max spikes of one neuron) for one step's output x."""
+        neuron, n = self.neuron, self.neuron.levels
+        if neuron.neuron == "mt":
+            code = (x.float().view(torch.int32) >> 23) & 0x1FF
+            if self.offset is not None:
+                code = code + self.offset.to(x.device)
+            per_code = torch.bincount(code.flatten(), minlength=self.bins.numel())
+            histogram = torch.zeros(2 * (n + 1), dtype=per_code.dtype, device=x.device)
+            histogram = histogram.index_add_(0, self.bins.to(x.device), per_code).view(2, n + 1)[:, 1:]
+            return histogram, (histogram.sum() > 0).to(torch.int64)
+        values = 2**n  # burst counts are < 2^n: histogram the counts, then split each into its bits
+        theta_pos, theta_neg = neuron.theta_pos.to(x.dtype), neuron.theta_neg.to(x.dtype)
+        count = x / _signed_threshold(x, theta_pos, theta_neg, None)
+        index = count.round_().add_(x < 0, alpha=values).to(torch.int64)
+        per_value = torch.bincount(index.flatten(), minlength=2 * values).view(2, values)
+        popcount = self.popcount.to(x.device)
+        return per_value @ self.bits.to(x.device), torch.where(per_value.sum(0) > 0, popcount, 0).max()
 
 
 def fan_out(layer: nn.Module) -> float:
@@ -44,31 +99,57 @@ def fan_out(layer: nn.Module) -> float:
     return float(layer.out_channels * kernel / stride / layer.groups)
 
 
-def product_operations(a: Tensor, b: Tensor, sum_a: Tensor, sum_b: Tensor, op: str) -> int:
+def product_operations(a: Tensor, b: Tensor, nnz_sum_a: Tensor, nnz_sum_b: Tensor, op: str) -> Tensor:
     """ACs of one step of the event-driven product EC (ECMT eq. 17-18), from the actual spikes.
 
-    ``sum_a``, ``sum_b`` are A(t-1), B(t-1). For a matmul [.., n, p] @ [.., p, m], the number of
-    (i, j, k) with a_ij ≠ 0 and b_jk ≠ 0 is Σ_j nnz(a[:, j])·nnz(b[j, :]).
+    ``nnz_sum_a``, ``nnz_sum_b`` say where A(t-1), B(t-1) are non-zero: per column (matmul) or per
+    element (elementwise). For a matmul [.., n, p] @ [.., p, m], the number of (i, j, k) with
+    a_ij ≠ 0 and b_jk ≠ 0 is Σ_j nnz(a[:, j])·nnz(b[j, :]).
     """
-    nz = [(u != 0).to(torch.float64) for u in (a, b, sum_a, sum_b)]
     if op == "mul":
-        pairs = (nz[0] * nz[1]).sum() + (nz[0] * nz[3]).sum() + (nz[2] * nz[1]).sum()
-        return int(pairs) + 3 * a.numel()
-    cols = [u.sum(-2) for u in (nz[0], nz[2])]  # non-zeros per column j of a, A
-    rows = [u.sum(-1) for u in (nz[1], nz[3])]  # non-zeros per row j of b, B
-    pairs = (cols[0] * rows[0]).sum() + (cols[0] * rows[1]).sum() + (cols[1] * rows[0]).sum()
-    out_elements = a.shape[-2] * b.shape[-1] * a[..., 0, 0].numel()
-    return int(pairs) + 3 * out_elements
+        nz_a, nz_b = a != 0, b != 0
+        pairs = (nz_a & nz_b).sum() + (nz_a & nnz_sum_b).sum() + (nnz_sum_a & nz_b).sum()
+        return (pairs + 3 * a.numel()).double()
+    cols_a, rows_b = torch.count_nonzero(a, dim=-2), torch.count_nonzero(b, dim=-1)
+    pairs = (cols_a * (rows_b + nnz_sum_b)).sum() + (nnz_sum_a * rows_b).sum()
+    return (pairs + 3 * a.shape[-2] * b.shape[-1] * a[..., 0, 0].numel()).double()
+
+
+def operand_nonzeros(sum_a: Tensor, sum_b: Tensor, op: str) -> tuple[Tensor, Tensor]:
+    """Where the running sums are non-zero, in the form :func:`product_operations` takes."""
+    if op == "mul":
+        return sum_a != 0, sum_b != 0
+    return torch.count_nonzero(sum_a, dim=-2), torch.count_nonzero(sum_b, dim=-1)
+
+
+def _grow(series: list[Tensor], t: int, value: Tensor) -> None:
+    """series[t-1] += value, extending the list as new steps appear."""
+    while len(series) < t:
+        series.append(torch.zeros((), dtype=torch.float64, device=value.device))
+    series[t - 1] = series[t - 1] + value
 
 
 @dataclass
 class SiteRecord:
-    """Per-step counts at one MT site (lists indexed by step - 1)."""
+    """What one MT site did, summed over the inputs simulated (lists indexed by step - 1)."""
 
-    neurons: int = 0
-    spikes: list[int] = field(default_factory=list)
-    max_per_neuron: list[int] = field(default_factory=list)
-    operations: list[int] = field(default_factory=list)
+    path: str
+    levels: int
+    neurons: int = 0  # per step, summed over inputs
+    spikes: list[Tensor] = field(default_factory=list)
+    histogram: Tensor | None = None  # [2, levels], over all steps
+    max_per_neuron: Tensor | None = None
+
+
+@dataclass
+class OperationRecord:
+    """Synaptic operations of one weight layer or product (lists indexed by step - 1)."""
+
+    path: str
+    kind: str  # "weight" or "product"
+    inputs: tuple[str, ...]  # the MT sites that feed it
+    fan_out: float = 0.0
+    operations: list[Tensor] = field(default_factory=list)
 
 
 class SpikeMonitor:
@@ -77,47 +158,69 @@ class SpikeMonitor:
     Example:
         with SpikeMonitor(snn) as monitor:
             snn.simulate(x, 8)
-        monitor.total_spikes()  # per step
+        monitor.sites["blocks.0.mlp.fc1.neuron"].spikes  # per step
     """
 
     def __init__(self, snn: nn.Module) -> None:
         network = getattr(snn, "network", snn)
         self.sites: dict[str, SiteRecord] = {}
+        self.operations: dict[str, OperationRecord] = {}
         self._hooks: list = []
         self._latest: dict[str, Tensor] = {}
+        self._step = 0
+        neurons = [m for m in network.modules() if isinstance(m, MTNeuron)]
+        self._probe = neurons[0] if neurons else None
+        self._hooks.append(network.register_forward_pre_hook(self._count_step))
         for path, module in network.named_modules():
             if isinstance(module, SpikingLayer):
-                self._watch(f"{path}.neuron", module.neuron, fan_out(module.layer))
+                site = self._watch(f"{path}.neuron", module.neuron)
+                self.operations[path] = OperationRecord(path, "weight", (site,), fan_out(module.layer))
             elif isinstance(module, SpikingProduct):
-                self._watch(f"{path}.neuron_a", module.neuron_a, None)
-                self._watch(f"{path}.neuron_b", module.neuron_b, None)
-                self.sites[path] = SiteRecord()
+                sites = (
+                    self._watch(f"{path}.neuron_a", module.neuron_a),
+                    self._watch(f"{path}.neuron_b", module.neuron_b),
+                )
+                self.operations[path] = OperationRecord(path, "product", sites)
                 self._hooks.append(module.register_forward_hook(self._product_hook(path)))
 
-    def _watch(self, path: str, neuron: MTNeuron, fanout: float | None) -> None:
-        self.sites[path] = SiteRecord()
+    def _count_step(self, module: nn.Module, inputs: tuple) -> None:
+        # A reset network (fresh state) starts at t = 1: the state itself says where we are.
+        self._step = 1 if self._probe is None or self._probe.v is None else self._step + 1
+
+    def _watch(self, path: str, neuron: MTNeuron) -> str:
+        self.sites[path] = record = SiteRecord(path, neuron.levels)
+        layer = self.operations  # operations are registered after their input sites
+        statistics = SpikeStatistics(neuron)
 
         def hook(module: MTNeuron, inputs: tuple, x: Tensor) -> None:
-            record = self.sites[path]
-            counts = spike_counts(x, module)
-            record.neurons = x.numel()
-            record.spikes.append(int(counts.sum()))
-            record.max_per_neuron.append(int(counts.max()) if counts.numel() else 0)
-            if fanout is not None:
-                record.operations.append(round(record.spikes[-1] * fanout))
-            else:
-                self._latest[path] = x
+            histogram, most = statistics(x)
+            histogram = histogram.to(torch.float64)
+            spikes = histogram.sum()
+            if self._step == 1:
+                record.neurons += x.numel()
+            _grow(record.spikes, self._step, spikes)
+            first = record.histogram is None
+            record.histogram = histogram if first else record.histogram + histogram
+            record.max_per_neuron = most if first else torch.maximum(record.max_per_neuron, most)
+            owner = layer.get(path.rsplit(".", 1)[0])
+            if owner is not None and owner.kind == "weight":
+                _grow(owner.operations, self._step, spikes * owner.fan_out)
+            self._latest[path] = x
 
         self._hooks.append(neuron.register_forward_hook(hook))
+        return path
 
     def _product_hook(self, path: str):
+        previous: dict[str, tuple[Tensor, Tensor]] = {}  # where A(t-1), B(t-1) are non-zero
+
         def hook(module: SpikingProduct, inputs: tuple, out: Tensor) -> None:
             a, b = self._latest[f"{path}.neuron_a"], self._latest[f"{path}.neuron_b"]
+            if self._step == 1 or not module.compensated:  # without EC only a(t)·b(t) is computed
+                previous["sums"] = operand_nonzeros(torch.zeros_like(a), torch.zeros_like(b), module.op)
+            ops = product_operations(a, b, *previous["sums"], module.op)
+            _grow(self.operations[path].operations, self._step, ops)
             if module.compensated:
-                sum_a, sum_b = module.sum_a - a, module.sum_b - b
-            else:  # without EC only a(t)·b(t) is computed
-                sum_a, sum_b = torch.zeros_like(a), torch.zeros_like(b)
-            self.sites[path].operations.append(product_operations(a, b, sum_a, sum_b, module.op))
+                previous["sums"] = operand_nonzeros(module.sum_a, module.sum_b, module.op)
 
         return hook
 
@@ -133,22 +236,54 @@ class SpikeMonitor:
         self._hooks.clear()
         self._latest.clear()
 
-    def _per_step(self, attribute: str, reduce=sum) -> list[int]:
-        series = [getattr(r, attribute) for r in self.sites.values() if getattr(r, attribute)]
-        return [reduce(values) for values in zip(*series, strict=True)] if series else []
+    def all_reduce(self, time_steps: int) -> None:
+        """Sum the records of all processes of a torch.distributed group (max for the maxima)."""
+        import torch.distributed as dist
 
-    def total_spikes(self) -> list[int]:
+        def pad(series: list[Tensor], device: torch.device) -> list[Tensor]:
+            return [series[t] if t < len(series) else torch.zeros((), dtype=torch.float64, device=device)
+                    for t in range(time_steps)]  # fmt: skip
+
+        device = next((r.spikes[0].device for r in self.sites.values() if r.spikes), torch.device("cpu"))
+        pieces = []
+        for record in self.sites.values():
+            if record.histogram is None:
+                record.histogram = torch.zeros(2, record.levels, dtype=torch.float64, device=device)
+            pieces += [torch.tensor([float(record.neurons)], dtype=torch.float64, device=device)]
+            pieces += [torch.stack(pad(record.spikes, device)), record.histogram.flatten()]
+        pieces += [torch.stack(pad(r.operations, device)) for r in self.operations.values()]
+        flat = torch.cat([p.to(device) for p in pieces])
+        dist.all_reduce(flat)
+        maxima = torch.tensor([int(r.max_per_neuron or 0) for r in self.sites.values()], device=device)
+        dist.all_reduce(maxima, op=dist.ReduceOp.MAX)
+        chunks = iter(flat.split([p.numel() for p in pieces]))
+        for record, most in zip(self.sites.values(), maxima, strict=True):
+            record.neurons = int(next(chunks).item())
+            record.spikes = list(next(chunks))
+            record.histogram = next(chunks).view(2, record.levels)
+            record.max_per_neuron = most
+        for record in self.operations.values():
+            record.operations = list(next(chunks))
+
+    def total_spikes(self) -> list[float]:
         """Spikes emitted by all MT neurons, per step."""
-        return self._per_step("spikes")
+        return _sum_series([r.spikes for r in self.sites.values()])
 
-    def total_operations(self) -> list[int]:
+    def total_operations(self) -> list[float]:
         """Synaptic operations (ACs) of weight layers and products, per step."""
-        return self._per_step("operations")
+        return _sum_series([r.operations for r in self.operations.values()])
 
     def max_spikes_per_neuron(self) -> int:
         """The largest number of spikes one neuron emitted in one step."""
-        return max((max(r.max_per_neuron) for r in self.sites.values() if r.max_per_neuron), default=0)
+        return max(
+            (int(r.max_per_neuron) for r in self.sites.values() if r.max_per_neuron is not None), default=0
+        )
 
     def neurons(self) -> int:
-        """MT neurons in the network (for the batch simulated)."""
+        """MT neurons, summed over the inputs simulated."""
         return sum(r.neurons for r in self.sites.values())
+
+
+def _sum_series(series: list[list[Tensor]]) -> list[float]:
+    steps = max((len(s) for s in series), default=0)
+    return [float(sum(s[t] for s in series if t < len(s))) for t in range(steps)]

@@ -1,0 +1,303 @@
+"""Energy accounting: what the converted network does at every step and what that costs.
+
+Two kinds of work are counted, both from what actually runs:
+
+- **synaptic operations** of the spiking network (ACs), from its real spikes, by a
+  :class:`~transpike.spikes.SpikeMonitor`;
+- **dense work** (matmul/conv multiply-accumulates and elementwise float operations), by a
+  dispatch-level counter over one simulation step, attributed to the module that ran it. The dense
+  products of a step are exactly the ANN's (same layers, same shapes), which gives the ANN's MACs
+  per layer; elementwise operations inside EC modules, products' bookkeeping, the direct-input patch
+  embedding and the residual stream are the float work that stays analog, reported separately.
+  MACs use PyTorch's own flop formulas (``torch.utils.flop_counter``); an elementwise op counts one
+  operation per output element.
+
+Energy (45 nm, Horowitz 2014): E_MAC = 4.6 pJ, E_AC = 0.9 pJ by default. Three SNN/ANN ratios at
+every t:
+
+- ``ecmt``: E_AC·ACs(≤t) / (E_MAC·MACs), synaptic operations only, as ECMT reports it;
+- ``full``: (E_AC·ACs(≤t) + E_MAC·t·analog float work per step) / (E_MAC·(MACs + ANN float work));
+- ``sit``: SIT-conversion's formula, Σ_l FLOPs_ANN(l)·SpikeNum_l(≤t)/NeuronNum_l · E_AC over
+  Σ_l FLOPs_ANN(l)·E_MAC (for a product, NeuronNum and SpikeNum of both operands).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import flop_registry
+
+from .compensation import ExpectationCompensation, SpikingProduct
+from .model import SpikingModel
+from .neurons import MTNeuron
+from .rules import Role, rule_for
+from .spikes import SpikeMonitor
+from .synapses import SpikingLayer
+
+E_MAC, E_AC = 4.6, 0.9  # pJ per operation, 45 nm CMOS
+# Dense products that stay dense in the SNN: the direct-input layer and whatever EC modules compute.
+ANALOG_MAC_ROLES = ("direct-input", "analog", "ann-nonlinear", "ec")
+
+aten = torch.ops.aten
+# Ops that move or allocate memory without arithmetic.
+_MEMORY_OPS = {
+    aten.clone, aten.copy_, aten._to_copy, aten.empty_like, aten.empty, aten.zeros_like, aten.zeros,
+    aten.ones_like, aten.fill_, aten.cat, aten.stack, aten.new_empty, aten.new_zeros, aten.detach,
+    aten.lift_fresh, aten._unsafe_view, aten.contiguous, aten.index, aten.select, aten.slice,
+    aten.expand, aten.alias, aten.split, aten.unbind, aten.gather, aten.scalar_tensor,
+}  # fmt: skip
+
+
+@dataclass
+class DenseWork:
+    """Dense operations of one simulation step, per sample, keyed by (module path, role).
+
+    Roles: ``weight`` (a layer fed by spikes: its MACs are the ANN's), ``product``, ``ec`` (EC
+    bookkeeping), ``ann-nonlinear`` (F inside an EC module: the ANN's own nonlinear work),
+    ``analog`` (a module left analog), ``direct-input`` (the patch embedding), ``neuron`` (neuron
+    dynamics, not counted), ``other`` (residual sums, token handling).
+    """
+
+    macs: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
+    elementwise: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
+
+
+class _Counter(TorchDispatchMode):
+    """Counts every aten op that runs and charges it to the innermost tracked module."""
+
+    def __init__(self, work: DenseWork) -> None:
+        super().__init__()
+        self.work = work
+        self.stack: list[tuple[str, str]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.overloadpacket not in flop_registry:
+            # Composite ops (linear, layer_norm under inference mode) are counted as the ops they
+            # decompose into, as torch.utils.flop_counter does.
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        out = func(*args, **kwargs)
+        owner = self.stack[-1] if self.stack else ("", "other")
+        packet = func.overloadpacket
+        if packet in flop_registry:
+            self.work.macs[owner] += flop_registry[packet](*args, **kwargs, out_val=out) / 2
+        elif packet not in _MEMORY_OPS and not func.is_view:
+            outputs = [t for t in tree_leaves(out) if isinstance(t, Tensor) and t.is_floating_point()]
+            self.work.elementwise[owner] += sum(t.numel() for t in outputs)
+        return out
+
+
+def _tracked(network: nn.Module) -> dict[nn.Module, tuple[str, str]]:
+    """Modules whose work is charged separately: module -> (path, role)."""
+    tracked: dict[nn.Module, tuple[str, str]] = {}
+    for path, module in network.named_modules():
+        if isinstance(module, SpikingLayer):
+            tracked[module.layer] = (path, "weight")
+        elif isinstance(module, SpikingProduct):
+            tracked[module] = (path, "product")
+        elif isinstance(module, ExpectationCompensation):
+            tracked[module] = (path, "analog" if module.analog else "ec")
+            tracked[module.f] = (path, "ann-nonlinear")
+        elif isinstance(module, MTNeuron):
+            tracked[module] = (path, "neuron")
+        elif (rule := rule_for(module)) is not None and rule.role is Role.WEIGHT and module not in tracked:
+            tracked[module] = (path, "direct-input")
+    return tracked
+
+
+def count_dense_work(snn: SpikingModel, x: Tensor) -> DenseWork:
+    """The dense operations of one steady-state step (t = 2) on input x, per sample."""
+    work = DenseWork()
+    tracked = _tracked(snn.network)
+    counter = _Counter(work)
+
+    def enter(module: nn.Module, inputs: tuple) -> None:
+        counter.stack.append(tracked[module])
+
+    def leave(module: nn.Module, inputs: tuple, output: object) -> None:
+        counter.stack.pop()
+
+    hooks = [m.register_forward_pre_hook(enter) for m in tracked]
+    hooks += [m.register_forward_hook(leave) for m in tracked]
+    try:
+        snn.reset()
+        snn.step(x)
+        with counter:
+            snn.step(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        snn.reset()
+    for table in (work.macs, work.elementwise):
+        for key in table:
+            table[key] /= x.shape[0]
+    return work
+
+
+@dataclass
+class EnergyReport:
+    """Per-layer operation counts and SNN/ANN energy ratios at every t, per sample.
+
+    ``layers``: weight layers and products fed by spikes (ANN MACs, SNN ACs per step, input firing
+    rate per step). ``analog``: the float work that stays analog, per module and step. ``sites``:
+    every MT site's firing rate per step and cumulative, and its spikes per level and sign.
+    """
+
+    time_steps: int
+    samples: int
+    e_mac: float
+    e_ac: float
+    ann_macs: float
+    ann_float_ops: float
+    snn_float_ops_per_step: float
+    acs: list[float]  # synaptic operations at step t (not cumulative)
+    ratio: dict[str, list[float]]  # "ecmt", "full", "sit": SNN/ANN energy after t steps
+    layers: list[dict]
+    analog: list[dict]
+    sites: list[dict]
+    level_histogram: list[list[float]]  # [2][n] spikes per sign and level, all sites and steps
+    max_spikes_per_neuron_step: int
+
+    def to_dict(self) -> dict:
+        return dict(
+            e_mac_pj=self.e_mac,
+            e_ac_pj=self.e_ac,
+            ann_macs=self.ann_macs,
+            ann_float_ops=self.ann_float_ops,
+            snn_float_ops_per_step=self.snn_float_ops_per_step,
+            snn_acs=self.acs,
+            energy_ratio=self.ratio["ecmt"],
+            energy_ratio_full=self.ratio["full"],
+            energy_ratio_sit=self.ratio["sit"],
+            max_spikes_per_neuron_step=self.max_spikes_per_neuron_step,
+            level_histogram=self.level_histogram,
+            layers=self.layers,
+            analog=self.analog,
+            sites=self.sites,
+        )
+
+    def summary(self) -> str:
+        lines = [
+            f"ANN: {self.ann_macs / 1e6:.2f} M MACs + {self.ann_float_ops / 1e6:.2f} M other float ops per "
+            f"sample; SNN: {self.snn_float_ops_per_step / 1e6:.2f} M analog float ops per step",
+            "  t   ACs (M)   energy SNN/ANN: ECMT form   full form   SIT formula",
+        ]
+        lines += [
+            f"{t + 1:>3}   {sum(self.acs[: t + 1]) / 1e6:7.2f}   {self.ratio['ecmt'][t]:25.3f}   "
+            f"{self.ratio['full'][t]:9.3f}   {self.ratio['sit'][t]:11.3f}"
+            for t in range(self.time_steps)
+        ]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _padded(series: list[Tensor], steps: int) -> Tensor:
+    return torch.tensor(
+        [float(series[t]) if t < len(series) else 0.0 for t in range(steps)], dtype=torch.float64
+    )
+
+
+def _site_rows(monitor: SpikeMonitor, samples: int, steps: int) -> list[dict]:
+    rows = []
+    for record in monitor.sites.values():
+        rate = _padded(record.spikes, steps) / max(record.neurons, 1)
+        histogram = record.histogram if record.histogram is not None else torch.zeros(2, record.levels)
+        rows.append(
+            dict(
+                path=record.path,
+                neurons=record.neurons / samples,
+                firing_rate=rate.tolist(),
+                cumulative_firing_rate=(rate.cumsum(0) / torch.arange(1, steps + 1)).tolist(),
+                level_histogram=(histogram / samples).tolist(),
+            )
+        )
+    return rows
+
+
+def energy_report(
+    monitor: SpikeMonitor,
+    dense: DenseWork,
+    samples: int,
+    time_steps: int,
+    e_mac: float = E_MAC,
+    e_ac: float = E_AC,
+) -> EnergyReport:
+    """Combine spike counts (summed over ``samples`` inputs) with the dense work of one step."""
+    steps = torch.arange(1, time_steps + 1, dtype=torch.float64)
+    macs = {path: value for (path, role), value in dense.macs.items() if role in ("weight", "product")}
+    layers, sit_acs = [], torch.zeros(time_steps, dtype=torch.float64)
+    for path, record in monitor.operations.items():
+        sites = [monitor.sites[s] for s in record.inputs]
+        neurons = max(sum(s.neurons for s in sites), 1)
+        rate = torch.stack([_padded(s.spikes, time_steps) for s in sites]).sum(0) / neurons
+        sit_acs += macs.get(path, 0.0) * rate.cumsum(0)  # SIT: FLOPs_ANN × SpikeNum / NeuronNum
+        acs = _padded(record.operations, time_steps) / samples
+        layers.append(
+            dict(path=path, kind=record.kind, ann_macs=macs.get(path, 0.0), snn_acs=acs.tolist(),
+                 input_firing_rate=rate.tolist())
+        )  # fmt: skip
+    analog = [
+        dict(path=path, role=role, float_ops=dense.elementwise.get((path, role), 0.0),
+             macs=dense.macs.get((path, role), 0.0) if role in ANALOG_MAC_ROLES else 0.0)
+        for path, role in sorted(set(dense.elementwise) | set(dense.macs))
+        if role not in ("weight", "neuron")
+    ]  # fmt: skip
+    ann_macs = sum(value for (_, role), value in dense.macs.items() if role != "neuron")
+    ann_float = sum(
+        value for (_, role), value in dense.elementwise.items() if role in ("ann-nonlinear", "other")
+    )
+    snn_float = sum(row["float_ops"] + row["macs"] for row in analog)
+    acs = sum(
+        (_padded(r.operations, time_steps) for r in monitor.operations.values()), torch.zeros(time_steps)
+    )
+    acs = acs / samples
+    spent = e_ac * acs.cumsum(0)
+    histograms = [r.histogram for r in monitor.sites.values() if r.histogram is not None]
+    same_levels = histograms and all(h.shape == histograms[0].shape for h in histograms)
+    return EnergyReport(
+        time_steps=time_steps,
+        samples=samples,
+        e_mac=e_mac,
+        e_ac=e_ac,
+        ann_macs=ann_macs,
+        ann_float_ops=ann_float,
+        snn_float_ops_per_step=snn_float,
+        acs=acs.tolist(),
+        ratio=dict(
+            ecmt=(spent / (e_mac * ann_macs)).tolist(),
+            full=((spent + e_mac * steps * snn_float) / (e_mac * (ann_macs + ann_float))).tolist(),
+            sit=(e_ac * sit_acs / (e_mac * max(sum(macs.values()), 1e-30))).tolist(),
+        ),
+        layers=layers,
+        analog=analog,
+        sites=_site_rows(monitor, samples, time_steps),
+        level_histogram=(sum(histograms) / samples).tolist() if same_levels else [],
+        max_spikes_per_neuron_step=monitor.max_spikes_per_neuron(),
+    )
+
+
+def account(
+    snn: SpikingModel, x: Tensor, time_steps: int, e_mac: float = E_MAC, e_ac: float = E_AC
+) -> EnergyReport:
+    """Simulate ``time_steps`` steps on x and report what every layer did and cost, per sample.
+
+    Args:
+        snn: the converted network.
+        x: an input batch.
+        time_steps: T.
+        e_mac, e_ac: energy per multiply-accumulate and per accumulate (pJ).
+    """
+    dense = count_dense_work(snn, x)
+    with SpikeMonitor(snn) as monitor:
+        snn.simulate(x, time_steps)
+    return energy_report(monitor, dense, x.shape[0], time_steps, e_mac, e_ac)

@@ -1,0 +1,141 @@
+"""Energy and spike accounting: counts against closed forms, brute force and hand values."""
+
+import pytest
+import torch
+from conftest import tiny_vit
+from timm.layers import Attention
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import transpike
+from transpike import MTNeuron, burst_fire, mt_fire, spike_planes
+from transpike.energy import E_AC, E_MAC, count_dense_work
+from transpike.spikes import SpikeMonitor, SpikeStatistics, operand_nonzeros, product_operations
+
+
+def vit_macs(depth=2, dim=24, tokens=17, patches=16, patch=4, channels=3, mlp_ratio=4, classes=5):
+    """Closed-form multiply-accumulates of one ViT forward (class token, linear pooling)."""
+    block = tokens * dim * (3 * dim + dim + 2 * mlp_ratio * dim) + 2 * tokens * tokens * dim
+    return patches * channels * patch * patch * dim + depth * block + dim * classes
+
+
+def test_ann_macs_match_closed_form_and_flop_counter(images):
+    calibration, x = images
+    model = tiny_vit()
+    report = transpike.account(transpike.convert(model, calibration), x, 3)
+    assert report.ann_macs == vit_macs()
+    for module in model.modules():  # timm's fused kernel is not in the flop counter's registry
+        if isinstance(module, Attention):
+            module.fused_attn = False
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    assert counter.get_total_flops() / 2 / len(x) == vit_macs()
+    qkv = next(layer for layer in report.layers if layer["path"] == "blocks.0.attn.qkv")
+    assert qkv["ann_macs"] == 17 * 24 * 72
+
+
+def test_weight_layer_acs_are_spikes_times_fan_out():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 10), nn.GELU(), nn.Linear(10, 3)).eval()
+    snn = transpike.convert(model, torch.randn(64, 6))
+    x = torch.randn(5, 6)
+    spikes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: spikes.append(o.clone())) for m in snn.network.modules()
+             if isinstance(m, MTNeuron)]  # fmt: skip
+    report = transpike.account(snn, x, 4)
+    for hook in hooks:
+        hook.remove()
+    spikes = spikes[-8:]  # the accounted run: (fc1 input, fc2 input) per step
+    for t in range(4):
+        expected = (spikes[2 * t].count_nonzero() * 10 + spikes[2 * t + 1].count_nonzero() * 3) / 5
+        assert report.acs[t] == pytest.approx(expected.item())
+    cumulative = torch.tensor(report.acs).cumsum(0)
+    assert report.ratio["ecmt"] == pytest.approx((E_AC * cumulative / (E_MAC * (6 * 10 + 10 * 3))).tolist())
+
+
+def test_product_operations_match_brute_force():
+    gen = torch.Generator().manual_seed(2)
+
+    def sparse(*shape):
+        return torch.randn(*shape, generator=gen) * (torch.rand(*shape, generator=gen) < 0.3)
+
+    a, b, sum_a, sum_b = sparse(2, 4, 5), sparse(2, 5, 3), sparse(2, 4, 5), sparse(2, 5, 3)
+
+    def triples(u, v):  # #(i, j, k) with u_ij != 0 and v_jk != 0
+        return torch.einsum("bij,bjk->", (u != 0).double(), (v != 0).double())
+
+    expected = triples(a, b) + triples(a, sum_b) + triples(sum_a, b) + 3 * 2 * 4 * 3
+    assert product_operations(a, b, *operand_nonzeros(sum_a, sum_b, "matmul"), "matmul") == expected
+    c, d = sparse(3, 4), sparse(3, 4)
+    pairs = ((c != 0) & (d != 0)).sum() + ((c != 0) & (sum_a[0, :3, :4] != 0)).sum()
+    pairs += ((sum_a[1, :3, :4] != 0) & (d != 0)).sum()
+    nnz = operand_nonzeros(sum_a[1, :3, :4], sum_a[0, :3, :4], "mul")
+    assert product_operations(c, d, *nnz, "mul") == pairs + 3 * 12
+
+
+@pytest.mark.parametrize("neuron", ["mt", "burst"])
+@pytest.mark.parametrize("shape", [(), (7,)])
+def test_level_histogram_counts_every_spike(neuron, shape):
+    gen = torch.Generator().manual_seed(3)
+    theta_pos, theta_neg = torch.rand(shape, generator=gen) + 0.05, torch.rand(shape, generator=gen) + 0.05
+    m = torch.randn(30, 7, generator=gen) * 5
+    fire = mt_fire if neuron == "mt" else burst_fire
+    x = fire(m, theta_pos, theta_neg, 5)
+    histogram, most = SpikeStatistics(MTNeuron(theta_pos, theta_neg, 5, neuron=neuron))(x)
+    planes = spike_planes(x, theta_pos, theta_neg, 5)
+    assert torch.equal(histogram, planes.sum((1, 2)).view(2, 5).long())
+    assert most == planes.sum(0).max()
+
+
+def test_level_histogram_by_hand():
+    theta = torch.tensor(0.5)
+    x = torch.tensor([0.0, 0.5, 0.5, 1.0, 4.0, -0.5, -2.0, 0.0])
+    histogram, most = SpikeStatistics(MTNeuron(theta, theta, 4))(x)
+    assert histogram.tolist() == [[2, 1, 0, 1], [1, 0, 1, 0]]
+    assert most == 1
+
+
+def test_site_rates_and_report_contents(images):
+    calibration, x = images
+    snn = transpike.convert(tiny_vit(), calibration)
+    report = transpike.account(snn, x, 4)
+    site = next(s for s in report.sites if s["path"] == "blocks.0.mlp.fc1.neuron")
+    assert site["neurons"] == 17 * 24
+    assert all(0 <= r <= 1 for r in site["firing_rate"])
+    assert site["cumulative_firing_rate"][-1] == pytest.approx(sum(site["firing_rate"]) / 4)
+    assert sum(map(sum, site["level_histogram"])) == pytest.approx(sum(site["firing_rate"]) * site["neurons"])
+    roles = {(row["path"], row["role"]) for row in report.analog}
+    assert ("patch_embed.proj", "direct-input") in roles and ("blocks.0.norm1", "ec") in roles
+    assert all(full > ecmt for full, ecmt in zip(report.ratio["full"], report.ratio["ecmt"], strict=True))
+    assert report.ratio["ecmt"] == sorted(report.ratio["ecmt"])  # cumulative cost grows with t
+    assert "energy SNN/ANN" in str(report)
+    assert set(report.to_dict()) >= {"ann_macs", "energy_ratio", "layers", "sites", "level_histogram"}
+
+
+def test_sit_formula_by_hand():
+    model = nn.Sequential(nn.Linear(4, 2)).eval()
+    snn = transpike.convert(model, torch.randn(32, 4))
+    x = torch.randn(3, 4)
+    report = transpike.account(snn, x, 2)
+    rate = torch.tensor(report.sites[0]["firing_rate"])
+    assert report.ratio["sit"] == pytest.approx((E_AC / E_MAC * rate.cumsum(0)).tolist())
+
+
+def test_counting_is_off_without_a_monitor(images):
+    calibration, x = images
+    snn = transpike.convert(tiny_vit(), calibration)
+    plain = snn.simulate(x, 4)
+    with SpikeMonitor(snn):
+        monitored = snn.simulate(x, 4)
+    assert torch.equal(plain, monitored)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in snn.modules())
+    count_dense_work(snn, x)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in snn.modules())
+
+
+def test_energy_constants_are_configurable(images):
+    calibration, x = images
+    snn = transpike.convert(tiny_vit(), calibration)
+    default = transpike.account(snn, x, 2)
+    cheap = transpike.account(snn, x, 2, e_mac=4.6, e_ac=0.45)
+    assert cheap.ratio["ecmt"] == pytest.approx([r / 2 for r in default.ratio["ecmt"]])
