@@ -1,11 +1,12 @@
-"""Fidelity: relative L2 error of the SNN's mean logits against the ANN, by time step.
+"""Fidelity and energy on a random-init timm ViT: SNN logits against the ANN's, by time step.
 
-Random-init timm vit_tiny_patch16_224 at 224 px, calibrated on a few batches of random images and
-evaluated on another. Beside every error: the largest number of spikes one neuron emits in one step
-and the synaptic operations (ACs) spent up to t, per image and as a ratio to the ANN's MACs, since
-equal T is not equal work.
+Random-init timm model (vit_tiny_patch16_224 by default) at 224 px, calibrated on a few batches of
+random images and evaluated on another batch. Per configuration and t: the relative L2 error of the
+mean logits against the ANN, the share of images whose top-1 class agrees with the ANN's, and the
+SNN/ANN energy (ECMT's form: synaptic ACs only; and the full form with the analog float work), with
+the largest number of spikes one neuron emits in one step, since equal T is not equal work.
 
-    python benchmarks/fidelity.py [--model vit_tiny_patch16_224] [--out benchmarks/out/fidelity.json]
+    python benchmarks/fidelity.py [--model vit_tiny_patch16_224] [--configs default mse+nearest ...]
 """
 
 from __future__ import annotations
@@ -18,29 +19,20 @@ from pathlib import Path
 
 import timm
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import transpike
-from transpike.spikes import SpikeMonitor
 
 STEPS = (1, 2, 4, 8, 16)
 CONFIGS = {
-    "paper default (percentile 99, greedy, per-tensor)": {},
+    "default": {},
     "nearest": dict(rounding="nearest"),
     "mse": dict(threshold="mse"),
-    "mse + nearest": dict(threshold="mse", rounding="nearest"),
-    "mse + nearest + per-channel": dict(threshold="mse", rounding="nearest", granularity="channel"),
-    "levels=1 (signed IF)": dict(levels=1),
-    "no EC": dict(compensation=False),
-    "burst + mse": dict(neuron="burst", threshold="mse"),
+    "mse+nearest": dict(threshold="mse", rounding="nearest"),
+    "mse+nearest+channel": dict(threshold="mse", rounding="nearest", granularity="channel"),
+    "levels=1": dict(levels=1),
+    "no-ec": dict(compensation=False),
+    "burst+mse": dict(neuron="burst", threshold="mse"),
 }
-
-
-def ann_macs(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """Multiply-accumulates of one ANN forward per image, counted by PyTorch's flop counter."""
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(x)
-    return counter.get_total_flops() / 2 / x.shape[0]
 
 
 def main() -> None:
@@ -49,8 +41,10 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--calib-batches", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/fidelity.json"))
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    out = args.out or Path(f"benchmarks/out/fidelity-{args.model}.json")
 
     torch.manual_seed(0)
     model = timm.create_model(args.model, img_size=args.img_size).eval()
@@ -60,23 +54,29 @@ def main() -> None:
     x = torch.randn(shape, generator=gen)
     with torch.inference_mode():
         ref = model(x)
-    macs = ann_macs(model, x)
     rows = []
-    for name, options in CONFIGS.items():
+    for name in args.configs:
         start = time.perf_counter()
-        snn = transpike.convert(model, calibration, **options)
-        with SpikeMonitor(snn) as monitor:
-            y = snn.simulate(x, max(STEPS))
-        ops = torch.tensor(monitor.total_operations(), dtype=torch.float64).cumsum(0) / args.batch
+        snn = transpike.convert(model, calibration, **CONFIGS[name])
+        outputs = []
+        hook = snn.network.register_forward_hook(lambda m, i, o, outputs=outputs: outputs.append(o.double()))
+        report = transpike.account(snn, x, max(STEPS))
+        hook.remove()
+        y = torch.stack(outputs[-max(STEPS) :]).cumsum(0) / torch.arange(1, max(STEPS) + 1).view(-1, 1, 1)
         rows.append(
             dict(
                 config=name,
-                options=options,
+                options=CONFIGS[name],
                 error={t: ((y[t - 1] - ref).norm() / ref.norm()).item() for t in STEPS},
-                max_spikes_per_neuron_step=monitor.max_spikes_per_neuron(),
-                spikes_per_neuron_step=sum(monitor.total_spikes()) / monitor.neurons() / max(STEPS),
-                acs_per_image={t: ops[t - 1].item() for t in STEPS},
-                acs_over_ann_macs={t: ops[t - 1].item() / macs for t in STEPS},
+                agreement={
+                    t: (y[t - 1].argmax(-1) == ref.argmax(-1)).double().mean().item() * 100 for t in STEPS
+                },
+                energy_ecmt={t: report.ratio["ecmt"][t - 1] for t in STEPS},
+                energy_full={t: report.ratio["full"][t - 1] for t in STEPS},
+                max_spikes_per_neuron_step=report.max_spikes_per_neuron_step,
+                spikes_per_neuron_step=sum(sum(s["firing_rate"]) * s["neurons"] for s in report.sites)
+                / sum(s["neurons"] for s in report.sites)
+                / max(STEPS),
                 seconds=time.perf_counter() - start,
             )
         )
@@ -87,26 +87,32 @@ def main() -> None:
         img_size=args.img_size,
         batch=args.batch,
         calib_batches=args.calib_batches,
-        ann_macs_per_image=macs,
+        ann_macs_per_image=report.ann_macs,
         machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         torch=torch.__version__,
         rows=rows,
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    head = "/".join(map(str, STEPS))
     print(
-        "| configuration | " + " | ".join(f"t={t}" for t in STEPS) + " | max spikes/neuron/step "
-        "| spikes/neuron/step | ACs / ANN MACs at t=4 | at t=16 |"
+        f"\n{args.model}: relative L2 error of the mean logits / top-1 agreement (%) / energy SNN/ANN "
+        f"(ECMT form, full form)\n"
     )
-    print("|---" * (len(STEPS) + 5) + "|")
-    for row in rows:
-        errors = " | ".join(f"{row['error'][t]:.3f}" for t in STEPS)
+    print(
+        f"| configuration | error t={head} | agreement t=1, 4, 16 | energy ECMT t=1, 4, 16 "
+        "| energy full t=1, 4, 16 | max spikes/neuron/step | spikes/neuron/step |"
+    )
+    print("|---" * 7 + "|")
+    for r in rows:
+        pick = (1, 4, 16)
         print(
-            f"| {row['config']} | {errors} | {row['max_spikes_per_neuron_step']} | "
-            f"{row['spikes_per_neuron_step']:.2f} | {row['acs_over_ann_macs'][4]:.2f} | "
-            f"{row['acs_over_ann_macs'][16]:.2f} |"
-        )
+            f"| {r['config']} | " + " / ".join(f"{r['error'][t]:.3f}" for t in STEPS)
+            + " | " + " / ".join(f"{r['agreement'][t]:.0f}" for t in pick)
+            + " | " + " / ".join(f"{r['energy_ecmt'][t]:.2f}" for t in pick)
+            + " | " + " / ".join(f"{r['energy_full'][t]:.2f}" for t in pick)
+            + f" | {r['max_spikes_per_neuron_step']} | {r['spikes_per_neuron_step']:.2f} |"
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

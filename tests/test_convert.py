@@ -174,7 +174,7 @@ def test_nonlinear_pooling_is_refused(images):
         dict(levels=0),
         dict(levels=2.5),
         dict(percentile=101.0),
-        dict(percentile=10.0),
+        dict(percentile=0.0),
         dict(method="spikformer"),
         dict(granularity="head"),
         dict(rounding="up"),

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import digits
 from ._version import __version__
-from .convert import GRANULARITIES, METHODS, THRESHOLDS, convert
+from .convert import GRANULARITIES, METHODS, THRESHOLDS, ConversionOptions, convert
 from .data import SPEC_HELP, load_dataset, parse_spec
 from .energy import E_AC, E_MAC
 from .errors import ConversionError
@@ -32,7 +32,8 @@ from .io import load, rebuild_ann, save
 from .model import SpikingModel
 from .models import create_model, load_checkpoint
 from .neurons import NEURONS, ROUNDINGS
-from .results import check_output_dir, format_table, write_results
+from .results import check_output_dir, format_blocks_table, format_table, write_results
+from .sit import MODES as SIT_MODES
 
 
 class UsageError(ValueError):
@@ -63,8 +64,21 @@ def add_conversion_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--granularity", default="tensor", choices=GRANULARITIES)
     group.add_argument("--rounding", default="greedy", choices=ROUNDINGS)
     group.add_argument("--neuron", default="mt", choices=NEURONS)
-    group.add_argument("--no-compensation", action="store_true", help="ablation: no expectation compensation")
-    group.add_argument("--non-strict", action="store_true", help="leave modules without a rule analog")
+    group.add_argument(
+        "--no-compensation",
+        dest="compensation",
+        action="store_false",
+        help="ablation: no expectation compensation",
+    )
+    group.add_argument(
+        "--non-strict", dest="strict", action="store_false", help="leave modules without a rule analog"
+    )
+    group.add_argument(
+        "--sit-steps", type=int, default=12, help="SI-exp steps K for --method sit (default 12)"
+    )
+    group.add_argument(
+        "--sit-mode", default="shift", choices=SIT_MODES, help="spiking softmax input handling"
+    )
 
 
 def add_energy_args(parser: argparse.ArgumentParser) -> None:
@@ -88,18 +102,8 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
 
 
 def conversion_options(args: argparse.Namespace) -> dict:
-    return dict(
-        method=args.method,
-        levels=args.levels,
-        percentile=args.percentile,
-        threshold=args.threshold,
-        horizon=args.horizon,
-        granularity=args.granularity,
-        rounding=args.rounding,
-        neuron=args.neuron,
-        compensation=not args.no_compensation,
-        strict=not args.non_strict,
-    )
+    """The conversion options given on the command line (``blocks`` is handled per command)."""
+    return {name: getattr(args, name) for name in ConversionOptions.__dataclass_fields__ if name != "blocks"}
 
 
 def positive(name: str, value: int) -> int:
@@ -120,8 +124,8 @@ def calibration_batches(dataset, batches: int, batch_size: int) -> list[torch.Te
     return out
 
 
-def convert_from_args(args: argparse.Namespace) -> tuple[SpikingModel, torch.nn.Module]:
-    """Build the ANN the options describe and convert it; returns (snn, ann)."""
+def model_and_calibration(args: argparse.Namespace) -> tuple[torch.nn.Module, list[torch.Tensor], dict]:
+    """The ANN the options describe, its calibration batches and its model spec."""
     if not args.calib:
         raise UsageError("--calib is required to convert a model")
     positive("--calib-batches", args.calib_batches)
@@ -131,15 +135,15 @@ def convert_from_args(args: argparse.Namespace) -> tuple[SpikingModel, torch.nn.
         load_checkpoint(ann, args.checkpoint)
     calibration = load_dataset(args.calib, "train", ann)
     batches = calibration_batches(calibration, args.calib_batches, args.batch_size)
-    snn = convert(ann, batches, **conversion_options(args), model_spec={"timm": args.model, "kwargs": kwargs})
-    return snn, ann
+    return ann, batches, {"timm": args.model, "kwargs": kwargs}
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise UsageError(f"--out {out}: file exists; pass --force to replace it")
-    snn, _ = convert_from_args(args)
+    ann, batches, spec = model_and_calibration(args)
+    snn = convert(ann, batches, **conversion_options(args), blocks=args.blocks, model_spec=spec)
     save(snn, out, overwrite=True)
     print(snn.report())
     print(f"\nwrote {out}")
@@ -169,9 +173,15 @@ class EvalSettings:
 
 
 def run_evaluation(
-    snn: SpikingModel, ann: torch.nn.Module, dataset, settings: EvalSettings, meta: dict, world: World
+    snn: SpikingModel,
+    ann: torch.nn.Module,
+    dataset,
+    settings: EvalSettings,
+    meta: dict,
+    world: World,
+    write: bool = True,
 ) -> dict:
-    """Evaluate, print the table and (on rank 0) write the result files."""
+    """Evaluate, print the table and (on rank 0, if ``write``) write the result files."""
     start = time.perf_counter()
     counts = evaluate(
         snn, ann, dataset, settings.time_steps, settings.batch_size, settings.limit, settings.device, world,
@@ -195,8 +205,9 @@ def run_evaluation(
         print(format_table(results))
         if report is not None:
             print("\n" + report.summary())
-        paths = write_results(results, settings.out)
-        print("\nwrote " + ", ".join(str(p) for p in paths))
+        if write:
+            paths = write_results(results, settings.out)
+            print("\nwrote " + ", ".join(str(p) for p in paths))
     return results
 
 
@@ -214,21 +225,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
     parse_spec(args.data, "test")  # fail on a bad spec before any slow work
     if args.calib:
         parse_spec(args.calib, "train")
+    if args.snn and args.blocks:
+        raise UsageError("--blocks converts the model again: give --model and --calib instead of --snn")
     world = init_world(args.device)
     if world.is_main:
         check_output_dir(args.out, args.force)
+    settings = EvalSettings.from_args(args)
     if args.snn:
         snn = load(args.snn)
         ann = rebuild_ann(snn)
-        model_name = snn.model_spec["timm"] if snn.model_spec else str(args.snn)
-    elif args.model:
-        snn, ann = convert_from_args(args)
-        model_name = args.model
-    else:
+        name = snn.model_spec["timm"] if snn.model_spec else str(args.snn)
+        dataset = load_dataset(args.data, "test", ann)
+        run_evaluation(
+            snn, ann, dataset, settings, dict(model=name, data=args.data, snn_file=args.snn), world
+        )
+        return 0
+    if not args.model:
         raise UsageError("give --snn FILE, or --model NAME with --calib DATA")
+    ann, batches, spec = model_and_calibration(args)
     dataset = load_dataset(args.data, "test", ann)
-    meta = dict(model=model_name, data=args.data, snn_file=args.snn)
-    run_evaluation(snn, ann, dataset, EvalSettings.from_args(args), meta, world)
+    meta = dict(model=args.model, data=args.data, snn_file=None)
+    sweep = []
+    for blocks in args.blocks or [None]:
+        snn = convert(ann, batches, **conversion_options(args), blocks=blocks, model_spec=spec)
+        quiet = len(args.blocks or []) > 1 and blocks != args.blocks[-1]
+        results = run_evaluation(snn, ann, dataset, settings, meta, world, write=not quiet)
+        sweep.append(
+            dict(
+                blocks=blocks,
+                snn_top1=results["snn_top1"],
+                energy_ratio=results.get("energy", {}).get("energy_ratio"),
+            )
+        )
+    if len(sweep) > 1 and world.is_main:
+        print(format_blocks_table(results["ann_top1"], sweep))
+        write_results({**results, "blocks_sweep": sweep}, settings.out)
     return 0
 
 
@@ -277,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--batch-size", type=int, default=32, help="calibration batch size")
     conv.add_argument("--out", required=True, help="spiking network file (.safetensors)")
     conv.add_argument("--force", action="store_true", help="replace an existing --out file")
+    conv.add_argument("--blocks", type=int, help="convert only the first K Transformer blocks")
     add_conversion_args(conv)
     conv.set_defaults(func=cmd_convert)
 
@@ -290,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu", help="cpu or cuda")
     ev.add_argument("--out", required=True, help="results directory")
     ev.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
+    ev.add_argument(
+        "--blocks", type=int, nargs="+", metavar="K",
+        help="convert only the first K Transformer blocks; several K: accuracy as K grows",
+    )  # fmt: skip
     add_conversion_args(ev)
     add_energy_args(ev)
     ev.set_defaults(func=cmd_eval)

@@ -11,23 +11,27 @@ the product EC.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
+from .audit import audit
 from .compensation import ExpectationCompensation, SpikingProduct
 from .errors import ConversionError
 from .model import SpikingModel
 from .neurons import NEURONS, ROUNDINGS, MTNeuron
 from .observers import HistogramObserver
 from .rules import Role, rule_for
+from .sit import MODES as SIT_MODES
+from .sit import SpikingSoftmax
 from .sites import Observed, Product, Unconverted
 from .synapses import SpikingLayer
 from .thresholds import mse_thresholds, percentile_thresholds
 
-METHODS = ("ecmt",)
+METHODS = ("ecmt", "sit")
 GRANULARITIES = ("tensor", "channel")
 THRESHOLDS = ("percentile", "mse")
 
@@ -37,7 +41,8 @@ class ConversionOptions:
     """Every choice that defines a converted network (saved with it).
 
     Attributes:
-        method: "ecmt".
+        method: "ecmt", or "sit": ECMT with every softmax computed by SIT-conversion's spiking
+            softmax (SI-exp and SI-norm neurons) inside its EC module.
         levels: n, MT levels per sign (ECMT code default 8); 1 gives a plain signed IF neuron.
         percentile: p; θ1 = P_p and θ2 = -P_{100-p} of each site's calibration values.
         granularity: "tensor" (one θ1, θ2 per site, the paper) or "channel".
@@ -48,6 +53,10 @@ class ConversionOptions:
         neuron: "mt" (one spike per step) or "burst" (several levels may fire in one step).
         compensation: False is the ablation without EC (F applied to each step's input).
         strict: False leaves modules without a rule analog instead of raising.
+        sit_steps: K, SI-exp's internal steps (method "sit").
+        sit_mode: "shift", "clip" or "sigmoid" (see :class:`~transpike.sit.SpikingSoftmax`).
+        blocks: convert only the first k Transformer blocks (``model.blocks``); later blocks and
+            everything after them stay analog, computed on rates (SIT-conversion's Tables 2-4).
     """
 
     method: str = "ecmt"
@@ -60,6 +69,9 @@ class ConversionOptions:
     neuron: str = "mt"
     compensation: bool = True
     strict: bool = True
+    sit_steps: int = 12
+    sit_mode: str = "shift"
+    blocks: int | None = None
 
     def __post_init__(self) -> None:
         choices = {
@@ -68,16 +80,27 @@ class ConversionOptions:
             "threshold": THRESHOLDS,
             "rounding": ROUNDINGS,
             "neuron": NEURONS,
+            "sit_mode": SIT_MODES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if isinstance(self.levels, bool) or not isinstance(self.levels, int) or not 1 <= self.levels <= 30:
             raise ValueError(f"levels must be an integer in [1, 30], got {self.levels!r}")
-        if not isinstance(self.percentile, (int, float)) or not 50.0 < float(self.percentile) <= 100.0:
-            raise ValueError(f"percentile must be in (50, 100], got {self.percentile!r}")
-        if isinstance(self.horizon, bool) or not isinstance(self.horizon, int) or self.horizon < 1:
-            raise ValueError(f"horizon must be an integer >= 1, got {self.horizon!r}")
+        if (
+            isinstance(self.percentile, bool)
+            or not isinstance(self.percentile, (int, float))
+            or not 0.0 < float(self.percentile) <= 100.0
+        ):
+            raise ValueError(f"percentile must be in (0, 100], got {self.percentile!r}")
+        for name, low in (("horizon", 1), ("sit_steps", 1), ("blocks", 0)):
+            value = getattr(self, name)
+            if (value is not None or name != "blocks") and (
+                isinstance(value, bool) or not isinstance(value, int) or value < low
+            ):
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.neuron == "burst" and self.levels > 16:
+            raise ValueError(f"levels must be <= 16 for the burst neuron, got {self.levels}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,15 +110,44 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def prepare(model: nn.Module, options: ConversionOptions) -> nn.Module:
-    """A copy of ``model`` in eval mode with observers at every MT site (the model is untouched)."""
+def prepare(model: nn.Module, options: ConversionOptions, analog: dict[str, str] | None = None) -> nn.Module:
+    """A copy of ``model`` in eval mode with observers at every MT site (the model is untouched).
+
+    Args:
+        model: the ANN.
+        options: the conversion options.
+        analog: module paths to leave analog, with the reason (see :func:`convert`).
+    """
     network = copy.deepcopy(model).eval()
     for p in network.parameters():
         p.requires_grad_(False)
-    return _prepare(network, "", options, direct=False)
+    analog = dict(analog or {})
+    if options.blocks is not None:
+        analog |= _after_blocks(network, options.blocks)
+    return _prepare(network, "", options, direct=False, analog=analog)
 
 
-def _prepare(module: nn.Module, path: str, options: ConversionOptions, direct: bool) -> nn.Module:
+def _after_blocks(network: nn.Module, count: int) -> dict[str, str]:
+    """Modules left analog by ``blocks=count``: blocks count.. and every child of the model that
+    is registered after ``blocks`` (final norm, heads; timm registers them in forward order)."""
+    blocks = getattr(network, "blocks", None)
+    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+        raise ValueError(f"blocks={count}: the model has no 'blocks' sequence of Transformer blocks")
+    if count > len(blocks):
+        raise ValueError(f"blocks={count}: the model has only {len(blocks)} blocks")
+    reason = f"after the first {count} blocks"
+    analog = {f"blocks.{index}": reason for index in range(count, len(blocks))}
+    names = [name for name, _ in network.named_children()]
+    if count < len(blocks):
+        analog |= {name: reason for name in names[names.index("blocks") + 1 :]}
+    return analog
+
+
+def _prepare(
+    module: nn.Module, path: str, options: ConversionOptions, direct: bool, analog: dict[str, str]
+) -> nn.Module:
+    if path in analog:
+        return Unconverted(module, analog[path])
     rule = rule_for(module)
     reason = (
         "no conversion rule for this module type" if rule is None else (rule.check and rule.check(module))
@@ -110,7 +162,7 @@ def _prepare(module: nn.Module, path: str, options: ConversionOptions, direct: b
             )
         return Unconverted(module, reason)
     if rule.twin is not None:
-        return _prepare(rule.twin(module), path, options, direct)
+        return _prepare(rule.twin(module), path, options, direct, analog)
     per_channel = options.granularity == "channel"
     if rule.role is Role.WEIGHT:
         if direct:
@@ -122,33 +174,60 @@ def _prepare(module: nn.Module, path: str, options: ConversionOptions, direct: b
     elif rule.role in (Role.CONTAINER, Role.INPUT):
         for name, child in list(module.named_children()):
             setattr(
-                module, name, _prepare(child, _join(path, name), options, direct or rule.role is Role.INPUT)
+                module,
+                name,
+                _prepare(child, _join(path, name), options, direct or rule.role is Role.INPUT, analog),
             )
     return module
 
 
-def _batches(calibration: Tensor | Iterable) -> Iterable[Tensor]:
+def _batches(calibration: Tensor | Iterable) -> Iterator[Tensor]:
     """Input tensors from a tensor, an iterable of tensors or of (input, target) pairs."""
     items = [calibration] if isinstance(calibration, Tensor) else calibration
     for item in items:
         yield item[0] if isinstance(item, (tuple, list)) else item
 
 
+def _check_batch(index: int, x: object, shape: tuple[int, ...] | None) -> Tensor:
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise ValueError(f"calibration batch {index}: expected a floating-point tensor, got {_describe(x)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"calibration batch {index}: contains NaN or Inf")
+    if shape is not None and tuple(x.shape[1:]) != shape:
+        raise ValueError(
+            f"calibration batch {index}: sample shape {tuple(x.shape[1:])} differs from batch 0's {shape}"
+        )
+    return x
+
+
+def _run(network: nn.Module, x: Tensor, what: str) -> None:
+    """network(x), with a model's own complaint about the input turned into a ValueError."""
+    device, dtype = _device_dtype(network)
+    try:
+        network(x.to(device=device, dtype=dtype))
+    except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as error:
+        if isinstance(error, ConversionError):
+            raise
+        raise ValueError(f"{what} of shape {tuple(x.shape)}: the model rejected it: {error}") from None
+
+
+def _device_dtype(network: nn.Module) -> tuple[torch.device, torch.dtype]:
+    tensor = next(iter([*network.parameters(), *network.buffers()]), None)
+    return (tensor.device, tensor.dtype) if tensor is not None else (torch.device("cpu"), torch.float32)
+
+
 @torch.inference_mode()
 def calibrate(network: nn.Module, calibration: Tensor | Iterable, max_batches: int | None = None) -> int:
-    """Run the prepared network on calibration batches; returns the number of batches used."""
-    device = next(network.parameters()).device
-    count = 0
+    """Run the prepared network on calibration batches; returns the number of batches used.
+
+    Every batch must be a finite floating-point tensor with the same sample shape as the first.
+    """
+    count, shape = 0, None
     for index, x in enumerate(_batches(calibration)):
         if max_batches is not None and count >= max_batches:
             break
-        if not isinstance(x, Tensor) or not x.is_floating_point():
-            raise ValueError(
-                f"calibration batch {index}: expected a floating-point tensor, got {_describe(x)}"
-            )
-        if not torch.isfinite(x).all():
-            raise ValueError(f"calibration batch {index}: contains NaN or Inf")
-        network(x.to(device))
+        shape = tuple(_check_batch(index, x, shape).shape[1:])
+        _run(network, x, f"calibration batch {index}")
         count += 1
     if count == 0:
         raise ValueError("calibration is empty: give at least one batch of inputs")
@@ -212,6 +291,10 @@ def to_spiking(
         return ExpectationCompensation(module.module, analog=module.reason)
     rule = rule_for(module)
     if rule is not None and rule.role is Role.NONLINEAR:
+        if options.method == "sit" and isinstance(module, nn.Softmax):
+            module = SpikingSoftmax(
+                module.dim if module.dim is not None else -1, options.sit_steps, options.sit_mode
+            )
         return ExpectationCompensation(module, compensated=options.compensation)
     for name, child in list(module.named_children()):
         setattr(module, name, to_spiking(child, options, source, _join(path, name)))
@@ -225,15 +308,9 @@ def convert(
     levels: int = 8,
     percentile: float = 99.0,
     *,
-    granularity: str = "tensor",
-    threshold: str = "percentile",
-    horizon: int = 4,
-    rounding: str = "greedy",
-    neuron: str = "mt",
-    compensation: bool = True,
-    strict: bool = True,
     max_batches: int | None = None,
     model_spec: dict | None = None,
+    **options: object,
 ) -> SpikingModel:
     """Convert a trained ANN into a spiking network.
 
@@ -241,12 +318,14 @@ def convert(
         model: a module built from supported parts (see :mod:`transpike.rules`); never modified.
         calibration: a tensor batch, or an iterable of batches or (input, target) pairs (a
             DataLoader works). Use training data, not the evaluation set.
-        method: "ecmt".
-        levels, percentile, granularity, threshold, horizon, rounding, neuron, compensation,
-            strict: see :class:`ConversionOptions`.
+        method: "ecmt" or "sit".
+        levels: MT levels per sign.
+        percentile: threshold percentile p.
         max_batches: use at most this many calibration batches.
         model_spec: how to rebuild the ANN, ``{"timm": name, "kwargs": {...}}``; stored by
             :func:`transpike.save` so that :func:`transpike.load` needs no template model.
+        **options: any other field of :class:`ConversionOptions` (granularity, threshold, horizon,
+            rounding, neuron, compensation, strict, sit_steps, sit_mode, blocks).
 
     Returns:
         The :class:`SpikingModel`; ``snn.simulate(x, time_steps)`` gives outputs for every t.
@@ -255,9 +334,41 @@ def convert(
         ConversionError: a module has no rule (with ``strict=True``).
         ValueError: a bad option or calibration input.
     """
-    options = ConversionOptions(
-        method, levels, percentile, granularity, threshold, horizon, rounding, neuron, compensation, strict
-    )
+    unknown = set(options) - set(ConversionOptions.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown conversion option(s) {sorted(unknown)}; see transpike.ConversionOptions")
+    options = ConversionOptions(method=method, levels=levels, percentile=percentile, **options)
+    batches = _batches(calibration)
+    first = next(batches, None)
+    if first is None or max_batches == 0:
+        raise ValueError("calibration is empty: give at least one batch of inputs")
+    first = _check_batch(0, first, None)
     network = prepare(model, options)
-    calibrate(network, calibration, max_batches)
+    findings = _audit(network, first)
+    if findings:
+        reasons = {f.path: f"forward() runs {f.op} itself (a functional call)" for f in findings}
+        if options.strict:
+            finding = findings[0]
+            raise ConversionError(
+                finding.path,
+                finding.module,
+                f"{reasons[finding.path]}, which would run on spikes step by step; make it a module "
+                "(e.g. nn.ReLU) or pass strict=False to leave this module analog",
+            )
+        network = prepare(model, options, analog=reasons)
+    else:
+        for observer in network.modules():
+            if isinstance(observer, HistogramObserver):
+                observer.reset()  # the audit's run is not calibration
+    calibrate(network, itertools.chain([first], batches), max_batches)
     return SpikingModel(to_spiking(network, options), options.to_dict(), model_spec)
+
+
+def _audit(network: nn.Module, x: Tensor) -> list:
+    device, dtype = _device_dtype(network)
+    try:
+        return audit(network, x.to(device=device, dtype=dtype))
+    except (RuntimeError, AssertionError, IndexError, ValueError, TypeError) as error:
+        raise ValueError(
+            f"calibration batch 0 of shape {tuple(x.shape)}: the model rejected it: {error}"
+        ) from None

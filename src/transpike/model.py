@@ -103,10 +103,33 @@ class SpikingModel(nn.Module):
         tensor = next(iter([*self.network.parameters(), *self.network.buffers()]), None)
         return tensor.device if tensor is not None else torch.device("cpu")
 
+    @property
+    def dtype(self) -> torch.dtype:
+        tensor = next(iter([*self.network.parameters(), *self.network.buffers()]), None)
+        return tensor.dtype if tensor is not None else torch.float32
+
+    def _input(self, x: Tensor) -> Tensor:
+        """x checked (a finite floating-point tensor) and moved to the network's device and dtype."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"input x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"input x must be a floating-point tensor, got dtype {x.dtype}")
+        if not torch.isfinite(x).all():
+            raise ValueError("input x contains NaN or Inf")
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def _run(self, x: Tensor) -> Tensor:
+        try:
+            return self.network(x)
+        except (RuntimeError, AssertionError, IndexError, ValueError, TypeError) as error:
+            raise ValueError(
+                f"input x of shape {tuple(x.shape)}: the network rejected it: {error}"
+            ) from error
+
     @torch.inference_mode()
     def step(self, x: Tensor) -> Tensor:
         """Run one time step on input x (fed at every step) and return that step's head output."""
-        return self.network(_check_input(x).to(self.device))
+        return self._run(self._input(x))
 
     @torch.inference_mode()
     def simulate(self, x: Tensor, time_steps: int) -> Tensor:
@@ -118,12 +141,12 @@ class SpikingModel(nn.Module):
         """
         if isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 1:
             raise ValueError(f"time_steps must be an integer >= 1, got {time_steps!r}")
-        x = _check_input(x).to(self.device)
+        x = self._input(x)
         self.reset()
         total = None
         outputs = []
         for t in range(1, time_steps + 1):
-            y = self.network(x)
+            y = self._run(x)
             total = y.double() if total is None else total.add_(y)
             outputs.append((total / t).to(y.dtype))
         return torch.stack(outputs)
@@ -184,13 +207,3 @@ class SpikingModel(nn.Module):
                 rows.append(row)
                 skip = (path + ".",) if path else ("",)
         return ConversionReport(rows)
-
-
-def _check_input(x: Tensor) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"input x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"input x must be a floating-point tensor, got dtype {x.dtype}")
-    if not torch.isfinite(x).all():
-        raise ValueError("input x contains NaN or Inf")
-    return x

@@ -73,6 +73,10 @@ class HistogramObserver(nn.Module):
             raise ValueError(f"channel_dims must be negative dimension indices, got {channel_dims}")
         self.channel_dims = tuple(sorted(channel_dims))
         self.path = path
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything recorded."""
         self.counts: Tensor | None = None
         self.channel_shape: tuple[int, ...] = ()
         self.batches = 0

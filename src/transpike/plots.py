@@ -1,7 +1,9 @@
-"""Figures from results: SNN accuracy against time steps, with the ANN as a reference line."""
+"""Figures from results: accuracy and energy against time steps, firing rates, spikes per level."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -10,72 +12,83 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 
 
+@contextmanager
+def _figure(path: Path, size: tuple[float, float] = (5, 3.5)) -> Iterator[plt.Axes]:
+    """One axes, saved as PNG to ``path`` (whatever its suffix) when the block ends."""
+    fig, ax = plt.subplots(figsize=size, dpi=120)
+    try:
+        yield ax
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+
+
+def _against(ax: plt.Axes, xs: list, xlabel: str, ylabel: str, legend: str = "best") -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(xs)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend, fontsize=7)
+
+
 def plot_accuracy(results: dict, path: Path) -> Path:
     """SNN top-1 after t steps for t = 1..T, and the ANN's top-1 as a horizontal line."""
-    steps = range(1, len(results["snn_top1"]) + 1)
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    ax.plot(steps, results["snn_top1"], marker="o", label="SNN")
-    ax.axhline(results["ann_top1"], color="gray", linestyle="--", label=f"ANN ({results['ann_top1']:.2f} %)")
-    ax.set_xlabel("time steps t")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{results.get('model', '')} ({results.get('method', '')})", fontsize=9)
-    ax.set_xticks(list(steps))
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    steps = list(range(1, len(results["snn_top1"]) + 1))
+    with _figure(path) as ax:
+        ax.plot(steps, results["snn_top1"], marker="o", label="SNN")
+        ax.axhline(
+            results["ann_top1"], color="gray", linestyle="--", label=f"ANN ({results['ann_top1']:.2f} %)"
+        )
+        ax.set_title(f"{results.get('model', '')} ({results.get('method', '')})", fontsize=9)
+        _against(ax, steps, "time steps t", "top-1 accuracy (%)", "lower right")
     return path
 
 
 def plot_energy(energy: dict, path: Path) -> Path:
     """SNN/ANN energy after t steps: ECMT's form, the full form and SIT's formula."""
-    steps = range(1, len(energy["energy_ratio"]) + 1)
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    ax.plot(steps, energy["energy_ratio"], marker="o", label="ECMT form (synaptic ACs)")
-    ax.plot(steps, energy["energy_ratio_full"], marker="s", label="full (+ analog float work)")
-    ax.plot(steps, energy["energy_ratio_sit"], marker="^", label="SIT formula")
-    ax.axhline(1.0, color="gray", linestyle="--", label="ANN")
-    ax.set_xlabel("time steps t")
-    ax.set_ylabel("energy SNN / ANN")
-    ax.set_xticks(list(steps))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    steps = list(range(1, len(energy["energy_ratio"]) + 1))
+    with _figure(path) as ax:
+        ax.plot(steps, energy["energy_ratio"], marker="o", label="ECMT form (synaptic ACs)")
+        ax.plot(steps, energy["energy_ratio_full"], marker="s", label="full (+ analog float work)")
+        ax.plot(steps, energy["energy_ratio_sit"], marker="^", label="SIT formula")
+        ax.axhline(1.0, color="gray", linestyle="--", label="ANN")
+        _against(ax, steps, "time steps t", "energy SNN / ANN")
     return path
 
 
 def plot_firing_rates(energy: dict, path: Path) -> Path:
     """Mean spikes per neuron per step at every MT site, over all T steps."""
     sites = energy["sites"]
-    rates = [site["cumulative_firing_rate"][-1] for site in sites]
-    fig, ax = plt.subplots(figsize=(6, max(3.0, 0.16 * len(sites))), dpi=120)
-    ax.barh(range(len(sites)), rates)
-    ax.set_yticks(range(len(sites)), [site["path"].removesuffix(".neuron") for site in sites], fontsize=5)
-    ax.invert_yaxis()
-    ax.set_xlabel("spikes per neuron per step")
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    with _figure(path, (6, max(3.0, 0.16 * len(sites)))) as ax:
+        ax.barh(range(len(sites)), [site["cumulative_firing_rate"][-1] for site in sites])
+        ax.set_yticks(range(len(sites)), [site["path"].removesuffix(".neuron") for site in sites], fontsize=5)
+        ax.invert_yaxis()
+        ax.set_xlabel("spikes per neuron per step")
     return path
 
 
 def plot_spike_levels(energy: dict, path: Path) -> Path:
     """Spikes per threshold level and sign, all MT sites and steps (most land on θ1 and -θ2)."""
     histogram = energy["level_histogram"]
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    if histogram:
-        levels = range(len(histogram[0]))
-        ax.bar([k - 0.2 for k in levels], histogram[0], width=0.4, label="positive: θ1·2^k")
-        ax.bar([k + 0.2 for k in levels], histogram[1], width=0.4, label="negative: -θ2·2^k")
-        ax.set_xticks(list(levels))
-        ax.set_yscale("log")
-        ax.legend(fontsize=7)
-    ax.set_xlabel("level k")
-    ax.set_ylabel("spikes per sample (all steps)")
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    with _figure(path, (5, 3.2)) as ax:
+        if histogram:
+            levels = list(range(len(histogram[0])))
+            ax.bar([k - 0.2 for k in levels], histogram[0], width=0.4, label="positive: θ1·2^k")
+            ax.bar([k + 0.2 for k in levels], histogram[1], width=0.4, label="negative: -θ2·2^k")
+            ax.set_yscale("log")
+            _against(ax, levels, "level k", "spikes per sample (all steps)")
+    return path
+
+
+def plot_blocks(results: dict, path: Path) -> Path:
+    """SNN top-1 after T steps against the number of converted Transformer blocks."""
+    sweep = results["blocks_sweep"]
+    blocks = [row["blocks"] for row in sweep]
+    with _figure(path) as ax:
+        ax.plot(blocks, [row["snn_top1"][-1] for row in sweep], marker="o", label="SNN")
+        ax.axhline(results["ann_top1"], color="gray", linestyle="--", label="ANN")
+        _against(
+            ax, blocks, "converted blocks k", f"top-1 after T = {results['time_steps']} (%)", "lower left"
+        )
     return path

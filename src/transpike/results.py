@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from .io import atomic_write
-from .plots import plot_accuracy, plot_energy, plot_firing_rates, plot_spike_levels
+from .plots import plot_accuracy, plot_blocks, plot_energy, plot_firing_rates, plot_spike_levels
 
 
 def check_output_dir(path: str | Path, force: bool) -> Path:
@@ -43,6 +43,9 @@ def write_results(results: dict, out: Path) -> list[Path]:
     atomic_write(csv_path, write_csv)
     atomic_write(png_path, lambda tmp: plot_accuracy(results, tmp))
     paths = [json_path, csv_path, png_path]
+    if "blocks_sweep" in results:
+        paths.append(out / "accuracy_vs_blocks.png")
+        atomic_write(paths[-1], lambda tmp: plot_blocks(results, tmp))
     if "energy" in results:
         for name, plot in (
             ("energy", plot_energy),
@@ -52,6 +55,15 @@ def write_results(results: dict, out: Path) -> list[Path]:
             paths.append(out / f"{name}.png")
             atomic_write(paths[-1], lambda tmp, plot=plot: plot(results["energy"], tmp))
     return paths
+
+
+def format_blocks_table(ann_top1: float, sweep: list[dict]) -> str:
+    """Accuracy after T steps as the number of converted blocks grows (SIT Tables 2-4)."""
+    lines = ["", "  blocks   SNN top-1 at T   vs ANN"]
+    for row in sweep:
+        top1 = row["snn_top1"][-1]
+        lines.append(f"{row['blocks']:>8}   {top1:12.2f} %   {top1 - ann_top1:+6.2f}")
+    return "\n".join(lines)
 
 
 def format_table(results: dict) -> str:

@@ -1,0 +1,95 @@
+"""The audit: nonlinear work that a container does itself, outside any module the converter swaps.
+
+Conversion trusts a container (a registered ``CONTAINER`` module) to combine its children
+linearly. A forward that calls ``F.relu(x)``, ``x.softmax(-1)`` or ``q @ k.transpose(-2, -1)``
+directly would then run per step on spikes, silently wrong. The audit runs the prepared network on
+one calibration batch under a dispatch-level op recorder and reports every nonlinear op, or product
+of two activations, whose innermost enclosing module is a container.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .observers import HistogramObserver
+from .rules import Role, rule_for
+from .sites import Unconverted
+
+aten = torch.ops.aten
+NONLINEAR_OPS = {
+    aten.relu, aten.relu_, aten.gelu, aten.silu, aten.sigmoid, aten.tanh, aten._softmax, aten._log_softmax,
+    aten.softmax, aten.log_softmax, aten.exp, aten.log, aten.sqrt, aten.rsqrt, aten.pow, aten.abs, aten.amax,
+    aten.amin, aten.max, aten.min, aten.maximum, aten.minimum, aten.clamp, aten.clamp_min, aten.clamp_max,
+    aten.hardtanh, aten.native_layer_norm, aten.native_group_norm, aten.elu, aten.leaky_relu, aten.softplus,
+    aten.mish, aten.hardswish, aten.hardsigmoid, aten.sign, aten.floor, aten.ceil, aten.round, aten.erf,
+    aten.sin, aten.cos, aten.reciprocal, aten.sort, aten.topk, aten.median, aten.var, aten.std,
+    aten.layer_norm, aten.group_norm, aten.rms_norm,
+}  # fmt: skip
+# Products that are nonlinear when both operands are activations (not parameters or buffers).
+PRODUCT_OPS = {aten.mul, aten.div, aten.matmul, aten.mm, aten.bmm, aten.einsum}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A nonlinear op a container runs itself."""
+
+    path: str
+    module: nn.Module
+    op: str
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, constants: set[int], exempt: set[nn.Module]) -> None:
+        super().__init__()
+        self.stack: list[tuple[str, nn.Module]] = []
+        self.constants = constants
+        self.exempt = exempt
+        self.findings: dict[tuple[str, str], Finding] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self.stack and self.stack[-1][1] not in self.exempt:
+            path, module = self.stack[-1]
+            rule = rule_for(module)
+            if rule is None or rule.role in (Role.CONTAINER, Role.INPUT):
+                packet = func.overloadpacket
+                activations = [
+                    a for a in args if isinstance(a, Tensor) and a.numel() > 1 and self._activation(a)
+                ]
+                if packet in NONLINEAR_OPS or (packet in PRODUCT_OPS and len(activations) >= 2):
+                    self.findings.setdefault((path, str(packet)), Finding(path, module, str(packet)))
+        return out
+
+    def _activation(self, tensor: Tensor) -> bool:
+        return tensor.untyped_storage().data_ptr() not in self.constants
+
+
+def audit(network: nn.Module, x: Tensor) -> list[Finding]:
+    """Run ``network`` on x and list the nonlinear ops its containers run themselves."""
+    constants = {t.untyped_storage().data_ptr() for t in [*network.parameters(), *network.buffers()]}
+    # transpike's own observers and modules already left analog are not audited
+    exempt = {m for m in network.modules() if isinstance(m, HistogramObserver)}
+    exempt |= {m for u in network.modules() if isinstance(u, Unconverted) for m in u.modules()}
+    recorder = _Recorder(constants, exempt)
+    names = {module: path for path, module in network.named_modules()}
+
+    def enter(module: nn.Module, inputs: tuple) -> None:
+        recorder.stack.append((names[module], module))
+
+    def leave(module: nn.Module, inputs: tuple, output: object) -> None:
+        recorder.stack.pop()
+
+    hooks = [m.register_forward_pre_hook(enter) for m in names] + [
+        m.register_forward_hook(leave) for m in names
+    ]
+    try:
+        with torch.inference_mode(), recorder:
+            network(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return list(recorder.findings.values())

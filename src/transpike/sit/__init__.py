@@ -1,0 +1,162 @@
+"""SIT-conversion's spiking softmax: SI-exp and SI-norm neurons (Wang et al., preprint 2024).
+
+``Spiking_Softmax(x)_i = exp_i(x_i) / norm(Σ_j exp_j(x_j))``.
+
+**SI-exp** (an FS-style neuron, Stöckl & Maass 2021) runs K internal steps with fitted parameters
+threshold T(t), reset h(t) and output weight d(t). With v(1) = x:
+
+    z(t) = Θ(v(t) - T(t)),    v(t+1) = v(t) - h(t)·z(t),    exp(x) ≈ Σ_t d(t)·z(t).
+
+The same function, :func:`fs_neuron`, runs the fit (with a surrogate gradient for Θ) and inference, so
+the reset is applied in the same order in both; the FS-neuron authors' training script shifts h by
+one step relative to their inference code, which ruins a fit used the other way.
+
+**SI-norm** divides by spikes: a regular spike train encoding 1.0 over N steps charges the neuron by
+w = exp_i per step against the threshold V_th = Σ_j exp_j, with reset by subtraction; it fires
+floor(N·w/V_th) spikes, read out as floor(N·w/V_th)/N (the paper's "N_spike" shortcut charges all N
+steps at once, which :func:`si_norm` computes in closed form).
+
+The paper fits SI-exp on [-1, 1] and inserts a Sigmoid before softmax (then fine-tunes) when the
+attention logits leave that range. Softmax is shift-invariant, so :class:`SpikingSoftmax`
+subtracts each row's maximum by default and uses an SI-exp fitted on [-R, 0], which handles any
+logits without fine-tuning; the paper's two forms are options.
+
+Fitted parameters for K = 4..16 ship in ``data/si_exp.json``; ``python -m transpike.sit fit``
+reproduces them (seeded; see :mod:`transpike.sit.fit`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import cache
+from importlib import resources
+
+import torch
+from torch import Tensor, nn
+
+PAPER_RANGE = (-1.0, 1.0)
+SHIFTED_RANGE = (-12.0, 0.0)  # e^-12 = 6e-6: below it exp is zero for softmax's purpose
+FIT_POINTS = 10_000
+MODES = ("shift", "clip", "sigmoid")
+
+
+def heaviside(u: Tensor) -> Tensor:
+    """Θ(u): 1 where u ≥ 0."""
+    return (u >= 0).to(u.dtype)
+
+
+class _SurrogateSpike(torch.autograd.Function):
+    """Θ(v - T) forward; FS-neuron surrogate gradient max(0, 1 - |v - T|/(|v| + 1)) backward."""
+
+    @staticmethod
+    def forward(ctx, v: Tensor, threshold: Tensor) -> Tensor:
+        ctx.save_for_backward(v, threshold)
+        return heaviside(v - threshold)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        v, threshold = ctx.saved_tensors
+        slope = (1 - (v - threshold).abs() / (v.abs() + 1)).clamp(min=0) * grad
+        return slope, -slope.sum_to_size(threshold.shape)
+
+
+def fs_neuron(
+    x: Tensor, threshold: Tensor, reset: Tensor, weight: Tensor, spike: Callable | None = None
+) -> Tensor:
+    """The FS-neuron dynamics of SI-exp: K steps of z(t) = Θ(v(t) - T(t)), v(t+1) = v(t) - h(t)·z(t),
+    output Σ_t d(t)·z(t), with v(1) = x.
+
+    Args:
+        x: input (any shape).
+        threshold, reset, weight: T, h, d, each of length K.
+        spike: Θ(v, T); the surrogate-gradient spike during fitting, Θ otherwise.
+    """
+    v, out = x, torch.zeros_like(x)
+    for t in range(threshold.shape[0]):  # the neuron's own K internal time steps
+        z = heaviside(v - threshold[t]) if spike is None else spike(v, threshold[t])
+        v = v - reset[t] * z
+        out = out + weight[t] * z
+    return out
+
+
+def fs_spikes(x: Tensor, threshold: Tensor, reset: Tensor) -> Tensor:
+    """The spike trains z(t) of :func:`fs_neuron`, [..., K] (for least-squares weights, spike counts)."""
+    v, spikes = x, []
+    for t in range(threshold.shape[0]):
+        spikes.append(heaviside(v - threshold[t]))
+        v = v - reset[t] * spikes[-1]
+    return torch.stack(spikes, dim=-1)
+
+
+def si_exp(x: Tensor, K: int = 12, fit: str = "paper") -> Tensor:
+    """exp(x) by an SI-exp neuron with K internal steps and the shipped fitted T, h, d.
+
+    Args:
+        x: input; ``fit="paper"`` is fitted on [-1, 1], ``fit="shifted"`` on [-12, 0].
+    """
+    params = fitted_parameters(K, shifted=fit == "shifted")
+    T, h, d = (torch.tensor(params[name], dtype=x.dtype, device=x.device) for name in ("T", "h", "d"))
+    return fs_neuron(x, T, h, d)
+
+
+def si_norm(weight: Tensor, v_th: Tensor, spikes: int) -> Tensor:
+    """SI-norm's read-out floor(N·w/V_th)/N: an IF neuron charged by w for N steps against V_th.
+
+    With v(0) = 0 and reset by subtraction, N steps of constant input w give exactly
+    floor(N·w/V_th) output spikes (the paper's "N_spike" shortcut charges them at once).
+    """
+    return torch.floor(spikes * weight / v_th) / spikes
+
+
+@cache
+def fitted_parameters(steps: int, shifted: bool = True) -> dict:
+    """The shipped SI-exp fit for K = ``steps`` on [-12, 0] (``shifted``) or on [-1, 1] (the paper)."""
+    table = json.loads(resources.files("transpike").joinpath("data/si_exp.json").read_text())
+    key = "shifted" if shifted else "paper"
+    fits = {fit["K"]: fit for fit in table[key]}
+    if steps not in fits:
+        raise ValueError(f"no fitted SI-exp for K={steps}; shipped: K in {sorted(fits)}")
+    return fits[steps]
+
+
+class SpikingSoftmax(nn.Module):
+    """Softmax computed by SI-exp and SI-norm neurons along ``dim``.
+
+    Args:
+        dim: the softmax dimension.
+        steps: K, SI-exp's internal steps.
+        mode: "shift" (default): subtract each row's maximum, SI-exp fitted on [-12, 0];
+            "clip": the paper as stated, SI-exp fitted on [-1, 1] on inputs clamped to [-1, 1];
+            "sigmoid": the paper's variant for models whose logits leave [-1, 1], SI-exp of
+            Sigmoid(x), i.e. softmax(sigmoid(x)): equal to the ANN only if it was fine-tuned so.
+        norm_spikes: N, SI-norm's spike-train length (output resolution 1/N).
+    """
+
+    def __init__(self, dim: int = -1, steps: int = 12, mode: str = "shift", norm_spikes: int = 2**16) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"sit mode must be one of {MODES}, got {mode!r}")
+        fit = fitted_parameters(steps, shifted=mode == "shift")
+        for name in ("T", "h", "d"):
+            self.register_buffer(name, torch.tensor(fit[name], dtype=torch.float32))
+        self.dim, self.steps, self.mode, self.norm_spikes = dim, steps, mode, norm_spikes
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "shift":
+            x = x - x.amax(self.dim, keepdim=True)
+        elif self.mode == "clip":
+            x = x.clamp(*PAPER_RANGE)
+        else:
+            x = torch.sigmoid(x)
+        T, h, d = (p.to(x.dtype) for p in (self.T, self.h, self.d))
+        exp = fs_neuron(x, T, h, d)
+        return si_norm(exp, exp.sum(self.dim, keepdim=True), self.norm_spikes)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, steps={self.steps}, mode={self.mode}, norm_spikes={self.norm_spikes}"
+
+
+def spiking_softmax(x: Tensor, dim: int = -1, K: int = 12, mode: str = "shift") -> Tensor:
+    """Softmax of x along ``dim`` by SI-exp (K steps) and SI-norm neurons; see :class:`SpikingSoftmax`."""
+    return SpikingSoftmax(dim, K, mode).to(x.device)(x)

@@ -1,0 +1,158 @@
+"""Fitting SI-exp's parameters T, h, d to exp (``python -m transpike.sit fit``).
+
+Least squares gives the output weights d exactly for given spike trains; T and h are trained with
+Adam through the FS-neuron surrogate gradient, then refined by a pattern search on the exact loss.
+Everything is seeded, so the shipped ``data/si_exp.json`` is reproduced by the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import FIT_POINTS, PAPER_RANGE, SHIFTED_RANGE, _SurrogateSpike, fs_neuron, fs_spikes
+
+
+def _least_squares_weights(x: Tensor, y: Tensor, threshold: Tensor, reset: Tensor) -> Tensor:
+    """The output weights d minimizing Σ (Σ_t d(t)·z(t) - y)² for the spike trains that T, h give."""
+    spikes = fs_spikes(x, threshold, reset)
+    return torch.linalg.lstsq(spikes, y.unsqueeze(-1), driver="gelsd").solution.squeeze(-1)
+
+
+def _rmse(x: Tensor, y: Tensor, threshold: Tensor, reset: Tensor) -> tuple[float, Tensor]:
+    weight = _least_squares_weights(x, y, threshold, reset)
+    return (fs_neuron(x, threshold, reset, weight) - y).square().mean().sqrt().item(), weight
+
+
+def _initial(steps: int, lo: float, hi: float) -> tuple[Tensor, Tensor]:
+    """A successive-approximation start: step 1 always fires (the output's floor), steps 2..K
+    compare x with lo + span/2^(t-1) and subtract that span when they fire (x's binary digits)."""
+    span = (hi - lo) / 2.0 ** torch.arange(1, steps, dtype=torch.float64)
+    threshold = torch.cat([torch.tensor([lo - 1.0], dtype=torch.float64), lo + span])
+    reset = torch.cat([torch.zeros(1, dtype=torch.float64), span])
+    return threshold, reset
+
+
+def fit_si_exp(
+    steps: int,
+    lo: float,
+    hi: float,
+    seed: int = 0,
+    restarts: int = 3,
+    iterations: int = 800,
+    previous: dict | None = None,
+) -> dict:
+    """Fit SI-exp's T, h, d to exp on ``FIT_POINTS`` evenly spaced points of [lo, hi].
+
+    Starts: :func:`_initial`; the fit for K - 1 steps (``previous``) with a silent step appended,
+    so a longer neuron never fits worse than a shorter one; and random T, h (seeded). Each trains
+    T, h with Adam through the surrogate gradient while d is re-solved by least squares (exact for
+    fixed spike trains), then refines T, h by a pattern search on the exact loss; the best wins.
+    The same arguments give the same parameters.
+    """
+    x = torch.linspace(lo, hi, FIT_POINTS, dtype=torch.float64)
+    y = torch.exp(x)
+    gen = torch.Generator().manual_seed(seed)
+    starts = [_initial(steps, lo, hi)]
+    if previous is not None:  # the extra step never fires: the same function as K - 1 steps
+        starts.append(
+            (
+                torch.tensor([*previous["T"], hi + 1.0], dtype=torch.float64),
+                torch.tensor([*previous["h"], 0.0], dtype=torch.float64),
+            )
+        )
+    decay = 2.0 ** -torch.arange(steps, dtype=torch.float64)
+    for _ in range(restarts - 1):
+        threshold = lo + (hi - lo) * torch.rand(steps, generator=gen, dtype=torch.float64)
+        starts.append((threshold, (hi - lo) * decay * torch.rand(steps, generator=gen, dtype=torch.float64)))
+    best: tuple[float, Tensor, Tensor, Tensor] | None = None
+    for threshold, reset in starts:
+        threshold, reset = _adam(x, y, threshold, reset, iterations)
+        threshold, reset = _pattern_search(x, y, threshold, reset)
+        rmse, weight = _rmse(x, y, threshold, reset)
+        if best is None or rmse < best[0]:
+            best = (rmse, threshold, reset, weight)
+    rmse, threshold, reset, weight = best
+    return dict(
+        K=steps,
+        range=[lo, hi],
+        seed=seed,
+        rmse=rmse,
+        T=threshold.tolist(),
+        h=reset.tolist(),
+        d=weight.tolist(),
+    )
+
+
+def _adam(x: Tensor, y: Tensor, threshold: Tensor, reset: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
+    threshold, reset = threshold.clone().requires_grad_(), reset.clone().requires_grad_()
+    optimizer = torch.optim.Adam([threshold, reset], lr=1e-2 * (x.max() - x.min()).item() / 2)
+    best = (math.inf, threshold.detach().clone(), reset.detach().clone())
+    for step in range(iterations):
+        with torch.no_grad():
+            weight = _least_squares_weights(x, y, threshold, reset)
+        loss = (fs_neuron(x, threshold, reset, weight, _SurrogateSpike.apply) - y).square().mean()
+        if loss.item() < best[0]:
+            best = (loss.item(), threshold.detach().clone(), reset.detach().clone())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step == iterations // 2:
+            for group in optimizer.param_groups:
+                group["lr"] /= 10
+    return best[1], best[2]
+
+
+def _pattern_search(
+    x: Tensor, y: Tensor, threshold: Tensor, reset: Tensor, evaluations: int = 1500
+) -> tuple[Tensor, Tensor]:
+    """Coordinate moves of ±δ on T and h, kept when the exact loss falls; δ halves when none do."""
+    params = torch.cat([threshold, reset])
+    steps = threshold.shape[0]
+    loss = _rmse(x, y, params[:steps], params[steps:])[0]
+    delta = 0.05 * (x.max() - x.min()).item() / steps
+    while delta > 1e-5 and evaluations > 0:
+        improved = False
+        for index in range(params.shape[0]):
+            evaluations -= 2
+            for sign in (1.0, -1.0):
+                trial = params.clone()
+                trial[index] += sign * delta
+                trial_loss = _rmse(x, y, trial[:steps], trial[steps:])[0]
+                if trial_loss < loss:
+                    params, loss, improved = trial, trial_loss, True
+                    break
+        if not improved:
+            delta /= 2
+    return params[:steps], params[steps:]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m transpike.sit fit [--steps 4 16] [--seed 0] [--out FILE]``"""
+    parser = argparse.ArgumentParser(prog="python -m transpike.sit", description="fit SI-exp parameters")
+    commands = parser.add_subparsers(dest="command", required=True)
+    fit = commands.add_parser("fit", help="fit SI-exp for a range of K on [-1, 1] and on [-12, 0]")
+    fit.add_argument("--steps", type=int, nargs=2, default=[4, 16], metavar=("FIRST", "LAST"))
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--restarts", type=int, default=2)
+    fit.add_argument("--out", type=Path, default=Path("si_exp.json"))
+    args = parser.parse_args(argv)
+    table = {"version": 1, "points": FIT_POINTS}
+    for key, (lo, hi) in (("paper", PAPER_RANGE), ("shifted", SHIFTED_RANGE)):
+        table[key] = []
+        for steps in range(args.steps[0], args.steps[1] + 1):
+            start = time.perf_counter()
+            previous = table[key][-1] if table[key] else None
+            table[key].append(fit_si_exp(steps, lo, hi, args.seed, args.restarts, previous=previous))
+            print(
+                f"{key} K={steps}: RMSE {table[key][-1]['rmse']:.3g} ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
+    args.out.write_text(json.dumps(table, indent=1) + "\n")
+    print(f"wrote {args.out}")

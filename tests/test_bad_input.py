@@ -1,0 +1,162 @@
+"""Bad input gets a clear error that names what was wrong, and the user's model is never touched."""
+
+import copy
+
+import pytest
+import torch
+from conftest import relative_error, tiny_vit
+from torch import nn
+
+import transpike
+from transpike import ConversionError
+from transpike.rules import Role, register
+
+
+def snapshot(model):
+    return [type(m) for m in model.modules()], copy.deepcopy(model.state_dict())
+
+
+def unchanged(model, before):
+    types, state = before
+    return [type(m) for m in model.modules()] == types and all(
+        torch.equal(state[k], v) for k, v in model.state_dict().items()
+    )
+
+
+class Swish(nn.Module):
+    """A custom activation module the converter has no rule for."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+class FunctionalBlock(nn.Module):
+    """A container whose forward calls F.relu itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(nn.functional.relu(self.fc1(x)))
+
+
+register(FunctionalBlock, Role.CONTAINER)  # the user claims its forward is linear; the audit checks
+
+
+@pytest.mark.parametrize(
+    "model, path, kind",
+    [
+        (nn.Sequential(nn.Linear(4, 4), nn.LSTM(4, 4)), "1", "LSTM"),
+        (nn.Sequential(nn.Linear(4, 4), Swish()), "1", "Swish"),
+        (nn.Sequential(nn.Linear(6, 6), FunctionalBlock()), "1", "FunctionalBlock"),
+    ],
+)
+def test_unsupported_modules_are_named(model, path, kind):
+    before = snapshot(model)
+    x = torch.randn(8, 4 if kind != "FunctionalBlock" else 6)
+    with pytest.raises(ConversionError) as error:
+        transpike.convert(model, x)
+    assert error.value.path == path and kind in error.value.module_type
+    assert f"{path} (" in str(error.value)
+    assert unchanged(model, before)
+
+
+def test_functional_call_is_reported_with_its_op():
+    model = nn.Sequential(nn.Linear(6, 6), FunctionalBlock()).eval()
+    with pytest.raises(ConversionError, match=r"aten\.relu"):
+        transpike.convert(model, torch.randn(8, 6))
+
+
+def test_functional_call_left_analog_when_not_strict():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6), FunctionalBlock()).eval()
+    snn = transpike.convert(model, torch.randn(64, 6), strict=False)
+    analog = snn.report().analog
+    assert [(r.path, r.module_type) for r in analog] == [("1", "FunctionalBlock")]
+    assert "functional call" in analog[0].detail
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        ref = model(x)
+    assert relative_error(snn.simulate(x, 64)[-1], ref) < 0.05
+
+
+def test_timm_vits_pass_the_audit(images):
+    for name in ("vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"):
+        transpike.convert(tiny_vit(name, reg_tokens=0 if "deit" in name else 2), images[0])
+
+
+@pytest.fixture
+def snn(images):
+    return transpike.convert(tiny_vit(), images[0])
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (torch.randn(2, 3, 20, 20), r"input x of shape \(2, 3, 20, 20\)"),
+        (torch.randn(2, 16, 16), r"input x of shape \(2, 16, 16\)"),
+        (torch.ones(2, 3, 16, 16, dtype=torch.int64), "dtype torch.int64"),
+        (torch.full((2, 3, 16, 16), float("nan")), "NaN or Inf"),
+        (torch.full((2, 3, 16, 16), float("inf")), "NaN or Inf"),
+        ([[1.0]], "torch.Tensor, got list"),
+    ],
+)
+def test_bad_evaluation_input(snn, x, message):
+    with pytest.raises(ValueError, match=message):
+        snn.simulate(x, 2)
+
+
+def test_other_float_dtypes_are_accepted(snn, images):
+    x = images[1]
+    assert torch.allclose(snn.simulate(x.double(), 2), snn.simulate(x, 2))
+
+
+@pytest.mark.parametrize("time_steps", [0, -3, 2.5, True, "8", None])
+def test_bad_time_steps(snn, images, time_steps):
+    with pytest.raises(ValueError, match=f"time_steps must be an integer >= 1, got {time_steps!r}"):
+        snn.simulate(images[1], time_steps)
+
+
+@pytest.mark.parametrize(
+    "calibration, message",
+    [
+        ([], "calibration is empty"),
+        (torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 3, 16, 16))), "empty"),
+        ([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 8, 8)], r"batch 1: sample shape \(3, 8, 8\) differs"),
+        ([torch.randn(4, 3, 16, 16), torch.full((4, 3, 16, 16), float("nan"))], "batch 1: contains NaN"),
+        (
+            [torch.randn(4, 3, 24, 24)],
+            r"calibration batch 0 of shape \(4, 3, 24, 24\): the model rejected it",
+        ),
+        ([torch.ones(4, 3, 16, 16, dtype=torch.uint8)], "batch 0: expected a floating-point tensor"),
+        (["not a tensor"], "batch 0: expected a floating-point tensor, got str"),
+    ],
+)
+def test_bad_calibration(calibration, message):
+    model = tiny_vit()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=message):
+        transpike.convert(model, calibration)
+    assert unchanged(model, before)
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("percentile", 0.0), ("percentile", -5.0), ("percentile", 100.5), ("percentile", "99"), ("levels", 0),
+     ("levels", -1), ("levels", 1.5), ("horizon", 0), ("sit_steps", 0), ("blocks", -1)],
+)  # fmt: skip
+def test_bad_options_name_argument_and_value(option, value, images):
+    with pytest.raises(ValueError, match=rf"{option} must be .*got {value!r}"):
+        transpike.convert(tiny_vit(), images[0], **{option: value})
+
+
+def test_unknown_option_is_named(images):
+    with pytest.raises(ValueError, match=r"unknown conversion option.*'percentil'"):
+        transpike.convert(tiny_vit(), images[0], percentil=99.0)
+
+
+def test_low_percentiles_are_allowed(images):
+    calibration, x = images
+    snn = transpike.convert(tiny_vit(), calibration, percentile=30.0)
+    assert torch.isfinite(snn.simulate(x, 4)).all()

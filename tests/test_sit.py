@@ -1,0 +1,154 @@
+"""SIT-conversion: SI-exp, SI-norm, the spiking softmax, method="sit" and block-by-block conversion."""
+
+import json
+from importlib import resources
+
+import pytest
+import torch
+from conftest import relative_error, tiny_vit
+
+import transpike
+from transpike.sit import (
+    SpikingSoftmax,
+    _SurrogateSpike,
+    fs_neuron,
+    fs_spikes,
+    si_exp,
+    si_norm,
+    spiking_softmax,
+)
+from transpike.sit.fit import FIT_POINTS, fit_si_exp
+
+
+def test_fs_neuron_by_hand():
+    # T = (0, 0.5), h = (1, 0), d = (1, 2); x = 0.7: fires at t=1 (v -> -0.3), not at t=2 -> 1
+    T, h, d = torch.tensor([0.0, 0.5]), torch.tensor([1.0, 0.0]), torch.tensor([1.0, 2.0])
+    x = torch.tensor([-0.1, 0.7, 1.6])
+    assert fs_neuron(x, T, h, d).tolist() == [0.0, 1.0, 3.0]
+    assert fs_spikes(x, T, h).tolist() == [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
+
+
+def test_surrogate_gradient():
+    v = torch.tensor([0.2, 1.0, 3.0], requires_grad=True)
+    threshold = torch.tensor(1.0, requires_grad=True)
+    _SurrogateSpike.apply(v, threshold).sum().backward()
+    expected = torch.clamp(
+        1 - (torch.tensor([0.2, 1.0, 3.0]) - 1).abs() / (torch.tensor([0.2, 1.0, 3.0]) + 1), min=0
+    )
+    assert torch.allclose(v.grad, expected)
+    assert threshold.grad.item() == pytest.approx(-expected.sum().item())
+
+
+def test_si_norm_equals_simulated_if_neuron():
+    weight = torch.tensor([0.3, 1.7, 2.2, 0.0])
+    v_th = weight.sum()
+    steps = 40
+    v, spikes = torch.zeros(4), torch.zeros(4)
+    for _ in range(steps):  # charge w per step, fire and subtract V_th at threshold
+        v += weight
+        z = (v >= v_th).float()
+        v -= v_th * z
+        spikes += z
+    assert torch.equal(si_norm(weight, v_th, steps), spikes / steps)
+
+
+def shipped():
+    return json.loads(resources.files("transpike").joinpath("data/si_exp.json").read_text())
+
+
+@pytest.mark.parametrize("key", ["paper", "shifted"])
+def test_shipped_parameters_reproduce_their_error(key):
+    for fit in shipped()[key]:
+        lo, hi = fit["range"]
+        x = torch.linspace(lo, hi, FIT_POINTS, dtype=torch.float64)
+        T, h, d = (torch.tensor(fit[n], dtype=torch.float64) for n in ("T", "h", "d"))
+        assert (fs_neuron(x, T, h, d) - x.exp()).square().mean().sqrt().item() == pytest.approx(
+            fit["rmse"], rel=1e-6
+        )
+    assert [f["K"] for f in shipped()[key]] == list(range(4, 17))
+
+
+def test_fit_is_seeded():
+    first = fit_si_exp(4, -1.0, 1.0, seed=3, restarts=2, iterations=30)
+    assert fit_si_exp(4, -1.0, 1.0, seed=3, restarts=2, iterations=30) == first
+    assert first["rmse"] < 0.2
+
+
+def test_si_exp_approximates_exp():
+    x = torch.linspace(-1, 1, 1001, dtype=torch.float64)
+    assert (si_exp(x, K=12) - x.exp()).abs().max() < 0.1
+    shifted = torch.linspace(-12, 0, 1001, dtype=torch.float64)
+    assert (si_exp(shifted, K=12, fit="shifted") - shifted.exp()).abs().max() < 0.1
+
+
+def test_spiking_softmax_is_a_softmax():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 16, generator=gen) * 4  # far outside the paper's [-1, 1]
+    y = spiking_softmax(x, dim=-1, K=12)
+    assert y.shape == x.shape and (y >= 0).all()
+    assert torch.allclose(y.sum(-1), torch.ones(50), atol=1e-3)
+    error = (y - x.softmax(-1)).abs()
+    assert error.max() < 0.1 and error.mean() < 0.01
+    assert torch.equal(spiking_softmax(x + 100.0), y)  # shift-invariant like softmax
+
+
+def test_softmax_modes():
+    x = torch.rand(8, 10) * 2 - 1
+    for mode in ("shift", "clip"):
+        assert (SpikingSoftmax(-1, 12, mode)(x) - x.softmax(-1)).abs().max() < 0.05
+    assert (SpikingSoftmax(-1, 12, "sigmoid")(x) - torch.sigmoid(x).softmax(-1)).abs().max() < 0.05
+    with pytest.raises(ValueError, match="sit mode"):
+        SpikingSoftmax(mode="exp")
+    with pytest.raises(ValueError, match="K=99"):
+        SpikingSoftmax(steps=99)
+
+
+def test_sit_conversion(images):
+    calibration, x = images
+    model = tiny_vit()
+    with torch.no_grad():
+        ref = model(x)
+    snn = transpike.convert(model, calibration, method="sit", sit_steps=12)
+    softmaxes = [r for r in snn.report().rows if r.module_type == "SpikingSoftmax"]
+    assert [r.path for r in softmaxes] == ["blocks.0.attn.softmax", "blocks.1.attn.softmax"]
+    assert all(r.role == "ec" for r in softmaxes)
+    y = snn.simulate(x, 64)
+    assert relative_error(y[-1], ref) < 0.1
+    assert relative_error(y[-1], ref) < relative_error(y[3], ref)
+
+
+def test_zero_blocks_is_the_ann_at_every_step(images):
+    calibration, x = images
+    model = tiny_vit()
+    with torch.no_grad():
+        ref = model(x)
+    snn = transpike.convert(model, calibration, blocks=0)
+    assert {r.path for r in snn.report().analog} == {
+        "blocks.0",
+        "blocks.1",
+        "norm",
+        "fc_norm",
+        "head_drop",
+        "head",
+    }
+    assert torch.allclose(snn.simulate(x, 3), ref.expand(3, *ref.shape), atol=1e-5)
+
+
+def test_blocks_convert_a_prefix(images):
+    calibration, x = images
+    model = tiny_vit()
+    with torch.no_grad():
+        ref = model(x)
+    one = transpike.convert(model, calibration, blocks=1)
+    assert {r.path for r in one.report().analog} == {"blocks.1", "norm", "fc_norm", "head_drop", "head"}
+    assert [r.path for r in one.report().by_role("mt×mt+product-ec")] == [
+        "blocks.0.attn.qk",
+        "blocks.0.attn.av",
+    ]
+    full = transpike.convert(model, calibration, blocks=2)
+    assert torch.equal(full.simulate(x, 4), transpike.convert(model, calibration).simulate(x, 4))
+    assert relative_error(one.simulate(x, 8)[-1], ref) > 0
+    with pytest.raises(ValueError, match="only 2 blocks"):
+        transpike.convert(model, calibration, blocks=3)
+    with pytest.raises(ValueError, match="blocks"):
+        transpike.convert(torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.randn(4, 2), blocks=1)
