@@ -84,7 +84,7 @@ class SpikeStatistics:
         values = 2**n  # burst counts are < 2^n: histogram the counts, then split each into its bits
         theta_pos, theta_neg = neuron.theta_pos.to(x.dtype), neuron.theta_neg.to(x.dtype)
         count = x / _signed_threshold(x, theta_pos, theta_neg, None)
-        index = count.round_().add_(x < 0, alpha=values).to(torch.int64)
+        index = count.round_().add_(x < 0, alpha=values).to(torch.int32)
         per_value = torch.bincount(index.flatten(), minlength=2 * values).view(2, values)
         popcount = self.popcount.to(x.device)
         return per_value @ self.bits.to(x.device), torch.where(per_value.sum(0) > 0, popcount, 0).max()
@@ -110,16 +110,23 @@ def product_operations(a: Tensor, b: Tensor, nnz_sum_a: Tensor, nnz_sum_b: Tenso
         nz_a, nz_b = a != 0, b != 0
         pairs = (nz_a & nz_b).sum() + (nz_a & nnz_sum_b).sum() + (nnz_sum_a & nz_b).sum()
         return (pairs + 3 * a.numel()).double()
-    cols_a, rows_b = torch.count_nonzero(a, dim=-2), torch.count_nonzero(b, dim=-1)
-    pairs = (cols_a * (rows_b + nnz_sum_b)).sum() + (nnz_sum_a * rows_b).sum()
+    cols_a, rows_b = _nonzeros(a, -2), _nonzeros(b, -1)
+    pairs = (cols_a * (rows_b + nnz_sum_b)).sum(dtype=torch.int64) + (nnz_sum_a * rows_b).sum(
+        dtype=torch.int64
+    )
     return (pairs + 3 * a.shape[-2] * b.shape[-1] * a[..., 0, 0].numel()).double()
+
+
+def _nonzeros(u: Tensor, dim: int) -> Tensor:
+    # faster than torch.count_nonzero on CPU; int32 is exact for any row or column length
+    return (u != 0).sum(dim, dtype=torch.int32)
 
 
 def operand_nonzeros(sum_a: Tensor, sum_b: Tensor, op: str) -> tuple[Tensor, Tensor]:
     """Where the running sums are non-zero, in the form :func:`product_operations` takes."""
     if op == "mul":
         return sum_a != 0, sum_b != 0
-    return torch.count_nonzero(sum_a, dim=-2), torch.count_nonzero(sum_b, dim=-1)
+    return _nonzeros(sum_a, -2), _nonzeros(sum_b, -1)
 
 
 def _grow(series: list[Tensor], t: int, value: Tensor) -> None:
