@@ -24,15 +24,32 @@ def test_ec_by_hand():
     assert [ec(torch.tensor(v)).item() for v in (1.0, 3.0, 2.0)] == pytest.approx([1.0, 7.0, 4.0])
 
 
-@pytest.mark.parametrize("f", [nn.GELU(), nn.LayerNorm(16), nn.Softmax(dim=-1), Square()])
+class FirstHalf(nn.Module):
+    def forward(self, x):
+        return x[..., :8]  # a view of the input
+
+
+# the last three return their input or a view of it, which must not alias the EC's running rate
+@pytest.mark.parametrize(
+    "f",
+    [
+        nn.GELU(),
+        nn.LayerNorm(16),
+        nn.Softmax(dim=-1),
+        Square(),
+        nn.Identity(),
+        nn.Dropout(0.5).eval(),
+        FirstHalf(),
+    ],
+)
 def test_ec_sum_equals_t_times_f_of_mean(f):
     gen = torch.Generator().manual_seed(0)
     ec = ExpectationCompensation(f)
     inputs = torch.randn(20, 4, 16, generator=gen, dtype=torch.float64)
     f.double()
-    summed = torch.zeros(4, 16, dtype=torch.float64)
+    summed = 0
     for t in range(1, 21):
-        summed += ec(inputs[t - 1])
+        summed = summed + ec(inputs[t - 1])
         expected = t * f(inputs[:t].mean(0))
         assert torch.allclose(summed, expected, atol=1e-9)
 

@@ -67,6 +67,10 @@ class ExpectationCompensation(Stateful, nn.Module):
         else:
             self.rate.lerp_(x, 1.0 / self.t)
         mean_now = self.f(self.rate)
+        if mean_now.untyped_storage().data_ptr() == self.rate.untyped_storage().data_ptr():
+            # F returned its input or a view of it (Identity, Dropout in eval, x[:, 0]): the mean
+            # must not change when the rate is updated in place next step
+            mean_now = mean_now.clone()
         out = compensate(mean_now, self.mean, self.t, out=self.mean)
         self.mean = mean_now
         return out
