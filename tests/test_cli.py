@@ -182,6 +182,7 @@ CALIB = ["--calib", "digits"]
         ),
         (["eval", *MODEL, *CALIB, "--data", "digits", "--time-steps", "0"], "--time-steps"),
         (["eval", *MODEL, "--checkpoint", "nope.pth", *CALIB, *EVAL], "nope.pth"),
+        (["eval", *MODEL, "--checkpoint", __file__, *CALIB, *EVAL], "cannot be read safely"),  # not torch
         (["convert", *MODEL, "--out", "x.safetensors"], "--calib"),
     ],
 )

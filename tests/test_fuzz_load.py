@@ -56,3 +56,38 @@ def test_corrupted_files_raise_value_error(valid_file, tmp_path):
             failures += 1
         # a flip inside tensor data can leave a loadable file: that is not an error
     assert failures >= 20
+
+
+class Payload:
+    """Unpickling this would run code: a weights-only reader must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_corrupted_checkpoints_raise_value_error(tmp_path, suffix, capsys):
+    from transpike.models import read_checkpoint
+
+    rng = random.Random(4321)
+    torch_file = tmp_path / "good.pth"
+    torch.save({"model": {"w": torch.randn(4, 4)}}, torch_file)
+    data = torch_file.read_bytes()
+    blobs = [b"", rng.randbytes(2048), pickle.dumps(Payload()), pickle.dumps({"w": 1})]
+    blobs.append(data[: len(data) // 2])
+    for _ in range(20):
+        blob = bytearray(data)
+        for _ in range(rng.randint(1, 16)):
+            blob[rng.randrange(len(blob))] = rng.randrange(256)
+        blobs.append(bytes(blob))
+    path = tmp_path / f"ckpt{suffix}"
+    failures = 0
+    for blob in blobs:
+        path.write_bytes(blob)
+        try:
+            read_checkpoint(path)
+        except ValueError as error:
+            assert str(path) in str(error)
+            failures += 1
+    assert failures >= 5
+    assert "code ran" not in capsys.readouterr().out
