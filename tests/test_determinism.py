@@ -1,5 +1,7 @@
 """Same input, same answer: batch independence, repeatability, and long runs."""
 
+from pathlib import Path
+
 import torch
 from conftest import relative_error, tiny_vit
 from torch.utils.data import TensorDataset
@@ -71,3 +73,27 @@ def test_memory_does_not_grow_with_steps(images):
     short = snn.state_bytes()
     snn.simulate(x, 300)
     assert snn.state_bytes() == short > 0
+
+
+def _peak_growth_mib(run) -> float:
+    """Growth of the process's peak resident memory while ``run()`` runs (Linux /proc)."""
+
+    def peak() -> float:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current resident size
+    before = peak()
+    run()
+    return peak() - before
+
+
+def test_process_memory_does_not_grow_with_steps(images):
+    gen = torch.Generator().manual_seed(0)
+    snn = transpike.convert(tiny_vit(), images[0])
+    x = torch.randn(256, 3, 16, 16, generator=gen)  # activations large enough to leave the small heap
+    snn.simulate(x, 64)
+    short = _peak_growth_mib(lambda: snn.simulate(x, 64))
+    long = _peak_growth_mib(lambda: snn.simulate(x, 1024))
+    output_mib = 1024 * x.shape[0] * 5 * 4 / 2**20  # the returned [T, B, classes] float32 tensor
+    assert long - short < output_mib + 6

@@ -143,13 +143,17 @@ class SpikingModel(nn.Module):
             raise ValueError(f"time_steps must be an integer >= 1, got {time_steps!r}")
         x = self._input(x)
         self.reset()
-        total = None
-        outputs = []
+        total = outputs = None
         for t in range(1, time_steps + 1):
             y = self._run(x)
-            total = y.double() if total is None else total.add_(y)
-            outputs.append((total / t).to(y.dtype))
-        return torch.stack(outputs)
+            if total is None:
+                # allocated once: small per-step allocations that outlive the step's temporaries
+                # fragment the heap, and the process would grow with T
+                total, outputs = y.double(), y.new_empty((time_steps, *y.shape))
+            else:
+                total.add_(y)
+            torch.div(total, t, out=outputs[t - 1])
+        return outputs
 
     def state_bytes(self) -> int:
         """Memory held by the simulation state (membranes, running rates and sums), in bytes.
