@@ -84,7 +84,7 @@ def main() -> None:
     batch = test.tensors[0][:256]
     overhead = {
         name: accounting_overhead(transpike.convert(model, x_train.split(256), **CONFIGS[name]), batch)
-        for name in ("paper default", "burst + mse")
+        for name in ("paper default", "burst + mse", "mse + nearest + per-channel")
     }
 
     ann = rows[0]["ann_top1"]
