@@ -74,11 +74,11 @@ def test_product_operations_match_brute_force():
 
 
 @pytest.mark.parametrize("neuron", ["mt", "burst"])
-@pytest.mark.parametrize("shape", [(), (7,)])
+@pytest.mark.parametrize("shape", [(), (7,), (64,)])  # 64 channels: some share their exponents
 def test_level_histogram_counts_every_spike(neuron, shape):
     gen = torch.Generator().manual_seed(3)
     theta_pos, theta_neg = torch.rand(shape, generator=gen) + 0.05, torch.rand(shape, generator=gen) + 0.05
-    m = torch.randn(30, 7, generator=gen) * 5
+    m = torch.randn(30, *(shape or (7,)), generator=gen) * 5
     fire = mt_fire if neuron == "mt" else burst_fire
     x = fire(m, theta_pos, theta_neg, 5)
     histogram, most = SpikeStatistics(MTNeuron(theta_pos, theta_neg, 5, neuron=neuron))(x)

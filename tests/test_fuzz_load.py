@@ -65,6 +65,7 @@ class Payload:
         return (print, ("code ran",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on some random blobs
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_corrupted_checkpoints_raise_value_error(tmp_path, suffix, capsys):
     from transpike.models import read_checkpoint

@@ -59,12 +59,14 @@ class SpikeStatistics:
         self.neuron = neuron
         n = neuron.levels
         if neuron.neuron == "mt":
-            self.bins = _exponent_bins(neuron.theta_pos, neuron.theta_neg, n).flatten()
-            channels = self.bins.numel() // 512
-            # per-channel thresholds: one block of 512 codes per channel
-            self.offset = (
-                (torch.arange(channels).view(neuron.theta_pos.shape) * 512) if channels > 1 else None
+            # per-channel thresholds: one block of 512 codes per distinct table, not per channel
+            # (channels whose thresholds share their exponents share a table; a small histogram
+            # stays in cache)
+            tables, group = torch.unique(
+                _exponent_bins(neuron.theta_pos, neuron.theta_neg, n), dim=0, return_inverse=True
             )
+            self.bins = tables.flatten()
+            self.offset = (group.view(neuron.theta_pos.shape) * 512).int() if tables.shape[0] > 1 else None
         else:
             values = torch.arange(2**n)
             self.bits = (values.unsqueeze(1) >> torch.arange(n)) & 1
