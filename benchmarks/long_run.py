@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import timm
 import torch
+from memory import in_fresh_process, peak_growth_mib
 
 import transpike
 from transpike.digits import load_digits_split, trained_digits_vit
@@ -60,31 +59,17 @@ def errors(name: str, options: dict) -> dict:
     return row
 
 
-def _peak_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise KeyError("VmHWM")
-
-
 def measure_peak(name: str, steps: int) -> dict:
     """In a fresh process: peak RSS growth (MiB) during simulate(x, steps), and the state size."""
     model, calibration, x = setup(name)
     snn = transpike.convert(model, calibration)
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current RSS
-    before = _peak_kib()
     with torch.inference_mode():
-        snn.simulate(x, steps)
-    return dict(peak_mib=(_peak_kib() - before) / 1024, state_mib=snn.state_bytes() / 2**20)
+        peak_mib = peak_growth_mib(lambda: snn.simulate(x, steps))
+    return dict(peak_mib=peak_mib, state_mib=snn.state_bytes() / 2**20)
 
 
 def peak(name: str, steps: int) -> dict:
-    code = (
-        "import json, sys; sys.path.insert(0, 'benchmarks'); import long_run; "
-        f"print(json.dumps(long_run.measure_peak({name!r}, {steps})))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return in_fresh_process("long_run", f"measure_peak({name!r}, {steps})")
 
 
 def main() -> None:

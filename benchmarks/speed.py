@@ -14,13 +14,12 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import timm
 import torch
+from memory import in_fresh_process, peak_growth_mib
 
 import transpike
 
@@ -61,13 +60,6 @@ def speed(name: str, batch: int, repeats: int, options: dict) -> dict:
     )
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
 def measure_peak(name: str, batch: int, steps: int, what: str, options: dict) -> float:
     """Run in a fresh process: peak RSS growth in MiB while running one ANN forward or simulate."""
     if what == "ann":
@@ -77,10 +69,7 @@ def measure_peak(name: str, batch: int, steps: int, what: str, options: dict) ->
         _, snn, x = build(name, batch, options)
         run = lambda: snn.simulate(x, steps)  # noqa: E731
     with torch.inference_mode():
-        before = _status_kib("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
-        run()
-        return (_status_kib("VmHWM") - before) / 1024
+        return peak_growth_mib(run)
 
 
 def state_mib(name: str, batch: int, options: dict) -> float:
@@ -91,12 +80,7 @@ def state_mib(name: str, batch: int, options: dict) -> float:
 
 
 def peak_memory(name: str, batch: int, steps: int, what: str, options: dict) -> float:
-    code = (
-        "import json, sys; sys.path.insert(0, 'benchmarks'); import speed; "
-        f"print(json.dumps(speed.measure_peak({name!r}, {batch}, {steps}, {what!r}, {options!r})))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return in_fresh_process("speed", f"measure_peak({name!r}, {batch}, {steps}, {what!r}, {options!r})")
 
 
 def main() -> None:
