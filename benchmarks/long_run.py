@@ -1,11 +1,10 @@
 """Long runs: does the rate estimate keep converging for T up to 1024, and does memory stay flat?
 
 For the digits ViT (the first 256 test images) and a random-init vit_tiny at 64 px (batch 8),
-converted with the paper's defaults: the relative
-L2 error of the mean logits against the ANN after t = 1, 4, 16, 64, 256, 1024 steps, simulated in
-float32 and, for the same conversion in float64, as the drift-free reference; the digits top-1 at
-those t; and the peak resident memory of ``simulate`` for T = 64 against T = 1024, each measured in a
-fresh process.
+converted with the paper's defaults: the relative L2 error of the mean logits against the ANN after
+t = 1, 4, 16, 64, 256, 1024 steps, simulated in float32 and, for the same conversion in float64,
+as the drift-free reference; the digits top-1 at those t; and the peak resident memory of
+``simulate`` for T = 64 against T = 1024, each measured in a fresh process.
 
     python benchmarks/long_run.py
 """
@@ -25,8 +24,7 @@ from transpike.digits import load_digits_split, trained_digits_vit
 
 T = 1024
 CHECKPOINTS = (1, 4, 16, 64, 256, 1024)
-CONFIGS = {"paper default": {}}
-DIGITS = 256  # test images: 1024 steps of all 719 take minutes per configuration on 2 cores
+DIGITS = 256  # test images: 1024 steps of all 719 take about 10 minutes on 2 cores
 OUT = Path("benchmarks/out/long_run.json")
 
 
@@ -42,14 +40,14 @@ def setup(name: str) -> tuple[torch.nn.Module, list[torch.Tensor], torch.Tensor]
     return model, calibration, torch.randn(8, 3, 64, 64, generator=gen)
 
 
-def errors(name: str, options: dict) -> dict:
+def errors(name: str) -> dict:
     model, calibration, x = setup(name)
     row = {}
     for dtype in (torch.float32, torch.float64):
         ann = model.to(dtype)
         with torch.inference_mode():
             ref = ann(x.to(dtype))
-        y = transpike.convert(ann, [c.to(dtype) for c in calibration], **options).simulate(x.to(dtype), T)
+        y = transpike.convert(ann, [c.to(dtype) for c in calibration]).simulate(x.to(dtype), T)
         key = str(dtype).removeprefix("torch.")
         row[key] = [((y[t - 1] - ref).norm() / ref.norm()).item() for t in CHECKPOINTS]
         if name == "digits":
@@ -75,21 +73,20 @@ def peak(name: str, steps: int) -> dict:
 def main() -> None:
     result = dict(checkpoints=CHECKPOINTS, machine=platform.processor() or platform.machine(), rows=[])
     for name in ("digits", "vit_tiny_64px"):
-        for config, options in CONFIGS.items():
-            row = dict(model=name, config=config, **errors(name, options))
-            result["rows"].append(row)
-            print(row, flush=True)
+        row = dict(model=name, **errors(name))
+        result["rows"].append(row)
+        print(row, flush=True)
         result[f"memory {name}"] = {steps: peak(name, steps) for steps in (64, T)}
         print(result[f"memory {name}"], flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=1))
-    print("\n| model | configuration | " + " | ".join(f"t={t}" for t in CHECKPOINTS) + " |")
+    print("\n| model | precision | " + " | ".join(f"t={t}" for t in CHECKPOINTS) + " |")
     print("|---" * (2 + len(CHECKPOINTS)) + "|")
     for row in result["rows"]:
         for key in ("float32", "float64", "float32_top1"):
             if key in row:
                 cells = " | ".join(f"{v:.4g}" for v in row[key])
-                print(f"| {row['model']} | {row['config']} ({key}) | {cells} |")
+                print(f"| {row['model']} | {key} | {cells} |")
 
 
 if __name__ == "__main__":
