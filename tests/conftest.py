@@ -11,6 +11,12 @@ def tiny_vit(name: str = "vit_tiny_patch16_224", seed: int = 0, **kwargs) -> tor
     return timm.create_model(name, **{**TINY, **kwargs}).eval()
 
 
+def ann_output(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The ANN's output on x: the reference spiking outputs are compared with."""
+    with torch.no_grad():
+        return model(x)
+
+
 def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y - ref).norm() / ref.norm()).item()
 

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import relative_error, tiny_vit
+from conftest import ann_output, relative_error, tiny_vit
 from timm.layers import Attention
 from timm.models.vision_transformer import ResPostBlock
 from torch import nn
@@ -50,8 +50,7 @@ def test_snn_tends_to_ann(config, images):
     name, kwargs = MODELS[config]
     model = tiny_vit(name, **kwargs)
     calibration, x = images
-    with torch.no_grad():
-        ref = model(x)
+    ref = ann_output(model, x)
     y = transpike.convert(model, calibration).simulate(x, 64)
     assert y.shape == (64, *ref.shape)
     errors = [relative_error(y[t - 1], ref) for t in (4, 16, 64)]
@@ -117,8 +116,7 @@ def test_gated_attention_product_is_converted():
     x = torch.randn(4, 9, 24)
     snn = transpike.convert(model, torch.randn(16, 9, 24))
     assert [r.path for r in snn.report().by_role("mt×mt+product-ec")] == ["0.qk", "0.av", "0.gating"]
-    with torch.no_grad():
-        ref = model(x)
+    ref = ann_output(model, x)
     y = snn.simulate(x, 64)
     assert relative_error(y[-1], ref) < 0.05 < relative_error(y[0], ref)
 
@@ -131,8 +129,7 @@ def test_convolution_fed_by_spikes_gets_neurons():
     x = torch.randn(5, 1, 8, 8)
     snn = transpike.convert(model, torch.randn(32, 1, 8, 8), granularity="channel")
     assert [r.path for r in snn.report().by_role("mt+weight")] == ["0", "2", "5"]
-    with torch.no_grad():
-        ref = model(x)
+    ref = ann_output(model, x)
     assert relative_error(snn.simulate(x, 64)[-1], ref) < 0.05
 
 
@@ -158,8 +155,7 @@ def test_unknown_module_left_analog_when_not_strict(images):
     snn = transpike.convert(model, calibration, strict=False)
     analog = snn.report().analog
     assert [(r.path, r.module_type) for r in analog] == [("blocks.1.mlp.act", "Custom")]
-    with torch.no_grad():
-        ref = model(x)
+    ref = ann_output(model, x)
     assert relative_error(snn.simulate(x, 64)[-1], ref) < 0.06
 
 
@@ -218,8 +214,7 @@ def test_calibration_forms(images):
 def test_ablation_options_converge(options, images):
     calibration, x = images
     model = tiny_vit()
-    with torch.no_grad():
-        ref = model(x)
+    ref = ann_output(model, x)
     y = transpike.convert(model, calibration, **options).simulate(x, 128)
     assert relative_error(y[-1], ref) < 0.1
     assert relative_error(y[-1], ref) < relative_error(y[3], ref)
@@ -228,8 +223,7 @@ def test_ablation_options_converge(options, images):
 def test_without_compensation_does_not_converge(images):
     calibration, x = images
     model = tiny_vit()
-    with torch.no_grad():
-        ref = model(x)
+    ref = ann_output(model, x)
     with_ec = transpike.convert(model, calibration).simulate(x, 64)[-1]
     without = transpike.convert(model, calibration, compensation=False).simulate(x, 64)[-1]
     assert relative_error(without, ref) > 3 * relative_error(with_ec, ref)

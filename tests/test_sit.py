@@ -5,7 +5,7 @@ from importlib import resources
 
 import pytest
 import torch
-from conftest import relative_error, tiny_vit
+from conftest import ann_output, relative_error, tiny_vit
 
 import transpike
 from transpike.sit import (
@@ -106,8 +106,7 @@ def test_softmax_modes():
 def test_sit_conversion(images):
     calibration, x = images
     model = tiny_vit()
-    with torch.no_grad():
-        ref = model(x)
+    ref = ann_output(model, x)
     snn = transpike.convert(model, calibration, method="sit", sit_steps=12)
     softmaxes = [r for r in snn.report().rows if r.module_type == "SpikingSoftmax"]
     assert [r.path for r in softmaxes] == ["blocks.0.attn.softmax", "blocks.1.attn.softmax"]
@@ -120,8 +119,7 @@ def test_sit_conversion(images):
 def test_zero_blocks_is_the_ann_at_every_step(images):
     calibration, x = images
     model = tiny_vit()
-    with torch.no_grad():
-        ref = model(x)
+    ref = ann_output(model, x)
     snn = transpike.convert(model, calibration, blocks=0)
     assert {r.path for r in snn.report().analog} == {
         "blocks.0",
@@ -137,8 +135,7 @@ def test_zero_blocks_is_the_ann_at_every_step(images):
 def test_blocks_convert_a_prefix(images):
     calibration, x = images
     model = tiny_vit()
-    with torch.no_grad():
-        ref = model(x)
+    ref = ann_output(model, x)
     one = transpike.convert(model, calibration, blocks=1)
     assert {r.path for r in one.report().analog} == {"blocks.1", "norm", "fc_norm", "head_drop", "head"}
     assert [r.path for r in one.report().by_role("mt×mt+product-ec")] == [

@@ -28,7 +28,7 @@ reproduces them (seeded; see :mod:`transpike.sit.fit`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 from importlib import resources
 
@@ -61,32 +61,37 @@ class _SurrogateSpike(torch.autograd.Function):
         return slope, -slope.sum_to_size(threshold.shape)
 
 
-def fs_neuron(
-    x: Tensor, threshold: Tensor, reset: Tensor, weight: Tensor, spike: Callable | None = None
-) -> Tensor:
-    """The FS-neuron dynamics of SI-exp: K steps of z(t) = Θ(v(t) - T(t)), v(t+1) = v(t) - h(t)·z(t),
-    output Σ_t d(t)·z(t), with v(1) = x.
+def fs_trains(x: Tensor, threshold: Tensor, reset: Tensor, spike: Callable | None = None) -> Iterator[Tensor]:
+    """The FS-neuron dynamics of SI-exp, one spike train z(t) per internal step t = 1..K:
+    z(t) = Θ(v(t) - T(t)), v(t+1) = v(t) - h(t)·z(t), with v(1) = x.
+
+    Fitting and inference both run these dynamics, so their reset ordering is the same.
 
     Args:
         x: input (any shape).
-        threshold, reset, weight: T, h, d, each of length K.
+        threshold, reset: T, h, each of length K.
         spike: Θ(v, T); the surrogate-gradient spike during fitting, Θ otherwise.
     """
-    v, out = x, torch.zeros_like(x)
+    v = x
     for t in range(threshold.shape[0]):  # the neuron's own K internal time steps
         z = heaviside(v - threshold[t]) if spike is None else spike(v, threshold[t])
         v = v - reset[t] * z
-        out = out + weight[t] * z
+        yield z
+
+
+def fs_neuron(
+    x: Tensor, threshold: Tensor, reset: Tensor, weight: Tensor, spike: Callable | None = None
+) -> Tensor:
+    """SI-exp's output Σ_t d(t)·z(t) over the spike trains of :func:`fs_trains` (weights d = ``weight``)."""
+    out = torch.zeros_like(x)
+    for d, z in zip(weight, fs_trains(x, threshold, reset, spike), strict=True):
+        out = out + d * z
     return out
 
 
 def fs_spikes(x: Tensor, threshold: Tensor, reset: Tensor) -> Tensor:
-    """The spike trains z(t) of :func:`fs_neuron`, [..., K] (for least-squares weights, spike counts)."""
-    v, spikes = x, []
-    for t in range(threshold.shape[0]):
-        spikes.append(heaviside(v - threshold[t]))
-        v = v - reset[t] * spikes[-1]
-    return torch.stack(spikes, dim=-1)
+    """The spike trains of :func:`fs_trains` stacked, [..., K] (for least-squares weights)."""
+    return torch.stack(list(fs_trains(x, threshold, reset)), dim=-1)
 
 
 def si_exp(x: Tensor, K: int = 12, fit: str = "paper") -> Tensor:
