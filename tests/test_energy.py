@@ -75,15 +75,16 @@ def test_product_operations_match_brute_force():
 
 @pytest.mark.parametrize("neuron", ["mt", "burst"])
 @pytest.mark.parametrize("shape", [(), (7,), (64,)])  # 64 channels: some share their exponents
-def test_level_histogram_counts_every_spike(neuron, shape):
+@pytest.mark.parametrize("levels, scale", [(5, 5.0), (16, 3000.0)])  # 16: burst counts up to 2^16 - 1
+def test_level_histogram_counts_every_spike(neuron, shape, levels, scale):
     gen = torch.Generator().manual_seed(3)
     theta_pos, theta_neg = torch.rand(shape, generator=gen) + 0.05, torch.rand(shape, generator=gen) + 0.05
-    m = torch.randn(30, *(shape or (7,)), generator=gen) * 5
+    m = torch.randn(30, *(shape or (7,)), generator=gen) * scale
     fire = mt_fire if neuron == "mt" else burst_fire
-    x = fire(m, theta_pos, theta_neg, 5)
-    histogram, most = SpikeStatistics(MTNeuron(theta_pos, theta_neg, 5, neuron=neuron))(x)
-    planes = spike_planes(x, theta_pos, theta_neg, 5)
-    assert torch.equal(histogram, planes.sum((1, 2)).view(2, 5).long())
+    x = fire(m, theta_pos, theta_neg, levels)
+    histogram, most = SpikeStatistics(MTNeuron(theta_pos, theta_neg, levels, neuron=neuron))(x)
+    planes = spike_planes(x, theta_pos, theta_neg, levels)
+    assert torch.equal(histogram, planes.sum((1, 2)).view(2, levels).long())
     assert most == planes.sum(0).max()
 
 

@@ -54,6 +54,12 @@ def _signed_threshold(m: Tensor, theta_pos: Tensor, theta_neg: Tensor, out: Tens
     return signed.mul_((theta_pos + theta_neg) / 2).add_((theta_pos - theta_neg) / 2)
 
 
+def _scaled(m: Tensor, theta_pos: Tensor, theta_neg: Tensor, out: Tensor | None, scratch: Tensor | None):
+    """(signed θ, |m|/θ): the threshold on m's side and m measured in it, written into scratch and out."""
+    theta = _signed_threshold(m, theta_pos, theta_neg, scratch)
+    return theta, torch.div(m, theta, out=out) if out is not None else m / theta
+
+
 def mt_fire(
     m: Tensor,
     theta_pos: Tensor,
@@ -87,8 +93,7 @@ def mt_fire(
     Returns:
         x with the shape of m: 0 or ±θ·2^k.
     """
-    theta = _signed_threshold(m, theta_pos, theta_neg, scratch)
-    ratio = torch.div(m, theta, out=out) if out is not None else m / theta  # |m|/θ
+    theta, ratio = _scaled(m, theta_pos, theta_neg, out, scratch)
     nearest = _pow2_floor_(ratio.mul(4.0 / 3.0)).floor_() if rounding == "nearest" else None
     level = _pow2_floor_(ratio.add_(0.5).floor_())
     if nearest is not None:
@@ -96,16 +101,25 @@ def mt_fire(
     return level.clamp_(max=2.0 ** (levels - 1)).mul_(theta)
 
 
-def burst_fire(m: Tensor, theta_pos: Tensor, theta_neg: Tensor, levels: int) -> Tensor:
+def burst_fire(
+    m: Tensor,
+    theta_pos: Tensor,
+    theta_neg: Tensor,
+    levels: int,
+    *,
+    out: Tensor | None = None,
+    scratch: Tensor | None = None,
+) -> Tensor:
     """A burst neuron on the MT levels: every level may fire in the same step.
 
     Burst spikes (Li & Zeng, IJCAI 2022) let a neuron emit several spikes per step. On the MT
     levels θ·2^k, k < n, any integer multiple c·θ with 0 ≤ c ≤ 2^n - 1 is one burst (the binary
     digits of c say which levels fire), so x = sign(m)·θ·min(2^n - 1, floor(|m|/θ + 1/2)): the
-    same half-threshold rule as :func:`mt_fire`, up to n spikes per step instead of one.
+    same half-threshold rule as :func:`mt_fire`, up to n spikes per step instead of one. ``out`` and
+    ``scratch`` as in :func:`mt_fire`.
     """
-    theta = _signed_threshold(m, theta_pos, theta_neg, None)
-    return (m / theta).add_(0.5).floor_().clamp_(max=2.0**levels - 1).mul_(theta)
+    theta, ratio = _scaled(m, theta_pos, theta_neg, out, scratch)
+    return ratio.add_(0.5).floor_().clamp_(max=2.0**levels - 1).mul_(theta)
 
 
 def spike_planes(x: Tensor, theta_pos: Tensor, theta_neg: Tensor, levels: int) -> Tensor:
@@ -173,7 +187,7 @@ class MTNeuron(Stateful, nn.Module):
         """x = MTH(m) with this layer's thresholds (no state change)."""
         theta_pos, theta_neg = self.theta_pos.to(m.dtype), self.theta_neg.to(m.dtype)
         if self.neuron == "burst":
-            return burst_fire(m, theta_pos, theta_neg, self.levels)
+            return burst_fire(m, theta_pos, theta_neg, self.levels, out=out, scratch=scratch)
         return mt_fire(m, theta_pos, theta_neg, self.levels, self.rounding, out=out, scratch=scratch)
 
     @torch.no_grad()  # state is updated in place: simulation, not training
