@@ -11,6 +11,7 @@ in a fresh subprocess.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -22,6 +23,7 @@ import torch
 from memory import in_fresh_process, peak_growth_mib
 
 import transpike
+from transpike.spikes import SpikeMonitor
 
 
 def build_ann(name: str, batch: int) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -45,18 +47,25 @@ def timed(fn) -> float:
 
 
 def speed(name: str, batch: int, repeats: int, options: dict) -> dict:
+    """ANN forward, SNN step, and SNN step under a spike monitor (a copy of the same network)."""
     model, snn, x = build(name, batch, options)
-    with torch.inference_mode():
+    counted = copy.deepcopy(snn)
+    with torch.inference_mode(), SpikeMonitor(counted):
         model(x)
-        snn.reset()
-        for _ in range(2):  # steps 1-2 allocate state; later steps are the steady state
-            snn.step(x)
-        pairs = [(timed(lambda: model(x)), timed(lambda: snn.step(x))) for _ in range(repeats)]
-    ann, step = zip(*pairs, strict=True)
+        for network in (snn, counted):
+            network.reset()
+            for _ in range(2):  # steps 1-2 allocate state; later steps are the steady state
+                network.step(x)
+        runs = [
+            (timed(lambda: model(x)), timed(lambda: snn.step(x)), timed(lambda: counted.step(x)))
+            for _ in range(repeats)
+        ]
+    ann, step, _ = zip(*runs, strict=True)
     return dict(
         ann_ms=statistics.median(ann) * 1e3,
         step_ms=statistics.median(step) * 1e3,
-        ratio=statistics.median(s / a for a, s in pairs),
+        ratio=statistics.median(s / a for a, s, _ in runs),
+        monitored_over_step=statistics.median(c / s for _, s, c in runs),
     )
 
 
@@ -115,12 +124,14 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=1))
     print(
         f"\n| model (batch {args.batch}, 224 px) | ANN forward | SNN step | step / ANN (median of pairs) "
-        f"| peak RSS growth: ANN forward | simulate T={args.steps} | SNN state |"
+        f"| step with spike monitor / step | peak RSS growth: ANN forward | simulate T={args.steps} "
+        "| SNN state |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['model']} | {r['ann_ms']:.0f} ms | {r['step_ms']:.0f} ms | {r['ratio']:.2f}x | "
+            f"{r['monitored_over_step']:.2f}x | "
             f"+{r['ann_peak_mib']:.0f} MiB | +{r['simulate_peak_mib']:.0f} MiB | {r['state_mib']:.0f} MiB |"
         )
 
