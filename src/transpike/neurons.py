@@ -54,7 +54,9 @@ def _signed_threshold(m: Tensor, theta_pos: Tensor, theta_neg: Tensor, out: Tens
     return signed.mul_((theta_pos + theta_neg) / 2).add_((theta_pos - theta_neg) / 2)
 
 
-def _scaled(m: Tensor, theta_pos: Tensor, theta_neg: Tensor, out: Tensor | None, scratch: Tensor | None):
+def _scaled(
+    m: Tensor, theta_pos: Tensor, theta_neg: Tensor, out: Tensor | None, scratch: Tensor | None
+) -> tuple[Tensor, Tensor]:
     """(signed θ, |m|/θ): the threshold on m's side and m measured in it, written into scratch and out."""
     theta = _signed_threshold(m, theta_pos, theta_neg, scratch)
     return theta, torch.div(m, theta, out=out) if out is not None else m / theta
