@@ -21,6 +21,12 @@ def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y - ref).norm() / ref.norm()).item()
 
 
+def assert_converges(y: torch.Tensor, ref: torch.Tensor, tolerance: float = 0.1) -> None:
+    """The mean output after all T steps is within ``tolerance`` of ref and closer than after 4."""
+    assert relative_error(y[-1], ref) < tolerance
+    assert relative_error(y[-1], ref) < relative_error(y[3], ref)
+
+
 @pytest.fixture
 def images() -> tuple[torch.Tensor, torch.Tensor]:
     """(calibration batch, evaluation batch) of random images for TINY models."""

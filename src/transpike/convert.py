@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .audit import audit
 from .compensation import ExpectationCompensation, SpikingProduct
 from .errors import ConversionError
-from .model import SpikingModel
+from .model import SpikingModel, device_dtype
 from .neurons import NEURONS, ROUNDINGS, MTNeuron
 from .observers import HistogramObserver
 from .rules import Role, rule_for
@@ -200,20 +200,16 @@ def _check_batch(index: int, x: object, shape: tuple[int, ...] | None) -> Tensor
     return x
 
 
-def _run(network: nn.Module, x: Tensor, what: str) -> None:
-    """network(x), with a model's own complaint about the input turned into a ValueError."""
-    device, dtype = _device_dtype(network)
+def _run(network: nn.Module, x: Tensor, what: str, run: Callable = nn.Module.__call__) -> object:
+    """run(network, x) (by default network(x)) on x moved to the network's device and dtype, with a
+    model's own complaint about the input turned into a ValueError."""
+    device, dtype = device_dtype(network)
     try:
-        network(x.to(device=device, dtype=dtype))
+        return run(network, x.to(device=device, dtype=dtype))
     except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as error:
         if isinstance(error, ConversionError):
             raise
         raise ValueError(f"{what} of shape {tuple(x.shape)}: the model rejected it: {error}") from None
-
-
-def _device_dtype(network: nn.Module) -> tuple[torch.device, torch.dtype]:
-    tensor = next(iter([*network.parameters(), *network.buffers()]), None)
-    return (tensor.device, tensor.dtype) if tensor is not None else (torch.device("cpu"), torch.float32)
 
 
 @torch.inference_mode()
@@ -344,7 +340,7 @@ def convert(
         raise ValueError("calibration is empty: give at least one batch of inputs")
     first = _check_batch(0, first, None)
     network = prepare(model, options)
-    findings = _audit(network, first)
+    findings = _run(network, first, "calibration batch 0", audit)
     if findings:
         reasons = {f.path: f"forward() runs {f.op} itself (a functional call)" for f in findings}
         if options.strict:
@@ -362,13 +358,3 @@ def convert(
                 observer.reset()  # the audit's run is not calibration
     calibrate(network, itertools.chain([first], batches), max_batches)
     return SpikingModel(to_spiking(network, options), options.to_dict(), model_spec)
-
-
-def _audit(network: nn.Module, x: Tensor) -> list:
-    device, dtype = _device_dtype(network)
-    try:
-        return audit(network, x.to(device=device, dtype=dtype))
-    except (RuntimeError, AssertionError, IndexError, ValueError, TypeError) as error:
-        raise ValueError(
-            f"calibration batch 0 of shape {tuple(x.shape)}: the model rejected it: {error}"
-        ) from None

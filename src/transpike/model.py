@@ -100,13 +100,11 @@ class SpikingModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        tensor = next(iter([*self.network.parameters(), *self.network.buffers()]), None)
-        return tensor.device if tensor is not None else torch.device("cpu")
+        return device_dtype(self.network)[0]
 
     @property
     def dtype(self) -> torch.dtype:
-        tensor = next(iter([*self.network.parameters(), *self.network.buffers()]), None)
-        return tensor.dtype if tensor is not None else torch.float32
+        return device_dtype(self.network)[1]
 
     def _input(self, x: Tensor) -> Tensor:
         """x checked (a finite floating-point tensor) and moved to the network's device and dtype."""
@@ -211,3 +209,9 @@ class SpikingModel(nn.Module):
                 rows.append(row)
                 skip = (path + ".",) if path else ("",)
         return ConversionReport(rows)
+
+
+def device_dtype(network: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where a network's parameters (or buffers) live and their dtype; CPU float32 if it has none."""
+    tensor = next(iter([*network.parameters(), *network.buffers()]), None)
+    return (tensor.device, tensor.dtype) if tensor is not None else (torch.device("cpu"), torch.float32)
