@@ -28,6 +28,18 @@ def test_fs_neuron_by_hand():
     assert fs_spikes(x, T, h).tolist() == [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
 
 
+def test_fs_neuron_inference_path_equals_autograd_path():
+    # without autograd the membrane and the output are updated in place: same bits, x untouched
+    fit = shipped()["paper"][8]
+    T, h, d = (torch.tensor(fit[n], dtype=torch.float64) for n in ("T", "h", "d"))
+    x = torch.linspace(-1.5, 1.5, 3001, dtype=torch.float64)
+    original = x.clone()
+    tracked = fs_neuron(x, T.clone().requires_grad_(), h.clone().requires_grad_(), d)
+    with torch.inference_mode():
+        assert torch.equal(fs_neuron(x, T, h, d), tracked)
+    assert torch.equal(x, original)
+
+
 def test_surrogate_gradient():
     v = torch.tensor([0.2, 1.0, 3.0], requires_grad=True)
     threshold = torch.tensor(1.0, requires_grad=True)
