@@ -3,6 +3,7 @@
 import json
 from importlib import resources
 
+import numpy as np
 import pytest
 import torch
 from conftest import ann_output, assert_converges, relative_error, tiny_vit
@@ -17,7 +18,7 @@ from transpike.sit import (
     si_norm,
     spiking_softmax,
 )
-from transpike.sit.fit import FIT_POINTS, fit_si_exp
+from transpike.sit.fit import FIT_POINTS, exact_rmse, fit_si_exp
 
 
 def test_fs_neuron_by_hand():
@@ -84,6 +85,16 @@ def test_fit_is_seeded():
     first = fit_si_exp(4, -1.0, 1.0, seed=3, restarts=2, iterations=30)
     assert fit_si_exp(4, -1.0, 1.0, seed=3, restarts=2, iterations=30) == first
     assert first["rmse"] < 0.2
+
+
+def test_global_search_is_seeded_and_only_adds_a_candidate():
+    local = fit_si_exp(4, -1.0, 1.0, seed=3, restarts=1, iterations=30)
+    both = fit_si_exp(4, -1.0, 1.0, seed=3, restarts=1, iterations=30, generations=4, population=4)
+    assert fit_si_exp(4, -1.0, 1.0, seed=3, restarts=1, iterations=30, generations=4, population=4) == both
+    assert both["rmse"] <= local["rmse"]
+    x = torch.linspace(-1.0, 1.0, FIT_POINTS, dtype=torch.float64)
+    params = np.array(both["T"] + both["h"])
+    assert exact_rmse(params, x, x.exp(), (x.exp() @ x.exp()).item()) == pytest.approx(both["rmse"], rel=1e-6)
 
 
 def test_si_exp_approximates_exp():
