@@ -41,8 +41,8 @@ def exact_rmse(params: np.ndarray, x: Tensor, y: Tensor, yy: float) -> float:
     """RMSE of the least-squares output weights for the spike trains of (T, h) = ``params``.
 
     From the normal equations (G = ZᵀZ, b = Zᵀy, G·d = b): Σ(Z·d - y)² = yᵀy - bᵀd, so the K×K
-    system is all that is solved; ``yy`` is yᵀy. Several times cheaper than a least-squares solve
-    on the 10 000 × K spike matrix, which matters for a search that evaluates it 10^5 times.
+    system is all that is solved; ``yy`` is yᵀy. About half the cost of a least-squares solve on
+    the 10 000 × K spike matrix, which matters for a search that evaluates it 10^5 times.
     """
     steps = params.shape[0] // 2
     p = torch.from_numpy(params)
@@ -193,7 +193,7 @@ def _pattern_search(
 def _fit_range(key: str, first: int, last: int, seed: int, restarts: int, generations: int) -> list[dict]:
     """The fits for K = first..last on one range, each warm-started from the one before."""
     # one thread: small tensors gain nothing from more, and a fixed summation order keeps the
-    # search's path, hence the shipped file, the same from machine to machine
+    # search's path, hence the file, the same from run to run whatever the machine's core count
     torch.set_num_threads(1)
     lo, hi = RANGES[key]
     fits: list[dict] = []
