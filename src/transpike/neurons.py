@@ -57,20 +57,16 @@ def _signed_threshold(m: Tensor, theta_pos: Tensor, theta_neg: Tensor, out: Tens
 
 
 def _scaled(
-    m: Tensor,
-    theta_pos: Tensor,
-    theta_neg: Tensor,
-    offset: float,
-    out: Tensor | None,
-    scratch: Tensor | None,
+    m: Tensor, theta_pos: Tensor, theta_neg: Tensor, out: Tensor | None, scratch: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """(signed θ, offset + |m|/θ): the threshold on m's side and m measured in it, written into
-    scratch and out. The offset is added in the division's pass (``addcdiv``); in float32 and
-    float64 m/θ is still rounded before the addition, as two separate operations would round it,
-    while half-precision dtypes compute the sum in float32 and round it once."""
+    """(signed θ, |m|/θ + 1/2): the threshold on m's side and m measured in it, offset by the
+    half-threshold of the firing rule, written into scratch and out. The 1/2 is added in the
+    division's pass (``addcdiv``); in float32 and float64 m/θ is still rounded before the addition,
+    as two separate operations would round it, while half-precision dtypes compute the sum in
+    float32 and round it once."""
     theta = _signed_threshold(m, theta_pos, theta_neg, scratch)
-    offset = torch.full((), offset, dtype=m.dtype, device=m.device)
-    return theta, torch.addcdiv(offset, m, theta, out=out)
+    half = torch.full((), 0.5, dtype=m.dtype, device=m.device)
+    return theta, torch.addcdiv(half, m, theta, out=out)
 
 
 def mt_fire(
@@ -106,7 +102,7 @@ def mt_fire(
     Returns:
         x with the shape of m: 0 or ±θ·2^k.
     """
-    theta, level = _scaled(m, theta_pos, theta_neg, 0.5, out, scratch)
+    theta, level = _scaled(m, theta_pos, theta_neg, out, scratch)
     nearest = _pow2_floor_(torch.div(m, theta).mul_(4.0 / 3.0)).floor_() if rounding == "nearest" else None
     level = _pow2_floor_(level.floor_())
     if nearest is not None:
@@ -131,7 +127,7 @@ def burst_fire(
     same half-threshold rule as :func:`mt_fire`, up to n spikes per step instead of one. ``out`` and
     ``scratch`` as in :func:`mt_fire`.
     """
-    theta, ratio = _scaled(m, theta_pos, theta_neg, 0.5, out, scratch)
+    theta, ratio = _scaled(m, theta_pos, theta_neg, out, scratch)
     return ratio.floor_().clamp_(max=2.0**levels - 1).mul_(theta)
 
 
