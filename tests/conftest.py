@@ -2,6 +2,8 @@ import pytest
 import timm
 import torch
 
+# The GPU path runs where CUDA is present (the device machine); CI has the CPU only.
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 TINY = dict(img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=3, num_classes=5)
 
 

@@ -80,9 +80,13 @@ def test_convert_then_eval_equals_eval_with_conversion(tmp_path, npz_data):
         "eval", *MODEL, "--calib", npz_data, "--calib-batches", 2, "--batch-size", 4,
         "--data", npz_data, "--time-steps", 4, "--out", tmp_path / "b",
     ) == 0  # fmt: skip
-    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
+    argv = ["eval", "--snn", snn_file, "--data", npz_data, "--time-steps", 4, "--fuse"]
+    assert run(*argv, "--out", tmp_path / "c") == 0
+    a, b, c = (json.loads((tmp_path / d / "results.json").read_text()) for d in "abc")
     assert a["snn_top1"] == b["snn_top1"] and a["ann_top1"] == b["ann_top1"]
     assert a["num_samples"] == 12 and a["model"] == "vit_tiny_patch16_224"
+    assert c["fused"] and not a["fused"]
+    assert (c["snn_top1"], c["energy"]) == (a["snn_top1"], a["energy"])  # same spikes, compiled
 
 
 def test_convert_refuses_existing_file(tmp_path, npz_data, capsys):

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import ann_output, assert_converges, relative_error, tiny_vit
+from conftest import DEVICES, ann_output, assert_converges, relative_error, tiny_vit
 from timm.layers import Attention
 from timm.models.vision_transformer import ResPostBlock
 from torch import nn
@@ -246,3 +246,29 @@ def test_parallel_weights_by_hand():
     # λ_p per input channel: [θ1, 2θ1, -θ2, -2θ2]
     expected = torch.tensor([[[0.5, -2.0]], [[1.0, -4.0]], [[-0.25, 4.0]], [[-0.5, 8.0]]])
     assert torch.equal(copies, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["ecmt", "sit"])
+def test_cuda_matches_cpu(method, images):
+    """Converted on the GPU (calibration there too) or moved there: the CPU's outputs, to rounding."""
+    calibration, x = images
+    model = tiny_vit()
+    on_cpu = transpike.convert(model, calibration, method=method)
+    reference = on_cpu.simulate(x, 6)
+    on_gpu = transpike.convert(copy.deepcopy(model).cuda(), calibration.cuda(), method=method)
+    for snn in (on_gpu, on_cpu.cuda()):
+        y = snn.simulate(x, 6)
+        assert y.device.type == "cuda"
+        assert relative_error(y.cpu(), reference) < 1e-4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("options", [{}, dict(neuron="burst", granularity="channel", levels=4)])
+def test_fused_network_equals_unfused(options, device, images):
+    # rounding="nearest" is covered neuron by neuron in test_neurons.py
+    calibration, x = images
+    snn = transpike.convert(tiny_vit(), calibration, **options).to(device)
+    reference = snn.simulate(x, 5)
+    assert torch.equal(snn.fuse().simulate(x, 5), reference)
+    assert torch.equal(snn.simulate(x[:2], 5), snn.fuse(False).simulate(x[:2], 5))  # another batch size

@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+from conftest import DEVICES
 
-from transpike import MTNeuron, burst_fire, mt_fire, spike_planes
+from transpike import FusionError, MTNeuron, burst_fire, mt_fire, spike_planes
+from transpike.neurons import fused_step
 from transpike.synapses import level_values
 
 T1, T2 = torch.tensor(1.0), torch.tensor(0.5)  # θ1 = 1, θ2 = 0.5; n = 3: levels 1, 2, 4 and -0.5, -1, -2
@@ -126,3 +128,28 @@ def test_invalid_neuron_arguments():
         MTNeuron(torch.tensor(1.0), torch.tensor(1.0), rounding="up")
     with pytest.raises(ValueError, match="neuron"):
         MTNeuron(torch.tensor(1.0), torch.tensor(1.0), neuron="lif")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("neuron", "rounding"), [("mt", "greedy"), ("mt", "nearest"), ("burst", "greedy")])
+def test_fused_step_equals_unfused_on_level_boundaries(neuron, rounding, device):
+    # m/θ exactly on the boundaries 2^k - 1/2 (and a hair either side), with θ = 0.9375: 4.6875/0.9375
+    # is where an approximate division (Triton's default) returns 5 + 1 ulp
+    theta = torch.tensor(0.9375)
+    ratios = torch.tensor([0.5, 1.5, 3.5, 4.6875 / 0.9375, 7.5, 15.5, 100.0]).repeat_interleave(3)
+    ratios = ratios + torch.tensor([-1e-6, 0.0, 1e-6]).repeat(7)
+    current = (torch.cat([ratios, -ratios]) * theta).view(2, 1, -1).expand(2, 3, -1).to(device)
+    plain, fused = (MTNeuron(theta, theta / 2, 4, rounding, neuron).to(device) for _ in range(2))
+    fused.fused = True
+    for _ in range(3):  # the membrane carries the remainders between steps
+        assert torch.equal(fused(current), plain(current))
+        assert torch.equal(fused.v, plain.v)
+
+
+def test_fused_step_without_compiler_says_so():
+    # a rank no other test compiles, so nothing cached stands in for the missing compiler
+    shape = (1, 1, 1, 1, 1, 3)
+    args = (torch.zeros(shape), torch.ones(shape), torch.tensor(1.0), torch.tensor(1.0), 2)
+    broken = torch._inductor.config.patch({"cpp.cxx": ("/bin/false",)})
+    with broken, pytest.raises(FusionError, match=r"fused neurons: .*fuse\(False\)"):
+        fused_step(*args)

@@ -9,7 +9,7 @@ from ._version import __version__
 from .compensation import ExpectationCompensation, SpikingProduct, compensate
 from .convert import ConversionOptions, calibrate, convert, prepare, to_spiking
 from .energy import EnergyReport, account
-from .errors import ConversionError
+from .errors import ConversionError, FusionError
 from .io import load, save
 from .model import ConversionReport, SpikingModel
 from .neurons import MTNeuron, burst_fire, mt_fire, spike_planes
@@ -21,6 +21,7 @@ __all__ = [
     "ConversionReport",
     "EnergyReport",
     "ExpectationCompensation",
+    "FusionError",
     "MTNeuron",
     "ParallelLayer",
     "SpikingLayer",

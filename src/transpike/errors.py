@@ -12,3 +12,7 @@ class ConversionError(ValueError):
         self.path = path or "<root>"
         self.module_type = f"{type(module).__module__}.{type(module).__qualname__}"
         super().__init__(f"{self.path} ({self.module_type}): {reason}")
+
+
+class FusionError(RuntimeError):
+    """``torch.compile`` could not build the fused neuron step (:meth:`SpikingModel.fuse`)."""

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .compensation import ExpectationCompensation, SpikingProduct
+from .errors import FusionError
 from .neurons import MTNeuron
 from .rules import Role, rule_for
 from .state import Stateful
@@ -119,6 +120,8 @@ class SpikingModel(nn.Module):
     def _run(self, x: Tensor) -> Tensor:
         try:
             return self.network(x)
+        except FusionError:
+            raise  # the environment, not the input
         except (RuntimeError, AssertionError, IndexError, ValueError, TypeError) as error:
             raise ValueError(
                 f"input x of shape {tuple(x.shape)}: the network rejected it: {error}"
@@ -190,6 +193,20 @@ class SpikingModel(nn.Module):
                     key = new + key[len(old) :]
             state[key] = value
         return state
+
+    def fuse(self, enabled: bool = True) -> SpikingModel:
+        """Run every neuron's step as one compiled kernel (:func:`transpike.neurons.fused_step`),
+        or, with ``enabled=False``, as separate operations again.
+
+        The same spikes bit for bit (tested on the CPU and on a GPU). The first steps for each new
+        input shape pay the compilation (seconds; on the CPU a C++ compiler must be installed).
+        Worth it where memory traffic bounds a step (a GPU at large batches); see BENCHMARKS.md
+        §3b. A simulation setting: not saved with the network. Returns self.
+        """
+        for module in self.network.modules():
+            if isinstance(module, MTNeuron):
+                module.fused = enabled
+        return self
 
     def parallel(self) -> SpikingModel:
         """This network with the 2n synapse copies of every weight layer materialized (ECMT §4.4).
