@@ -6,6 +6,7 @@ A fresh process keeps earlier allocations of the benchmark out of the figure; in
 
 from __future__ import annotations
 
+import ctypes
 import json
 import subprocess
 import sys
@@ -21,7 +22,12 @@ def _status_kib(field: str) -> int:
 
 
 def peak_growth_mib(run: Callable[[], object]) -> float:
-    """Growth of this process's peak resident memory while ``run()`` runs, in MiB."""
+    """Growth of this process's peak resident memory while ``run()`` runs, in MiB.
+
+    Memory freed earlier is first handed back to the OS (glibc ``malloc_trim``): otherwise the
+    call could reuse it without growing the resident set, and its own needs would go uncounted.
+    """
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     before = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     run()

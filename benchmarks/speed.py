@@ -3,9 +3,14 @@
 ANN forwards and SNN steps are interleaved (ANN, step, ANN, step, ...) so both see the same machine
 load; the figure is the median over repeats of the per-pair ratio. Peak memory is the growth of the
 process's peak resident set during ``simulate(x, T)`` against during one ANN forward, each measured
-in a fresh subprocess.
+in a fresh subprocess. With ``--device cuda`` every timing waits for the GPU to finish, and peak
+memory is the growth of PyTorch's peak GPU allocation instead.
 
     python benchmarks/speed.py [--models vit_tiny_patch16_224 vit_small_patch16_224] [--batch 8]
+                               [--device cpu|cuda] [--fuse]
+
+``--fuse`` runs the network with :meth:`transpike.SpikingModel.fuse` (each neuron's step compiled
+into one kernel); the compilation happens in the two untimed warm-up steps.
 """
 
 from __future__ import annotations
@@ -26,29 +31,38 @@ import transpike
 from transpike.spikes import SpikeMonitor
 
 
-def build_ann(name: str, batch: int) -> tuple[torch.nn.Module, torch.Tensor]:
+def build_ann(name: str, batch: int, device: str) -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)
-    model = timm.create_model(name).eval()
+    model = timm.create_model(name).eval().to(device)
     gen = torch.Generator().manual_seed(1)
-    return model, torch.randn(batch, 3, 224, 224, generator=gen)
+    return model, torch.randn(batch, 3, 224, 224, generator=gen).to(device)
 
 
 def build(
-    name: str, batch: int, options: dict
+    name: str, batch: int, options: dict, device: str, fuse: bool = False
 ) -> tuple[torch.nn.Module, transpike.SpikingModel, torch.Tensor]:
-    model, x = build_ann(name, batch)
-    return model, transpike.convert(model, [torch.randn_like(x) for _ in range(2)], **options), x
+    model, x = build_ann(name, batch, device)
+    snn = transpike.convert(model, [torch.randn_like(x) for _ in range(2)], **options)
+    return model, snn.fuse(fuse), x
 
 
-def timed(fn) -> float:
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so that a wall-clock interval covers the kernels it launched."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: str) -> float:
+    synchronize(device)
     start = time.perf_counter()
     fn()
+    synchronize(device)
     return time.perf_counter() - start
 
 
-def speed(name: str, batch: int, repeats: int, options: dict) -> dict:
+def speed(name: str, batch: int, repeats: int, options: dict, device: str, fuse: bool) -> dict:
     """ANN forward, SNN step, and SNN step under a spike monitor (a copy of the same network)."""
-    model, snn, x = build(name, batch, options)
+    model, snn, x = build(name, batch, options, device, fuse)
     counted = copy.deepcopy(snn)
     with torch.inference_mode(), SpikeMonitor(counted):
         model(x)
@@ -57,7 +71,11 @@ def speed(name: str, batch: int, repeats: int, options: dict) -> dict:
             for _ in range(2):  # steps 1-2 allocate state; later steps are the steady state
                 network.step(x)
         runs = [
-            (timed(lambda: model(x)), timed(lambda: snn.step(x)), timed(lambda: counted.step(x)))
+            (
+                timed(lambda: model(x), device),
+                timed(lambda: snn.step(x), device),
+                timed(lambda: counted.step(x), device),
+            )
             for _ in range(repeats)
         ]
     ann, step, _ = zip(*runs, strict=True)
@@ -69,27 +87,44 @@ def speed(name: str, batch: int, repeats: int, options: dict) -> dict:
     )
 
 
-def measure_peak(name: str, batch: int, steps: int, what: str, options: dict) -> float:
-    """Run in a fresh process: peak RSS growth in MiB while running one ANN forward or simulate."""
+def gpu_peak_growth_mib(run, device: str) -> float:
+    """Growth of PyTorch's peak GPU allocation while ``run()`` runs, in MiB."""
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    run()
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def measure_peak(
+    name: str, batch: int, steps: int, what: str, options: dict, device: str, fuse: bool
+) -> float:
+    """Run in a fresh process: peak memory growth in MiB while running one ANN forward or simulate
+    (resident set on the CPU, PyTorch's allocation on a GPU)."""
     if what == "ann":
-        model, x = build_ann(name, batch)
+        model, x = build_ann(name, batch, device)
         run = lambda: model(x)  # noqa: E731
     else:
-        _, snn, x = build(name, batch, options)
+        _, snn, x = build(name, batch, options, device, fuse)
+        if fuse:  # compile outside the measured call, then free the state again
+            snn.simulate(x, 2)
+            snn.reset()
         run = lambda: snn.simulate(x, steps)  # noqa: E731
     with torch.inference_mode():
-        return peak_growth_mib(run)
+        return gpu_peak_growth_mib(run, device) if device.startswith("cuda") else peak_growth_mib(run)
 
 
-def state_mib(name: str, batch: int, options: dict) -> float:
+def state_mib(name: str, batch: int, options: dict, device: str, fuse: bool) -> float:
     """Simulation state (membranes, rates, sums) held after a run, in MiB: independent of T."""
-    _, snn, x = build(name, batch, options)
+    _, snn, x = build(name, batch, options, device, fuse)
     snn.simulate(x, 2)
     return snn.state_bytes() / 2**20
 
 
-def peak_memory(name: str, batch: int, steps: int, what: str, options: dict) -> float:
-    return in_fresh_process("speed", f"measure_peak({name!r}, {batch}, {steps}, {what!r}, {options!r})")
+def peak_memory(
+    name: str, batch: int, steps: int, what: str, options: dict, device: str, fuse: bool
+) -> float:
+    call = f"measure_peak({name!r}, {batch}, {steps}, {what!r}, {options!r}, {device!r}, {fuse})"
+    return in_fresh_process("speed", call)
 
 
 def main() -> None:
@@ -101,22 +136,27 @@ def main() -> None:
     parser.add_argument(
         "--options", type=json.loads, default={}, help='conversion options, e.g. \'{"neuron": "burst"}\''
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--fuse", action="store_true", help="each neuron's step as one compiled kernel")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/speed.json"))
     args = parser.parse_args()
 
     rows = []
     for name in args.models:
-        row = dict(model=name, **speed(name, args.batch, args.repeats, args.options))
-        row["ann_peak_mib"] = peak_memory(name, args.batch, args.steps, "ann", args.options)
-        row["simulate_peak_mib"] = peak_memory(name, args.batch, args.steps, "snn", args.options)
-        row["state_mib"] = state_mib(name, args.batch, args.options)
+        setting = (args.options, args.device, args.fuse)
+        row = dict(model=name, **speed(name, args.batch, args.repeats, *setting))
+        for what, key in (("ann", "ann_peak_mib"), ("snn", "simulate_peak_mib")):
+            row[key] = peak_memory(name, args.batch, args.steps, what, *setting)
+        row["state_mib"] = state_mib(name, args.batch, *setting)
         rows.append(row)
         print(row, flush=True)
     result = dict(
         batch=args.batch,
         steps=args.steps,
         options=args.options,
+        fused=args.fuse,
         machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        device=torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
         torch=torch.__version__,
         rows=rows,
     )
@@ -124,7 +164,7 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=1))
     print(
         f"\n| model (batch {args.batch}, 224 px) | ANN forward | SNN step | step / ANN (median of pairs) "
-        f"| step with spike monitor / step | peak RSS growth: ANN forward | simulate T={args.steps} "
+        f"| step with spike monitor / step | peak memory growth: ANN forward | simulate T={args.steps} "
         "| SNN state |"
     )
     print("|---|---|---|---|---|---|---|---|")
