@@ -1,10 +1,13 @@
 """The MT neuron against values worked out by hand and against the paper's level-by-level rule."""
 
+import functools
+import types
+
 import pytest
 import torch
 from conftest import DEVICES
 
-from transpike import FusionError, MTNeuron, burst_fire, mt_fire, spike_planes
+from transpike import FusionError, MTNeuron, burst_fire, mt_fire, neurons, spike_planes
 from transpike.neurons import fused_step
 from transpike.synapses import level_values
 
@@ -153,3 +156,12 @@ def test_fused_step_without_compiler_says_so():
     broken = torch._inductor.config.patch({"cpp.cxx": ("/bin/false",)})
     with broken, pytest.raises(FusionError, match=r"fused neurons: .*fuse\(False\)"):
         fused_step(*args)
+
+
+def test_fused_step_on_a_torch_without_ieee_division_says_so(monkeypatch):
+    import torch._inductor.config  # loads the module replaced below
+
+    monkeypatch.setattr(torch._inductor, "config", types.SimpleNamespace())  # no eager_numerics
+    monkeypatch.setattr(neurons, "_compiled_step", functools.cache(neurons._compiled_step.__wrapped__))
+    with pytest.raises(FusionError, match=r"torch >= 2.11 can\); run unfused"):
+        fused_step(torch.zeros(3), torch.ones(3), torch.tensor(1.0), torch.tensor(1.0), 2)

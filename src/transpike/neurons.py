@@ -178,8 +178,15 @@ def charge_fire_reset(
 
 @functools.cache
 def _compiled_step(dynamic: bool):
+    import torch._inductor.config as inductor  # here: only fused runs need the compiler loaded
+
     # Eager division is IEEE-rounded; Triton's default is not (up to 2 ulp), which would move
     # spikes where m/θ lies exactly on a level boundary.
+    if not hasattr(inductor, "eager_numerics"):
+        raise FusionError(
+            f"fused neurons: torch {torch.__version__} cannot compile an IEEE-rounded division "
+            "(torch >= 2.11 can); run unfused (SpikingModel.fuse(False), no --fuse)"
+        )
     options = {"eager_numerics.division_rounding": True}
     step = torch.compile(charge_fire_reset, dynamic=dynamic, options=options)
     # Each shape, layout and kind of neuron met is one more compilation of the same function;
