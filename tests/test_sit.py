@@ -12,13 +12,14 @@ import transpike
 from transpike.sit import (
     SpikingSoftmax,
     _SurrogateSpike,
+    fitted_parameters,
     fs_neuron,
     fs_spikes,
     si_exp,
     si_norm,
     spiking_softmax,
 )
-from transpike.sit.fit import FIT_POINTS, exact_rmse, fit_si_exp
+from transpike.sit.fit import FIT_POINTS, evolve, exact_rmse, fit_si_exp
 
 
 def test_fs_neuron_by_hand():
@@ -95,6 +96,18 @@ def test_global_search_is_seeded_and_only_adds_a_candidate():
     x = torch.linspace(-1.0, 1.0, FIT_POINTS, dtype=torch.float64)
     params = np.array(both["T"] + both["h"])
     assert exact_rmse(params, x, x.exp(), (x.exp() @ x.exp()).item()) == pytest.approx(both["rmse"], rel=1e-6)
+
+
+def test_global_search_from_a_start_never_ends_worse_than_it():
+    x = torch.linspace(-1.0, 1.0, FIT_POINTS, dtype=torch.float64)
+    y = x.exp()
+    previous = fitted_parameters(4, shifted=False)
+    # the 4-step fit and a 5th step that never fires (T above the range: clipped into the box)
+    start = torch.tensor([*previous["T"], 2.0, *previous["h"], 0.0], dtype=torch.float64)
+    found = evolve(x, y, 5, seed=0, generations=2, population=3, start=start)
+    assert torch.equal(found, evolve(x, y, 5, seed=0, generations=2, population=3, start=start))
+    loss = lambda p: exact_rmse(p.numpy(), x, y, (y @ y).item())  # noqa: E731
+    assert loss(found) <= loss(start) == pytest.approx(previous["rmse"], rel=1e-6)
 
 
 def test_si_exp_approximates_exp():

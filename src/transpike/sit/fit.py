@@ -52,21 +52,34 @@ def exact_rmse(params: np.ndarray, x: Tensor, y: Tensor, yy: float) -> float:
     return max(yy - (moment @ weight).item(), 0.0) ** 0.5 / x.numel() ** 0.5
 
 
-def evolve(x: Tensor, y: Tensor, steps: int, seed: int, generations: int, population: int) -> Tensor:
+def evolve(
+    x: Tensor,
+    y: Tensor,
+    steps: int,
+    seed: int,
+    generations: int,
+    population: int,
+    start: Tensor | None = None,
+) -> Tensor:
     """A global search for (T, h): differential evolution (scipy, seeded) on :func:`exact_rmse`.
 
     The surrogate gradient only sees spikes near their thresholds, so Adam stops in a local
     optimum; a population search over the whole box (T within the range widened by 10 %, h up to
-    1.1 times its width) finds better ones (``benchmarks/si_exp_search.py``).
+    1.1 times its width) finds better ones (``benchmarks/si_exp_search.py``). ``start`` ([2K]: T
+    then h, clipped into the box) joins the initial population, e.g. the fit for K - 1 steps with a
+    silent step appended; scipy's default strategy then mutates around it while it is the best.
 
     Returns:
         [2K] tensor: T then h.
     """
     lo, hi = x.min().item(), x.max().item()
     span = hi - lo
+    bounds = [(lo - 0.1 * span, hi + 0.1 * span)] * steps + [(0.0, 1.1 * span)] * steps
+    if start is not None:
+        start = np.clip(start.numpy(), *np.array(bounds).T)
     result = differential_evolution(
         exact_rmse,
-        [(lo - 0.1 * span, hi + 0.1 * span)] * steps + [(0.0, 1.1 * span)] * steps,
+        bounds,
         args=(x, y, (y @ y).item()),
         seed=seed,
         maxiter=generations,
@@ -76,6 +89,7 @@ def evolve(x: Tensor, y: Tensor, steps: int, seed: int, generations: int, popula
         init="sobol",
         tol=0,
         polish=False,
+        x0=start,
     )
     return torch.from_numpy(result.x)
 
