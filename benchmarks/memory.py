@@ -34,6 +34,16 @@ def peak_growth_mib(run: Callable[[], object]) -> float:
     return (_status_kib("VmHWM") - before) / 1024
 
 
+def gpu_peak_growth_mib(run: Callable[[], object], device: str) -> float:
+    """Growth of PyTorch's peak GPU allocation while ``run()`` runs, in MiB."""
+    import torch  # only GPU measurements need it here
+
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    run()
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
 def in_fresh_process(module: str, call: str):
     """The JSON result of ``module.call`` (a call expression, e.g. "f(1, 'a')") run in a new Python
     process started in the repository root, with ``benchmarks/`` importable."""

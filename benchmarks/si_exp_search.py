@@ -23,14 +23,7 @@ from pathlib import Path
 import torch
 
 from transpike.sit import FIT_POINTS, PAPER_RANGE, SHIFTED_RANGE, fitted_parameters
-from transpike.sit.fit import _pattern_search, _rmse, evolve
-
-
-def warm_start(steps: int, shifted: bool) -> torch.Tensor:
-    """The shipped fit for K - 1 steps and a step that never fires (T above the range, h = 0)."""
-    previous = fitted_parameters(steps - 1, shifted=shifted)
-    silent = (SHIFTED_RANGE if shifted else PAPER_RANGE)[1] + 1.0
-    return torch.tensor([*previous["T"], silent, *previous["h"], 0.0], dtype=torch.float64)
+from transpike.sit.fit import _pattern_search, _rmse, evolve, with_silent_step
 
 
 def search(steps: int, shifted: bool, generations: int, population: int, seed: int, warm: bool) -> dict:
@@ -38,7 +31,9 @@ def search(steps: int, shifted: bool, generations: int, population: int, seed: i
     x = torch.linspace(lo, hi, FIT_POINTS, dtype=torch.float64)
     y = x.exp()
     start = time.perf_counter()
-    initial = warm_start(steps, shifted) if warm else None
+    initial = None
+    if warm:  # the shipped K - 1 fit, as the fit's own warm start
+        initial = torch.cat(with_silent_step(fitted_parameters(steps - 1, shifted=shifted), hi))
     best = evolve(x, y, steps, seed, generations, population, initial)
     threshold, reset = _pattern_search(x, y, best[:steps], best[steps:])
     return {

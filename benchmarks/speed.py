@@ -25,7 +25,7 @@ from pathlib import Path
 
 import timm
 import torch
-from memory import in_fresh_process, peak_growth_mib
+from memory import gpu_peak_growth_mib, in_fresh_process, peak_growth_mib
 
 import transpike
 from transpike.spikes import SpikeMonitor
@@ -85,14 +85,6 @@ def speed(name: str, batch: int, repeats: int, options: dict, device: str, fuse:
         ratio=statistics.median(s / a for a, s, _ in runs),
         monitored_over_step=statistics.median(c / s for _, s, c in runs),
     )
-
-
-def gpu_peak_growth_mib(run, device: str) -> float:
-    """Growth of PyTorch's peak GPU allocation while ``run()`` runs, in MiB."""
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    run()
-    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
 def measure_peak(

@@ -19,7 +19,7 @@ from transpike.sit import (
     si_norm,
     spiking_softmax,
 )
-from transpike.sit.fit import FIT_POINTS, evolve, exact_rmse, fit_si_exp
+from transpike.sit.fit import FIT_POINTS, evolve, exact_rmse, fit_si_exp, with_silent_step
 
 
 def test_fs_neuron_by_hand():
@@ -103,7 +103,7 @@ def test_global_search_from_a_start_never_ends_worse_than_it():
     y = x.exp()
     previous = fitted_parameters(4, shifted=False)
     # the 4-step fit and a 5th step that never fires (T above the range: clipped into the box)
-    start = torch.tensor([*previous["T"], 2.0, *previous["h"], 0.0], dtype=torch.float64)
+    start = torch.cat(with_silent_step(previous, 1.0))
     found = evolve(x, y, 5, seed=0, generations=2, population=3, start=start)
     assert torch.equal(found, evolve(x, y, 5, seed=0, generations=2, population=3, start=start))
     loss = lambda p: exact_rmse(p.numpy(), x, y, (y @ y).item())  # noqa: E731

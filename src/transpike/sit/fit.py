@@ -103,6 +103,13 @@ def _initial(steps: int, lo: float, hi: float) -> tuple[Tensor, Tensor]:
     return threshold, reset
 
 
+def with_silent_step(previous: dict, hi: float) -> tuple[Tensor, Tensor]:
+    """(T, h) of a fit for K - 1 steps with a K-th step that never fires (T above the range's top
+    ``hi``, h = 0): the same function as the K - 1 step fit, the warm start of a fit for K steps."""
+    threshold = torch.tensor([*previous["T"], hi + 1.0], dtype=torch.float64)
+    return threshold, torch.tensor([*previous["h"], 0.0], dtype=torch.float64)
+
+
 def fit_si_exp(
     steps: int,
     lo: float,
@@ -127,13 +134,8 @@ def fit_si_exp(
     y = torch.exp(x)
     gen = torch.Generator().manual_seed(seed)
     starts = [_initial(steps, lo, hi)]
-    if previous is not None:  # the extra step never fires: the same function as K - 1 steps
-        starts.append(
-            (
-                torch.tensor([*previous["T"], hi + 1.0], dtype=torch.float64),
-                torch.tensor([*previous["h"], 0.0], dtype=torch.float64),
-            )
-        )
+    if previous is not None:
+        starts.append(with_silent_step(previous, hi))
     decay = 2.0 ** -torch.arange(steps, dtype=torch.float64)
     for _ in range(restarts - 1):
         threshold = lo + (hi - lo) * torch.rand(steps, generator=gen, dtype=torch.float64)
