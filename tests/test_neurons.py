@@ -150,10 +150,14 @@ def test_fused_step_equals_unfused_on_level_boundaries(neuron, rounding, device)
 
 
 def test_fused_step_without_compiler_says_so():
-    # a rank no other test compiles, so nothing cached stands in for the missing compiler
+    # a number of levels no other test compiles: Inductor caches kernels by their source, so a
+    # kernel compiled before (same size and constants, whatever the rank) would stand in for the
+    # missing compiler
     shape = (1, 1, 1, 1, 1, 3)
-    args = (torch.zeros(shape), torch.ones(shape), torch.tensor(1.0), torch.tensor(1.0), 2)
-    broken = torch._inductor.config.patch({"cpp.cxx": ("/bin/false",)})
+    args = (torch.zeros(shape), torch.ones(shape), torch.tensor(1.0), torch.tensor(1.0), 13)
+    # compile_threads=1: in this process, not in a worker pool that an earlier compilation
+    # started (with more cores) and that never sees the patched compiler
+    broken = torch._inductor.config.patch({"cpp.cxx": ("/bin/false",), "compile_threads": 1})
     with broken, pytest.raises(FusionError, match=r"fused neurons: .*fuse\(False\)"):
         fused_step(*args)
 
