@@ -7,15 +7,20 @@ in a fresh subprocess. With ``--device cuda`` every timing waits for the GPU to 
 memory is the growth of PyTorch's peak GPU allocation instead.
 
     python benchmarks/speed.py [--models vit_tiny_patch16_224 vit_small_patch16_224] [--batch 8]
-                               [--device cpu|cuda] [--fuse]
+                               [--device cpu|cuda] [--fuse] [--graphs]
 
 ``--fuse`` runs the network with :meth:`transpike.SpikingModel.fuse` (each neuron's step compiled
-into one kernel); the compilation happens in the two untimed warm-up steps.
+into one kernel); the compilation happens in the two untimed warm-up steps. ``--graphs`` (a GPU
+only) replays each step as a CUDA graph (:meth:`transpike.SpikingModel.graph`), captured in an
+untimed warm-up run; the ANN forward is then also timed replayed as one CUDA graph, and the
+monitored network (hooks cannot run in a graph) is left out. Its peak memory is that of the first,
+capturing, ``simulate``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
@@ -39,11 +44,11 @@ def build_ann(name: str, batch: int, device: str) -> tuple[torch.nn.Module, torc
 
 
 def build(
-    name: str, batch: int, options: dict, device: str, fuse: bool = False
+    name: str, batch: int, options: dict, device: str, fuse: bool = False, graphs: bool = False
 ) -> tuple[torch.nn.Module, transpike.SpikingModel, torch.Tensor]:
     model, x = build_ann(name, batch, device)
     snn = transpike.convert(model, [torch.randn_like(x) for _ in range(2)], **options)
-    return model, snn.fuse(fuse), x
+    return model, snn.fuse(fuse).graph(graphs), x
 
 
 def synchronize(device: str) -> None:
@@ -60,35 +65,51 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
-def speed(name: str, batch: int, repeats: int, options: dict, device: str, fuse: bool) -> dict:
-    """ANN forward, SNN step, and SNN step under a spike monitor (a copy of the same network)."""
-    model, snn, x = build(name, batch, options, device, fuse)
-    counted = copy.deepcopy(snn)
-    with torch.inference_mode(), SpikeMonitor(counted):
+def graphed(model: torch.nn.Module, x: torch.Tensor):
+    """The ANN forward on x captured as one CUDA graph (after warm-up forwards): its replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            model(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
         model(x)
-        for network in (snn, counted):
+    return graph.replay
+
+
+def speed(name: str, batch: int, repeats: int, options: dict, device: str, fuse: bool, graphs: bool) -> dict:
+    """ANN forward, SNN step, and SNN step under a spike monitor (a copy of the same network); with
+    ``graphs`` the ANN forward replayed as a CUDA graph instead of the monitored step."""
+    model, snn, x = build(name, batch, options, device, fuse, graphs)
+    counted = None if graphs else copy.deepcopy(snn)
+    with torch.inference_mode(), SpikeMonitor(counted) if counted else contextlib.nullcontext():
+        model(x)
+        if graphs:  # capture the graphs of every step timed below
+            snn.simulate(x, repeats + 2)
+        third = graphed(model, x) if graphs else lambda: counted.step(x)
+        for network in (snn, counted) if counted else (snn,):
             network.reset()
             for _ in range(2):  # steps 1-2 allocate state; later steps are the steady state
                 network.step(x)
         runs = [
-            (
-                timed(lambda: model(x), device),
-                timed(lambda: snn.step(x), device),
-                timed(lambda: counted.step(x), device),
-            )
+            (timed(lambda: model(x), device), timed(lambda: snn.step(x), device), timed(third, device))
             for _ in range(repeats)
         ]
-    ann, step, _ = zip(*runs, strict=True)
-    return dict(
+    ann, step, other = zip(*runs, strict=True)
+    row = dict(
         ann_ms=statistics.median(ann) * 1e3,
         step_ms=statistics.median(step) * 1e3,
         ratio=statistics.median(s / a for a, s, _ in runs),
-        monitored_over_step=statistics.median(c / s for _, s, c in runs),
     )
+    if graphs:
+        return dict(row, ann_graph_ms=statistics.median(other) * 1e3)
+    return dict(row, monitored_over_step=statistics.median(c / s for _, s, c in runs))
 
 
 def measure_peak(
-    name: str, batch: int, steps: int, what: str, options: dict, device: str, fuse: bool
+    name: str, batch: int, steps: int, what: str, options: dict, device: str, fuse: bool, graphs: bool
 ) -> float:
     """Run in a fresh process: peak memory growth in MiB while running one ANN forward or simulate
     (resident set on the CPU, PyTorch's allocation on a GPU)."""
@@ -96,8 +117,8 @@ def measure_peak(
         model, x = build_ann(name, batch, device)
         run = lambda: model(x)  # noqa: E731
     else:
-        _, snn, x = build(name, batch, options, device, fuse)
-        if fuse:  # compile outside the measured call, then free the state again
+        _, snn, x = build(name, batch, options, device, fuse, graphs)
+        if fuse and not graphs:  # compile outside the measured call, then free the state again
             snn.simulate(x, 2)
             snn.reset()
         run = lambda: snn.simulate(x, steps)  # noqa: E731
@@ -113,9 +134,9 @@ def state_mib(name: str, batch: int, options: dict, device: str, fuse: bool) -> 
 
 
 def peak_memory(
-    name: str, batch: int, steps: int, what: str, options: dict, device: str, fuse: bool
+    name: str, batch: int, steps: int, what: str, options: dict, device: str, fuse: bool, graphs: bool
 ) -> float:
-    call = f"measure_peak({name!r}, {batch}, {steps}, {what!r}, {options!r}, {device!r}, {fuse})"
+    call = f"measure_peak({name!r}, {batch}, {steps}, {what!r}, {options!r}, {device!r}, {fuse}, {graphs})"
     return in_fresh_process("speed", call)
 
 
@@ -130,16 +151,17 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--fuse", action="store_true", help="each neuron's step as one compiled kernel")
+    parser.add_argument("--graphs", action="store_true", help="each step replayed as a CUDA graph")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/speed.json"))
     args = parser.parse_args()
 
     rows = []
     for name in args.models:
-        setting = (args.options, args.device, args.fuse)
+        setting = (args.options, args.device, args.fuse, args.graphs)
         row = dict(model=name, **speed(name, args.batch, args.repeats, *setting))
         for what, key in (("ann", "ann_peak_mib"), ("snn", "simulate_peak_mib")):
             row[key] = peak_memory(name, args.batch, args.steps, what, *setting)
-        row["state_mib"] = state_mib(name, args.batch, *setting)
+        row["state_mib"] = state_mib(name, args.batch, args.options, args.device, args.fuse)
         rows.append(row)
         print(row, flush=True)
     result = dict(
@@ -147,6 +169,7 @@ def main() -> None:
         steps=args.steps,
         options=args.options,
         fused=args.fuse,
+        graphs=args.graphs,
         machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         device=torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
         torch=torch.__version__,
@@ -154,16 +177,16 @@ def main() -> None:
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
+    third = "ANN forward as a CUDA graph" if args.graphs else "step with spike monitor / step"
     print(
         f"\n| model (batch {args.batch}, 224 px) | ANN forward | SNN step | step / ANN (median of pairs) "
-        f"| step with spike monitor / step | peak memory growth: ANN forward | simulate T={args.steps} "
-        "| SNN state |"
+        f"| {third} | peak memory growth: ANN forward | simulate T={args.steps} | SNN state |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        other = f"{r['ann_graph_ms']:.1f} ms" if args.graphs else f"{r['monitored_over_step']:.2f}x"
         print(
-            f"| {r['model']} | {r['ann_ms']:.0f} ms | {r['step_ms']:.0f} ms | {r['ratio']:.2f}x | "
-            f"{r['monitored_over_step']:.2f}x | "
+            f"| {r['model']} | {r['ann_ms']:.1f} ms | {r['step_ms']:.1f} ms | {r['ratio']:.2f}x | {other} | "
             f"+{r['ann_peak_mib']:.0f} MiB | +{r['simulate_peak_mib']:.0f} MiB | {r['state_mib']:.0f} MiB |"
         )
 

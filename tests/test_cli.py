@@ -206,15 +206,26 @@ def test_debug_shows_traceback(tmp_path):
 def test_cuda_device(tmp_path, npz_data, capsys):
     argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--time-steps", 2, "--device", "cuda"]
     status = run(*argv, "--out", tmp_path / "r")
+    graphed = run(*argv, "--graphs", "--no-energy", "--out", tmp_path / "g")
     if torch.cuda.is_available():
-        assert status == 0
-        assert json.loads((tmp_path / "r" / "results.json").read_text())["device"] == "cuda"
+        assert status == graphed == 0
+        r, g = (json.loads((tmp_path / d / "results.json").read_text()) for d in "rg")
+        assert r["device"] == "cuda" and g["graphs"] and not r["graphs"]
+        assert g["snn_top1"] == r["snn_top1"]
     else:
-        assert status == 2
-        assert "no CUDA device" in capsys.readouterr().err
+        assert status == graphed == 2
+        assert capsys.readouterr().err.count("no CUDA device") == 2
 
 
-@pytest.mark.slow
+def test_graphs_need_a_gpu_and_no_spike_counts(tmp_path, npz_data, capsys):
+    argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--time-steps", 2, "--graphs"]
+    assert run(*argv, "--out", tmp_path / "a") == 2
+    assert "add --no-energy" in capsys.readouterr().err
+    assert run(*argv, "--no-energy", "--out", tmp_path / "b") == 2
+    assert "CUDA device; it is on cpu" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_torchrun_two_processes_match_one(tmp_path, npz_data):
     common = [
         *MODEL,

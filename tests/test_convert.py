@@ -11,6 +11,7 @@ from torch import nn
 
 import transpike
 from transpike import ConversionError, ConversionOptions, prepare
+from transpike.spikes import SpikeMonitor
 
 CONFIGS = {
     "class-token": {},
@@ -273,3 +274,30 @@ def test_fused_network_equals_unfused(options, device, images):
     reference = snn.simulate(x, 5)
     assert torch.equal(snn.fuse().simulate(x, 5), reference)
     assert torch.equal(snn.simulate(x[:2], 5), snn.fuse(False).simulate(x[:2], 5))  # another batch size
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "options", [{}, dict(neuron="burst", granularity="channel", levels=4), dict(method="sit")]
+)
+def test_graphed_steps_equal_eager_steps(options, device, images):
+    calibration, x = images
+    snn = transpike.convert(tiny_vit(), calibration, **options).to(device)
+    if device == "cpu":
+        with pytest.raises(ValueError, match="CUDA device; it is on cpu"):
+            snn.graph()
+        return
+    eager = snn.simulate(x, 7)
+    snn.reset()
+    eager_steps = [snn.step(x[:2]) for _ in range(3)]
+    snn.graph()
+    assert torch.equal(snn.simulate(x, 5), eager[:5])  # graphs 1-5 captured
+    assert torch.equal(snn.simulate(x, 3), eager[:3])  # replayed
+    assert torch.equal(snn.simulate(x, 7), eager)  # 1-5 replayed, 6-7 captured
+    snn.reset()  # another shape has graphs of its own; step() returns its own copy
+    steps = [snn.step(x[:2]) for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(steps, eager_steps, strict=True))
+    assert torch.equal(snn.fuse().simulate(x, 7), eager)  # recaptured with fused neurons
+    with SpikeMonitor(snn), pytest.raises(transpike.GraphError, match="forward hooks"):
+        snn.simulate(x, 2)
+    assert torch.equal(snn.graph(False).fuse(False).simulate(x, 7), eager)

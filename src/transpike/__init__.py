@@ -9,7 +9,7 @@ from ._version import __version__
 from .compensation import ExpectationCompensation, SpikingProduct, compensate
 from .convert import ConversionOptions, calibrate, convert, prepare, to_spiking
 from .energy import EnergyReport, account
-from .errors import ConversionError, FusionError
+from .errors import ConversionError, FusionError, GraphError
 from .io import load, save
 from .model import ConversionReport, SpikingModel
 from .neurons import MTNeuron, burst_fire, mt_fire, spike_planes
@@ -22,6 +22,7 @@ __all__ = [
     "EnergyReport",
     "ExpectationCompensation",
     "FusionError",
+    "GraphError",
     "MTNeuron",
     "ParallelLayer",
     "SpikingLayer",

@@ -26,7 +26,7 @@ from ._version import __version__
 from .convert import GRANULARITIES, METHODS, THRESHOLDS, ConversionOptions, convert
 from .data import SPEC_HELP, load_dataset, parse_spec
 from .energy import E_AC, E_MAC
-from .errors import ConversionError, FusionError
+from .errors import ConversionError, FusionError, GraphError
 from .evaluate import World, evaluate, init_world
 from .io import load, rebuild_ann, save
 from .model import SpikingModel
@@ -159,6 +159,7 @@ class EvalSettings:
     limit: int | None
     device: str
     fuse: bool
+    graphs: bool
     out: Path
     energy: bool
     e_mac: float
@@ -184,7 +185,9 @@ def run_evaluation(
 ) -> dict:
     """Evaluate, print the table and (on rank 0, if ``write``) write the result files."""
     start = time.perf_counter()
-    snn.fuse(settings.fuse)
+    if settings.graphs and settings.energy:
+        raise ValueError("--graphs: a CUDA graph cannot count spikes (Python hooks); add --no-energy")
+    snn.fuse(settings.fuse).to(settings.device).graph(settings.graphs)
     counts = evaluate(
         snn, ann, dataset, settings.time_steps, settings.batch_size, settings.limit, settings.device, world,
         energy=settings.energy, e_mac=settings.e_mac, e_ac=settings.e_ac,
@@ -200,6 +203,7 @@ def run_evaluation(
         options=snn.options,
         device=settings.device,
         fused=settings.fuse,
+        graphs=settings.graphs,
         processes=world.size,
         seconds=round(time.perf_counter() - start, 2),
         transpike=__version__,
@@ -278,7 +282,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = {"timm": "vit_tiny_patch16_224", "kwargs": digits.ARCHITECTURE}
     snn = convert(ann, train.split(256), **conversion_options(args), model_spec=spec)
     test = load_dataset("digits:test")
-    settings = EvalSettings.from_args(args, batch_size=256, limit=None, device="cpu", fuse=False, out=out)
+    settings = EvalSettings.from_args(
+        args, batch_size=256, limit=None, device="cpu", fuse=False, graphs=False, out=out
+    )
     meta = dict(model="transpike digits ViT", data="digits:test", snn_file=str(out / "snn.safetensors"))
     run_evaluation(snn, ann, test, settings, meta, World())
     save(snn, out / "snn.safetensors", overwrite=True)
@@ -327,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--fuse", action="store_true",
         help="compile each neuron's step into one kernel (torch.compile): same outputs, faster on a GPU",
     )  # fmt: skip
+    ev.add_argument(
+        "--graphs", action="store_true",
+        help="replay each step as a CUDA graph (with --device cuda and --no-energy): same outputs, faster",
+    )  # fmt: skip
     ev.add_argument("--out", required=True, help="results directory")
     ev.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     ev.add_argument(
@@ -343,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileExistsError, ConversionError, FusionError) as error:
+    except (ValueError, FileExistsError, ConversionError, FusionError, GraphError) as error:
         if args.debug:
             raise
         print(f"transpike: error: {error}", file=sys.stderr)

@@ -75,6 +75,8 @@ class ExpectationCompensation(Stateful, nn.Module):
         self.mean = mean_now
         return out
 
+    state_names = ("t", "rate", "mean")
+
     def reset(self) -> None:
         self.t = 0
         self.rate: Tensor | None = None
@@ -135,6 +137,8 @@ class SpikingProduct(Stateful, nn.Module):
         out = compensate(mean_now, self.mean, self.t, out=self.mean)
         self.mean = mean_now
         return out
+
+    state_names = ("t", "sum_a", "sum_b", "mean")
 
     def reset(self) -> None:
         self.t = 0

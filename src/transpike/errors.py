@@ -16,3 +16,7 @@ class ConversionError(ValueError):
 
 class FusionError(RuntimeError):
     """``torch.compile`` could not build the fused neuron step (:meth:`SpikingModel.fuse`)."""
+
+
+class GraphError(RuntimeError):
+    """A step could not run as a CUDA graph (:meth:`SpikingModel.graph`)."""

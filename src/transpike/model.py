@@ -7,13 +7,15 @@ prediction after t steps is the mean of its head outputs over steps 1..t. One ca
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .compensation import ExpectationCompensation, SpikingProduct
-from .errors import FusionError
+from .errors import FusionError, GraphError
+from .graphs import StepGraphs
 from .neurons import MTNeuron
 from .rules import Role, rule_for
 from .state import Stateful
@@ -92,12 +94,15 @@ class SpikingModel(nn.Module):
         self.network = network
         self.options = dict(options)
         self.model_spec = model_spec
+        self._graphs: dict[tuple, StepGraphs] | None = None  # by input shape; see graph()
 
     def reset(self) -> None:
         """Clear all state (membranes, running sums, step counters)."""
         for module in self.network.modules():
             if isinstance(module, Stateful):
                 module.reset()
+        for graphs in (self._graphs or {}).values():
+            graphs.reset()
 
     @property
     def device(self) -> torch.device:
@@ -115,13 +120,20 @@ class SpikingModel(nn.Module):
             raise ValueError(f"input x must be a floating-point tensor, got dtype {x.dtype}")
         if not torch.isfinite(x).all():
             raise ValueError("input x contains NaN or Inf")
-        return x.to(device=self.device, dtype=self.dtype)
+        device, dtype = device_dtype(self.network)
+        return x.to(device=device, dtype=dtype)
 
     def _run(self, x: Tensor) -> Tensor:
+        """One step; under :meth:`graph` the output is overwritten by the next run's same step."""
         try:
-            return self.network(x)
-        except FusionError:
-            raise  # the environment, not the input
+            if self._graphs is None:
+                return self.network(x)
+            key = (tuple(x.shape), x.dtype, x.stride())
+            if key not in self._graphs:
+                self._graphs[key] = StepGraphs(self.network, x)
+            return self._graphs[key].step(x)
+        except (FusionError, GraphError):
+            raise  # the environment or the setting, not the input
         except (RuntimeError, AssertionError, IndexError, ValueError, TypeError) as error:
             raise ValueError(
                 f"input x of shape {tuple(x.shape)}: the network rejected it: {error}"
@@ -130,7 +142,8 @@ class SpikingModel(nn.Module):
     @torch.inference_mode()
     def step(self, x: Tensor) -> Tensor:
         """Run one time step on input x (fed at every step) and return that step's head output."""
-        return self._run(self._input(x))
+        y = self._run(self._input(x))
+        return y if self._graphs is None else y.clone()
 
     @torch.inference_mode()
     def simulate(self, x: Tensor, time_steps: int) -> Tensor:
@@ -206,7 +219,32 @@ class SpikingModel(nn.Module):
         for module in self.network.modules():
             if isinstance(module, MTNeuron):
                 module.fused = enabled
+        if self._graphs:  # captured with the other kind of neuron step
+            self._graphs = {}
         return self
+
+    def graph(self, enabled: bool = True) -> SpikingModel:
+        """Replay each step as a CUDA graph (:mod:`transpike.graphs`), or, with ``enabled=False``,
+        launch its kernels one by one again. Needs the network on a CUDA device.
+
+        The same outputs (tested on a GPU); the first run to reach step t for an input shape
+        captures graph t (about one eager step's time). Worth it where launching kernels bounds a
+        step (a GPU at small batches, BENCHMARKS.md §3b), and more so with :meth:`fuse`. Hooks
+        (a ``SpikeMonitor``) cannot run inside a graph: a step with hooks attached raises
+        :class:`GraphError`. Switching resets the state. A simulation setting: not saved with the
+        network, and dropped when the network is moved or cast (``to``). Returns self.
+        """
+        if enabled and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the network on a CUDA device; it is on {self.device}")
+        self.reset()
+        self._graphs = {} if enabled else None
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        # moving or casting the network leaves captured graphs pointing at the old tensors
+        if self._graphs:
+            self._graphs = {}
+        return super()._apply(fn, *args, **kwargs)
 
     def parallel(self) -> SpikingModel:
         """This network with the 2n synapse copies of every weight layer materialized (ECMT §4.4).
@@ -230,5 +268,6 @@ class SpikingModel(nn.Module):
 
 def device_dtype(network: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Where a network's parameters (or buffers) live and their dtype; CPU float32 if it has none."""
-    tensor = next(iter([*network.parameters(), *network.buffers()]), None)
+    # lazily: listing every parameter costs milliseconds, which a GPU step would feel
+    tensor = next(itertools.chain(network.parameters(), network.buffers()), None)
     return (tensor.device, tensor.dtype) if tensor is not None else (torch.device("cpu"), torch.float32)

@@ -232,6 +232,12 @@ def _scratch_like(x: Tensor) -> Tensor:
     return buffer[: x.numel()].view(x.shape)
 
 
+def scratch_buffer() -> Tensor | None:
+    """This thread's scratch memory (see :func:`_scratch_like`), if any. A CUDA graph that replays
+    firings writes to it, so it must keep it allocated even when a larger input replaces it."""
+    return getattr(_workspace, "buffer", None)
+
+
 class MTNeuron(Stateful, nn.Module):
     """A layer of MT (or burst) neurons with thresholds θ1, θ2 and membrane state v.
 
@@ -274,6 +280,8 @@ class MTNeuron(Stateful, nn.Module):
         if self._out is None:
             self._out = torch.empty_like(self.v)
         return charge_fire_reset(*args, out=self._out, scratch=_scratch_like(self.v))
+
+    state_names = ("v", "_out")
 
     def reset(self) -> None:
         self.v: Tensor | None = None

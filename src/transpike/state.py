@@ -13,6 +13,19 @@ import abc
 class Stateful(abc.ABC):
     """A module whose output depends on the steps it has seen since its last :meth:`reset`."""
 
+    #: the attributes holding the state: what reset() clears, what ``SpikingModel.state_bytes``
+    #: counts, and what CUDA graphs keep alive between captures (graphs.py)
+    state_names: tuple[str, ...] = ()
+
     @abc.abstractmethod
     def reset(self) -> None:
         """Forget every step seen so far (the next call is step t = 1)."""
+
+    def state(self) -> dict:
+        """The state attributes by name (the objects themselves, not copies)."""
+        return {name: getattr(self, name) for name in self.state_names}
+
+    def restore(self, state: dict) -> None:
+        """Set the state attributes back to what :meth:`state` returned."""
+        for name, value in state.items():
+            setattr(self, name, value)
