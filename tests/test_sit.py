@@ -88,10 +88,14 @@ def test_fit_is_seeded():
     assert first["rmse"] < 0.2
 
 
-def test_global_search_is_seeded_and_only_adds_a_candidate():
-    local = fit_si_exp(4, -1.0, 1.0, seed=3, restarts=1, iterations=30)
-    both = fit_si_exp(4, -1.0, 1.0, seed=3, restarts=1, iterations=30, generations=4, population=4)
-    assert fit_si_exp(4, -1.0, 1.0, seed=3, restarts=1, iterations=30, generations=4, population=4) == both
+@pytest.mark.parametrize("steps", [4, 5])
+def test_global_search_is_seeded_and_only_adds_a_candidate(steps):
+    # K = 5 is warm-started from the shipped K = 4 fit, which also seeds a second search
+    previous = fitted_parameters(4, shifted=False) if steps == 5 else None
+    args = dict(seed=3, restarts=1, iterations=30, previous=previous)
+    local = fit_si_exp(steps, -1.0, 1.0, **args)
+    both = fit_si_exp(steps, -1.0, 1.0, **args, generations=4, population=4)
+    assert fit_si_exp(steps, -1.0, 1.0, **args, generations=4, population=4) == both
     assert both["rmse"] <= local["rmse"]
     x = torch.linspace(-1.0, 1.0, FIT_POINTS, dtype=torch.float64)
     params = np.array(both["T"] + both["h"])
