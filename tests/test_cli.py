@@ -219,10 +219,10 @@ def test_cuda_device(tmp_path, npz_data, capsys):
 
 def test_graphs_need_a_gpu_and_no_spike_counts(tmp_path, npz_data, capsys):
     argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--time-steps", 2, "--graphs"]
-    assert run(*argv, "--out", tmp_path / "a") == 2
+    assert run(*argv, "--no-energy", "--out", tmp_path / "a") == 2
+    assert "--graphs: CUDA graphs need --device cuda, not cpu" in capsys.readouterr().err
+    assert run(*argv, "--device", "cuda", "--out", tmp_path / "b") == 2
     assert "add --no-energy" in capsys.readouterr().err
-    assert run(*argv, "--no-energy", "--out", tmp_path / "b") == 2
-    assert "CUDA device; it is on cpu" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

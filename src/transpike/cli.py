@@ -185,8 +185,6 @@ def run_evaluation(
 ) -> dict:
     """Evaluate, print the table and (on rank 0, if ``write``) write the result files."""
     start = time.perf_counter()
-    if settings.graphs and settings.energy:
-        raise ValueError("--graphs: a CUDA graph cannot count spikes (Python hooks); add --no-energy")
     snn.fuse(settings.fuse).to(settings.device).graph(settings.graphs)
     counts = evaluate(
         snn, ann, dataset, settings.time_steps, settings.batch_size, settings.limit, settings.device, world,
@@ -223,6 +221,10 @@ def check_eval_args(args: argparse.Namespace) -> None:
     positive("--batch-size", args.batch_size)
     if args.limit is not None:
         positive("--limit", args.limit)
+    if args.graphs and not args.device.startswith("cuda"):
+        raise UsageError(f"--graphs: CUDA graphs need --device cuda, not {args.device}")
+    if args.graphs and not args.no_energy:
+        raise UsageError("--graphs: a CUDA graph cannot count spikes (Python hooks); add --no-energy")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
 
