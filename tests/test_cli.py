@@ -226,6 +226,20 @@ def test_graphs_need_a_gpu_and_no_spike_counts(tmp_path, npz_data, capsys):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_torchrun_gives_each_process_its_own_gpu(monkeypatch):
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert cli.process_device("cuda") == "cuda" and not chosen  # one process: as given
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert cli.process_device("cuda") == "cuda:1" and chosen == [1]
+    assert cli.process_device("cuda:0") == "cuda:0" and cli.process_device("cpu") == "cpu"  # as given
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(ValueError, match="LOCAL_RANK=2 has no GPU of its own"):
+        cli.process_device("cuda")
+
+
 def test_torchrun_two_processes_match_one(tmp_path, npz_data):
     common = [
         *MODEL,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -229,6 +230,21 @@ def check_eval_args(args: argparse.Namespace) -> None:
         raise UsageError("--device cuda: no CUDA device is available")
 
 
+def process_device(device: str) -> str:
+    """The device this process evaluates on. Under torchrun, ``cuda`` means the process's own GPU,
+    number LOCAL_RANK: processes sharing one GPU would make NCCL's collectives fail."""
+    if device != "cuda" or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return device
+    local_rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if local_rank >= count:
+        raise UsageError(
+            f"--device cuda: process LOCAL_RANK={local_rank} has no GPU of its own ({count} visible); "
+            "start at most one process per GPU"
+        )
+    torch.cuda.set_device(local_rank)
+    return f"cuda:{local_rank}"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     check_eval_args(args)
     parse_spec(args.data, "test")  # fail on a bad spec before any slow work
@@ -239,7 +255,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     world = init_world(args.device)
     if world.is_main:
         check_output_dir(args.out, args.force)
-    settings = EvalSettings.from_args(args)
+    settings = EvalSettings.from_args(args, device=process_device(args.device))
     if args.snn:
         snn = load(args.snn)
         ann = rebuild_ann(snn)
