@@ -266,7 +266,9 @@ def test_converted_on_device_matches_cpu(method, device, images):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("options", [{}, dict(neuron="burst", granularity="channel", levels=4)])
+@pytest.mark.parametrize(
+    "options", [{}, dict(neuron="burst", granularity="channel", levels=4), dict(method="sit")]
+)
 def test_fused_network_equals_unfused(options, device, images):
     # rounding="nearest" is covered neuron by neuron in test_neurons.py
     calibration, x = images

@@ -7,8 +7,9 @@ import pytest
 import torch
 from conftest import DEVICES
 
-from transpike import FusionError, MTNeuron, burst_fire, mt_fire, neurons, spike_planes
-from transpike.neurons import fused_step
+from transpike import FusionError, MTNeuron, burst_fire, fusion, mt_fire, spike_planes
+from transpike.fusion import fused
+from transpike.neurons import charge_fire_reset
 from transpike.synapses import level_values
 
 T1, T2 = torch.tensor(1.0), torch.tensor(0.5)  # θ1 = 1, θ2 = 0.5; n = 3: levels 1, 2, 4 and -0.5, -1, -2
@@ -159,13 +160,13 @@ def test_fused_step_without_compiler_says_so():
     # started (with more cores) and that never sees the patched compiler
     broken = torch._inductor.config.patch({"cpp.cxx": ("/bin/false",), "compile_threads": 1})
     with broken, pytest.raises(FusionError, match=r"fused neurons: .*fuse\(False\)"):
-        fused_step(*args)
+        fused(charge_fire_reset, *args)
 
 
 def test_fused_step_on_a_torch_without_ieee_division_says_so(monkeypatch):
     import torch._inductor.config  # loads the module replaced below
 
     monkeypatch.setattr(torch._inductor, "config", types.SimpleNamespace())  # no eager_numerics
-    monkeypatch.setattr(neurons, "_compiled_step", functools.cache(neurons._compiled_step.__wrapped__))
+    monkeypatch.setattr(fusion, "_compiled", functools.cache(fusion._compiled.__wrapped__))
     with pytest.raises(FusionError, match=r"torch >= 2.11 can\); run unfused"):
-        fused_step(torch.zeros(3), torch.ones(3), torch.tensor(1.0), torch.tensor(1.0), 2)
+        fused(charge_fire_reset, torch.zeros(3), torch.ones(3), torch.tensor(1.0), torch.tensor(1.0), 2)

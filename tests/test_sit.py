@@ -6,10 +6,11 @@ from importlib import resources
 import numpy as np
 import pytest
 import torch
-from conftest import ann_output, assert_converges, relative_error, tiny_vit
+from conftest import DEVICES, ann_output, assert_converges, relative_error, tiny_vit
 
 import transpike
 from transpike.sit import (
+    MODES,
     SpikingSoftmax,
     _SurrogateSpike,
     fitted_parameters,
@@ -196,3 +197,15 @@ def test_blocks_convert_a_prefix(images):
         transpike.convert(model, calibration, blocks=3)
     with pytest.raises(ValueError, match="blocks"):
         transpike.convert(torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.randn(4, 2), blocks=1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+def test_fused_spiking_softmax_equals_unfused(mode, device):
+    gen = torch.Generator().manual_seed(0)
+    plain, fused = (SpikingSoftmax(-1, 12, mode).to(device) for _ in range(2))
+    fused.fused = True
+    # random rows, and rows whose entries sit exactly on SI-exp's thresholds (v = T fires)
+    on_thresholds = plain.T.repeat(2, 1) + torch.tensor([[0.0], [-1e-6]])
+    for x in (4 * torch.randn(2, 3, 9, 7, generator=gen), on_thresholds):
+        assert torch.equal(fused(x.to(device)), plain(x.to(device)))

@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu", help="cpu or cuda")
     ev.add_argument(
         "--fuse", action="store_true",
-        help="compile each neuron's step into one kernel (torch.compile): same outputs, faster on a GPU",
+        help="each neuron step as one compiled kernel (torch.compile): same outputs, faster (GPU, SIT)",
     )  # fmt: skip
     ev.add_argument(
         "--graphs", action="store_true",

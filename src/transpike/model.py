@@ -18,6 +18,7 @@ from .errors import FusionError, GraphError
 from .graphs import StepGraphs
 from .neurons import MTNeuron
 from .rules import Role, rule_for
+from .sit import SpikingSoftmax
 from .state import Stateful
 from .synapses import SpikingLayer, parallel_network
 
@@ -208,16 +209,18 @@ class SpikingModel(nn.Module):
         return state
 
     def fuse(self, enabled: bool = True) -> SpikingModel:
-        """Run every neuron's step as one compiled kernel (:func:`transpike.neurons.fused_step`),
-        or, with ``enabled=False``, as separate operations again.
+        """Run every neuron's step as one compiled kernel (:mod:`transpike.fusion`): the MT
+        neurons' and, with ``method="sit"``, SI-exp's K internal steps; or, with
+        ``enabled=False``, as separate operations again.
 
         The same spikes bit for bit (tested on the CPU and on a GPU). The first steps for each new
         input shape pay the compilation (seconds; on the CPU a C++ compiler must be installed).
-        Worth it where memory traffic bounds a step (a GPU at large batches); see BENCHMARKS.md
-        §3b. A simulation setting: not saved with the network. Returns self.
+        Worth it where memory traffic bounds a step (a GPU at large batches), and for SI-exp on
+        the CPU too; see BENCHMARKS.md §3b and §5. A simulation setting: not saved with the
+        network. Returns self.
         """
         for module in self.network.modules():
-            if isinstance(module, MTNeuron):
+            if isinstance(module, (MTNeuron, SpikingSoftmax)):
                 module.fused = enabled
         if self._graphs:  # captured with the other kind of neuron step
             self._graphs = {}

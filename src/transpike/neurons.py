@@ -15,13 +15,12 @@ plays the part of the v(0) = θ/2 optimum of the related work (Bu et al., ICLR 2
 
 from __future__ import annotations
 
-import functools
 import threading
 
 import torch
 from torch import Tensor, nn
 
-from .errors import FusionError
+from .fusion import fused
 from .state import Stateful
 
 NEURONS = ("mt", "burst")
@@ -164,8 +163,8 @@ def charge_fire_reset(
     m = v + I (charge), x = MTH(m) (fire: :func:`mt_fire` or :func:`burst_fire`), v <- m - x
     (reset by subtraction). Returns x.
 
-    ``out`` and ``scratch`` as in :func:`mt_fire`. :func:`fused_step` compiles this same function,
-    with no buffers: the compiler keeps m and θ in registers instead.
+    ``out`` and ``scratch`` as in :func:`mt_fire`. :func:`transpike.fusion.fused` compiles this
+    same function, with no buffers: the compiler keeps m and θ in registers instead.
     """
     v.add_(current)
     if neuron == "burst":
@@ -174,45 +173,6 @@ def charge_fire_reset(
         x = mt_fire(v, theta_pos, theta_neg, levels, rounding, out=out, scratch=scratch)
     v.sub_(x)
     return x
-
-
-@functools.cache
-def _compiled_step(dynamic: bool):
-    import torch._inductor.config as inductor  # here: only fused runs need the compiler loaded
-
-    # Eager division is IEEE-rounded; Triton's default is not (up to 2 ulp), which would move
-    # spikes where m/θ lies exactly on a level boundary.
-    if not hasattr(inductor, "eager_numerics"):
-        raise FusionError(
-            f"fused neurons: torch {torch.__version__} cannot compile an IEEE-rounded division "
-            "(torch >= 2.11 can); run unfused (SpikingModel.fuse(False), no --fuse)"
-        )
-    options = {"eager_numerics.division_rounding": True}
-    step = torch.compile(charge_fire_reset, dynamic=dynamic, options=options)
-    # Each shape, layout and kind of neuron met is one more compilation of the same function;
-    # past Dynamo's default limit (8) it would silently run unfused.
-    return step, torch._dynamo.config.patch(recompile_limit=1024)
-
-
-def fused_step(*args) -> Tensor:
-    """:func:`charge_fire_reset` (no buffers) compiled by ``torch.compile`` into one kernel: Triton
-    on a GPU, C++ on the CPU (a C++ compiler is then needed at run time). The step reads I and v
-    and writes x and v once instead of making about ten elementwise passes.
-
-    On a GPU shapes are dynamic (one compilation per tensor rank and layout, whatever the batch);
-    on the CPU they are fixed (one compilation per site shape): there a dynamic-shape kernel
-    measured slower than the unfused step, a fixed-shape one 1.3-1.9x faster on contiguous
-    inputs (though slower on a transposed one, the attention's key operand).
-    """
-    step, limit = _compiled_step(args[0].device.type != "cpu")
-    try:
-        with limit:
-            return step(*args)
-    except torch._dynamo.exc.BackendCompilerFailed as error:
-        raise FusionError(
-            f"fused neurons: torch.compile could not build the neuron step on {args[0].device} "
-            f"({str(error).splitlines()[0]}); run unfused (SpikingModel.fuse(False), no --fuse)"
-        ) from error
 
 
 _workspace = threading.local()
@@ -265,7 +225,7 @@ class MTNeuron(Stateful, nn.Module):
         self.levels = int(levels)
         self.rounding = rounding
         self.neuron = neuron
-        self.fused = False  # see fused_step; a simulation setting, not saved
+        self.fused = False  # see transpike.fusion; a simulation setting, not saved
         self.reset()
 
     @torch.no_grad()  # state is updated in place: simulation, not training
@@ -276,7 +236,7 @@ class MTNeuron(Stateful, nn.Module):
         args = (self.v, current, self.theta_pos.to(current.dtype), self.theta_neg.to(current.dtype))
         args += (self.levels, self.rounding, self.neuron)
         if self.fused:
-            return fused_step(*args)
+            return fused(charge_fire_reset, *args)
         if self._out is None:
             self._out = torch.empty_like(self.v)
         return charge_fire_reset(*args, out=self._out, scratch=_scratch_like(self.v))

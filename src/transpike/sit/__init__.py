@@ -35,6 +35,8 @@ from importlib import resources
 import torch
 from torch import Tensor, nn
 
+from ..fusion import fused
+
 PAPER_RANGE = (-1.0, 1.0)
 SHIFTED_RANGE = (-12.0, 0.0)  # e^-12 = 6e-6: below it exp is zero for softmax's purpose
 FIT_POINTS = 10_000
@@ -160,6 +162,7 @@ class SpikingSoftmax(nn.Module):
         for name in ("T", "h", "d"):
             self.register_buffer(name, torch.tensor(fit[name], dtype=torch.float32))
         self.dim, self.steps, self.mode, self.norm_spikes = dim, steps, mode, norm_spikes
+        self.fused = False  # SI-exp's K internal steps as one kernel (transpike.fusion); not saved
 
     def forward(self, x: Tensor) -> Tensor:
         if self.mode == "shift":
@@ -169,7 +172,7 @@ class SpikingSoftmax(nn.Module):
         else:
             x = torch.sigmoid(x)
         T, h, d = (p.to(x.dtype) for p in (self.T, self.h, self.d))
-        exp = fs_neuron(x, T, h, d)
+        exp = fused(fs_neuron, x, T, h, d) if self.fused else fs_neuron(x, T, h, d)
         return si_norm(exp, exp.sum(self.dim, keepdim=True), self.norm_spikes)
 
     def extra_repr(self) -> str:
