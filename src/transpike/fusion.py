@@ -31,9 +31,8 @@ def _compiled(function: Callable, dynamic: bool):
     options = {"eager_numerics.division_rounding": True}
     # Each shape, layout and kind of neuron met is one more compilation of the same function;
     # past Dynamo's default limit (8) it would silently run unfused.
-    return torch.compile(function, dynamic=dynamic, options=options), torch._dynamo.config.patch(
-        recompile_limit=1024
-    )
+    limit = torch._dynamo.config.patch(recompile_limit=1024)
+    return torch.compile(function, dynamic=dynamic, options=options), limit
 
 
 def fused(function: Callable, *args) -> Tensor:
