@@ -265,10 +265,12 @@ def test_converted_on_device_matches_cpu(method, device, images):
         assert relative_error(y.cpu(), reference) <= (1e-4 if device != "cpu" else 0.0)
 
 
+# one of each kind of neuron step: MT (per tensor), burst (per channel), and the spiking softmax
+STEP_VARIANTS = [{}, dict(neuron="burst", granularity="channel", levels=4), dict(method="sit")]
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(
-    "options", [{}, dict(neuron="burst", granularity="channel", levels=4), dict(method="sit")]
-)
+@pytest.mark.parametrize("options", STEP_VARIANTS)
 def test_fused_network_equals_unfused(options, device, images):
     # rounding="nearest" is covered neuron by neuron in test_neurons.py
     calibration, x = images
@@ -279,9 +281,7 @@ def test_fused_network_equals_unfused(options, device, images):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(
-    "options", [{}, dict(neuron="burst", granularity="channel", levels=4), dict(method="sit")]
-)
+@pytest.mark.parametrize("options", STEP_VARIANTS)
 def test_graphed_steps_equal_eager_steps(options, device, images):
     calibration, x = images
     snn = transpike.convert(tiny_vit(), calibration, **options).to(device)
