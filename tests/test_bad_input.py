@@ -98,6 +98,8 @@ def snn(images):
         (torch.ones(2, 3, 16, 16, dtype=torch.int64), "dtype torch.int64"),
         (torch.full((2, 3, 16, 16), float("nan")), "NaN or Inf"),
         (torch.full((2, 3, 16, 16), float("inf")), "NaN or Inf"),
+        (torch.randn(2, 3, 16, 16).index_fill_(3, torch.tensor([7]), float("nan")), "NaN or Inf"),
+        (torch.randn(2, 3, 16, 16).index_fill_(2, torch.tensor([0]), -float("inf")), "NaN or Inf"),
         ([[1.0]], "torch.Tensor, got list"),
     ],
 )

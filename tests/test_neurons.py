@@ -9,7 +9,7 @@ from conftest import DEVICES
 
 from transpike import FusionError, MTNeuron, burst_fire, fusion, mt_fire, spike_planes
 from transpike.fusion import fused
-from transpike.neurons import charge_fire_reset
+from transpike.neurons import _pow2_floor_, charge_fire_reset
 from transpike.synapses import level_values
 
 T1, T2 = torch.tensor(1.0), torch.tensor(0.5)  # θ1 = 1, θ2 = 0.5; n = 3: levels 1, 2, 4 and -0.5, -1, -2
@@ -148,6 +148,33 @@ def test_fused_step_equals_unfused_on_level_boundaries(neuron, rounding, device)
     for _ in range(3):  # the membrane carries the remainders between steps
         assert torch.equal(fused(current), plain(current))
         assert torch.equal(fused.v, plain.v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_power_of_two_floor_compiled_equals_eager(dtype):
+    # compiled for the CPU it takes another route (integer bit smearing instead of a mantissa mask)
+    powers = 2.0 ** torch.arange(31, dtype=torch.float64)
+    y = torch.cat([torch.arange(4097.0, dtype=torch.float64), powers, powers - 1, powers + 1])
+    y = y.clamp(max=2.0**30).to(dtype)
+    expected = torch.where(y >= 1, 2.0 ** torch.floor(torch.log2(y.double())), 0.0).to(dtype)
+    assert torch.equal(_pow2_floor_(y.clone()), expected)
+    assert torch.equal(fused(_pow2_floor_, y.clone()), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fuse", [False, True])
+def test_membrane_layout_follows_a_transposed_input(device, fuse):
+    # kᵀ in attention is a transposed view: the membrane takes its layout, so that one step reads
+    # both in memory order; an input whose last dimension is contiguous gets a contiguous membrane
+    current = torch.randn(2, 3, 7, 5, device=device).transpose(-2, -1) * 4
+    plain, neuron = (MTNeuron(torch.tensor(0.5), torch.tensor(0.25), 4).to(device) for _ in range(2))
+    neuron.fused = fuse
+    for _ in range(3):
+        assert torch.equal(neuron(current), plain(current.contiguous()))
+    assert neuron.v.stride() == current.stride()
+    sliced = MTNeuron(torch.tensor(0.5), torch.tensor(0.25), 4).to(device)
+    sliced(torch.randn(2, 3, 7, 10, device=device)[..., :5])
+    assert sliced.v.is_contiguous()
 
 
 def test_fused_step_without_compiler_says_so():

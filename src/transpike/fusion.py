@@ -40,8 +40,7 @@ def fused(function: Callable, *args) -> Tensor:
 
     On a GPU shapes are dynamic (one compilation per tensor rank and layout, whatever the batch);
     on the CPU they are fixed (one compilation per shape): there a dynamic-shape MT neuron kernel
-    measured slower than the unfused step, a fixed-shape one 1.3-1.9x faster on contiguous inputs
-    (though slower on a transposed one, the attention's key operand).
+    measured slower than the unfused step, a fixed-shape one about 2x faster (BENCHMARKS.md §3).
     """
     step, limit = _compiled(function, args[0].device.type != "cpu")
     try:

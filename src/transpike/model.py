@@ -119,7 +119,9 @@ class SpikingModel(nn.Module):
             raise ValueError(f"input x must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise ValueError(f"input x must be a floating-point tensor, got dtype {x.dtype}")
-        if not torch.isfinite(x).all():
+        # from the extremes (NaN propagates to both): isfinite(x).all() makes a mask of x first,
+        # which cost 3 ms of every 224-px batch-8 step on the CPU
+        if x.numel() and not all(torch.isfinite(end) for end in torch.aminmax(x)):
             raise ValueError("input x contains NaN or Inf")
         device, dtype = device_dtype(self.network)
         return x.to(device=device, dtype=dtype)

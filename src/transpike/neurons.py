@@ -37,7 +37,19 @@ _EXPONENT_MASK = {
 
 
 def _pow2_floor_(y: Tensor) -> Tensor:
-    """In place, y <- 2**floor(log2 y) for positive y (mantissa bits cleared)."""
+    """In place, y <- 2**floor(log2 y) for integer-valued y in [0, 2**30] (0 stays 0).
+
+    Eagerly, the mantissa bits are cleared through an integer view (one pass). Compiled for the
+    CPU, Inductor would copy every vector lane through memory for that view (it does not
+    vectorize a bitcast: half the fused neuron's time), so there the same power of two is found
+    on the integer value: setting every bit below the highest one (five shift-or steps, one per
+    halving of 32 bits) and keeping the highest, y - (y >> 1).
+    """
+    if torch.compiler.is_compiling() and y.device.type == "cpu":
+        bits = y.clamp(max=min(2.0**30, torch.finfo(y.dtype).max)).to(torch.int32)  # no inf in int32
+        for shift in (1, 2, 4, 8, 16):
+            bits = bits | (bits >> shift)
+        return y.copy_(bits - (bits >> 1))
     int_dtype, mask = _EXPONENT_MASK[y.dtype]
     y.view(int_dtype).bitwise_and_(mask)
     return y
@@ -104,11 +116,14 @@ def mt_fire(
         x with the shape of m: 0 or ±θ·2^k.
     """
     theta, level = _scaled(m, theta_pos, theta_neg, out, scratch)
-    nearest = _pow2_floor_(torch.div(m, theta).mul_(4.0 / 3.0)).floor_() if rounding == "nearest" else None
-    level = _pow2_floor_(level.floor_())
-    if nearest is not None:
+    # Capped before the power of two is taken (the same result: the cap is a power of two), so
+    # that _pow2_floor_ only meets values up to 2**(n-1).
+    cap = 2.0 ** (levels - 1)
+    level = _pow2_floor_(level.floor_().clamp_(max=cap))
+    if rounding == "nearest":
+        nearest = _pow2_floor_(torch.div(m, theta).mul_(4.0 / 3.0).floor_().clamp_(max=cap))
         torch.maximum(nearest, level.clamp_(max=1.0), out=level)
-    return level.clamp_(max=2.0 ** (levels - 1)).mul_(theta)
+    return level.mul_(theta)
 
 
 def burst_fire(
@@ -232,7 +247,12 @@ class MTNeuron(Stateful, nn.Module):
     def forward(self, current: Tensor) -> Tensor:
         """One step: charge, fire, reset by subtraction. The returned tensor may be reused next step."""
         if self.v is None:
-            self.v = torch.zeros_like(current, memory_format=torch.contiguous_format)
+            # In the input's layout when its last dimension is strided (the attention's kᵀ, a
+            # transposed view), so that charging walks both in memory order; contiguous otherwise,
+            # which the products after q, v and attn need.
+            strided = current.dim() > 0 and current.stride(-1) != 1
+            layout = torch.preserve_format if strided else torch.contiguous_format
+            self.v = torch.zeros_like(current, memory_format=layout)
         args = (self.v, current, self.theta_pos.to(current.dtype), self.theta_neg.to(current.dtype))
         args += (self.levels, self.rounding, self.neuron)
         if self.fused:
