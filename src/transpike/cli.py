@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu", help="cpu or cuda")
     ev.add_argument(
         "--fuse", action="store_true",
-        help="each neuron step as one compiled kernel (torch.compile): same outputs, faster (GPU, SIT)",
+        help="each neuron step as one compiled kernel (torch.compile): same outputs, faster",
     )  # fmt: skip
     ev.add_argument(
         "--graphs", action="store_true",
