@@ -177,6 +177,22 @@ def test_membrane_layout_follows_a_transposed_input(device, fuse):
     assert sliced.v.is_contiguous()
 
 
+def test_fused_step_compiles_once_for_every_batch_size():
+    # on the CPU every size but the batch is fixed in the kernel: a smaller last batch reuses it
+    neuron = MTNeuron(torch.tensor(0.5), torch.tensor(0.25), 5)
+    neuron.fused = True
+    compiled = torch._dynamo.utils.counters["stats"]
+    for batch in (4, 3, 6):
+        current = torch.randn(batch, 6, 11) * 3
+        plain = MTNeuron(torch.tensor(0.5), torch.tensor(0.25), 5)
+        neuron.reset()
+        for _ in range(2):
+            assert torch.equal(neuron(current), plain(current))
+        if batch == 4:
+            graphs = compiled["unique_graphs"]
+    assert compiled["unique_graphs"] == graphs
+
+
 def test_fused_step_without_compiler_says_so():
     # a number of levels no other test compiles: Inductor caches kernels by their source, so a
     # kernel compiled before (same size and constants, whatever the rank) would stand in for the

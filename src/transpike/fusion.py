@@ -35,14 +35,18 @@ def _compiled(function: Callable, dynamic: bool):
     return torch.compile(function, dynamic=dynamic, options=options), limit
 
 
-def fused(function: Callable, *args) -> Tensor:
+def fused(function: Callable, *args, batched: int = 0) -> Tensor:
     """``function(*args)`` compiled by ``torch.compile`` into one kernel.
 
-    On a GPU shapes are dynamic (one compilation per tensor rank and layout, whatever the batch);
-    on the CPU they are fixed (one compilation per shape): there a dynamic-shape MT neuron kernel
-    measured slower than the unfused step, a fixed-shape one about 2x faster (BENCHMARKS.md §3).
+    On a GPU shapes are dynamic (one compilation per tensor rank and layout, whatever the batch).
+    On the CPU they are fixed, but for the batch: the first dimension of the first ``batched``
+    arguments is a variable, so that a new batch size (a smaller last batch) reuses the kernels
+    rather than compiling them again (seconds each). There a kernel with every dimension dynamic
+    measured slower than the unfused step, one with fixed sizes about 2x faster (BENCHMARKS.md §3).
     """
     step, limit = _compiled(function, args[0].device.type != "cpu")
+    for tensor in args[:batched]:
+        torch._dynamo.maybe_mark_dynamic(tensor, 0)  # a batch of one stays fixed (Dynamo's rule)
     try:
         with limit:
             return step(*args)

@@ -256,7 +256,7 @@ class MTNeuron(Stateful, nn.Module):
         args = (self.v, current, self.theta_pos.to(current.dtype), self.theta_neg.to(current.dtype))
         args += (self.levels, self.rounding, self.neuron)
         if self.fused:
-            return fused(charge_fire_reset, *args)
+            return fused(charge_fire_reset, *args, batched=2)
         if self._out is None:
             self._out = torch.empty_like(self.v)
         return charge_fire_reset(*args, out=self._out, scratch=_scratch_like(self.v))

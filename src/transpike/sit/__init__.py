@@ -172,7 +172,7 @@ class SpikingSoftmax(nn.Module):
         else:
             x = torch.sigmoid(x)
         T, h, d = (p.to(x.dtype) for p in (self.T, self.h, self.d))
-        exp = fused(fs_neuron, x, T, h, d) if self.fused else fs_neuron(x, T, h, d)
+        exp = fused(fs_neuron, x, T, h, d, batched=1) if self.fused else fs_neuron(x, T, h, d)
         return si_norm(exp, exp.sum(self.dim, keepdim=True), self.norm_spikes)
 
     def extra_repr(self) -> str:
