@@ -181,7 +181,7 @@ class SpikingModel(nn.Module):
             value.numel() * value.element_size()
             for module in self.network.modules()
             if isinstance(module, Stateful)
-            for value in vars(module).values()
+            for value in module.state().values()
             if isinstance(value, Tensor)
         )
 
