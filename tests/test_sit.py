@@ -206,6 +206,6 @@ def test_fused_spiking_softmax_equals_unfused(mode, device):
     plain, fused = (SpikingSoftmax(-1, 12, mode).to(device) for _ in range(2))
     fused.fused = True
     # random rows, and rows whose entries sit exactly on SI-exp's thresholds (v = T fires)
-    on_thresholds = plain.T.repeat(2, 1) + torch.tensor([[0.0], [-1e-6]])
+    on_thresholds = plain.T.cpu().repeat(2, 1) + torch.tensor([[0.0], [-1e-6]])
     for x in (4 * torch.randn(2, 3, 9, 7, generator=gen), on_thresholds):
         assert torch.equal(fused(x.to(device)), plain(x.to(device)))
