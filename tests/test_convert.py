@@ -79,6 +79,16 @@ def test_report_lists_every_site(images):
     assert "blocks.0.attn.qk" in str(snn.report())
 
 
+def test_attention_scores_reach_the_softmax_as_rates(images):
+    """Q·Kᵀ hands the softmax EC its rate in every converted attention (compensation.link_rates),
+    but not without EC, where the softmax must see each step's scores."""
+    calibration, _ = images
+    for compensation in (True, False):
+        snn = transpike.convert(tiny_vit(), calibration, compensation=compensation)
+        links = [(b.attn.qk.emits_rate, b.attn.softmax.takes_rate) for b in snn.network.blocks]
+        assert links == [(compensation, compensation)] * 2
+
+
 def test_step_by_step_equals_simulate(images):
     calibration, x = images
     snn = transpike.convert(tiny_vit(), calibration)

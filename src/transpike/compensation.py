@@ -44,6 +44,9 @@ class ExpectationCompensation(Stateful, nn.Module):
         compensated: False gives the ablation "no EC": F applied to each step's input.
         analog: why F was left analog, if it was (no conversion rule with strict=False); it is then
             computed on rates exactly like an EC module, so the network stays correct.
+
+    ``takes_rate`` (set by :func:`link_rates`): the input is already the rate S(t)/t, as a product
+    EC that emits rates gives it, so F reads it directly instead of re-averaging increments.
     """
 
     def __init__(self, f: nn.Module, compensated: bool = True, analog: str | None = None) -> None:
@@ -53,6 +56,7 @@ class ExpectationCompensation(Stateful, nn.Module):
         self.f = f
         self.compensated = compensated
         self.analog = analog
+        self.takes_rate = False
         self.reset()
 
     @torch.no_grad()  # state is updated in place: simulation, not training
@@ -60,14 +64,16 @@ class ExpectationCompensation(Stateful, nn.Module):
         self.t += 1
         if not self.compensated:
             return self.f(x)
-        # The input rate S(t)/t, kept as a running mean: one fused pass per step instead of a sum
-        # and a division.
-        if self.t == 1:
-            self.rate = x.clone()
+        # The input rate S(t)/t: the input itself when it is one (takes_rate), else kept as a
+        # running mean, one fused pass per step instead of a sum and a division.
+        if self.takes_rate:
+            rate = x
+        elif self.t == 1:
+            rate = self.rate = x.clone()
         else:
-            self.rate.lerp_(x, 1.0 / self.t)
-        mean_now = self.f(self.rate)
-        if mean_now.untyped_storage().data_ptr() == self.rate.untyped_storage().data_ptr():
+            rate = self.rate.lerp_(x, 1.0 / self.t)
+        mean_now = self.f(rate)
+        if rate is self.rate and mean_now.untyped_storage().data_ptr() == rate.untyped_storage().data_ptr():
             # F returned its input or a view of it (Identity, Dropout in eval, x[:, 0]): the mean
             # must not change when the rate is updated in place next step
             mean_now = mean_now.clone()
@@ -104,6 +110,10 @@ class SpikingProduct(Stateful, nn.Module):
         op: "matmul" (Q·Kᵀ, attn·V) or "mul" (elementwise gating).
         scale: constant factor folded into the product (the attention scale d^-1/2).
         compensated: False gives the ablation "no EC": a(t)·b(t)·scale per step.
+
+    ``emits_rate`` (set by :func:`link_rates`): the output is the rate Ā(t)·B̄(t) itself, for an EC
+    module that takes rates (Q·Kᵀ before the softmax): that module would otherwise rebuild the same
+    rate from the increments, two passes over the attention matrix and two states to get it back.
     """
 
     def __init__(
@@ -120,6 +130,7 @@ class SpikingProduct(Stateful, nn.Module):
         self.op = op
         self.scale = float(scale)
         self.compensated = compensated
+        self.emits_rate = False
         self.reset()
 
     @torch.no_grad()  # state is updated in place: simulation, not training
@@ -134,6 +145,8 @@ class SpikingProduct(Stateful, nn.Module):
         else:
             self.sum_a, self.sum_b = self.sum_a.add_(spikes_a), self.sum_b.add_(spikes_b)
         mean_now = product(self.sum_a, self.sum_b).mul_(self.scale / self.t**2)
+        if self.emits_rate:
+            return mean_now
         out = compensate(mean_now, self.mean, self.t, out=self.mean)
         self.mean = mean_now
         return out
@@ -148,3 +161,25 @@ class SpikingProduct(Stateful, nn.Module):
 
     def extra_repr(self) -> str:
         return f"op={self.op}, scale={self.scale:.6g}, compensated={self.compensated}"
+
+
+def link_rates(container: nn.Module) -> None:
+    """Let the product EC modules named in ``container.rate_links`` hand their rate to the EC module
+    that reads their output, instead of increments that module averages back into the same rate.
+
+    ``rate_links`` holds (product, consumer) names of children where the product's output goes
+    only to the consumer, through modules that are the identity in evaluation (dropout): in a
+    converted attention, Q·Kᵀ and its softmax. Both must be compensated (the ablation without EC
+    keeps increments) and converted (a block left analog keeps its ANN modules). Exact: the
+    consumer's running mean of the product's increments is the product's rate Ā(t)·B̄(t) (Theorem
+    4.2), up to rounding, which this removes.
+    """
+    for producer, consumer in getattr(container, "rate_links", ()):
+        product, ec = getattr(container, producer), getattr(container, consumer)
+        if (
+            isinstance(product, SpikingProduct)
+            and isinstance(ec, ExpectationCompensation)
+            and product.compensated
+            and ec.compensated
+        ):
+            product.emits_rate = ec.takes_rate = True

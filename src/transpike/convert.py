@@ -5,7 +5,7 @@ ECMT Algorithm 1. ``prepare`` copies the model and swaps, module by module (see
 layers, products get observers on both operands. ``calibrate`` runs the copy on calibration batches
 so the observers build their histograms. ``to_spiking`` turns every observed site into MT neurons
 with thresholds read from its histogram, every nonlinear module into EC(F) and every product into
-the product EC.
+the product EC; a product whose only reader is an EC module hands it its rate (``rate_links``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .audit import audit
-from .compensation import ExpectationCompensation, SpikingProduct
+from .compensation import ExpectationCompensation, SpikingProduct, link_rates
 from .errors import ConversionError
 from .model import SpikingModel, device_dtype
 from .neurons import NEURONS, ROUNDINGS, MTNeuron
@@ -294,6 +294,7 @@ def to_spiking(
         return ExpectationCompensation(module, compensated=options.compensation)
     for name, child in list(module.named_children()):
         setattr(module, name, to_spiking(child, options, source, _join(path, name)))
+    link_rates(module)
     return module
 
 

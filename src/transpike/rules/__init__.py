@@ -5,7 +5,9 @@ Every module in a model must have a rule, found by its exact type, or conversion
 instead). Roles:
 
 - ``CONTAINER``: its forward only combines its children linearly (sums, reshapes, concatenation,
-  token selection); the converter recurses into it.
+  token selection); the converter recurses into it. A container may name, in ``rate_links``,
+  (product, EC module) pairs of children where the product's output goes only to that module;
+  once converted they exchange rates (:func:`~transpike.compensation.link_rates`).
 - ``INPUT``: like a container, but it sees the model input at every step (direct coding), so its
   weight layers get no MT neuron (the ViT patch embedding).
 - ``PASSTHROUGH``: linear and stateless in eval mode (Identity, Dropout, LayerScale); kept as is.

@@ -37,6 +37,10 @@ class ExplicitAttention(nn.Module):
     Shares the original's submodules (qkv, q_norm, k_norm, norm, gate, proj).
     """
 
+    # Q·Kᵀ's output goes only to the softmax (through attn_drop, the identity in evaluation): once
+    # converted, the product EC hands the softmax EC its rate (compensation.link_rates)
+    rate_links = (("qk", "softmax"),)
+
     def __init__(self, attn: Attention) -> None:
         super().__init__()
         self.num_heads = attn.num_heads
