@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 from transpike import ExpectationCompensation, MTNeuron, SpikingProduct, compensate
-from transpike.compensation import link_rates
 
 
 class Square(nn.Module):
@@ -108,48 +107,6 @@ def test_product_ec_identity_and_incremental_rule():
         sum_a, sum_b = sum_a + a, sum_b + b
         assert torch.allclose(k_s, sum_a @ sum_b)
         assert torch.allclose(summed, 0.125 * sum_a @ sum_b / t)
-
-
-def test_linked_product_hands_its_rate_to_the_ec_module():
-    """A product EC that emits its rate Ā·B̄ and an EC module that reads it (compensation.link_rates)
-    give what the unlinked pair gives: Σ O = t·F(scale·A(t)·B(t)/t²), without re-averaging."""
-
-    def pair() -> nn.Module:
-        gen = torch.Generator().manual_seed(2)
-        neurons = [MTNeuron(*torch.rand(2, generator=gen, dtype=torch.float64) + 0.1, 4) for _ in range(2)]
-        container = nn.Module()
-        container.qk, container.softmax = (
-            SpikingProduct(*neurons, scale=0.5),
-            ExpectationCompensation(nn.Softmax(-1)),
-        )
-        container.rate_links = (("qk", "softmax"),)
-        return container
-
-    plain, linked = pair(), pair()
-    link_rates(linked)
-    assert linked.qk.emits_rate and linked.softmax.takes_rate and not plain.qk.emits_rate
-    gen = torch.Generator().manual_seed(3)
-    a_in, b_in = (
-        torch.randn(10, 3, 4, 5, generator=gen, dtype=torch.float64),
-        torch.randn(10, 3, 5, 4, generator=gen, dtype=torch.float64),
-    )
-    summed = torch.zeros(3, 4, 4, dtype=torch.float64)
-    for t in range(1, 11):
-        out = linked.softmax(linked.qk(a_in[t - 1], b_in[t - 1]))
-        assert torch.allclose(out, plain.softmax(plain.qk(a_in[t - 1], b_in[t - 1])))
-        summed += out
-        rate = 0.5 * linked.qk.sum_a @ linked.qk.sum_b / t**2
-        assert torch.allclose(summed, t * rate.softmax(-1))
-    assert linked.qk.mean is None and linked.softmax.rate is None  # the states the link removes
-
-
-def test_rates_are_not_linked_without_compensation():
-    container = nn.Module()
-    container.qk = SpikingProduct(identity_neuron(), identity_neuron(), compensated=False)
-    container.softmax = ExpectationCompensation(nn.Softmax(-1), compensated=False)
-    container.rate_links = (("qk", "softmax"),)
-    link_rates(container)
-    assert not container.qk.emits_rate and not container.softmax.takes_rate
 
 
 def test_product_without_compensation():

@@ -134,9 +134,22 @@ def test_invalid_neuron_arguments():
         MTNeuron(torch.tensor(1.0), torch.tensor(1.0), neuron="lif")
 
 
+def test_rate_driven_neuron_by_hand():
+    # increments 0.7, 0.2, 1.4 have rates 0.7, 0.45, 2.3/3: m(t) = t·r(t) - X(t-1) is v(t-1) + I(t),
+    # 0.7, -0.1, 1.3, so both fire 1, 0, 1 (θ1 = 1, θ2 = 0.5); the rate-driven one keeps no membrane
+    plain, driven = MTNeuron(T1, T2, 3), MTNeuron(T1, T2, 3)
+    driven.takes_rate = True
+    increments, rates = [0.7, 0.2, 1.4], [0.7, 0.45, 2.3 / 3]
+    assert [plain(torch.tensor(i)).item() for i in increments] == [1.0, 0.0, 1.0]
+    assert [driven(torch.tensor(r)).item() for r in rates] == [1.0, 0.0, 1.0]
+    assert driven.v is None and driven.total.item() == 2.0
+    assert plain.total is None and plain.v.item() == pytest.approx(0.3)
+
+
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("takes_rate", [False, True])
 @pytest.mark.parametrize(("neuron", "rounding"), [("mt", "greedy"), ("mt", "nearest"), ("burst", "greedy")])
-def test_fused_step_equals_unfused_on_level_boundaries(neuron, rounding, device):
+def test_fused_step_equals_unfused_on_level_boundaries(neuron, rounding, takes_rate, device):
     # m/θ exactly on the boundaries 2^k - 1/2 (and a hair either side), with θ = 0.9375: 4.6875/0.9375
     # is where an approximate division (Triton's default) returns 5 + 1 ulp
     theta = torch.tensor(0.9375)
@@ -145,9 +158,11 @@ def test_fused_step_equals_unfused_on_level_boundaries(neuron, rounding, device)
     current = (torch.cat([ratios, -ratios]) * theta).view(2, 1, -1).expand(2, 3, -1).to(device)
     plain, fused = (MTNeuron(theta, theta / 2, 4, rounding, neuron).to(device) for _ in range(2))
     fused.fused = True
-    for _ in range(3):  # the membrane carries the remainders between steps
+    for cell in (plain, fused):  # driven by rates: m = t·r - X, a product that must not be fused
+        cell.takes_rate = cell.keeps_total = takes_rate
+    for _ in range(3):  # the membrane (or the spike sum) carries the remainders between steps
         assert torch.equal(fused(current), plain(current))
-        assert torch.equal(fused.v, plain.v)
+        assert torch.equal(fused.total, plain.total) if takes_rate else torch.equal(fused.v, plain.v)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -198,7 +213,7 @@ def test_fused_step_without_compiler_says_so():
     # kernel compiled before (same size and constants, whatever the rank) would stand in for the
     # missing compiler
     shape = (1, 1, 1, 1, 1, 3)
-    args = (torch.zeros(shape), torch.ones(shape), torch.tensor(1.0), torch.tensor(1.0), 13)
+    args = (torch.ones(shape), torch.zeros(shape), None, None, torch.tensor(1.0), torch.tensor(1.0), 13)
     # compile_threads=1: in this process, not in a worker pool that an earlier compilation
     # started (with more cores) and that never sees the patched compiler
     broken = torch._inductor.config.patch({"cpp.cxx": ("/bin/false",), "compile_threads": 1})
@@ -212,4 +227,13 @@ def test_fused_step_on_a_torch_without_ieee_division_says_so(monkeypatch):
     monkeypatch.setattr(torch._inductor, "config", types.SimpleNamespace())  # no eager_numerics
     monkeypatch.setattr(fusion, "_compiled", functools.cache(fusion._compiled.__wrapped__))
     with pytest.raises(FusionError, match=r"torch >= 2.11 can\); run unfused"):
-        fused(charge_fire_reset, torch.zeros(3), torch.ones(3), torch.tensor(1.0), torch.tensor(1.0), 2)
+        fused(
+            charge_fire_reset,
+            torch.ones(3),
+            torch.zeros(3),
+            None,
+            None,
+            torch.tensor(1.0),
+            torch.tensor(1.0),
+            2,
+        )

@@ -45,8 +45,10 @@ class ExpectationCompensation(Stateful, nn.Module):
         analog: why F was left analog, if it was (no conversion rule with strict=False); it is then
             computed on rates exactly like an EC module, so the network stays correct.
 
-    ``takes_rate`` (set by :func:`link_rates`): the input is already the rate S(t)/t, as a product
-    EC that emits rates gives it, so F reads it directly instead of re-averaging increments.
+    Rate hand-over (set by :func:`transpike.rates.link_rates`): with ``takes_rate`` the input is
+    already the rate S(t)/t, as a producer that emits rates gives it, so F reads it directly
+    instead of re-averaging increments; with ``emits_rate`` the output is F(S(t)/t) itself,
+    uncompensated, for a reader that takes rates (the state F(t-1) and the compensation pass go).
     """
 
     def __init__(self, f: nn.Module, compensated: bool = True, analog: str | None = None) -> None:
@@ -57,6 +59,7 @@ class ExpectationCompensation(Stateful, nn.Module):
         self.compensated = compensated
         self.analog = analog
         self.takes_rate = False
+        self.emits_rate = False
         self.reset()
 
     @torch.no_grad()  # state is updated in place: simulation, not training
@@ -73,6 +76,8 @@ class ExpectationCompensation(Stateful, nn.Module):
         else:
             rate = self.rate.lerp_(x, 1.0 / self.t)
         mean_now = self.f(rate)
+        if self.emits_rate:  # read before the rate is next updated (a reader takes it as it is)
+            return mean_now
         if rate is self.rate and mean_now.untyped_storage().data_ptr() == rate.untyped_storage().data_ptr():
             # F returned its input or a view of it (Identity, Dropout in eval, x[:, 0]): the mean
             # must not change when the rate is updated in place next step
@@ -98,12 +103,13 @@ PRODUCT_OPS = {"matmul": torch.matmul, "mul": torch.mul}
 class SpikingProduct(Stateful, nn.Module):
     """MT neurons on both operands of a product, followed by the product EC (ECMT Theorem 4.2).
 
-    With a(t), b(t) the operands' spikes and A(t), B(t) their running sums, the output is
-    O(t) = A(t)B(t)/t - A(t-1)B(t-1)/(t-1), i.e. :func:`compensate` applied to the product of the
-    running means Ā(t)·B̄(t). The paper evaluates A(t)B(t) event by event as
-    K_S(t) = K_S(t-1) + a(t)b(t) + a(t)B(t-1) + A(t-1)b(t) (eq. 17-18), three sparse products;
-    here the same value comes from one dense product of the running sums per step, which is the
-    fast path in simulation (the event-driven operation count is what energy accounting reports).
+    With a(t), b(t) the operands' spikes and A(t), B(t) their running sums (kept by the operand
+    neurons, ``total``), the output is O(t) = A(t)B(t)/t - A(t-1)B(t-1)/(t-1), i.e.
+    :func:`compensate` applied to the product of the running means Ā(t)·B̄(t). The paper evaluates
+    A(t)B(t) event by event as K_S(t) = K_S(t-1) + a(t)b(t) + a(t)B(t-1) + A(t-1)b(t) (eq. 17-18),
+    three sparse products; here the same value comes from one dense product of the running sums
+    per step, which is the fast path in simulation (the event-driven operation count is what
+    energy accounting reports).
 
     Args:
         neuron_a, neuron_b: MT neurons on the left and right operand.
@@ -111,9 +117,9 @@ class SpikingProduct(Stateful, nn.Module):
         scale: constant factor folded into the product (the attention scale d^-1/2).
         compensated: False gives the ablation "no EC": a(t)·b(t)·scale per step.
 
-    ``emits_rate`` (set by :func:`link_rates`): the output is the rate Ā(t)·B̄(t) itself, for an EC
-    module that takes rates (Q·Kᵀ before the softmax): that module would otherwise rebuild the same
-    rate from the increments, two passes over the attention matrix and two states to get it back.
+    ``emits_rate`` (set by :func:`transpike.rates.link_rates`): the output is the rate Ā(t)·B̄(t)
+    itself, for a reader that takes rates (the softmax EC after Q·Kᵀ, the neuron before the
+    projection after attn·V).
     """
 
     def __init__(
@@ -127,6 +133,7 @@ class SpikingProduct(Stateful, nn.Module):
         super().__init__()
         self.neuron_a = neuron_a
         self.neuron_b = neuron_b
+        neuron_a.keeps_total = neuron_b.keeps_total = compensated
         self.op = op
         self.scale = float(scale)
         self.compensated = compensated
@@ -140,46 +147,18 @@ class SpikingProduct(Stateful, nn.Module):
         self.t += 1
         if not self.compensated:
             return product(spikes_a, spikes_b).mul_(self.scale)
-        if self.t == 1:  # own copies: the spikes may still be read by hooks on the neurons
-            self.sum_a, self.sum_b = spikes_a.clone(), spikes_b.clone()
-        else:
-            self.sum_a, self.sum_b = self.sum_a.add_(spikes_a), self.sum_b.add_(spikes_b)
-        mean_now = product(self.sum_a, self.sum_b).mul_(self.scale / self.t**2)
+        mean_now = product(self.neuron_a.total, self.neuron_b.total).mul_(self.scale / self.t**2)
         if self.emits_rate:
             return mean_now
         out = compensate(mean_now, self.mean, self.t, out=self.mean)
         self.mean = mean_now
         return out
 
-    state_names = ("t", "sum_a", "sum_b", "mean")
+    state_names = ("t", "mean")
 
     def reset(self) -> None:
         self.t = 0
-        self.sum_a: Tensor | None = None
-        self.sum_b: Tensor | None = None
         self.mean: Tensor | None = None
 
     def extra_repr(self) -> str:
         return f"op={self.op}, scale={self.scale:.6g}, compensated={self.compensated}"
-
-
-def link_rates(container: nn.Module) -> None:
-    """Let the product EC modules named in ``container.rate_links`` hand their rate to the EC module
-    that reads their output, instead of increments that module averages back into the same rate.
-
-    ``rate_links`` holds (product, consumer) names of children where the product's output goes
-    only to the consumer, through modules that are the identity in evaluation (dropout): in a
-    converted attention, Q·Kᵀ and its softmax. Both must be compensated (the ablation without EC
-    keeps increments) and converted (a block left analog keeps its ANN modules). Exact: the
-    consumer's running mean of the product's increments is the product's rate Ā(t)·B̄(t) (Theorem
-    4.2), up to rounding, which this removes.
-    """
-    for producer, consumer in getattr(container, "rate_links", ()):
-        product, ec = getattr(container, producer), getattr(container, consumer)
-        if (
-            isinstance(product, SpikingProduct)
-            and isinstance(ec, ExpectationCompensation)
-            and product.compensated
-            and ec.compensated
-        ):
-            product.emits_rate = ec.takes_rate = True

@@ -5,7 +5,8 @@ ECMT Algorithm 1. ``prepare`` copies the model and swaps, module by module (see
 layers, products get observers on both operands. ``calibrate`` runs the copy on calibration batches
 so the observers build their histograms. ``to_spiking`` turns every observed site into MT neurons
 with thresholds read from its histogram, every nonlinear module into EC(F) and every product into
-the product EC; a product whose only reader is an EC module hands it its rate (``rate_links``).
+the product EC; along chains of modules that can, rates are passed instead of increments
+(:mod:`transpike.rates`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from .audit import audit
-from .compensation import ExpectationCompensation, SpikingProduct, link_rates
+from .compensation import ExpectationCompensation, SpikingProduct
 from .errors import ConversionError
 from .model import SpikingModel, device_dtype
 from .neurons import NEURONS, ROUNDINGS, MTNeuron
 from .observers import HistogramObserver
+from .rates import link_rates
 from .rules import Role, rule_for
 from .sit import MODES as SIT_MODES
 from .sit import SpikingSoftmax
@@ -256,18 +258,26 @@ def calibrated_thresholds(options: ConversionOptions) -> ThresholdSource:
 
 
 def to_spiking(
-    module: nn.Module, options: ConversionOptions, thresholds: ThresholdSource | None = None, path: str = ""
+    network: nn.Module, options: ConversionOptions, thresholds: ThresholdSource | None = None
 ) -> nn.Module:
-    """Replace every site, nonlinear module and product of a prepared network by its SNN form.
+    """Replace every site, nonlinear module and product of a prepared network by its SNN form, and
+    let the converted modules pass each other rates where the containers' rules allow it
+    (:func:`transpike.rates.link_rates`).
 
     Args:
-        module: a prepared (and, unless ``thresholds`` says otherwise, calibrated) network.
+        network: a prepared (and, unless ``thresholds`` says otherwise, calibrated) network.
         options: the conversion options.
         thresholds: gives (θ1, θ2) for an observer and the path its neuron will have; by default
             read from the calibration histograms (:func:`calibrated_thresholds`).
-        path: the module's path in the network (for recursion).
     """
-    source = thresholds or calibrated_thresholds(options)
+    network = _to_spiking(network, options, thresholds or calibrated_thresholds(options), "")
+    link_rates(network)
+    return network
+
+
+def _to_spiking(
+    module: nn.Module, options: ConversionOptions, source: ThresholdSource, path: str
+) -> nn.Module:
 
     def neuron(observer: HistogramObserver, name: str) -> MTNeuron:
         theta_pos, theta_neg = source(observer, _join(path, name))
@@ -293,8 +303,7 @@ def to_spiking(
             )
         return ExpectationCompensation(module, compensated=options.compensation)
     for name, child in list(module.named_children()):
-        setattr(module, name, to_spiking(child, options, source, _join(path, name)))
-    link_rates(module)
+        setattr(module, name, _to_spiking(child, options, source, _join(path, name)))
     return module
 
 

@@ -28,7 +28,10 @@ def _compiled(function: Callable, dynamic: bool):
             f"fused neurons: torch {torch.__version__} cannot compile an IEEE-rounded division "
             "(torch >= 2.11 can); run unfused (SpikingModel.fuse(False), no --fuse)"
         )
-    options = {"eager_numerics.division_rounding": True}
+    # Triton also contracts a product and a sum into one fused multiply-add (one rounding), which
+    # eager kernels do not: t·r - X of a neuron driven by rates would differ. Not on the CPU,
+    # where Inductor compiles with -ffp-contract=off.
+    options = {"eager_numerics.division_rounding": True, "emulate_precision_casts": True}
     # Each shape, layout and kind of neuron met is one more compilation of the same function;
     # past Dynamo's default limit (8) it would silently run unfused.
     limit = torch._dynamo.config.patch(recompile_limit=1024)
@@ -40,13 +43,15 @@ def fused(function: Callable, *args, batched: int = 0) -> Tensor:
 
     On a GPU shapes are dynamic (one compilation per tensor rank and layout, whatever the batch).
     On the CPU they are fixed, but for the batch: the first dimension of the first ``batched``
-    arguments is a variable, so that a new batch size (a smaller last batch) reuses the kernels
-    rather than compiling them again (seconds each). There a kernel with every dimension dynamic
-    measured slower than the unfused step, one with fixed sizes about 2x faster (BENCHMARKS.md §3).
+    arguments (those that are tensors) is a variable, so that a new batch size (a smaller last
+    batch) reuses the kernels rather than compiling them again (seconds each). There a kernel with
+    every dimension dynamic measured slower than the unfused step, one with fixed sizes about 2x
+    faster (BENCHMARKS.md §3).
     """
     step, limit = _compiled(function, args[0].device.type != "cpu")
     for tensor in args[:batched]:
-        torch._dynamo.maybe_mark_dynamic(tensor, 0)  # a batch of one stays fixed (Dynamo's rule)
+        if tensor is not None:
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)  # a batch of one stays fixed (Dynamo's rule)
     try:
         with limit:
             return step(*args)

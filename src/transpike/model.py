@@ -17,6 +17,7 @@ from .compensation import ExpectationCompensation, SpikingProduct
 from .errors import FusionError, GraphError
 from .graphs import StepGraphs
 from .neurons import MTNeuron
+from .rates import link_rates
 from .rules import Role, rule_for
 from .sit import SpikingSoftmax
 from .state import Stateful
@@ -255,8 +256,11 @@ class SpikingModel(nn.Module):
         """This network with the 2n synapse copies of every weight layer materialized (ECMT §4.4).
 
         Gives the same outputs as the fast path (up to float rounding); for export and inspection.
+        Its modules pass increments, not rates (:mod:`transpike.rates`).
         """
-        return SpikingModel(parallel_network(self.network), self.options, self.model_spec)
+        network = parallel_network(self.network)
+        link_rates(network, enabled=False)
+        return SpikingModel(network, self.options, self.model_spec)
 
     def report(self) -> ConversionReport:
         """What every module became: MT sites, EC modules, products, analog leftovers."""

@@ -163,8 +163,10 @@ def spike_planes(x: Tensor, theta_pos: Tensor, theta_neg: Tensor, levels: int) -
 
 
 def charge_fire_reset(
-    v: Tensor,
     current: Tensor,
+    v: Tensor | None,
+    total: Tensor | None,
+    t: Tensor | float | None,
     theta_pos: Tensor,
     theta_neg: Tensor,
     levels: int,
@@ -173,38 +175,55 @@ def charge_fire_reset(
     *,
     out: Tensor | None = None,
     scratch: Tensor | None = None,
+    membrane: Tensor | None = None,
 ) -> Tensor:
-    """One step of a layer of neurons, in place on its membrane v (ECMT eq. 19-21):
-    m = v + I (charge), x = MTH(m) (fire: :func:`mt_fire` or :func:`burst_fire`), v <- m - x
-    (reset by subtraction). Returns x.
+    """One step of a layer of neurons, in place on its state (ECMT eq. 19-21). Returns x.
 
-    ``out`` and ``scratch`` as in :func:`mt_fire`. :func:`transpike.fusion.fused` compiles this
-    same function, with no buffers: the compiler keeps m and θ in registers instead.
+    Driven by increments (``t`` is None): m = v + I (charge), x = MTH(m) (fire: :func:`mt_fire`
+    or :func:`burst_fire`), v <- m - x (reset by subtraction).
+
+    Driven by rates (``t`` given, no ``v``): the input is the rate r(t) = S(t)/t of the current,
+    S(t) = Σ_{τ≤t} I(τ), and m = t·r(t) - X(t-1), with X = ``total`` the sum of the neuron's own
+    spikes: the same m, since v(t-1) = S(t-1) - X(t-1). No membrane is kept; ``membrane`` is
+    where m is written, if given.
+
+    With ``total`` given, X <- X + x (the running sum A(t) of a product operand, or what a layer
+    that hands on rates reads). ``out`` and ``scratch`` as in :func:`mt_fire`.
+    :func:`transpike.fusion.fused` compiles this same function, with no buffers: the compiler keeps
+    m and θ in registers instead.
     """
-    v.add_(current)
-    if neuron == "burst":
-        x = burst_fire(v, theta_pos, theta_neg, levels, out=out, scratch=scratch)
+    if t is None:
+        m = v.add_(current)
     else:
-        x = mt_fire(v, theta_pos, theta_neg, levels, rounding, out=out, scratch=scratch)
-    v.sub_(x)
+        # t·r is rounded before X is subtracted, compiled or not (no fused multiply-add: fusion.py)
+        m = torch.mul(current, t, out=membrane).sub_(total) if membrane is not None else current * t - total
+    if neuron == "burst":
+        x = burst_fire(m, theta_pos, theta_neg, levels, out=out, scratch=scratch)
+    else:
+        x = mt_fire(m, theta_pos, theta_neg, levels, rounding, out=out, scratch=scratch)
+    if v is not None:
+        v.sub_(x)
+    if total is not None:
+        total.add_(x)
     return x
 
 
 _workspace = threading.local()
 
 
-def _scratch_like(x: Tensor) -> Tensor:
+def _scratch_like(x: Tensor, slot: int = 0) -> Tensor:
     """Scratch memory shaped like x, shared by all neurons of this thread: it only lives during one
-    firing, so one buffer per thread serves the whole network instead of one per neuron."""
+    firing, so one buffer per thread serves the whole network instead of one per neuron. Slot 0
+    holds the signed threshold, slot 1 the membrane of a neuron driven by rates."""
     buffer = getattr(_workspace, "buffer", None)
     if (
         buffer is None
-        or buffer.numel() < x.numel()
+        or buffer.shape[1] < x.numel()
         or (buffer.dtype, buffer.device) != (x.dtype, x.device)
         or buffer.is_inference() != torch.is_inference_mode_enabled()
     ):
-        buffer = _workspace.buffer = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
-    return buffer[: x.numel()].view(x.shape)
+        buffer = _workspace.buffer = torch.empty(2, x.numel(), dtype=x.dtype, device=x.device)
+    return buffer[slot, : x.numel()].view(x.shape)
 
 
 def scratch_buffer() -> Tensor | None:
@@ -214,10 +233,17 @@ def scratch_buffer() -> Tensor | None:
 
 
 class MTNeuron(Stateful, nn.Module):
-    """A layer of MT (or burst) neurons with thresholds θ1, θ2 and membrane state v.
+    """A layer of MT (or burst) neurons with thresholds θ1, θ2 and its state.
 
     Input: the current I(t) of one step; output: x(t) (see :func:`mt_fire`). State starts at
     v(0) = 0 and is cleared by :meth:`reset`.
+
+    ``takes_rate`` (set by :func:`transpike.rates.link_rates`): the input is the rate of the
+    current instead, as an EC module, a product EC or a layer that hands on rates gives it before
+    compensation; the neuron then keeps the sum X of its own spikes instead of a membrane (see
+    :func:`charge_fire_reset`): the same spikes, up to rounding, without the producer's
+    compensation pass and state. ``keeps_total``: X is kept in ``total`` also when driven by
+    increments (a product's operand, whose running sum it is).
     """
 
     def __init__(
@@ -240,33 +266,60 @@ class MTNeuron(Stateful, nn.Module):
         self.levels = int(levels)
         self.rounding = rounding
         self.neuron = neuron
+        self.takes_rate = False
+        self.keeps_total = False
         self.fused = False  # see transpike.fusion; a simulation setting, not saved
         self.reset()
 
     @torch.no_grad()  # state is updated in place: simulation, not training
     def forward(self, current: Tensor) -> Tensor:
         """One step: charge, fire, reset by subtraction. The returned tensor may be reused next step."""
-        if self.v is None:
+        self.t += 1
+        if self.t == 1:
             # In the input's layout when its last dimension is strided (the attention's kᵀ, a
             # transposed view), so that charging walks both in memory order; contiguous otherwise,
             # which the products after q, v and attn need.
             strided = current.dim() > 0 and current.stride(-1) != 1
             layout = torch.preserve_format if strided else torch.contiguous_format
-            self.v = torch.zeros_like(current, memory_format=layout)
-        args = (self.v, current, self.theta_pos.to(current.dtype), self.theta_neg.to(current.dtype))
-        args += (self.levels, self.rounding, self.neuron)
+            if not self.takes_rate:
+                self.v = torch.zeros_like(current, memory_format=layout)
+            if self.takes_rate or self.keeps_total:
+                self.total = torch.zeros_like(current, memory_format=layout)
+        state = self.total if self.takes_rate else self.v
+        theta = self.theta_pos.to(current.dtype), self.theta_neg.to(current.dtype)
+        t = self.t if self.takes_rate else None
         if self.fused:
-            return fused(charge_fire_reset, *args, batched=2)
+            if t is not None:  # a tensor: a number would be compiled in, once per step
+                t = torch.full((), t, dtype=current.dtype, device=current.device)
+            args = (current, self.v, self.total, t, *theta, self.levels, self.rounding, self.neuron)
+            return fused(charge_fire_reset, *args, batched=3)
         if self._out is None:
-            self._out = torch.empty_like(self.v)
-        return charge_fire_reset(*args, out=self._out, scratch=_scratch_like(self.v))
+            self._out = torch.empty_like(state)
+        return charge_fire_reset(
+            current,
+            self.v,
+            self.total,
+            t,
+            *theta,
+            self.levels,
+            self.rounding,
+            self.neuron,
+            out=self._out,
+            scratch=_scratch_like(state),
+            membrane=_scratch_like(state, 1) if t is not None else None,
+        )
 
-    state_names = ("v", "_out")
+    state_names = ("t", "v", "total", "_out")
 
     def reset(self) -> None:
+        self.t = 0
         self.v: Tensor | None = None
+        self.total: Tensor | None = None
         self._out: Tensor | None = None
 
     def extra_repr(self) -> str:
         shape = tuple(self.theta_pos.shape) or "tensor"
-        return f"levels={self.levels}, neuron={self.neuron}, rounding={self.rounding}, thresholds={shape}"
+        rate = ", takes_rate=True" if self.takes_rate else ""
+        return (
+            f"levels={self.levels}, neuron={self.neuron}, rounding={self.rounding}, thresholds={shape}{rate}"
+        )

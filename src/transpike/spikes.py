@@ -199,7 +199,7 @@ class SpikeMonitor:
 
     def _count_step(self, module: nn.Module, inputs: tuple) -> None:
         # A reset network (fresh state) starts at t = 1: the state itself says where we are.
-        self._step = 1 if self._probe is None or self._probe.v is None else self._step + 1
+        self._step = 1 if self._probe is None or self._probe.t == 0 else self._step + 1
 
     def _watch(self, path: str, neuron: MTNeuron) -> str:
         self.sites[path] = record = SiteRecord(path, neuron.levels)
@@ -234,7 +234,7 @@ class SpikeMonitor:
             ops = product_operations(a, b, *previous["sums"], module.op)
             _grow(self.operations[path].operations, self._step, ops)
             if module.compensated:
-                previous["sums"] = operand_nonzeros(module.sum_a, module.sum_b, module.op)
+                previous["sums"] = operand_nonzeros(module.neuron_a.total, module.neuron_b.total, module.op)
 
         return hook
 

@@ -20,15 +20,25 @@ from .rules import rule_for
 
 
 class SpikingLayer(nn.Module):
-    """MT neurons before a weight layer: ``layer(neuron(I))``."""
+    """MT neurons before a weight layer: ``layer(neuron(I))``.
+
+    ``emits_rate`` (set by :func:`transpike.rates.link_rates`): the output is the rate of the
+    layer's output current instead, ``layer(X(t)/t) = W·X(t)/t + b`` with X the sum of the
+    neuron's spikes, for readers that take rates (the operand neurons after qkv, the GELU EC
+    after fc1): the running mean of ``layer(x(τ))`` over τ ≤ t, which they would otherwise keep.
+    """
 
     def __init__(self, neuron: MTNeuron, layer: nn.Module) -> None:
         super().__init__()
         self.neuron = neuron
         self.layer = layer
+        self.emits_rate = False
 
     def forward(self, current: Tensor) -> Tensor:
-        return self.layer(self.neuron(current))
+        spikes = self.neuron(current)
+        if self.emits_rate:
+            return self.layer(self.neuron.total / self.neuron.t)
+        return self.layer(spikes)
 
 
 def level_values(theta_pos: Tensor, theta_neg: Tensor, levels: int) -> Tensor:
@@ -86,7 +96,10 @@ class ParallelLayer(nn.Module):
 
 
 def parallel_network(network: nn.Module) -> nn.Module:
-    """A copy of a converted network with every :class:`SpikingLayer` as a :class:`ParallelLayer`."""
+    """A copy of a converted network with every :class:`SpikingLayer` as a :class:`ParallelLayer`.
+
+    A parallel layer takes and gives increments: the rate links of the copy must be undone
+    (``transpike.rates.link_rates(copy, enabled=False)``, as :meth:`SpikingModel.parallel` does)."""
     network = copy.deepcopy(network)
     for module in list(network.modules()):
         for name, child in list(module.named_children()):

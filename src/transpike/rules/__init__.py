@@ -5,9 +5,9 @@ Every module in a model must have a rule, found by its exact type, or conversion
 instead). Roles:
 
 - ``CONTAINER``: its forward only combines its children linearly (sums, reshapes, concatenation,
-  token selection); the converter recurses into it. A container may name, in ``rate_links``,
-  (product, EC module) pairs of children where the product's output goes only to that module;
-  once converted they exchange rates (:func:`~transpike.compensation.link_rates`).
+  token selection); the converter recurses into it. Its rule may name ``links``: which child's
+  output goes only to which children, so that once converted they pass rates instead of
+  increments (:mod:`transpike.rates`).
 - ``INPUT``: like a container, but it sees the model input at every step (direct coding), so its
   weight layers get no MT neuron (the ViT patch embedding).
 - ``PASSTHROUGH``: linear and stateless in eval mode (Identity, Dropout, LayerScale); kept as is.
@@ -25,7 +25,7 @@ returns why a particular configuration cannot be converted. Register your own ty
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from torch import nn
@@ -40,12 +40,18 @@ class Role(str, enum.Enum):
     PRODUCT = "product"
 
 
+#: (producer, readers): paths inside a container, such that the producer's output reaches exactly
+#: those readers, through operations that are linear and the same at every step
+Link = tuple[str, tuple[str, ...]]
+
+
 @dataclass(frozen=True)
 class Rule:
     role: Role
     channel_dims: tuple[int, ...] = ()
     twin: Callable[[nn.Module], nn.Module] | None = None
     check: Callable[[nn.Module], str | None] | None = None
+    links: Callable[[nn.Module], Iterable[Link]] | None = None
 
 
 _RULES: dict[type, Rule] = {}
@@ -58,6 +64,7 @@ def register(
     channel_dims: tuple[int, ...] = (),
     twin: Callable[[nn.Module], nn.Module] | None = None,
     check: Callable[[nn.Module], str | None] | None = None,
+    links: Callable[[nn.Module], Iterable[Link]] | None = None,
 ) -> None:
     """Tell the converter how to treat modules of type ``cls`` (exact type).
 
@@ -68,8 +75,10 @@ def register(
             (``(-1,)`` for Linear, ``(-3,)`` for Conv2d), used by per-channel thresholds.
         twin: for modules that hide their internals, a function returning an explicit equivalent.
         check: returns a reason why a given instance cannot be converted, or None.
+        links: for ``CONTAINER``, the (producer, readers) links of a given instance, by the paths
+            of its children, which conversion keeps (see :mod:`transpike.rates`).
     """
-    _RULES[cls] = Rule(Role(role), tuple(channel_dims), twin, check)
+    _RULES[cls] = Rule(Role(role), tuple(channel_dims), twin, check, links)
 
 
 def rule_for(module: nn.Module) -> Rule | None:

@@ -26,7 +26,7 @@ from timm.models.vision_transformer import Block, ResPostBlock, VisionTransforme
 from torch import Tensor, nn
 
 from ..sites import Product
-from . import Role, register
+from . import Link, Role, register
 
 LINEAR_POOLS = ("token", "avg", "")
 
@@ -36,10 +36,6 @@ class ExplicitAttention(nn.Module):
 
     Shares the original's submodules (qkv, q_norm, k_norm, norm, gate, proj).
     """
-
-    # Q·Kᵀ's output goes only to the softmax (through attn_drop, the identity in evaluation): once
-    # converted, the product EC hands the softmax EC its rate (compensation.link_rates)
-    rate_links = (("qk", "softmax"),)
 
     def __init__(self, attn: Attention) -> None:
         super().__init__()
@@ -62,6 +58,8 @@ class ExplicitAttention(nn.Module):
             self.gating = Product("mul", 1.0, channels_a=(-1,), channels_b=(-1,))
         self.proj = attn.proj
         self.proj_drop = attn.proj_drop
+        # the children that read the attention's input x
+        self.input_layers = ("qkv",) if self.gate is None else ("qkv", "gate")
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         if attn_mask is not None or is_causal:
@@ -78,6 +76,47 @@ class ExplicitAttention(nn.Module):
         return self.proj_drop(self.proj(out))
 
 
+def _present(module: nn.Module) -> bool:
+    return not isinstance(module, nn.Identity)
+
+
+def _attention_links(attn: ExplicitAttention) -> list[Link]:
+    """Where each output goes in :meth:`ExplicitAttention.forward` (attn_drop, proj_drop and the
+    reshapes are linear): q, k and v from qkv, through q_norm and k_norm when present; the scores
+    to the softmax; the softmax to attn·V; attn·V through norm (and the gate) to the projection."""
+    q = "q_norm" if _present(attn.q_norm) else "qk.neuron_a"
+    k = "k_norm" if _present(attn.k_norm) else "qk.neuron_b"
+    to_proj = "proj" if attn.gate is None else "gating.neuron_a"
+    links = [
+        ("qkv", (q, k, "av.neuron_b")),
+        ("qk", ("softmax",)),
+        ("softmax", ("av.neuron_a",)),
+        ("av", ("norm",) if _present(attn.norm) else (to_proj,)),
+    ]
+    links += [(name, (reader,)) for name, reader in (("q_norm", "qk.neuron_a"), ("k_norm", "qk.neuron_b"))]
+    links += [("norm", (to_proj,))]
+    if attn.gate is not None:
+        links += [("gate", ("gate_act",)), ("gate_act", ("gating.neuron_b",)), ("gating", ("proj",))]
+    return [(producer, readers) for producer, readers in links if _present(attn.get_submodule(producer))]
+
+
+def _block_links(block: Block) -> list[Link]:
+    """Block.forward: norm1 feeds only the attention's input layers, norm2 only fc1."""
+    links = []
+    if isinstance(block.attn, ExplicitAttention):
+        links.append(("norm1", tuple(f"attn.{name}" for name in block.attn.input_layers)))
+    if isinstance(block.mlp, Mlp):
+        links.append(("norm2", ("mlp.fc1",)))
+    return links
+
+
+def _mlp_links(mlp: Mlp) -> list[Link]:
+    """Mlp.forward: fc1 -> act -> drop1 -> norm (when present) -> fc2."""
+    if _present(mlp.norm):
+        return [("fc1", ("act",)), ("act", ("norm",)), ("norm", ("fc2",))]
+    return [("fc1", ("act",)), ("act", ("fc2",))]
+
+
 def _check_pool(model: nn.Module) -> str | None:
     if getattr(model, "attn_pool", None) is not None or model.global_pool not in LINEAR_POOLS:
         return (
@@ -88,12 +127,12 @@ def _check_pool(model: nn.Module) -> str | None:
 
 
 register(Attention, Role.CONTAINER, twin=ExplicitAttention)
-register(ExplicitAttention, Role.CONTAINER)
+register(ExplicitAttention, Role.CONTAINER, links=_attention_links)
 register(VisionTransformer, Role.CONTAINER, check=_check_pool)
 register(VisionTransformerDistilled, Role.CONTAINER, check=_check_pool)
-register(Block, Role.CONTAINER)
-register(ResPostBlock, Role.CONTAINER)
-register(Mlp, Role.CONTAINER)
+register(Block, Role.CONTAINER, links=_block_links)
+register(ResPostBlock, Role.CONTAINER)  # its norms feed the residual stream: no links
+register(Mlp, Role.CONTAINER, links=_mlp_links)
 register(PatchEmbed, Role.INPUT)
 for cls in (LayerScale, DropPath, PatchDropout):
     register(cls, Role.PASSTHROUGH)

@@ -1,0 +1,150 @@
+"""Rate hand-over (transpike.rates): linked modules compute what unlinked ones do, with less state."""
+
+import copy
+
+import pytest
+import torch
+from conftest import tiny_vit
+from test_convert import MODELS
+from torch import nn
+
+import transpike
+from transpike import ExpectationCompensation, MTNeuron, SpikingProduct
+from transpike.rates import link_rates
+from transpike.rules import Role, register
+from transpike.synapses import SpikingLayer
+
+
+class Chain(nn.Module):
+    """EC(LayerNorm) -> neuron + Linear -> EC(GELU) -> neuron + Linear -> Q·Kᵀ-like product -> EC(softmax)
+    -> neuron of attn·V: every kind of producer and reader."""
+
+    def __init__(self, compensated: bool = True) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(4)
+
+        def neuron() -> MTNeuron:
+            return MTNeuron(*torch.rand(2, generator=gen, dtype=torch.float64) * 0.2 + 0.05, 4)
+
+        def linear(n_in: int, n_out: int) -> nn.Linear:
+            layer = nn.Linear(n_in, n_out).double()
+            layer.weight.data = torch.randn(n_out, n_in, generator=gen, dtype=torch.float64) / n_in**0.5
+            layer.bias.data = torch.randn(n_out, generator=gen, dtype=torch.float64) * 0.1
+            return layer
+
+        self.norm = ExpectationCompensation(nn.LayerNorm(6).double(), compensated)
+        self.fc1 = SpikingLayer(neuron(), linear(6, 8))
+        self.act = ExpectationCompensation(nn.GELU(), compensated)
+        self.fc2 = SpikingLayer(neuron(), linear(8, 8))
+        self.qk = SpikingProduct(neuron(), neuron(), scale=0.5, compensated=compensated)
+        self.softmax = ExpectationCompensation(nn.Softmax(-1), compensated)
+        self.av = SpikingProduct(neuron(), neuron(), compensated=compensated)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc2(self.act(self.fc1(self.norm(x))))
+        return self.av(self.softmax(self.qk(h, h.transpose(-2, -1))), x)
+
+
+register(
+    Chain,
+    Role.CONTAINER,
+    links=lambda m: [
+        ("norm", ("fc1",)),
+        ("fc1", ("act",)),
+        ("act", ("fc2",)),
+        ("fc2", ("qk.neuron_a", "qk.neuron_b")),
+        ("qk", ("softmax",)),
+        ("softmax", ("av.neuron_a",)),
+    ],
+)
+
+
+def inputs(steps: int = 10) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(5)
+    return torch.randn(steps, 2, 5, 6, generator=gen, dtype=torch.float64)
+
+
+def test_every_kind_of_link_gives_the_unlinked_outputs_with_less_state():
+    plain, linked = Chain(), Chain()
+    link_rates(linked)
+    assert linked.norm.emits_rate and linked.fc1.neuron.takes_rate and linked.fc1.emits_rate
+    assert linked.act.takes_rate and linked.act.emits_rate and linked.fc2.neuron.takes_rate
+    assert linked.qk.neuron_a.takes_rate and linked.qk.emits_rate and linked.softmax.emits_rate
+    assert linked.av.neuron_a.takes_rate and not linked.av.neuron_b.takes_rate and not linked.av.emits_rate
+    spikes = {}
+    for name, chain in (("plain", plain), ("linked", linked)):
+        chain.fc2.neuron.register_forward_hook(
+            lambda m, i, x, name=name: spikes.setdefault(name, []).append(x.clone())
+        )
+    for x in inputs():
+        assert torch.allclose(linked(x), plain(x), rtol=1e-12, atol=1e-12)
+    # the same spikes, and a neuron driven by rates keeps their sum
+    assert all(torch.equal(a, b) for a, b in zip(spikes["plain"], spikes["linked"], strict=True))
+    assert torch.allclose(linked.fc2.neuron.total, sum(spikes["linked"]))
+    gone = [linked.norm.mean, linked.fc1.neuron.v, linked.act.rate, linked.act.mean, linked.fc2.neuron.v]
+    gone += [
+        linked.qk.neuron_a.v,
+        linked.qk.mean,
+        linked.softmax.rate,
+        linked.softmax.mean,
+        linked.av.neuron_a.v,
+    ]
+    assert all(state is None for state in gone)
+    kept = [linked.norm.rate, linked.av.neuron_b.v, linked.av.mean]
+    assert all(isinstance(state, torch.Tensor) for state in kept)
+
+
+def test_no_links_without_compensation_but_between_layer_and_neurons():
+    chain = Chain(compensated=False)
+    link_rates(chain)
+    # an EC module applied to each step's input neither gives nor takes a rate; a spiking layer
+    # still hands neurons its rate (what they integrate is the same)
+    assert not chain.norm.emits_rate and not chain.fc1.neuron.takes_rate and not chain.fc1.emits_rate
+    assert not chain.qk.emits_rate and not chain.softmax.takes_rate and not chain.av.neuron_a.takes_rate
+    assert chain.fc2.emits_rate and chain.qk.neuron_a.takes_rate and chain.qk.neuron_b.takes_rate
+
+
+def test_unlinking_restores_increments():
+    chain = Chain()
+    link_rates(chain)
+    link_rates(chain, enabled=False)
+    flags = [m.takes_rate for m in chain.modules() if isinstance(m, (MTNeuron, ExpectationCompensation))]
+    flags += [
+        m.emits_rate
+        for m in chain.modules()
+        if isinstance(m, (SpikingLayer, SpikingProduct, ExpectationCompensation))
+    ]
+    assert not any(flags)
+    assert chain.qk.neuron_a.keeps_total and not chain.fc1.neuron.keeps_total  # product operands keep theirs
+
+
+@pytest.mark.parametrize("config", sorted(MODELS))
+def test_linked_network_gives_the_unlinked_outputs(config, images):
+    """In every ViT configuration: the links the rules name carry each output to all its readers
+    (a missing reader would read rates as increments, a wrong one change the outputs)."""
+    name, kwargs = MODELS[config]
+    calibration, x = images
+    linked = transpike.convert(tiny_vit(name, **kwargs).double(), calibration.double())
+    plain = copy.deepcopy(linked)
+    link_rates(plain.network, enabled=False)
+    y = linked.simulate(x.double(), 8)
+    assert torch.allclose(y, plain.simulate(x.double(), 8), rtol=1e-9, atol=1e-9)
+    assert linked.state_bytes() < plain.state_bytes()
+
+
+def test_every_block_passes_rates(images):
+    calibration, _ = images
+    for compensation in (True, False):
+        snn = transpike.convert(tiny_vit(), calibration, compensation=compensation)
+        for block in snn.network.blocks:
+            attn, mlp = block.attn, block.mlp
+            takes = [attn.qkv.neuron, attn.proj.neuron, attn.softmax, mlp.fc1.neuron, mlp.act, mlp.fc2.neuron]
+            takes += [attn.qk.neuron_a, attn.qk.neuron_b, attn.av.neuron_a, attn.av.neuron_b]
+            emits = [block.norm1, attn.qkv, attn.qk, attn.softmax, attn.av, block.norm2, mlp.fc1, mlp.act]
+            expected = [True] * 14 if compensation else [False, False, False, False, False, False]
+            if compensation:
+                assert [m.takes_rate for m in takes] + [m.emits_rate for m in emits[:4]] == expected
+                assert all(m.emits_rate for m in emits)
+            else:  # only qkv hands q, k and v their rates
+                assert [m.takes_rate for m in takes] == [False] * 6 + [True, True, False, True]
+                assert [m.emits_rate for m in emits] == [False, True] + [False] * 6
