@@ -100,6 +100,16 @@ class ExpectationCompensation(Stateful, nn.Module):
 PRODUCT_OPS = {"matmul": torch.matmul, "mul": torch.mul}
 
 
+def scaled_product(op: str, a: Tensor, b: Tensor, scale: float) -> Tensor:
+    """scale·(a op b). A batched matrix product takes the scale as its GEMM's α (no pass over the
+    output, which for Q·Kᵀ is the attention matrix); otherwise it is one more multiplication."""
+    if op == "matmul" and a.dim() >= 3 and a.shape[:-2] == b.shape[:-2]:
+        flat_a, flat_b = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+        product = torch.baddbmm(a.new_zeros(()), flat_a, flat_b, beta=0.0, alpha=scale)
+        return product.view(*a.shape[:-1], b.shape[-1])
+    return PRODUCT_OPS[op](a, b).mul_(scale)
+
+
 class SpikingProduct(Stateful, nn.Module):
     """MT neurons on both operands of a product, followed by the product EC (ECMT Theorem 4.2).
 
@@ -142,12 +152,11 @@ class SpikingProduct(Stateful, nn.Module):
 
     @torch.no_grad()  # state is updated in place: simulation, not training
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        product = PRODUCT_OPS[self.op]
         spikes_a, spikes_b = self.neuron_a(a), self.neuron_b(b)
         self.t += 1
         if not self.compensated:
-            return product(spikes_a, spikes_b).mul_(self.scale)
-        mean_now = product(self.neuron_a.total, self.neuron_b.total).mul_(self.scale / self.t**2)
+            return scaled_product(self.op, spikes_a, spikes_b, self.scale)
+        mean_now = scaled_product(self.op, self.neuron_a.total, self.neuron_b.total, self.scale / self.t**2)
         if self.emits_rate:
             return mean_now
         out = compensate(mean_now, self.mean, self.t, out=self.mean)

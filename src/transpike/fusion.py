@@ -33,9 +33,10 @@ def _compiled(function: Callable, dynamic: bool):
     # where Inductor compiles with -ffp-contract=off.
     options = {"eager_numerics.division_rounding": True, "emulate_precision_casts": True}
     # Each shape, layout and kind of neuron met is one more compilation of the same function;
-    # past Dynamo's default limit (8) it would silently run unfused.
-    limit = torch._dynamo.config.patch(recompile_limit=1024)
-    return torch.compile(function, dynamic=dynamic, options=options), limit
+    # past Dynamo's default limit (8) it would silently run unfused. Raised for the process, once:
+    # a patch around every call cost about 40 µs, a fifth of a small neuron's step on the CPU.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 1024)
+    return torch.compile(function, dynamic=dynamic, options=options)
 
 
 def fused(function: Callable, *args, batched: int = 0) -> Tensor:
@@ -48,13 +49,12 @@ def fused(function: Callable, *args, batched: int = 0) -> Tensor:
     every dimension dynamic measured slower than the unfused step, one with fixed sizes about 2x
     faster (BENCHMARKS.md §3).
     """
-    step, limit = _compiled(function, args[0].device.type != "cpu")
+    step = _compiled(function, args[0].device.type != "cpu")
     for tensor in args[:batched]:
         if tensor is not None:
             torch._dynamo.maybe_mark_dynamic(tensor, 0)  # a batch of one stays fixed (Dynamo's rule)
     try:
-        with limit:
-            return step(*args)
+        return step(*args)
     except torch._dynamo.exc.BackendCompilerFailed as error:
         raise FusionError(
             f"fused neurons: torch.compile could not build {function.__name__} on {args[0].device} "

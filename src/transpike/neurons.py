@@ -36,20 +36,23 @@ _EXPONENT_MASK = {
 }
 
 
-def _pow2_floor_(y: Tensor) -> Tensor:
-    """In place, y <- 2**floor(log2 y) for integer-valued y in [0, 2**30] (0 stays 0).
+def _pow2_floor_(y: Tensor, bits: int = 31) -> Tensor:
+    """In place, y <- 2**floor(log2 y) for integer-valued y in [0, 2**(bits-1)] (0 stays 0).
 
     Eagerly, the mantissa bits are cleared through an integer view (one pass). Compiled for the
     CPU, Inductor would copy every vector lane through memory for that view (it does not
     vectorize a bitcast: half the fused neuron's time), so there the same power of two is found
-    on the integer value: setting every bit below the highest one (five shift-or steps, one per
-    halving of 32 bits) and keeping the highest, y - (y >> 1).
+    on the integer value: setting every bit below the highest one (shift-or steps by 1, 2, 4, ...,
+    one per halving of the ``bits`` bits that can be set: three for the eight levels of an MT
+    neuron, five for 32 bits) and keeping the highest, y - (y >> 1).
     """
     if torch.compiler.is_compiling() and y.device.type == "cpu":
-        bits = y.clamp(max=min(2.0**30, torch.finfo(y.dtype).max)).to(torch.int32)  # no inf in int32
-        for shift in (1, 2, 4, 8, 16):
-            bits = bits | (bits >> shift)
-        return y.copy_(bits - (bits >> 1))
+        bits_set = y.clamp(max=min(2.0 ** (bits - 1), torch.finfo(y.dtype).max)).to(torch.int32)
+        shift = 1
+        while shift < bits:
+            bits_set = bits_set | (bits_set >> shift)
+            shift *= 2
+        return y.copy_(bits_set - (bits_set >> 1))
     int_dtype, mask = _EXPONENT_MASK[y.dtype]
     y.view(int_dtype).bitwise_and_(mask)
     return y
@@ -119,9 +122,9 @@ def mt_fire(
     # Capped before the power of two is taken (the same result: the cap is a power of two), so
     # that _pow2_floor_ only meets values up to 2**(n-1).
     cap = 2.0 ** (levels - 1)
-    level = _pow2_floor_(level.floor_().clamp_(max=cap))
+    level = _pow2_floor_(level.floor_().clamp_(max=cap), levels)
     if rounding == "nearest":
-        nearest = _pow2_floor_(torch.div(m, theta).mul_(4.0 / 3.0).floor_().clamp_(max=cap))
+        nearest = _pow2_floor_(torch.div(m, theta).mul_(4.0 / 3.0).floor_().clamp_(max=cap), levels)
         torch.maximum(nearest, level.clamp_(max=1.0), out=level)
     return level.mul_(theta)
 
@@ -286,7 +289,9 @@ class MTNeuron(Stateful, nn.Module):
             if self.takes_rate or self.keeps_total:
                 self.total = torch.zeros_like(current, memory_format=layout)
         state = self.total if self.takes_rate else self.v
-        theta = self.theta_pos.to(current.dtype), self.theta_neg.to(current.dtype)
+        theta = self.theta_pos, self.theta_neg
+        if self.theta_pos.dtype != current.dtype:  # a float64 network: a conversion per step
+            theta = self.theta_pos.to(current.dtype), self.theta_neg.to(current.dtype)
         t = self.t if self.takes_rate else None
         if self.fused:
             if t is not None:  # a tensor: a number would be compiled in, once per step
