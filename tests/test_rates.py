@@ -138,13 +138,12 @@ def test_every_block_passes_rates(images):
         snn = transpike.convert(tiny_vit(), calibration, compensation=compensation)
         for block in snn.network.blocks:
             attn, mlp = block.attn, block.mlp
-            takes = [attn.qkv.neuron, attn.proj.neuron, attn.softmax, mlp.fc1.neuron, mlp.act, mlp.fc2.neuron]
-            takes += [attn.qk.neuron_a, attn.qk.neuron_b, attn.av.neuron_a, attn.av.neuron_b]
-            emits = [block.norm1, attn.qkv, attn.qk, attn.softmax, attn.av, block.norm2, mlp.fc1, mlp.act]
-            expected = [True] * 14 if compensation else [False, False, False, False, False, False]
-            if compensation:
-                assert [m.takes_rate for m in takes] + [m.emits_rate for m in emits[:4]] == expected
-                assert all(m.emits_rate for m in emits)
-            else:  # only qkv hands q, k and v their rates
-                assert [m.takes_rate for m in takes] == [False] * 6 + [True, True, False, True]
-                assert [m.emits_rate for m in emits] == [False, True] + [False] * 6
+            operands = [attn.qk.neuron_a, attn.qk.neuron_b, attn.av.neuron_b]  # q, k, v from qkv
+            readers = [attn.qkv.neuron, attn.softmax, attn.av.neuron_a, attn.proj.neuron]
+            readers += [mlp.fc1.neuron, mlp.act, mlp.fc2.neuron]
+            producers = [block.norm1, attn.qk, attn.softmax, attn.av, block.norm2, mlp.fc1, mlp.act]
+            assert all(neuron.takes_rate for neuron in operands) and attn.qkv.emits_rate
+            # without EC only qkv hands on rates: EC modules applied to each step's input and
+            # products of each step's spikes neither give nor take them
+            assert [m.takes_rate for m in readers] == [compensation] * 7
+            assert [m.emits_rate for m in producers] == [compensation] * 7
