@@ -165,6 +165,23 @@ def test_fused_step_equals_unfused_on_level_boundaries(neuron, rounding, takes_r
         assert torch.equal(fused.total, plain.total) if takes_rate else torch.equal(fused.v, plain.v)
 
 
+def test_fused_neuron_whose_spikes_nobody_reads_writes_only_its_sum():
+    # a product EC or a layer that hands on rates reads the sum X only; a spike monitor's hook
+    # still sees the spikes
+    current = torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(7)) * 3
+    plain, quiet = MTNeuron(T1, T2, 4), MTNeuron(T1, T2, 4)
+    for cell in (plain, quiet):
+        cell.takes_rate = True
+    quiet.fused, quiet.spikes_read = True, False
+    for _ in range(3):
+        spikes = plain(current)
+        assert quiet(current) is None
+        assert torch.equal(quiet.total, plain.total)
+    seen = []
+    quiet.register_forward_hook(lambda module, inputs, x: seen.append(x))
+    assert torch.equal(quiet(current), plain(current)) and seen and spikes is not None
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_power_of_two_floor_compiled_equals_eager(dtype):
     # compiled for the CPU it takes another route (integer bit smearing instead of a mantissa mask)

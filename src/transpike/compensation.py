@@ -143,7 +143,9 @@ class SpikingProduct(Stateful, nn.Module):
         super().__init__()
         self.neuron_a = neuron_a
         self.neuron_b = neuron_b
+        # the product EC reads the operands' running sums; only the ablation reads their spikes
         neuron_a.keeps_total = neuron_b.keeps_total = compensated
+        neuron_a.spikes_read = neuron_b.spikes_read = not compensated
         self.op = op
         self.scale = float(scale)
         self.compensated = compensated

@@ -175,12 +175,14 @@ def charge_fire_reset(
     levels: int,
     rounding: str = "greedy",
     neuron: str = "mt",
+    spikes: bool = True,
     *,
     out: Tensor | None = None,
     scratch: Tensor | None = None,
     membrane: Tensor | None = None,
-) -> Tensor:
-    """One step of a layer of neurons, in place on its state (ECMT eq. 19-21). Returns x.
+) -> Tensor | None:
+    """One step of a layer of neurons, in place on its state (ECMT eq. 19-21). Returns x, or
+    None with ``spikes=False`` (compiled, x is then never written: a reader of ``total`` only).
 
     Driven by increments (``t`` is None): m = v + I (charge), x = MTH(m) (fire: :func:`mt_fire`
     or :func:`burst_fire`), v <- m - x (reset by subtraction).
@@ -208,7 +210,7 @@ def charge_fire_reset(
         v.sub_(x)
     if total is not None:
         total.add_(x)
-    return x
+    return x if spikes else None
 
 
 _workspace = threading.local()
@@ -246,7 +248,9 @@ class MTNeuron(Stateful, nn.Module):
     compensation; the neuron then keeps the sum X of its own spikes instead of a membrane (see
     :func:`charge_fire_reset`): the same spikes, up to rounding, without the producer's
     compensation pass and state. ``keeps_total``: X is kept in ``total`` also when driven by
-    increments (a product's operand, whose running sum it is).
+    increments (a product's operand, whose running sum it is). ``spikes_read`` False: the readers
+    only read ``total`` (a product EC, a layer that hands on rates), so a fused step does not write
+    the spikes and returns None, unless a forward hook (a spike monitor) is there to see them.
     """
 
     def __init__(
@@ -271,12 +275,14 @@ class MTNeuron(Stateful, nn.Module):
         self.neuron = neuron
         self.takes_rate = False
         self.keeps_total = False
+        self.spikes_read = True
         self.fused = False  # see transpike.fusion; a simulation setting, not saved
         self.reset()
 
     @torch.no_grad()  # state is updated in place: simulation, not training
-    def forward(self, current: Tensor) -> Tensor:
-        """One step: charge, fire, reset by subtraction. The returned tensor may be reused next step."""
+    def forward(self, current: Tensor) -> Tensor | None:
+        """One step: charge, fire, reset by subtraction. Returns the spikes (a tensor that may be
+        reused next step), or None when fused and nobody reads them (``spikes_read``)."""
         self.t += 1
         if self.t == 1:
             # In the input's layout when its last dimension is strided (the attention's kᵀ, a
@@ -296,7 +302,8 @@ class MTNeuron(Stateful, nn.Module):
         if self.fused:
             if t is not None:  # a tensor: a number would be compiled in, once per step
                 t = torch.full((), t, dtype=current.dtype, device=current.device)
-            args = (current, self.v, self.total, t, *theta, self.levels, self.rounding, self.neuron)
+            spikes = self.spikes_read or bool(self._forward_hooks)
+            args = (current, self.v, self.total, t, *theta, self.levels, self.rounding, self.neuron, spikes)
             return fused(charge_fire_reset, *args, batched=3)
         if self._out is None:
             self._out = torch.empty_like(state)

@@ -50,8 +50,9 @@ def _set_takes(module: nn.Module, enabled: bool) -> None:
 
 def _set_emits(module: nn.Module, enabled: bool) -> None:
     module.emits_rate = enabled
-    if isinstance(module, SpikingLayer):  # it reads its neuron's spike sum
+    if isinstance(module, SpikingLayer):  # it reads its neuron's spike sum instead of its spikes
         module.neuron.keeps_total = enabled
+        module.neuron.spikes_read = not enabled
 
 
 def link_rates(network: nn.Module, enabled: bool = True) -> None:
