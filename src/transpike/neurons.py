@@ -197,11 +197,9 @@ def charge_fire_reset(
     :func:`transpike.fusion.fused` compiles this same function, with no buffers: the compiler keeps
     m and θ in registers instead.
     """
-    if t is None:
-        m = v.add_(current)
-    else:
-        # t·r is rounded before X is subtracted, compiled or not (no fused multiply-add: fusion.py)
-        m = torch.mul(current, t, out=membrane).sub_(total) if membrane is not None else current * t - total
+    # driven by rates, t·r is rounded before X is subtracted, compiled or not (no fused
+    # multiply-add: fusion.py)
+    m = v.add_(current) if t is None else torch.mul(current, t, out=membrane).sub_(total)
     if neuron == "burst":
         x = burst_fire(m, theta_pos, theta_neg, levels, out=out, scratch=scratch)
     else:

@@ -42,10 +42,10 @@ def _takes(module: nn.Module) -> bool:
     return isinstance(module, (MTNeuron, SpikingLayer))
 
 
-def _set_takes(module: nn.Module, enabled: bool) -> None:
+def _set_takes(module: nn.Module) -> None:
     if isinstance(module, SpikingLayer):
         module = module.neuron
-    module.takes_rate = enabled
+    module.takes_rate = True
 
 
 def _set_emits(module: nn.Module, enabled: bool) -> None:
@@ -78,4 +78,4 @@ def link_rates(network: nn.Module, enabled: bool = True) -> None:
             if _emits(producer) and all(_takes(reader) for reader in readers):
                 _set_emits(producer, True)
                 for reader in readers:
-                    _set_takes(reader, True)
+                    _set_takes(reader)
