@@ -94,6 +94,34 @@ def test_every_kind_of_link_gives_the_unlinked_outputs_with_less_state():
     assert all(isinstance(state, torch.Tensor) for state in kept)
 
 
+class Branches(nn.Module):
+    """EC(LayerNorm) of the sum of a spiking layer and an EC(GELU): a residual stream in small."""
+
+    def __init__(self, compensated: bool) -> None:
+        super().__init__()
+        self.layer = Chain().fc1
+        self.act = ExpectationCompensation(nn.GELU(), compensated)
+        self.norm = ExpectationCompensation(nn.LayerNorm(8).double())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.layer(x) + self.act(x.repeat(1, 1, 2)[..., :8]))
+
+
+register(Branches, Role.CONTAINER, links=lambda m: [(("layer", "act"), ("norm",))])
+
+
+@pytest.mark.parametrize("compensated", [True, False])
+def test_summed_producers_link_all_or_none(compensated):
+    # a sum of a rate and an increment would be neither: one producer that cannot emit rates
+    # (an EC applied to each step's input) keeps the other and the reader on increments
+    plain, linked = Branches(compensated), Branches(compensated)
+    link_rates(linked)
+    flags = [linked.layer.emits_rate, linked.act.emits_rate, linked.norm.takes_rate]
+    assert flags == [compensated] * 3
+    for x in inputs():
+        assert torch.allclose(linked(x), plain(x), rtol=1e-12, atol=1e-12)
+
+
 def test_no_links_without_compensation_but_between_layer_and_neurons():
     chain = Chain(compensated=False)
     link_rates(chain)
@@ -140,10 +168,25 @@ def test_every_block_passes_rates(images):
             attn, mlp = block.attn, block.mlp
             operands = [attn.qk.neuron_a, attn.qk.neuron_b, attn.av.neuron_b]  # q, k, v from qkv
             readers = [attn.qkv.neuron, attn.softmax, attn.av.neuron_a, attn.proj.neuron]
-            readers += [mlp.fc1.neuron, mlp.act, mlp.fc2.neuron]
+            readers += [mlp.fc1.neuron, mlp.act, mlp.fc2.neuron, block.norm1, block.norm2]
             producers = [block.norm1, attn.qk, attn.softmax, attn.av, block.norm2, mlp.fc1, mlp.act]
+            producers += [attn.proj, mlp.fc2]  # the residual stream
             assert all(neuron.takes_rate for neuron in operands) and attn.qkv.emits_rate
             # without EC only qkv hands on rates: EC modules applied to each step's input and
             # products of each step's spikes neither give nor take them
-            assert [m.takes_rate for m in readers] == [compensation] * 7
-            assert [m.emits_rate for m in producers] == [compensation] * 7
+            assert [m.takes_rate for m in readers] == [compensation] * 9
+            assert [m.emits_rate for m in producers] == [compensation] * 9
+        assert snn.network.norm.takes_rate == compensation and not snn.network.norm.emits_rate
+
+
+@pytest.mark.parametrize("blocks", [0, 1])
+def test_residual_stream_passes_rates_to_blocks_left_analog(blocks, images):
+    calibration, x = images
+    linked = transpike.convert(tiny_vit().double(), calibration.double(), blocks=blocks)
+    plain = copy.deepcopy(linked)
+    link_rates(plain.network, enabled=False)
+    network = linked.network
+    first_analog = network.blocks[blocks]
+    assert first_analog.analog and first_analog.takes_rate == (blocks > 0)  # blocks=0: no producer
+    assert not any(block.takes_rate for block in network.blocks[blocks + 1 :]) and not network.norm.takes_rate
+    assert torch.allclose(linked.simulate(x.double(), 6), plain.simulate(x.double(), 6), rtol=1e-9, atol=1e-9)

@@ -99,8 +99,8 @@ def _tracked(network: nn.Module) -> dict[nn.Module, tuple[str, str]]:
     """Modules whose work is charged separately: module -> (path, role)."""
     tracked: dict[nn.Module, tuple[str, str]] = {}
     for path, module in network.named_modules():
-        if isinstance(module, SpikingLayer):
-            tracked[module.layer] = (path, "weight")
+        if isinstance(module, SpikingLayer):  # both: a layer emitting rates is not called itself
+            tracked[module] = tracked[module.layer] = (path, "weight")
         elif isinstance(module, SpikingProduct):
             tracked[module] = (path, "product")
         elif isinstance(module, ExpectationCompensation):

@@ -8,16 +8,19 @@ can be handed on: a producer emits the rate it has at hand (an EC module F(S(t)/
 applies F to it directly; an MT neuron integrates t·r(t) - X(t-1), see
 :func:`transpike.neurons.charge_fire_reset`). Exact up to rounding; what goes is, per link, the
 producer's compensation pass and its previous value, the reader's running mean, and a neuron's
-membrane. In a ViT block every neuron but the block input's is then driven by rates, and the
-simulation state is about half as large (BENCHMARKS.md §3).
+membrane. In a pre-norm ViT every module then passes rates, the residual stream included (every
+block adds rates to it, every norm reads it as a rate), and the simulation state is less than
+half as large (BENCHMARKS.md §3).
 
 Which outputs go where is a property of a container's forward, so each container rule names its
 links (:func:`transpike.rules.register`, ``links``): (producer, readers) paths inside the container,
 such that the producer's output reaches exactly those readers, through operations that are linear
-and the same at every step (reshapes, transposes, dropout in evaluation). A link is made only if
-the producer can emit rates and every reader can take them: compensated EC modules and product
-ECs, any spiking layer, any MT neuron; an EC applied to each step's input (``compensation=False``)
-or a module left analog by ``blocks=k`` breaks the chain there.
+and the same at every step (reshapes, transposes, sums with terms that are the same at every step,
+dropout in evaluation). Producers whose outputs are summed (the residual stream) link all together
+or not at all. A link is made only if every producer can emit rates and every reader can take
+them: compensated EC modules and product ECs, any spiking layer, any MT neuron, and a module left
+analog by ``blocks=k`` as a reader; an EC applied to each step's input (``compensation=False``)
+breaks the chain there.
 """
 
 from __future__ import annotations
@@ -72,10 +75,14 @@ def link_rates(network: nn.Module, enabled: bool = True) -> None:
         rule = rule_for(container)
         if rule is None or rule.links is None:
             continue
-        for producer_path, reader_paths in rule.links(container):
-            producer = container.get_submodule(producer_path)
+        for producer_paths, reader_paths in rule.links(container):
+            if isinstance(producer_paths, str):
+                producer_paths = (producer_paths,)
+            producers = [container.get_submodule(path) for path in producer_paths]
             readers = [container.get_submodule(path) for path in reader_paths]
-            if _emits(producer) and all(_takes(reader) for reader in readers):
-                _set_emits(producer, True)
+            # summed producers: a sum of rates and increments would be neither
+            if all(map(_emits, producers)) and all(map(_takes, readers)):
+                for producer in producers:
+                    _set_emits(producer, True)
                 for reader in readers:
                     _set_takes(reader)

@@ -25,7 +25,8 @@ class SpikingLayer(nn.Module):
     ``emits_rate`` (set by :func:`transpike.rates.link_rates`): the output is the rate of the
     layer's output current instead, ``layer(X(t)/t) = W·X(t)/t + b`` with X the sum of the
     neuron's spikes, for readers that take rates (the operand neurons after qkv, the GELU EC
-    after fc1): the running mean of ``layer(x(τ))`` over τ ≤ t, which they would otherwise keep.
+    after fc1, the norms reading the residual stream): the running mean of ``layer(x(τ))`` over
+    τ ≤ t, which they would otherwise keep. See :func:`rate_output`.
     """
 
     def __init__(self, neuron: MTNeuron, layer: nn.Module) -> None:
@@ -37,8 +38,22 @@ class SpikingLayer(nn.Module):
     def forward(self, current: Tensor) -> Tensor:
         spikes = self.neuron(current)
         if self.emits_rate:
-            return self.layer(self.neuron.total / self.neuron.t)
+            return rate_output(self.layer, self.neuron.total, self.neuron.t)
         return self.layer(spikes)
+
+
+def rate_output(layer: nn.Module, total: Tensor, t: int) -> Tensor:
+    """``layer(X/t)``, the rate of a layer's output from its input's spike sum X after t steps.
+
+    For a Linear layer, ``b + (1/t)·X·Wᵀ`` with 1/t as the GEMM's α (``addmm``): no pass over X
+    and no copy of it. The layer module itself is not called then (its hooks do not run).
+    """
+    if type(layer) is not nn.Linear:  # a subclass may compute something else in its forward
+        return layer(total / t)
+    flat = total.reshape(-1, total.shape[-1])
+    bias = layer.bias if layer.bias is not None else flat.new_zeros(())
+    out = torch.addmm(bias, flat, layer.weight.t(), alpha=1.0 / t)
+    return out.view(*total.shape[:-1], layer.out_features)
 
 
 def level_values(theta_pos: Tensor, theta_neg: Tensor, levels: int) -> Tensor:

@@ -41,8 +41,9 @@ class Role(str, enum.Enum):
 
 
 #: (producer, readers): paths inside a container, such that the producer's output reaches exactly
-#: those readers, through operations that are linear and the same at every step
-Link = tuple[str, tuple[str, ...]]
+#: those readers, through operations that are linear and the same at every step. The producer may
+#: be a tuple of paths whose outputs are summed (a residual stream): then all of them or none link.
+Link = tuple[str | tuple[str, ...], tuple[str, ...]]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
 from torch import Tensor, nn
 
+from ..compensation import ExpectationCompensation
 from ..sites import Product
 from . import Link, Role, register
 
@@ -117,6 +118,32 @@ def _mlp_links(mlp: Mlp) -> list[Link]:
     return [("fc1", ("act",)), ("act", ("fc2",))]
 
 
+def _stream_links(vit: VisionTransformer) -> list[Link]:
+    """The residual stream of pre-norm blocks: each converted block adds its two branches' outputs
+    (proj and fc2, through LayerScale and DropPath, linear) to it, and only its norms read it;
+    after the blocks, the first module that reads it (a block left analog by ``blocks=k``, the
+    final norm, fc_norm, or the heads). The patch embedding, tokens and position embeddings add the
+    same at every step, which is its own rate. One link for all: the stream is their sum."""
+    producers, readers = ["norm_pre"] if _present(vit.norm_pre) else [], []
+    analog = [isinstance(block, ExpectationCompensation) for block in vit.blocks]
+    converted = analog.index(True) if any(analog) else len(analog)
+    if not all(analog[converted:]):
+        return []  # a block left analog between converted ones writes a stream of its own
+    for index, block in enumerate(vit.blocks[:converted]):
+        pre_norm = type(block) is Block and isinstance(block.attn, ExplicitAttention)
+        if not pre_norm or not isinstance(block.mlp, Mlp):
+            return []  # post-norm blocks (ResPostBlock) read and write the stream otherwise
+        producers += [f"blocks.{index}.attn.proj", f"blocks.{index}.mlp.fc2"]
+        readers += [f"blocks.{index}.norm1", f"blocks.{index}.norm2"]
+    heads = [name for name in ("head", "head_dist") if hasattr(vit, name)]
+    after = [f"blocks.{converted}"] if converted < len(analog) else []
+    after = after or [name for name in ("norm", "fc_norm") if _present(getattr(vit, name))][:1]
+    after = after or ([] if any(not _present(getattr(vit, name)) for name in heads) else heads)
+    if not producers or not after:  # nothing to hand on, or the stream is the model's output
+        return []
+    return [(tuple(producers), (*readers, *after))]
+
+
 def _check_pool(model: nn.Module) -> str | None:
     if getattr(model, "attn_pool", None) is not None or model.global_pool not in LINEAR_POOLS:
         return (
@@ -128,8 +155,8 @@ def _check_pool(model: nn.Module) -> str | None:
 
 register(Attention, Role.CONTAINER, twin=ExplicitAttention)
 register(ExplicitAttention, Role.CONTAINER, links=_attention_links)
-register(VisionTransformer, Role.CONTAINER, check=_check_pool)
-register(VisionTransformerDistilled, Role.CONTAINER, check=_check_pool)
+register(VisionTransformer, Role.CONTAINER, check=_check_pool, links=_stream_links)
+register(VisionTransformerDistilled, Role.CONTAINER, check=_check_pool, links=_stream_links)
 register(Block, Role.CONTAINER, links=_block_links)
 register(ResPostBlock, Role.CONTAINER)  # its norms feed the residual stream: no links
 register(Mlp, Role.CONTAINER, links=_mlp_links)
