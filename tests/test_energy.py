@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import transpike
 from transpike import MTNeuron, burst_fire, mt_fire, spike_planes
 from transpike.energy import E_AC, E_MAC, count_dense_work
-from transpike.spikes import SpikeMonitor, SpikeStatistics, operand_nonzeros, product_operations
+from transpike.spikes import SpikeMonitor, SpikeStatistics, _burst_codes, operand_nonzeros, product_operations
 
 
 def vit_macs(depth=2, dim=24, tokens=17, patches=16, patch=4, channels=3, mlp_ratio=4, classes=5):
@@ -75,17 +75,32 @@ def test_product_operations_match_brute_force():
 
 @pytest.mark.parametrize("neuron", ["mt", "burst"])
 @pytest.mark.parametrize("shape", [(), (7,), (64,)])  # 64 channels: some share their exponents
-@pytest.mark.parametrize("levels, scale", [(5, 5.0), (16, 3000.0)])  # 16: burst counts up to 2^16 - 1
-def test_level_histogram_counts_every_spike(neuron, shape, levels, scale):
+# 8: burst counts read from the output's top bits; 16: counts up to 2^16 - 1, from a division
+@pytest.mark.parametrize("levels, scale", [(5, 5.0), (8, 300.0), (16, 3000.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_level_histogram_counts_every_spike(neuron, shape, levels, scale, dtype):
     gen = torch.Generator().manual_seed(3)
     theta_pos, theta_neg = torch.rand(shape, generator=gen) + 0.05, torch.rand(shape, generator=gen) + 0.05
     m = torch.randn(30, *(shape or (7,)), generator=gen) * scale
     fire = mt_fire if neuron == "mt" else burst_fire
-    x = fire(m, theta_pos, theta_neg, levels)
+    x = fire(m.to(dtype), theta_pos.to(dtype), theta_neg.to(dtype), levels)
     histogram, most = SpikeStatistics(MTNeuron(theta_pos, theta_neg, levels, neuron=neuron))(x)
-    planes = spike_planes(x, theta_pos, theta_neg, levels)
+    planes = spike_planes(x, theta_pos.to(dtype), theta_neg.to(dtype), levels)
     assert torch.equal(histogram, planes.sum((1, 2)).view(2, levels).long())
     assert most == planes.sum(0).max()
+
+
+def test_burst_counts_from_top_bits_on_every_count():
+    # every count on both sides, for thresholds at and around binade edges: the code table tells
+    # them apart, and reads the same histogram as the division does
+    for theta in (1.0, 0.75, 1.0 - 2**-20, 0.3, 1e-3):
+        theta_pos, theta_neg = torch.tensor(theta), torch.tensor(theta * 1.37)
+        assert _burst_codes(theta_pos, theta_neg, 8, torch.float32) is not None
+        counts = torch.arange(-255.0, 256.0)
+        x = burst_fire(counts * torch.where(counts < 0, theta_neg, theta_pos), theta_pos, theta_neg, 8)
+        histogram, most = SpikeStatistics(MTNeuron(theta_pos, theta_neg, 8, neuron="burst"))(x)
+        planes = spike_planes(x, theta_pos, theta_neg, 8)
+        assert torch.equal(histogram, planes.sum(1).view(2, 8).long()) and most == 8
 
 
 def test_level_histogram_by_hand():

@@ -46,13 +46,39 @@ def _exponent_bins(theta_pos: Tensor, theta_neg: Tensor, levels: int) -> Tensor:
     return torch.cat([positive, negative], dim=1)
 
 
+#: burst counts are told apart by a float32's sign, exponent and top n mantissa bits up to this n
+#: (2^(9+n) histogram bins); above it, or with per-channel thresholds, by a division
+BURST_CODE_LEVELS = 8
+
+
+def _burst_codes(theta_pos: Tensor, theta_neg: Tensor, levels: int, dtype: torch.dtype) -> Tensor | None:
+    """For a burst output x = ±c·θ (per-tensor θ): the code of each count c = 0..2^n-1 on each
+    side, [2, 2^n], from the top 9 + n bits of x as a float32, or None where that does not tell
+    the counts apart.
+
+    c·θ for 2^j ≤ c < 2^(j+1) spans one or two binades, in which consecutive counts differ by θ,
+    more than 2^-n of the binade: the top n mantissa bits tell them apart (0 is ±0). The table is
+    built from the outputs themselves, computed as :func:`transpike.neurons.burst_fire` computes
+    them (in the neuron's dtype, then converted), and checked for collisions (half precision).
+    """
+    if levels > BURST_CODE_LEVELS or theta_pos.numel() != 1:
+        return None
+    signs = torch.tensor([1.0, -1.0], dtype=dtype, device=theta_pos.device)
+    theta = _signed_threshold(signs, theta_pos.reshape(()).to(dtype), theta_neg.reshape(()).to(dtype), None)
+    counts = torch.arange(2**levels, dtype=dtype, device=theta_pos.device)
+    outputs = (counts.unsqueeze(0) * theta.unsqueeze(1)).float()
+    codes = (outputs.view(torch.int32) >> (23 - levels)) & ((1 << (9 + levels)) - 1)
+    return codes if codes.unique().numel() == codes.numel() else None
+
+
 class SpikeStatistics:
     """Spikes per sign and level of one neuron layer's output, and the most spikes of one neuron.
 
     An MT neuron fires one spike on level k, read from the exponent bits of its output (see
     :func:`_exponent_bins`): two passes over the output, no division, no mask. A burst output c·θ
-    is popcount(c) spikes, one per binary digit of c = |x|/θ < 2^n. Tables that depend only on the
-    thresholds are built once.
+    is popcount(c) spikes, one per binary digit of c = |x|/θ < 2^n, c read from the output's top
+    bits as well (:func:`_burst_codes`) where that tells the counts apart, else from a division.
+    Tables that depend only on the thresholds are built once (per dtype).
     """
 
     def __init__(self, neuron: MTNeuron) -> None:
@@ -74,6 +100,7 @@ class SpikeStatistics:
             values = torch.arange(2**n)
             self.bits = (values.unsqueeze(1) >> torch.arange(n)) & 1
             self.popcount = self.bits.sum(1)
+            self.codes: dict[torch.dtype, Tensor | None] = {}
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """([2, n] spikes per sign and level, max spikes of one neuron) for one step's output x."""
@@ -86,13 +113,20 @@ class SpikeStatistics:
             histogram = torch.zeros(2 * (n + 1), dtype=per_code.dtype, device=x.device)
             histogram = histogram.index_add_(0, self.bins.to(x.device), per_code).view(2, n + 1)[:, 1:]
             return histogram, (histogram.sum() > 0).to(torch.int64)
-        values = 2**n  # burst counts are < 2^n: histogram the counts, then split each into its bits
-        x = x.float()
-        count = torch.abs(x).mul_(self.beta.to(x.device)).addcmul_(x, self.alpha.to(x.device))
-        # Adding 2^23 rounds to an integer and leaves it in the mantissa bits: index = count + 2^n - 1
-        index = count.add_(2.0**23 + values - 1).view(torch.int32).bitwise_and_(0x7FFFFF)
-        per_index = torch.bincount(index.flatten(), minlength=2 * values - 1)
-        per_value = torch.stack([per_index[values - 1 : 2 * values - 1], per_index[:values].flip(0)])
+        # burst counts are < 2^n: histogram the counts per side, [2, 2^n], then split each into its bits
+        if x.dtype not in self.codes:
+            self.codes[x.dtype] = _burst_codes(neuron.theta_pos, neuron.theta_neg, n, x.dtype)
+        codes, x = self.codes[x.dtype], x.float()
+        if codes is not None:  # two integer passes
+            code = (x.view(torch.int32) >> (23 - n)).bitwise_and_((1 << (9 + n)) - 1)
+            per_value = torch.bincount(code.flatten(), minlength=1 << (9 + n))[codes.to(x.device)]
+        else:
+            values = 2**n
+            count = torch.abs(x).mul_(self.beta.to(x.device)).addcmul_(x, self.alpha.to(x.device))
+            # Adding 2^23 rounds to an integer and leaves it in the mantissa bits: index = count + 2^n - 1
+            index = count.add_(2.0**23 + values - 1).view(torch.int32).bitwise_and_(0x7FFFFF)
+            per_index = torch.bincount(index.flatten(), minlength=2 * values - 1)
+            per_value = torch.stack([per_index[values - 1 : 2 * values - 1], per_index[:values].flip(0)])
         popcount = self.popcount.to(x.device)
         return per_value @ self.bits.to(x.device), torch.where(per_value.sum(0) > 0, popcount, 0).max()
 
