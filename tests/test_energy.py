@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_vit
+from conftest import DEVICES, tiny_vit
 from timm.layers import Attention
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -109,6 +109,20 @@ def test_level_histogram_by_hand():
     histogram, most = SpikeStatistics(MTNeuron(theta, theta, 4))(x)
     assert histogram.tolist() == [[2, 1, 0, 1], [1, 0, 1, 0]]
     assert most == 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("neuron", ["mt", "burst"])
+def test_account_on_device_counts_what_the_cpu_counts(neuron, device, images):
+    calibration, x = images
+    snn = transpike.convert(tiny_vit(), calibration, neuron=neuron, threshold="mse")
+    reference = transpike.account(snn, x, 3)
+    report = transpike.account(snn.to(device), x.to(device), 3)
+    # the same network up to rounding (a spike may move): the same counts to within a percent
+    assert report.acs == pytest.approx(reference.acs, rel=0.01)
+    histograms = [torch.tensor(r.level_histogram) for r in (report, reference)]
+    assert torch.allclose(*histograms, rtol=0.01, atol=0.5)
+    assert report.max_spikes_per_neuron_step == reference.max_spikes_per_neuron_step
 
 
 def test_site_rates_and_report_contents(images):

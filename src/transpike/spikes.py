@@ -128,7 +128,9 @@ class SpikeStatistics:
             per_index = torch.bincount(index.flatten(), minlength=2 * values - 1)
             per_value = torch.stack([per_index[values - 1 : 2 * values - 1], per_index[:values].flip(0)])
         popcount = self.popcount.to(x.device)
-        return per_value @ self.bits.to(x.device), torch.where(per_value.sum(0) > 0, popcount, 0).max()
+        # spikes per level: Σ_c count(c)·bit_k(c), as a sum (CUDA has no integer matrix product)
+        spikes = (per_value.unsqueeze(-1) * self.bits.to(x.device)).sum(1)
+        return spikes, torch.where(per_value.sum(0) > 0, popcount, 0).max()
 
 
 def fan_out(layer: nn.Module) -> float:
