@@ -135,13 +135,23 @@ def _stream_links(vit: VisionTransformer) -> list[Link]:
             return []  # post-norm blocks (ResPostBlock) read and write the stream otherwise
         producers += [f"blocks.{index}.attn.proj", f"blocks.{index}.mlp.fc2"]
         readers += [f"blocks.{index}.norm1", f"blocks.{index}.norm2"]
-    heads = [name for name in ("head", "head_dist") if hasattr(vit, name)]
-    after = [f"blocks.{converted}"] if converted < len(analog) else []
-    after = after or [name for name in ("norm", "fc_norm") if _present(getattr(vit, name))][:1]
-    after = after or ([] if any(not _present(getattr(vit, name)) for name in heads) else heads)
+    after = _stream_readers_after_blocks(vit, converted)
     if not producers or not after:  # nothing to hand on, or the stream is the model's output
         return []
     return [(tuple(producers), (*readers, *after))]
+
+
+def _stream_readers_after_blocks(vit: VisionTransformer, converted: int) -> list[str]:
+    """Who reads the stream after the first ``converted`` blocks: the next block (left analog),
+    else the final norm, else fc_norm (after a linear pool), else the heads; none if a head is
+    missing (the stream, pooled, is then the model's output)."""
+    if converted < len(vit.blocks):
+        return [f"blocks.{converted}"]
+    for name in ("norm", "fc_norm"):
+        if _present(getattr(vit, name)):
+            return [name]
+    heads = [name for name in ("head", "head_dist") if hasattr(vit, name)]
+    return heads if all(_present(getattr(vit, name)) for name in heads) else []
 
 
 def _check_pool(model: nn.Module) -> str | None:
