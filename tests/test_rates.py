@@ -146,6 +146,24 @@ def test_unlinking_restores_increments():
     assert chain.qk.neuron_a.keeps_total and not chain.fc1.neuron.keeps_total  # product operands keep theirs
 
 
+def test_hooks_on_a_layer_that_hands_on_rates_see_its_rate():
+    # such a layer's rate is one GEMM on the spike sum, without calling the layer; a hook a user
+    # put on the layer must still run, and see the rate it produces
+    chain, plain = Chain(), Chain()
+    link_rates(chain)
+    link_rates(plain)
+    seen = []
+    chain.fc1.layer.register_forward_pre_hook(lambda module, args: seen.append(("in", args[0].clone())))
+    chain.fc1.layer.register_forward_hook(lambda module, args, out: seen.append(("out", out.clone())))
+    layer = chain.fc1.layer
+    for t, x in enumerate(inputs(4), start=1):
+        assert torch.allclose(chain(x), plain(x), rtol=1e-12, atol=1e-12)
+        assert [kind for kind, _ in seen] == ["in", "out"] * t
+        rate = chain.fc1.neuron.total / t
+        assert torch.equal(seen[-2][1], rate)
+        assert torch.equal(seen[-1][1], nn.functional.linear(rate, layer.weight, layer.bias))
+
+
 @pytest.mark.parametrize("config", sorted(MODELS))
 def test_linked_network_gives_the_unlinked_outputs(config, images):
     """In every ViT configuration: the links the rules name carry each output to all its readers

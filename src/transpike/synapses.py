@@ -46,9 +46,11 @@ def rate_output(layer: nn.Module, total: Tensor, t: int) -> Tensor:
     """``layer(X/t)``, the rate of a layer's output from its input's spike sum X after t steps.
 
     For a Linear layer, ``b + (1/t)·X·Wᵀ`` with 1/t as the GEMM's α (``addmm``): no pass over X
-    and no copy of it. The layer module itself is not called then (its hooks do not run).
+    and no copy of it. The layer module is called instead (the same value up to rounding) when it
+    is a subclass, which may compute something else in its forward, or has hooks, which must see
+    its input and output.
     """
-    if type(layer) is not nn.Linear:  # a subclass may compute something else in its forward
+    if type(layer) is not nn.Linear or layer._forward_hooks or layer._forward_pre_hooks:
         return layer(total / t)
     flat = total.reshape(-1, total.shape[-1])
     bias = layer.bias if layer.bias is not None else flat.new_zeros(())
