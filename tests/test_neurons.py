@@ -196,14 +196,18 @@ def test_power_of_two_floor_compiled_equals_eager(dtype):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fuse", [False, True])
 def test_membrane_layout_follows_a_transposed_input(device, fuse):
-    # kᵀ in attention is a transposed view: the membrane takes its layout, so that one step reads
-    # both in memory order; an input whose last dimension is contiguous gets a contiguous membrane
-    current = torch.randn(2, 3, 7, 5, device=device).transpose(-2, -1) * 4
+    # kᵀ in attention is a transposed view of a slice of qkv's output: the membrane is the
+    # transpose of a contiguous tensor, so that one step walks both along the same dimension and
+    # the product reads it as a batch of transposed matrices without a copy; an input whose last
+    # dimension is contiguous gets a contiguous membrane
+    qkv = torch.randn(2, 7, 3, 3, 5, device=device) * 4
+    current = qkv.permute(2, 0, 3, 1, 4)[1].transpose(-2, -1)  # [2, 3, 5, 7], unit stride at -2
     plain, neuron = (MTNeuron(torch.tensor(0.5), torch.tensor(0.25), 4).to(device) for _ in range(2))
     neuron.fused = fuse
     for _ in range(3):
         assert torch.equal(neuron(current), plain(current.contiguous()))
-    assert neuron.v.stride() == current.stride()
+    assert neuron.v.transpose(-2, -1).is_contiguous()
+    assert neuron.v.reshape(6, 5, 7).data_ptr() == neuron.v.data_ptr()  # a view: no copy
     sliced = MTNeuron(torch.tensor(0.5), torch.tensor(0.25), 4).to(device)
     sliced(torch.randn(2, 3, 7, 10, device=device)[..., :5])
     assert sliced.v.is_contiguous()

@@ -235,6 +235,19 @@ def scratch_buffer() -> Tensor | None:
     return getattr(_workspace, "buffer", None)
 
 
+def _state_like(current: Tensor) -> Tensor:
+    """Zeros for a neuron's membrane or spike sum: contiguous, or, for a transposed input (the
+    attention's kᵀ, whose second-last dimension is the unit-stride one), the transpose of a
+    contiguous tensor. Charging then walks input and state along the same dimension, and the
+    product reads the state as a batch of transposed matrices, which its GEMM takes without a copy.
+    """
+    transposed = current.dim() >= 2 and current.stride(-1) != 1 and current.stride(-2) == 1
+    if transposed:
+        current = current.transpose(-2, -1)
+    state = torch.zeros_like(current, memory_format=torch.contiguous_format)
+    return state.transpose(-2, -1) if transposed else state
+
+
 class MTNeuron(Stateful, nn.Module):
     """A layer of MT (or burst) neurons with thresholds θ1, θ2 and its state.
 
@@ -283,15 +296,10 @@ class MTNeuron(Stateful, nn.Module):
         reused next step), or None when fused and nobody reads them (``spikes_read``)."""
         self.t += 1
         if self.t == 1:
-            # In the input's layout when its last dimension is strided (the attention's kᵀ, a
-            # transposed view), so that charging walks both in memory order; contiguous otherwise,
-            # which the products after q, v and attn need.
-            strided = current.dim() > 0 and current.stride(-1) != 1
-            layout = torch.preserve_format if strided else torch.contiguous_format
             if not self.takes_rate:
-                self.v = torch.zeros_like(current, memory_format=layout)
+                self.v = _state_like(current)
             if self.takes_rate or self.keeps_total:
-                self.total = torch.zeros_like(current, memory_format=layout)
+                self.total = _state_like(current)
         state = self.total if self.takes_rate else self.v
         theta = self.theta_pos, self.theta_neg
         if self.theta_pos.dtype != current.dtype:  # a float64 network: a conversion per step
