@@ -165,6 +165,19 @@ def test_counting_is_off_without_a_monitor(images):
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in snn.modules())
 
 
+def test_dense_count_charges_a_layer_handing_on_rates_its_gemm_only(images):
+    # its rate is one GEMM on the spike sum (1/t and the bias in it); counting must not hook the
+    # layer itself, which would make it compute X/t and then call the layer
+    calibration, x = images
+    snn = transpike.convert(tiny_vit(), calibration)
+    work = count_dense_work(snn, x)
+    fc1 = snn.network.blocks[0].mlp.fc1
+    assert fc1.emits_rate
+    assert work.macs[("blocks.0.mlp.fc1", "weight")] == 17 * 24 * 96
+    assert work.elementwise.get(("blocks.0.mlp.fc1", "weight"), 0) == 0
+    assert not any(path.endswith(".layer") for path, _ in work.macs)
+
+
 def test_energy_constants_are_configurable(images):
     calibration, x = images
     snn = transpike.convert(tiny_vit(), calibration)

@@ -95,12 +95,20 @@ class _Counter(TorchDispatchMode):
         return out
 
 
+def _is_weight(module: nn.Module) -> bool:
+    rule = rule_for(module)
+    return rule is not None and rule.role is Role.WEIGHT
+
+
 def _tracked(network: nn.Module) -> dict[nn.Module, tuple[str, str]]:
     """Modules whose work is charged separately: module -> (path, role)."""
     tracked: dict[nn.Module, tuple[str, str]] = {}
+    # A spiking layer's layer works inside it: a hook of its own would make a layer that hands on
+    # rates call it (rate_output) instead of the GEMM the simulation runs.
+    inner = {module.layer for module in network.modules() if isinstance(module, SpikingLayer)}
     for path, module in network.named_modules():
-        if isinstance(module, SpikingLayer):  # both: a layer emitting rates is not called itself
-            tracked[module] = tracked[module.layer] = (path, "weight")
+        if isinstance(module, SpikingLayer):
+            tracked[module] = (path, "weight")
         elif isinstance(module, SpikingProduct):
             tracked[module] = (path, "product")
         elif isinstance(module, ExpectationCompensation):
@@ -108,7 +116,7 @@ def _tracked(network: nn.Module) -> dict[nn.Module, tuple[str, str]]:
             tracked[module.f] = (path, "ann-nonlinear")
         elif isinstance(module, MTNeuron):
             tracked[module] = (path, "neuron")
-        elif (rule := rule_for(module)) is not None and rule.role is Role.WEIGHT and module not in tracked:
+        elif module not in tracked and module not in inner and _is_weight(module):
             tracked[module] = (path, "direct-input")
     return tracked
 
