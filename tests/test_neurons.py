@@ -9,7 +9,7 @@ from conftest import DEVICES
 
 from transpike import FusionError, MTNeuron, burst_fire, fusion, mt_fire, spike_planes
 from transpike.fusion import fused
-from transpike.neurons import _pow2_floor_, charge_fire_reset
+from transpike.neurons import _pow2_floor_, charge_fire_reset, fire_both
 from transpike.synapses import level_values
 
 T1, T2 = torch.tensor(1.0), torch.tensor(0.5)  # θ1 = 1, θ2 = 0.5; n = 3: levels 1, 2, 4 and -0.5, -1, -2
@@ -180,6 +180,37 @@ def test_fused_neuron_whose_spikes_nobody_reads_writes_only_its_sum():
     seen = []
     quiet.register_forward_hook(lambda module, inputs, x: seen.append(x))
     assert torch.equal(quiet(current), plain(current)) and seen and spikes is not None
+
+
+@pytest.mark.parametrize("takes_rate", [False, True])
+def test_two_quiet_fused_neurons_step_in_one_call(takes_rate):
+    # a product's operands: one compiled call for both (the same sums as each on its own,
+    # every batch size on one compilation); a hook on either makes them step one by one again
+    gen = torch.Generator().manual_seed(8)
+    theta = [(T1, T2), (T2 * 0.7, T1 * 1.3)]
+    quiet, plain = [[MTNeuron(*theta[i], 4) for i in range(2)] for _ in range(2)]
+    for neuron in quiet + plain:
+        neuron.takes_rate, neuron.keeps_total, neuron.spikes_read = takes_rate, True, False
+    for neuron in quiet:
+        neuron.fused = True
+    compiled = torch._dynamo.utils.counters["stats"]
+    for batch in (4, 3):
+        a, b = torch.randn(batch, 3, 8, generator=gen) * 3, torch.randn(batch, 8, 3, generator=gen).mT * 2
+        for neuron in quiet + plain:
+            neuron.reset()
+        for _ in range(3):
+            assert fire_both(quiet[0], a, quiet[1], b) == (None, None)
+            plain[0](a), plain[1](b)
+            assert all(torch.equal(q.total, p.total) for q, p in zip(quiet, plain, strict=True))
+        if batch == 4:
+            graphs = compiled["unique_graphs"]
+    assert compiled["unique_graphs"] == graphs and quiet[0].t == 3
+    seen = []
+    quiet[1].register_forward_hook(lambda module, inputs, x: seen.append(x))
+    spikes = fire_both(quiet[0], a, quiet[1], b)
+    assert spikes[0] is None and torch.equal(spikes[1], plain[1](b)) and len(seen) == 1
+    plain[0](a)
+    assert all(torch.equal(q.total, p.total) for q, p in zip(quiet, plain, strict=True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

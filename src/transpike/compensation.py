@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .neurons import MTNeuron
+from .neurons import MTNeuron, fire_both
 from .state import Stateful
 
 
@@ -154,7 +154,7 @@ class SpikingProduct(Stateful, nn.Module):
 
     @torch.no_grad()  # state is updated in place: simulation, not training
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        spikes_a, spikes_b = self.neuron_a(a), self.neuron_b(b)
+        spikes_a, spikes_b = fire_both(self.neuron_a, a, self.neuron_b, b)
         self.t += 1
         if not self.compensated:
             return scaled_product(self.op, spikes_a, spikes_b, self.scale)

@@ -290,27 +290,37 @@ class MTNeuron(Stateful, nn.Module):
         self.fused = False  # see transpike.fusion; a simulation setting, not saved
         self.reset()
 
-    @torch.no_grad()  # state is updated in place: simulation, not training
-    def forward(self, current: Tensor) -> Tensor | None:
-        """One step: charge, fire, reset by subtraction. Returns the spikes (a tensor that may be
-        reused next step), or None when fused and nobody reads them (``spikes_read``)."""
+    def _begin(self, current: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor], int | None]:
+        """Count the step, make the state at the first: (state, θ1 and θ2 in the input's dtype, t
+        for a neuron driven by rates, else None)."""
         self.t += 1
         if self.t == 1:
             if not self.takes_rate:
                 self.v = _state_like(current)
             if self.takes_rate or self.keeps_total:
                 self.total = _state_like(current)
-        state = self.total if self.takes_rate else self.v
         theta = self.theta_pos, self.theta_neg
         if self.theta_pos.dtype != current.dtype:  # a float64 network: a conversion per step
             theta = self.theta_pos.to(current.dtype), self.theta_neg.to(current.dtype)
-        t = self.t if self.takes_rate else None
+        return self.total if self.takes_rate else self.v, theta, self.t if self.takes_rate else None
+
+    def _compiled_arguments(self, current: Tensor, spikes: bool) -> tuple[tuple, tuple]:
+        """One step's :func:`charge_fire_reset` arguments for the compiled kernel: the tensors with
+        a batch dimension (input, membrane, spike sum), and the rest."""
+        _, theta, t = self._begin(current)
+        if t is not None:  # a tensor: a number would be compiled in, once per step
+            t = torch.full((), t, dtype=current.dtype, device=current.device)
+        rest = (t, *theta, self.levels, self.rounding, self.neuron, spikes)
+        return (current, self.v, self.total), rest
+
+    @torch.no_grad()  # state is updated in place: simulation, not training
+    def forward(self, current: Tensor) -> Tensor | None:
+        """One step: charge, fire, reset by subtraction. Returns the spikes (a tensor that may be
+        reused next step), or None when fused and nobody reads them (``spikes_read``)."""
         if self.fused:
-            if t is not None:  # a tensor: a number would be compiled in, once per step
-                t = torch.full((), t, dtype=current.dtype, device=current.device)
-            spikes = self.spikes_read or bool(self._forward_hooks)
-            args = (current, self.v, self.total, t, *theta, self.levels, self.rounding, self.neuron, spikes)
-            return fused(charge_fire_reset, *args, batched=3)
+            batched, rest = self._compiled_arguments(current, self.spikes_read or bool(self._forward_hooks))
+            return fused(charge_fire_reset, *batched, *rest, batched=3)
+        state, theta, t = self._begin(current)
         if self._out is None:
             self._out = torch.empty_like(state)
         return charge_fire_reset(
@@ -341,3 +351,39 @@ class MTNeuron(Stateful, nn.Module):
         return (
             f"levels={self.levels}, neuron={self.neuron}, rounding={self.rounding}, thresholds={shape}{rate}"
         )
+
+
+def _charge_fire_reset_both(
+    current_a: Tensor,
+    v_a: Tensor | None,
+    total_a: Tensor | None,
+    current_b: Tensor,
+    v_b: Tensor | None,
+    total_b: Tensor | None,
+    rest_a: tuple,
+    rest_b: tuple,
+) -> None:
+    """:func:`charge_fire_reset` of two neurons, compiled as one call (see :func:`fire_both`)."""
+    charge_fire_reset(current_a, v_a, total_a, *rest_a)
+    charge_fire_reset(current_b, v_b, total_b, *rest_b)
+
+
+@torch.no_grad()  # state is updated in place: simulation, not training
+def fire_both(first: MTNeuron, a: Tensor, second: MTNeuron, b: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """One step of two neurons on a and b (a product's operands): ``first(a), second(b)``.
+
+    Fused neurons whose spikes nobody reads (``spikes_read`` False) and nobody observes (no
+    hooks: a spike monitor, an energy count) step in one compiled call and return None: a
+    compiled call costs about 100 µs before its kernel runs on the CPU, and a ViT's products
+    would pay it 24 more times per step (BENCHMARKS.md §3). The same spikes and sums either way.
+    """
+
+    def quiet(neuron: MTNeuron) -> bool:
+        return neuron.fused and not (neuron.spikes_read or neuron._forward_hooks or neuron._forward_pre_hooks)
+
+    if not (quiet(first) and quiet(second)):
+        return first(a), second(b)
+    batched_a, rest_a = first._compiled_arguments(a, False)
+    batched_b, rest_b = second._compiled_arguments(b, False)
+    fused(_charge_fire_reset_both, *batched_a, *batched_b, rest_a, rest_b, batched=6)
+    return None, None
