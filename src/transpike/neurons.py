@@ -360,12 +360,14 @@ def _charge_fire_reset_both(
     current_b: Tensor,
     v_b: Tensor | None,
     total_b: Tensor | None,
-    rest_a: tuple,
-    rest_b: tuple,
+    *rest: object,
 ) -> None:
-    """:func:`charge_fire_reset` of two neurons, compiled as one call (see :func:`fire_both`)."""
-    charge_fire_reset(current_a, v_a, total_a, *rest_a)
-    charge_fire_reset(current_b, v_b, total_b, *rest_b)
+    """:func:`charge_fire_reset` of two neurons, compiled as one call (see :func:`fire_both`);
+    ``rest`` holds the first neuron's remaining arguments, then the second's (flat: Dynamo checks
+    flat arguments faster than tuples)."""
+    half = len(rest) // 2
+    charge_fire_reset(current_a, v_a, total_a, *rest[:half])
+    charge_fire_reset(current_b, v_b, total_b, *rest[half:])
 
 
 @torch.no_grad()  # state is updated in place: simulation, not training
@@ -385,5 +387,5 @@ def fire_both(first: MTNeuron, a: Tensor, second: MTNeuron, b: Tensor) -> tuple[
         return first(a), second(b)
     batched_a, rest_a = first._compiled_arguments(a, False)
     batched_b, rest_b = second._compiled_arguments(b, False)
-    fused(_charge_fire_reset_both, *batched_a, *batched_b, rest_a, rest_b, batched=6)
+    fused(_charge_fire_reset_both, *batched_a, *batched_b, *rest_a, *rest_b, batched=6)
     return None, None
