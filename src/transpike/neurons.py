@@ -370,7 +370,6 @@ def _charge_fire_reset_both(
     charge_fire_reset(current_b, v_b, total_b, *rest[half:])
 
 
-@torch.no_grad()  # state is updated in place: simulation, not training
 def fire_both(first: MTNeuron, a: Tensor, second: MTNeuron, b: Tensor) -> tuple[Tensor | None, Tensor | None]:
     """One step of two neurons on a and b (a product's operands): ``first(a), second(b)``.
 
@@ -378,6 +377,7 @@ def fire_both(first: MTNeuron, a: Tensor, second: MTNeuron, b: Tensor) -> tuple[
     hooks: a spike monitor, an energy count) step in one compiled call and return None: a
     compiled call costs about 100 µs before its kernel runs on the CPU, and a ViT's products
     would pay it 24 more times per step (BENCHMARKS.md §3). The same spikes and sums either way.
+    Called from :meth:`SpikingProduct.forward`, which already runs without autograd.
     """
 
     def quiet(neuron: MTNeuron) -> bool:
