@@ -9,7 +9,7 @@ from conftest import DEVICES
 
 from transpike import FusionError, MTNeuron, burst_fire, fusion, mt_fire, spike_planes
 from transpike.fusion import fused
-from transpike.neurons import _pow2_floor_, charge_fire_reset, fire_both
+from transpike.neurons import _pow2_floor_, _signed_threshold, charge_fire_reset, fire_both
 from transpike.synapses import level_values
 
 T1, T2 = torch.tensor(1.0), torch.tensor(0.5)  # θ1 = 1, θ2 = 0.5; n = 3: levels 1, 2, 4 and -0.5, -1, -2
@@ -222,6 +222,19 @@ def test_power_of_two_floor_compiled_equals_eager(dtype):
     expected = torch.where(y >= 1, 2.0 ** torch.floor(torch.log2(y.double())), 0.0).to(dtype)
     assert torch.equal(_pow2_floor_(y.clone()), expected)
     assert torch.equal(fused(_pow2_floor_, y.clone()), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_signed_threshold_compiled_equals_eager(device):
+    # compiled it is a select, eagerly s·(θ1+θ2)/2 + (θ1-θ2)/2: for these thresholds the formula
+    # does not give -θ2 back exactly, and the select must pick the same rounded values
+    theta_pos, theta_neg = torch.tensor(0.5062565803527832), torch.tensor(0.7672086358070374)
+    assert (theta_neg + theta_pos) / 2 - (theta_pos - theta_neg) / 2 != theta_neg
+    m = torch.tensor([-3.0, -1e-30, 0.0, 1e-30, 2.5], device=device)
+    for thresholds in ((theta_pos, theta_neg), (theta_pos.repeat(5), theta_neg.repeat(5))):
+        thresholds = [theta.to(device) for theta in thresholds]
+        expected = _signed_threshold(m, *thresholds, None)
+        assert torch.equal(fused(_signed_threshold, m, *thresholds, None), expected)
 
 
 @pytest.mark.parametrize("device", DEVICES)
