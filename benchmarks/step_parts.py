@@ -34,16 +34,13 @@ def skipped(function, *args, batched=0):
     return args[0] if args[-1] is True else None
 
 
-def median_ms(run, rounds: int) -> float:
-    """Median over rounds of the mean of two consecutive calls, after an untimed one."""
-    times = []
-    for _ in range(rounds):
-        run()
-        start = time.perf_counter()
-        run()
-        run()
-        times.append((time.perf_counter() - start) / 2 * 1e3)
-    return statistics.median(times)
+def pair_ms(run) -> float:
+    """Mean time of two consecutive calls after an untimed one, in ms."""
+    run()
+    start = time.perf_counter()
+    run()
+    run()
+    return (time.perf_counter() - start) / 2 * 1e3
 
 
 def interleaved(model, snn, x, rounds: int) -> dict:
@@ -60,7 +57,7 @@ def interleaved(model, snn, x, rounds: int) -> dict:
     times = {name: [] for name in parts}
     for _ in range(rounds):
         for name, run in parts.items():
-            times[name].append(median_ms(run, 1))
+            times[name].append(pair_ms(run))
     return {f"{name}_ms": statistics.median(values) for name, values in times.items()}
 
 
