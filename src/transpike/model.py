@@ -217,11 +217,11 @@ class SpikingModel(nn.Module):
         ``enabled=False``, as separate operations again.
 
         The same spikes bit for bit (tested on the CPU; on a GPU last before a product's operand
-        neurons shared one compiled call). The first steps for each new input shape pay the
-        compilation (seconds; on the CPU a C++ compiler must be installed). Worth it on the CPU
-        (vit_tiny at batch 8: 2.1-2.3x -> 1.5-1.6x the ANN per step on an Intel Xeon, 1.7x -> 1.3-1.4x
-        on an AMD EPYC, BENCHMARKS.md §3; SIT, §5)
-        and where memory traffic bounds a GPU step (large batches, §3b). A simulation setting: not
+        neurons shared one compiled call and the kernel selected its signed threshold). The first
+        steps for each new input shape pay the compilation (seconds; on the CPU a C++ compiler must
+        be installed). Worth it on the CPU (vit_tiny at batch 8: 2.1-2.3x -> 1.5-1.6x the ANN per
+        step on an Intel Xeon, 1.7x -> 1.3-1.4x on an AMD EPYC, BENCHMARKS.md §3; SIT, §5) and
+        where memory traffic bounds a GPU step (large batches, §3b). A simulation setting: not
         saved with the network. Returns self.
         """
         for module in self.network.modules():
