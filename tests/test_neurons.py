@@ -225,14 +225,17 @@ def test_power_of_two_floor_compiled_equals_eager(dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_signed_threshold_compiled_equals_eager(device):
-    # compiled it is a select, eagerly s·(θ1+θ2)/2 + (θ1-θ2)/2: for these thresholds the formula
-    # does not give -θ2 back exactly, and the select must pick the same rounded values
-    theta_pos, theta_neg = torch.tensor(0.5062565803527832), torch.tensor(0.7672086358070374)
-    assert (theta_neg + theta_pos) / 2 - (theta_pos - theta_neg) / 2 != theta_neg
-    m = torch.tensor([-3.0, -1e-30, 0.0, 1e-30, 2.5], device=device)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_signed_threshold_compiled_equals_eager(device, dtype):
+    # compiled it is a select, eagerly s·(θ1+θ2)/2 + (θ1-θ2)/2: in float32 the formula gives
+    # neither θ1 nor -θ2 back exactly for these thresholds, and the select must pick the same
+    # rounded values (in float64, thresholds stored in float32 come back exactly)
+    theta_pos, theta_neg = torch.tensor(0.3038884401321411), torch.tensor(0.7923478484153748)
+    half_sum, half_difference = (theta_pos + theta_neg) / 2, (theta_pos - theta_neg) / 2
+    assert half_sum + half_difference != theta_pos and half_sum - half_difference != theta_neg
+    m = torch.tensor([-3.0, -1e-30, 0.0, 1e-30, 2.5], device=device, dtype=dtype)
     for thresholds in ((theta_pos, theta_neg), (theta_pos.repeat(5), theta_neg.repeat(5))):
-        thresholds = [theta.to(device) for theta in thresholds]
+        thresholds = [theta.to(device, dtype) for theta in thresholds]
         expected = _signed_threshold(m, *thresholds, None)
         assert torch.equal(fused(_signed_threshold, m, *thresholds, None), expected)
 
