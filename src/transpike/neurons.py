@@ -61,11 +61,12 @@ def _pow2_floor_(y: Tensor, bits: int = 31) -> Tensor:
 def _signed_threshold(m: Tensor, theta_pos: Tensor, theta_neg: Tensor, out: Tensor | None) -> Tensor:
     """θ1 where m ≥ 0 and -θ2 where m < 0: the smallest level on m's side, with m's sign.
 
-    Eagerly, from s = ±1 (the sign of m, never 0): s·(θ1+θ2)/2 + (θ1-θ2)/2, three passes and no
-    select (a select with broadcast thresholds is several times slower on CPU), exact up to one
-    rounding. Separate in-place passes, because ``addcmul`` with two broadcast thresholds falls
-    back to an unvectorized loop (8x slower on CPU). Dividing m by it gives |m|/θ directly, and
-    multiplying a level by it restores the sign.
+    Eagerly, s·(θ1+θ2)/2 + (θ1-θ2)/2 with s = ±1 the sign of m (never 0): (θ1+θ2)/2 with m's sign
+    (``copysign``, exact), then the sum, two passes and no select (a select with broadcast
+    thresholds is several times slower on CPU), exact up to one rounding. Separate in-place
+    passes, because ``addcmul`` with two broadcast thresholds falls back to an unvectorized loop
+    (8x slower on CPU). Dividing m by it gives |m|/θ directly, and multiplying a level by it
+    restores the sign.
 
     Compiled, the same two values are selected by m < 0: Inductor's C++ calls a library
     ``copysign`` per vector, a third of a fused MT neuron's time on an AVX2 CPU (BENCHMARKS.md §3).
@@ -74,9 +75,8 @@ def _signed_threshold(m: Tensor, theta_pos: Tensor, theta_neg: Tensor, out: Tens
     half_sum, half_difference = (theta_pos + theta_neg) / 2, (theta_pos - theta_neg) / 2
     if torch.compiler.is_compiling():
         return torch.where(m < 0, half_difference - half_sum, half_sum + half_difference)
-    one = torch.ones((), dtype=m.dtype, device=m.device)
-    signed = torch.copysign(one, m, out=out) if out is not None else torch.copysign(one, m)
-    return signed.mul_(half_sum).add_(half_difference)
+    signed = torch.copysign(half_sum, m, out=out) if out is not None else torch.copysign(half_sum, m)
+    return signed.add_(half_difference)
 
 
 def _scaled(
