@@ -75,8 +75,7 @@ def _signed_threshold(m: Tensor, theta_pos: Tensor, theta_neg: Tensor, out: Tens
     half_sum, half_difference = (theta_pos + theta_neg) / 2, (theta_pos - theta_neg) / 2
     if torch.compiler.is_compiling():
         return torch.where(m < 0, half_difference - half_sum, half_sum + half_difference)
-    signed = torch.copysign(half_sum, m, out=out) if out is not None else torch.copysign(half_sum, m)
-    return signed.add_(half_difference)
+    return torch.copysign(half_sum, m, out=out).add_(half_difference)
 
 
 def _scaled(
