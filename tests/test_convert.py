@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 from conftest import DEVICES, ann_output, assert_converges, relative_error, tiny_vit
-from timm.layers import Attention
+from timm.layers import Attention, AttentionPoolLatent, GluMlp
 from timm.models.vision_transformer import ResPostBlock
 from torch import nn
 
@@ -23,15 +23,20 @@ CONFIGS = {
     "no-qkv-bias": dict(qkv_bias=False),
     "pre-norm-no-embed-class": dict(pre_norm=True, no_embed_class=True),
     "res-post-block": dict(block_fn=ResPostBlock),
+    "glu-sigmoid-gate-last": dict(mlp_layer=GluMlp),
 }
 MODELS = {name: ("vit_tiny_patch16_224", kw) for name, kw in CONFIGS.items()}
 MODELS["deit"] = ("deit_tiny_patch16_224", {})
 MODELS["deit-distilled"] = ("deit_tiny_distilled_patch16_224", {})
+# registered timm models whose parts the configurations above lack (at TINY size, random weights)
+MODELS["dinov2-swiglu-packed"] = ("vit_giant_patch14_reg4_dinov2", {})
+MODELS["aimv2-swiglu-rmsnorm"] = ("aimv2_large_patch14_224", {})
+MODELS["siglip-attention-pool"] = ("vit_base_patch16_siglip_224", {})
 
 
 def set_fused(model: nn.Module, fused: bool) -> None:
     for module in model.modules():
-        if isinstance(module, Attention):
+        if hasattr(module, "fused_attn"):  # timm's Attention and AttentionPoolLatent
             module.fused_attn = fused
 
 
@@ -130,6 +135,39 @@ def test_gated_attention_product_is_converted():
     ref = ann_output(model, x)
     y = snn.simulate(x, 64)
     assert relative_error(y[-1], ref) < 0.05 < relative_error(y[0], ref)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(qk_norm=True, norm_layer=nn.LayerNorm),
+        dict(latent_len=2, pool_type="avg", pos_embed="abs", feat_size=9, q_proj=False),
+        dict(out_features=0),  # pre-logits mode: no projection, norm or MLP
+    ],
+)
+def test_attention_pool_variants_are_converted(kwargs):
+    torch.manual_seed(0)
+    model = nn.Sequential(AttentionPoolLatent(24, num_heads=3, **kwargs)).eval()
+    x = torch.randn(4, 9, 24)
+    ref = ann_output(model, x)
+    with torch.no_grad():
+        assert torch.allclose(prepare(model, ConversionOptions())(x), ref, atol=1e-5)
+    snn = transpike.convert(model, torch.randn(16, 9, 24))
+    assert [r.path for r in snn.report().by_role("mt×mt+product-ec")] == ["0.qk", "0.av"]
+    y = snn.simulate(x, 64)
+    assert relative_error(y[-1], ref) < 0.05 < relative_error(y[0], ref)
+
+
+def test_gated_mlps_and_the_attention_pool_pass_rates(images):
+    """Inside a GLU MLP and an attention pool every converted module hands the next its rate."""
+    calibration, _ = images
+    for name, _ in (MODELS["aimv2-swiglu-rmsnorm"], MODELS["dinov2-swiglu-packed"]):
+        mlp = transpike.convert(tiny_vit(name), calibration).network.blocks[0].mlp
+        assert (mlp.act.takes_rate, mlp.act.emits_rate, mlp.gating.emits_rate) == (True, True, True)
+        assert mlp.gating.neuron_a.takes_rate and mlp.gating.neuron_b.takes_rate and mlp.fc2.neuron.takes_rate
+    pool = transpike.convert(tiny_vit(MODELS["siglip-attention-pool"][0]), calibration).network.attn_pool
+    assert pool.qk.emits_rate and pool.softmax.takes_rate and pool.softmax.emits_rate and pool.av.emits_rate
+    assert pool.qk.neuron_a.takes_rate and pool.proj.neuron.takes_rate and pool.mlp.fc1.neuron.takes_rate
 
 
 def test_convolution_fed_by_spikes_gets_neurons():

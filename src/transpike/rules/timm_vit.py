@@ -4,21 +4,36 @@ What is converted, following ECMT Algorithm 1:
 
 - every Linear (qkv, proj, fc1, fc2, the heads, the attention gate) gets an MT neuron before it;
 - Q·Kᵀ and attn·V get an MT neuron on each operand and the product EC; the attention scale is
-  folded into the product;
-- LayerNorm (block norms, qk-norm, final norm, fc_norm), GELU and softmax become EC modules;
+  folded into the product; so do the gating products of GLU MLPs (SwiGLU) and of gated attention;
+- LayerNorm and RmsNorm (block norms, qk-norm, final norm, fc_norm), GELU, SiLU and softmax become
+  EC modules;
+- attention pooling (``global_pool="map"``, SigLIP) is an attention whose query is a learned latent
+  token: the latent goes through an MT neuron and ``q`` like any token;
 - the patch embedding sees the image at every step (direct coding): its convolution stays analog,
   as in ECMT and most conversion work, and its output is the same at every step;
 - class, register and distillation tokens, position embeddings, residual sums, LayerScale and
   class-token or average pooling are linear and need no change.
 
-timm's ``Attention`` calls one fused ``scaled_dot_product_attention`` kernel whose internals no hook
-can reach, so ``prepare`` swaps it for :class:`ExplicitAttention`, which computes the same function
-with every product and nonlinearity as its own module (whether or not timm would fuse it).
+timm's ``Attention`` and ``AttentionPoolLatent`` call one fused ``scaled_dot_product_attention``
+kernel whose internals no hook can reach, and the GLU MLPs multiply two activations in their
+forward, so ``prepare`` swaps them for twins (:class:`ExplicitAttention`,
+:class:`ExplicitAttentionPool`, :class:`ExplicitGluMlp`) that compute the same function with every
+product and nonlinearity as its own module (whether or not timm would fuse it).
 """
 
 from __future__ import annotations
 
-from timm.layers import Attention, DropPath, LayerScale, Mlp, PatchDropout, PatchEmbed
+from timm.layers import (
+    Attention,
+    AttentionPoolLatent,
+    DropPath,
+    GluMlp,
+    LayerScale,
+    Mlp,
+    PatchDropout,
+    PatchEmbed,
+    SwiGLU,
+)
 from timm.layers import activations as timm_act
 from timm.layers import norm as timm_norm
 from timm.models.deit import VisionTransformerDistilled
@@ -77,6 +92,83 @@ class ExplicitAttention(nn.Module):
         return self.proj_drop(self.proj(out))
 
 
+class ExplicitAttentionPool(nn.Module):
+    """timm ``AttentionPoolLatent`` (``global_pool="map"``) with Q·Kᵀ, softmax and attn·V as modules.
+
+    The query is a learned latent token through ``q`` (an MT neuron before it, like before any
+    Linear), the keys and values come from the tokens through ``kv``. Shares the original's
+    parameters and submodules under their names (latent, pos_embed, q, kv, q_norm, k_norm, proj,
+    norm, mlp).
+    """
+
+    def __init__(self, pool: AttentionPoolLatent) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.latent_len = pool.num_heads, pool.head_dim, pool.latent_len
+        self.pool = pool.pool
+        self.pos_embed = pool.pos_embed
+        self.latent = pool.latent
+        self.q, self.kv = pool.q, pool.kv
+        self.q_norm, self.k_norm = pool.q_norm, pool.k_norm
+        # operands as in ExplicitAttention: [B, heads, latents or tokens, head_dim], kᵀ transposed
+        self.qk = Product("matmul", pool.scale, channels_a=(-3, -1), channels_b=(-3, -2))
+        self.softmax = nn.Softmax(dim=-1)
+        self.av = Product("matmul", 1.0, channels_a=(-3,), channels_b=(-3, -1))
+        self.proj, self.proj_drop, self.norm, self.mlp = pool.proj, pool.proj_drop, pool.norm, pool.mlp
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        if attn_mask is not None:
+            raise ValueError("attention masks are not supported by the converted attention pool")
+        batch, tokens, channels = x.shape
+        if self.pos_embed is not None:
+            x = x + self.pos_embed.unsqueeze(0).to(x.dtype)
+        q = self.q(self.latent.expand(batch, -1, -1))
+        q = q.reshape(batch, self.latent_len, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = self.kv(x).reshape(batch, tokens, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        out = self.av(self.softmax(self.qk(q, k.transpose(-2, -1))), v)
+        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, self.latent_len, channels)))
+        if self.mlp is not None:
+            out = out + self.mlp(self.norm(out))
+        if self.pool == "token":
+            return out[:, 0]
+        return out.mean(1) if self.pool == "avg" else out
+
+
+class ExplicitGluMlp(nn.Module):
+    """timm ``GluMlp`` (SwiGLUPacked) or ``SwiGLU`` with the gating product act(gate)·value as a
+    module, so that both factors get MT neurons and the product its EC (ECMT Theorem 4.2).
+
+    Shares the original's submodules under their names (fc1, or fc1_g and fc1_x; act, norm, fc2).
+    """
+
+    def __init__(self, mlp: GluMlp | SwiGLU) -> None:
+        super().__init__()
+        self.split = isinstance(mlp, SwiGLU)  # gate and value from two Linears, not one chunked
+        if self.split:
+            self.fc1_g, self.fc1_x = mlp.fc1_g, mlp.fc1_x
+            self.gate_last, self.chunk_dim = False, -1
+        else:
+            self.fc1 = mlp.fc1
+            self.gate_last, self.chunk_dim = mlp.gate_last, mlp.chunk_dim
+        channels = (-1,) if self.chunk_dim == -1 else (-3,)  # NCHW when timm uses 1x1 convolutions
+        self.act = mlp.act
+        self.gating = Product("mul", 1.0, channels_a=channels, channels_b=channels)
+        self.drop1, self.norm, self.fc2, self.drop2 = mlp.drop1, mlp.norm, mlp.fc2, mlp.drop2
+        self.input_layers = ("fc1_g", "fc1_x") if self.split else ("fc1",)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.split:
+            x = self.gating(self.act(self.fc1_g(x)), self.fc1_x(x))
+        else:
+            first, second = self.fc1(x).chunk(2, dim=self.chunk_dim)
+            if self.gate_last:  # first · act(second)
+                x = self.gating(first, self.act(second))
+            else:
+                x = self.gating(self.act(first), second)
+        return self.drop2(self.fc2(self.norm(self.drop1(x))))
+
+
 def _present(module: nn.Module) -> bool:
     return not isinstance(module, nn.Identity)
 
@@ -101,21 +193,64 @@ def _attention_links(attn: ExplicitAttention) -> list[Link]:
     return [(producer, readers) for producer, readers in links if _present(attn.get_submodule(producer))]
 
 
+def _mlp_inputs(mlp: nn.Module) -> tuple[str, ...] | None:
+    """The children of a block's MLP that read its input; None for an MLP of another kind."""
+    if isinstance(mlp, Mlp):
+        return ("fc1",)
+    return mlp.input_layers if isinstance(mlp, ExplicitGluMlp) else None
+
+
 def _block_links(block: Block) -> list[Link]:
-    """Block.forward: norm1 feeds only the attention's input layers, norm2 only fc1."""
+    """Block.forward: norm1 feeds only the attention's input layers, norm2 only the MLP's."""
     links = []
     if isinstance(block.attn, ExplicitAttention):
         links.append(("norm1", tuple(f"attn.{name}" for name in block.attn.input_layers)))
-    if isinstance(block.mlp, Mlp):
-        links.append(("norm2", ("mlp.fc1",)))
+    if _mlp_inputs(block.mlp) is not None:
+        links.append(("norm2", tuple(f"mlp.{name}" for name in _mlp_inputs(block.mlp))))
     return links
+
+
+def _to_fc2(mlp: nn.Module, producer: str) -> list[Link]:
+    """From ``producer`` through the MLP's norm (when present) to fc2."""
+    if _present(mlp.norm):
+        return [(producer, ("norm",)), ("norm", ("fc2",))]
+    return [(producer, ("fc2",))]
 
 
 def _mlp_links(mlp: Mlp) -> list[Link]:
     """Mlp.forward: fc1 -> act -> drop1 -> norm (when present) -> fc2."""
-    if _present(mlp.norm):
-        return [("fc1", ("act",)), ("act", ("norm",)), ("norm", ("fc2",))]
-    return [("fc1", ("act",)), ("act", ("fc2",))]
+    return [("fc1", ("act",)), *_to_fc2(mlp, "act")]
+
+
+def _glu_links(mlp: ExplicitGluMlp) -> list[Link]:
+    """ExplicitGluMlp.forward: gate -> act -> one factor; value -> the other; product -> fc2.
+    A chunked fc1 feeds both: its halves are views of its output."""
+    if mlp.split:
+        links = [("fc1_g", ("act",)), ("fc1_x", ("gating.neuron_b",)), ("act", ("gating.neuron_a",))]
+    elif mlp.gate_last:
+        links = [("fc1", ("gating.neuron_a", "act")), ("act", ("gating.neuron_b",))]
+    else:
+        links = [("fc1", ("act", "gating.neuron_b")), ("act", ("gating.neuron_a",))]
+    return links + _to_fc2(mlp, "gating")
+
+
+def _pool_links(pool: ExplicitAttentionPool) -> list[Link]:
+    """ExplicitAttentionPool.forward: as in the attention, with the query from q (the latent's
+    Linear) and keys and values from kv; the projection feeds both the norm and the residual sum."""
+    q = "q_norm" if _present(pool.q_norm) else "qk.neuron_a"
+    k = "k_norm" if _present(pool.k_norm) else "qk.neuron_b"
+    links = [
+        ("q", (q,)),
+        ("kv", (k, "av.neuron_b")),
+        ("q_norm", ("qk.neuron_a",)),
+        ("k_norm", ("qk.neuron_b",)),
+        ("qk", ("softmax",)),
+        ("softmax", ("av.neuron_a",)),
+        ("av", ("proj",)),
+    ]
+    if pool.mlp is not None:
+        links.append(("norm", ("mlp.fc1",)))
+    return [(producer, readers) for producer, readers in links if _present(pool.get_submodule(producer))]
 
 
 def _stream_links(vit: VisionTransformer) -> list[Link]:
@@ -131,7 +266,7 @@ def _stream_links(vit: VisionTransformer) -> list[Link]:
         return []  # a block left analog between converted ones writes a stream of its own
     for index, block in enumerate(vit.blocks[:converted]):
         pre_norm = type(block) is Block and isinstance(block.attn, ExplicitAttention)
-        if not pre_norm or not isinstance(block.mlp, Mlp):
+        if not pre_norm or _mlp_inputs(block.mlp) is None:
             return []  # post-norm blocks (ResPostBlock) read and write the stream otherwise
         producers += [f"blocks.{index}.attn.proj", f"blocks.{index}.mlp.fc2"]
         readers += [f"blocks.{index}.norm1", f"blocks.{index}.norm2"]
@@ -155,10 +290,11 @@ def _stream_readers_after_blocks(vit: VisionTransformer, converted: int) -> list
 
 
 def _check_pool(model: nn.Module) -> str | None:
-    if getattr(model, "attn_pool", None) is not None or model.global_pool not in LINEAR_POOLS:
+    """A pool computed inside forward() must be linear; an attention pool ("map") is a module."""
+    if getattr(model, "attn_pool", None) is None and model.global_pool not in LINEAR_POOLS:
         return (
             f"global_pool={model.global_pool!r} is computed by a nonlinear function inside forward(); "
-            f"supported pools are {LINEAR_POOLS}"
+            f"supported pools are {(*LINEAR_POOLS, 'map')}"
         )
     return None
 
@@ -170,6 +306,11 @@ register(VisionTransformerDistilled, Role.CONTAINER, check=_check_pool, links=_s
 register(Block, Role.CONTAINER, links=_block_links)
 register(ResPostBlock, Role.CONTAINER)  # its norms feed the residual stream: no links
 register(Mlp, Role.CONTAINER, links=_mlp_links)
+for cls in (GluMlp, SwiGLU):
+    register(cls, Role.CONTAINER, twin=ExplicitGluMlp)
+register(ExplicitGluMlp, Role.CONTAINER, links=_glu_links)
+register(AttentionPoolLatent, Role.CONTAINER, twin=ExplicitAttentionPool)
+register(ExplicitAttentionPool, Role.CONTAINER, links=_pool_links)
 register(PatchEmbed, Role.INPUT)
 for cls in (LayerScale, DropPath, PatchDropout):
     register(cls, Role.PASSTHROUGH)
