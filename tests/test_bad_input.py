@@ -41,7 +41,23 @@ class FunctionalBlock(nn.Module):
         return self.fc2(nn.functional.relu(self.fc1(x)))
 
 
-register(FunctionalBlock, Role.CONTAINER)  # the user claims its forward is linear; the audit checks
+class RotatingBlock(nn.Module):
+    """A container that adds cos of a table computed from a buffer (like a rotary embedding's), or,
+    with ``on_input``, cos of its input (nonlinear)."""
+
+    def __init__(self, on_input: bool = False):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.register_buffer("angles", torch.linspace(0.0, 1.0, 6))
+        self.on_input = on_input
+
+    def forward(self, x):
+        table = torch.outer(torch.arange(1.0, 3.0), self.angles).sum(0)  # computed from constants
+        return self.fc(x + torch.cos(x if self.on_input else table))
+
+
+for cls in (FunctionalBlock, RotatingBlock):
+    register(cls, Role.CONTAINER)  # the user claims its forward is linear; the audit checks
 
 
 @pytest.mark.parametrize(
@@ -68,6 +84,17 @@ def test_functional_call_is_reported_with_its_op():
         transpike.convert(model, torch.randn(8, 6))
 
 
+def test_nonlinear_work_on_constants_is_not_reported():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6), RotatingBlock()).eval()
+    x = torch.randn(5, 6)
+    y = transpike.convert(model, torch.randn(64, 6)).simulate(x, 64)
+    assert relative_error(y[-1], ann_output(model, x)) < 0.05
+    nonlinear = nn.Sequential(nn.Linear(6, 6), RotatingBlock(on_input=True)).eval()
+    with pytest.raises(ConversionError, match=r"aten\.cos"):
+        transpike.convert(nonlinear, torch.randn(8, 6))
+
+
 def test_functional_call_left_analog_when_not_strict():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 6), FunctionalBlock()).eval()
@@ -83,6 +110,8 @@ def test_functional_call_left_analog_when_not_strict():
 def test_timm_vits_pass_the_audit(images):
     for name in ("vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"):
         transpike.convert(tiny_vit(name, reg_tokens=0 if "deit" in name else 2), images[0])
+    # rotary embeddings built at run time for the input's size
+    transpike.convert(tiny_vit("eva02_tiny_patch14_224", dynamic_img_size=True), images[0])
 
 
 @pytest.fixture

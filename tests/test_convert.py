@@ -32,6 +32,17 @@ MODELS["deit-distilled"] = ("deit_tiny_distilled_patch16_224", {})
 MODELS["dinov2-swiglu-packed"] = ("vit_giant_patch14_reg4_dinov2", {})
 MODELS["aimv2-swiglu-rmsnorm"] = ("aimv2_large_patch14_224", {})
 MODELS["siglip-attention-pool"] = ("vit_base_patch16_siglip_224", {})
+# timm's Eva class; head_init_scale=1 so that the logits are not 1000 times smaller than the features
+EVA = dict(head_init_scale=1.0)
+MODELS["eva-giant"] = ("eva_giant_patch14_224", EVA)  # q and v biases, GELU MLP
+MODELS["eva02-rope-glu"] = ("eva02_tiny_patch14_224", EVA)  # RoPE, packed SwiGLU
+MODELS["eva02-three-projections-swiglu"] = ("eva02_base_patch14_224", EVA)  # and SwiGLU with its norm
+POST_NORM_MIXED_ROPE = dict(EVA, use_post_norm=True, rope_type="mixed")
+MODELS["eva02-post-norm-mixed-rope"] = ("eva02_tiny_patch14_224", POST_NORM_MIXED_ROPE)
+GROUPED_QUERY = dict(EVA, attn_type="rope", qkv_fused=False, num_kv_heads=1)
+MODELS["eva02-grouped-query-attention"] = ("eva02_tiny_patch14_224", GROUPED_QUERY)
+MODELS["dinov3"] = ("vit_base_patch16_dinov3", EVA)
+MODELS["pe-core-attention-pool"] = ("vit_pe_core_base_patch16_224", EVA)
 
 
 def set_fused(model: nn.Module, fused: bool) -> None:

@@ -29,10 +29,17 @@ def test_round_trip_is_bit_identical(snn, images, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["vit_giant_patch14_reg4_dinov2", "aimv2_large_patch14_224", "vit_base_patch16_siglip_224"]
+    "name",
+    [
+        "vit_giant_patch14_reg4_dinov2",
+        "aimv2_large_patch14_224",
+        "vit_base_patch16_siglip_224",
+        "eva_giant_patch14_224",
+        "eva02_base_patch14_224",
+    ],
 )
-def test_round_trip_of_gated_mlps_and_attention_pool(name, images, tmp_path):
-    """The twins of GLU MLPs and of the attention pool keep the ANN's parameter names."""
+def test_round_trip_of_twins(name, images, tmp_path):
+    """The twins of GLU MLPs, the attention pool and EVA's attention keep the ANN's parameter names."""
     snn = transpike.convert(tiny_vit(name), images[0], model_spec={"timm": name, "kwargs": TINY})
     loaded = transpike.load(transpike.save(snn, tmp_path / "net.safetensors"))
     assert torch.equal(loaded.simulate(images[1], 4), snn.simulate(images[1], 4))

@@ -3,8 +3,9 @@
 Conversion trusts a container (a registered ``CONTAINER`` module) to combine its children
 linearly. A forward that calls ``F.relu(x)``, ``x.softmax(-1)`` or ``q @ k.transpose(-2, -1)``
 directly would then run per step on spikes, silently wrong. The audit runs the prepared network on
-one calibration batch under a dispatch-level op recorder and reports every nonlinear op, or product
-of two activations, whose innermost enclosing module is a container.
+one calibration batch under a dispatch-level op recorder and reports every nonlinear op on an
+activation, or product of two activations, whose innermost enclosing module is a container (work
+on parameters and buffers alone, e.g. a rotary embedding's tables, is the same at every step).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from .observers import HistogramObserver
 from .rules import Role, rule_for
@@ -43,29 +45,45 @@ class Finding:
 
 
 class _Recorder(TorchDispatchMode):
+    """Records the nonlinear ops that run on activations in a container's own forward.
+
+    A tensor is a constant if its storage is a parameter's or a buffer's, or if an op computed it
+    from constants only (a rotary embedding's sin/cos tables, an expanded token): such work is the
+    same at every step and needs no conversion. Everything else derives from the input.
+    """
+
     def __init__(self, constants: set[int], exempt: set[nn.Module]) -> None:
         super().__init__()
         self.stack: list[tuple[str, nn.Module]] = []
         self.constants = constants
+        self.derived: list[Tensor] = []  # computed constants, kept alive so no activation reuses their memory
         self.exempt = exempt
         self.findings: dict[tuple[str, str], Finding] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if self.stack and self.stack[-1][1] not in self.exempt:
+        inputs = [a for a in tree_leaves((args, kwargs)) if isinstance(a, Tensor)]
+        activations = [a for a in inputs if self._activation(a)]
+        if not activations:
+            self._keep(out)
+        elif self.stack and self.stack[-1][1] not in self.exempt:
             path, module = self.stack[-1]
             rule = rule_for(module)
             if rule is None or rule.role in (Role.CONTAINER, Role.INPUT):
                 packet = func.overloadpacket
-                activations = [
-                    a for a in args if isinstance(a, Tensor) and a.numel() > 1 and self._activation(a)
-                ]
-                if packet in NONLINEAR_OPS or (packet in PRODUCT_OPS and len(activations) >= 2):
+                operands = [a for a in activations if a.numel() > 1]
+                if packet in NONLINEAR_OPS or (packet in PRODUCT_OPS and len(operands) >= 2):
                     self.findings.setdefault((path, str(packet)), Finding(path, module, str(packet)))
         return out
 
     def _activation(self, tensor: Tensor) -> bool:
         return tensor.untyped_storage().data_ptr() not in self.constants
+
+    def _keep(self, out: object) -> None:
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, Tensor):
+                self.derived.append(tensor)
+                self.constants.add(tensor.untyped_storage().data_ptr())
 
 
 def audit(network: nn.Module, x: Tensor) -> list[Finding]:

@@ -1,4 +1,4 @@
-"""Rules for timm Vision Transformers (VisionTransformer, DeiT and DeiT-distilled).
+"""Rules for timm Vision Transformers (VisionTransformer, DeiT and DeiT-distilled, Eva).
 
 What is converted, following ECMT Algorithm 1:
 
@@ -11,32 +11,41 @@ What is converted, following ECMT Algorithm 1:
   token: the latent goes through an MT neuron and ``q`` like any token;
 - the patch embedding sees the image at every step (direct coding): its convolution stays analog,
   as in ECMT and most conversion work, and its output is the same at every step;
-- class, register and distillation tokens, position embeddings, residual sums, LayerScale and
-  class-token or average pooling are linear and need no change.
+- class, register and distillation tokens, position embeddings, rotary position embeddings (a
+  rotation of q and k by constant angles), residual sums, LayerScale and class-token or average
+  pooling are linear and need no change.
 
-timm's ``Attention`` and ``AttentionPoolLatent`` call one fused ``scaled_dot_product_attention``
-kernel whose internals no hook can reach, and the GLU MLPs multiply two activations in their
-forward, so ``prepare`` swaps them for twins (:class:`ExplicitAttention`,
-:class:`ExplicitAttentionPool`, :class:`ExplicitGluMlp`) that compute the same function with every
-product and nonlinearity as its own module (whether or not timm would fuse it).
+timm's ``Attention``, ``EvaAttention``, ``AttentionRope`` and ``AttentionPoolLatent`` call one fused
+``scaled_dot_product_attention`` kernel whose internals no hook can reach, and the GLU MLPs
+multiply two activations in their forward, so ``prepare`` swaps them for twins
+(:class:`ExplicitAttention`, :class:`ExplicitRopeAttention`, :class:`ExplicitAttentionPool`,
+:class:`ExplicitGluMlp`) that compute the same function with every product and nonlinearity as its
+own module (whether or not timm would fuse it).
 """
 
 from __future__ import annotations
 
+import torch
 from timm.layers import (
     Attention,
     AttentionPoolLatent,
+    AttentionRope,
     DropPath,
     GluMlp,
     LayerScale,
     Mlp,
     PatchDropout,
     PatchEmbed,
+    RotaryEmbeddingCat,
+    RotaryEmbeddingDinoV3,
+    RotaryEmbeddingMixed,
     SwiGLU,
+    apply_rot_embed_cat,
 )
 from timm.layers import activations as timm_act
 from timm.layers import norm as timm_norm
 from timm.models.deit import VisionTransformerDistilled
+from timm.models.eva import Eva, EvaAttention, EvaBlock, EvaBlockPostNorm
 from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
 from torch import Tensor, nn
 
@@ -78,18 +87,74 @@ class ExplicitAttention(nn.Module):
         self.input_layers = ("qkv",) if self.gate is None else ("qkv", "gate")
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        if attn_mask is not None or is_causal:
-            raise ValueError("attention masks are not supported by the converted attention")
+        _refuse_mask(attn_mask, is_causal)
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
+        return self._attend(x, self.q_norm(q), self.k_norm(k), v)
+
+    def _attend(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Everything after q, k, v: scores, softmax, attn·V, norm, gate, projection."""
+        batch, tokens, _ = x.shape
         attn = self.attn_drop(self.softmax(self.qk(q, k.transpose(-2, -1))))
         out = self.av(attn, v).transpose(1, 2).reshape(batch, tokens, self.attn_dim)
         out = self.norm(out)
         if self.gate is not None:
             out = self.gating(out, self.gate_act(self.gate(x)))
         return self.proj_drop(self.proj(out))
+
+
+def _refuse_mask(attn_mask: Tensor | None, is_causal: bool = False) -> None:
+    if attn_mask is not None or is_causal:
+        raise ValueError("attention masks are not supported by the converted attention")
+
+
+class ExplicitRopeAttention(ExplicitAttention):
+    """timm ``EvaAttention`` (EVA, EVA-02) and ``AttentionRope`` (PE, DINOv3, RoPE ViTs) as
+    :class:`ExplicitAttention`, with what they add: q, k, v from one Linear (EVA: plus separate q
+    and v biases, k has none) or from three; grouped-query attention (k and v heads repeated); and
+    rotary position embeddings (RoPE) on the patch tokens' q and k. The last two are linear (a
+    repetition, a rotation by constant angles) and need no conversion. Shares the original's
+    parameters under their names.
+    """
+
+    def __init__(self, attn: EvaAttention | AttentionRope) -> None:
+        super().__init__(attn)
+        self.q_bias, self.v_bias = getattr(attn, "q_bias", None), getattr(attn, "v_bias", None)
+        self.register_buffer("k_bias", getattr(attn, "k_bias", None), persistent=False)  # zeros in timm
+        self.q_proj, self.k_proj, self.v_proj = attn.q_proj, attn.k_proj, attn.v_proj
+        self.num_kv_heads = getattr(attn, "num_kv_heads", self.num_heads)
+        self.num_prefix_tokens, self.rotate_half = attn.num_prefix_tokens, attn.rotate_half
+        if self.qkv is None:
+            self.input_layers = ("q_proj", "k_proj", "v_proj", *self.input_layers[1:])
+
+    def forward(
+        self, x: Tensor, rope: Tensor | None = None, attn_mask: Tensor | None = None, is_causal: bool = False
+    ) -> Tensor:
+        _refuse_mask(attn_mask, is_causal)
+        batch, tokens, _ = x.shape
+        if self.qkv is not None:
+            qkv = self.qkv(x)
+            if self.q_bias is not None:  # the same bias at every step: its rate is itself
+                qkv = qkv + torch.cat((self.q_bias, self.k_bias, self.v_bias))
+            q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q = self.q_proj(x).reshape(batch, tokens, self.num_heads, -1).transpose(1, 2)
+            k = self.k_proj(x).reshape(batch, tokens, self.num_kv_heads, -1).transpose(1, 2)
+            v = self.v_proj(x).reshape(batch, tokens, self.num_kv_heads, -1).transpose(1, 2)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = self._rotate(q, rope).type_as(v), self._rotate(k, rope).type_as(v)
+        if self.num_kv_heads != self.num_heads:
+            groups = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        return self._attend(x, q, k, v)
+
+    def _rotate(self, x: Tensor, rope: Tensor) -> Tensor:
+        """RoPE on the patch tokens (after the prefix tokens), as timm applies it."""
+        prefix = self.num_prefix_tokens
+        rotated = apply_rot_embed_cat(x[:, :, prefix:, :], rope, half=self.rotate_half)
+        return torch.cat([x[:, :, :prefix, :], rotated], dim=2)
 
 
 class ExplicitAttentionPool(nn.Module):
@@ -116,8 +181,7 @@ class ExplicitAttentionPool(nn.Module):
         self.proj, self.proj_drop, self.norm, self.mlp = pool.proj, pool.proj_drop, pool.norm, pool.mlp
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        if attn_mask is not None:
-            raise ValueError("attention masks are not supported by the converted attention pool")
+        _refuse_mask(attn_mask)
         batch, tokens, channels = x.shape
         if self.pos_embed is not None:
             x = x + self.pos_embed.unsqueeze(0).to(x.dtype)
@@ -180,8 +244,11 @@ def _attention_links(attn: ExplicitAttention) -> list[Link]:
     q = "q_norm" if _present(attn.q_norm) else "qk.neuron_a"
     k = "k_norm" if _present(attn.k_norm) else "qk.neuron_b"
     to_proj = "proj" if attn.gate is None else "gating.neuron_a"
-    links = [
-        ("qkv", (q, k, "av.neuron_b")),
+    if attn.qkv is not None:
+        links = [("qkv", (q, k, "av.neuron_b"))]
+    else:  # EVA-02's three projections
+        links = [("q_proj", (q,)), ("k_proj", (k,)), ("v_proj", ("av.neuron_b",))]
+    links += [
         ("qk", ("softmax",)),
         ("softmax", ("av.neuron_a",)),
         ("av", ("norm",) if _present(attn.norm) else (to_proj,)),
@@ -265,7 +332,7 @@ def _stream_links(vit: VisionTransformer) -> list[Link]:
     if not all(analog[converted:]):
         return []  # a block left analog between converted ones writes a stream of its own
     for index, block in enumerate(vit.blocks[:converted]):
-        pre_norm = type(block) is Block and isinstance(block.attn, ExplicitAttention)
+        pre_norm = type(block) in (Block, EvaBlock) and isinstance(block.attn, ExplicitAttention)
         if not pre_norm or _mlp_inputs(block.mlp) is None:
             return []  # post-norm blocks (ResPostBlock) read and write the stream otherwise
         producers += [f"blocks.{index}.attn.proj", f"blocks.{index}.mlp.fc2"]
@@ -305,6 +372,14 @@ register(VisionTransformer, Role.CONTAINER, check=_check_pool, links=_stream_lin
 register(VisionTransformerDistilled, Role.CONTAINER, check=_check_pool, links=_stream_links)
 register(Block, Role.CONTAINER, links=_block_links)
 register(ResPostBlock, Role.CONTAINER)  # its norms feed the residual stream: no links
+for cls in (EvaAttention, AttentionRope):
+    register(cls, Role.CONTAINER, twin=ExplicitRopeAttention)
+register(ExplicitRopeAttention, Role.CONTAINER, links=_attention_links)
+register(Eva, Role.CONTAINER, check=_check_pool, links=_stream_links)
+register(EvaBlock, Role.CONTAINER, links=_block_links)
+register(EvaBlockPostNorm, Role.CONTAINER)
+for cls in (RotaryEmbeddingCat, RotaryEmbeddingMixed, RotaryEmbeddingDinoV3):
+    register(cls, Role.PASSTHROUGH)  # sin/cos tables from parameters and buffers, read by the attention
 register(Mlp, Role.CONTAINER, links=_mlp_links)
 for cls in (GluMlp, SwiGLU):
     register(cls, Role.CONTAINER, twin=ExplicitGluMlp)
