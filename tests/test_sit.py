@@ -172,6 +172,16 @@ def test_zero_blocks_is_the_ann_at_every_step(images):
     assert torch.allclose(snn.simulate(x, 3), ref.expand(3, *ref.shape), atol=1e-5)
 
 
+def test_analog_eva_blocks_get_their_rotary_tables(images):
+    """An EVA block left analog is called with keyword arguments (rope, attn_mask, is_causal),
+    which the analog wrapper hands on: the rest of the model is still the ANN's on rates."""
+    calibration, x = images
+    model = tiny_vit("eva02_tiny_patch14_224", head_init_scale=1.0)
+    ref = ann_output(model, x)
+    assert torch.allclose(transpike.convert(model, calibration, blocks=0).simulate(x, 2)[-1], ref, atol=1e-5)
+    assert_converges(transpike.convert(model, calibration, blocks=1).simulate(x, 64), ref)
+
+
 def test_blocks_convert_a_prefix(images):
     calibration, x = images
     model = tiny_vit()

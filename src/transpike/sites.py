@@ -71,10 +71,10 @@ class Unconverted(nn.Module):
         self.module = module
         self.reason = reason
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, **constants: object) -> Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"a module left analog must take one tensor, got {type(x).__name__}")
-        return self.module(x)
+        return self.module(x, **constants)
 
     def extra_repr(self) -> str:
         return f"reason={self.reason!r}"
