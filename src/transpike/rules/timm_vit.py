@@ -237,27 +237,41 @@ def _present(module: nn.Module) -> bool:
     return not isinstance(module, nn.Identity)
 
 
+def _operand_readers(attn: nn.Module) -> tuple[str, str]:
+    """Who reads q and k first: q_norm and k_norm when present, else Q·Kᵀ's operand neurons."""
+    q = "q_norm" if _present(attn.q_norm) else "qk.neuron_a"
+    return q, "k_norm" if _present(attn.k_norm) else "qk.neuron_b"
+
+
+def _existing(container: nn.Module, links: list[Link]) -> list[Link]:
+    """The links whose producer is present (not an Identity left by a configuration)."""
+    return [(producer, readers) for producer, readers in links if _present(container.get_submodule(producer))]
+
+
+#: q and k through their norms into Q·Kᵀ, the scores to the softmax, the softmax into attn·V
+_SCORE_LINKS: list[Link] = [
+    ("q_norm", ("qk.neuron_a",)),
+    ("k_norm", ("qk.neuron_b",)),
+    ("qk", ("softmax",)),
+    ("softmax", ("av.neuron_a",)),
+]
+
+
 def _attention_links(attn: ExplicitAttention) -> list[Link]:
     """Where each output goes in :meth:`ExplicitAttention.forward` (attn_drop, proj_drop and the
     reshapes are linear): q, k and v from qkv, through q_norm and k_norm when present; the scores
     to the softmax; the softmax to attn·V; attn·V through norm (and the gate) to the projection."""
-    q = "q_norm" if _present(attn.q_norm) else "qk.neuron_a"
-    k = "k_norm" if _present(attn.k_norm) else "qk.neuron_b"
+    q, k = _operand_readers(attn)
     to_proj = "proj" if attn.gate is None else "gating.neuron_a"
     if attn.qkv is not None:
         links = [("qkv", (q, k, "av.neuron_b"))]
     else:  # EVA-02's three projections
         links = [("q_proj", (q,)), ("k_proj", (k,)), ("v_proj", ("av.neuron_b",))]
-    links += [
-        ("qk", ("softmax",)),
-        ("softmax", ("av.neuron_a",)),
-        ("av", ("norm",) if _present(attn.norm) else (to_proj,)),
-    ]
-    links += [(name, (reader,)) for name, reader in (("q_norm", "qk.neuron_a"), ("k_norm", "qk.neuron_b"))]
-    links += [("norm", (to_proj,))]
+    links += _SCORE_LINKS
+    links += [("av", ("norm",) if _present(attn.norm) else (to_proj,)), ("norm", (to_proj,))]
     if attn.gate is not None:
         links += [("gate", ("gate_act",)), ("gate_act", ("gating.neuron_b",)), ("gating", ("proj",))]
-    return [(producer, readers) for producer, readers in links if _present(attn.get_submodule(producer))]
+    return _existing(attn, links)
 
 
 def _mlp_inputs(mlp: nn.Module) -> tuple[str, ...] | None:
@@ -272,8 +286,9 @@ def _block_links(block: Block) -> list[Link]:
     links = []
     if isinstance(block.attn, ExplicitAttention):
         links.append(("norm1", tuple(f"attn.{name}" for name in block.attn.input_layers)))
-    if _mlp_inputs(block.mlp) is not None:
-        links.append(("norm2", tuple(f"mlp.{name}" for name in _mlp_inputs(block.mlp))))
+    mlp_inputs = _mlp_inputs(block.mlp)
+    if mlp_inputs is not None:
+        links.append(("norm2", tuple(f"mlp.{name}" for name in mlp_inputs)))
     return links
 
 
@@ -304,20 +319,11 @@ def _glu_links(mlp: ExplicitGluMlp) -> list[Link]:
 def _pool_links(pool: ExplicitAttentionPool) -> list[Link]:
     """ExplicitAttentionPool.forward: as in the attention, with the query from q (the latent's
     Linear) and keys and values from kv; the projection feeds both the norm and the residual sum."""
-    q = "q_norm" if _present(pool.q_norm) else "qk.neuron_a"
-    k = "k_norm" if _present(pool.k_norm) else "qk.neuron_b"
-    links = [
-        ("q", (q,)),
-        ("kv", (k, "av.neuron_b")),
-        ("q_norm", ("qk.neuron_a",)),
-        ("k_norm", ("qk.neuron_b",)),
-        ("qk", ("softmax",)),
-        ("softmax", ("av.neuron_a",)),
-        ("av", ("proj",)),
-    ]
+    q, k = _operand_readers(pool)
+    links = [("q", (q,)), ("kv", (k, "av.neuron_b")), *_SCORE_LINKS, ("av", ("proj",))]
     if pool.mlp is not None:
         links.append(("norm", ("mlp.fc1",)))
-    return [(producer, readers) for producer, readers in links if _present(pool.get_submodule(producer))]
+    return _existing(pool, links)
 
 
 def _stream_links(vit: VisionTransformer) -> list[Link]:
