@@ -1,12 +1,13 @@
 """Conversion of timm Vision Transformers: every configuration, equivalences, isolation, errors."""
 
 import copy
+import functools
 
 import pytest
 import torch
 from conftest import DEVICES, ann_output, assert_converges, relative_error, tiny_vit
-from timm.layers import Attention, AttentionPoolLatent, GluMlp
-from timm.models.vision_transformer import ResPostBlock
+from timm.layers import Attention, AttentionPoolLatent, AttentionPoolPrr, GluMlp
+from timm.models.vision_transformer import ParallelScalingBlock, ParallelThingsBlock, ResPostBlock
 from torch import nn
 
 import transpike
@@ -24,10 +25,21 @@ CONFIGS = {
     "pre-norm-no-embed-class": dict(pre_norm=True, no_embed_class=True),
     "res-post-block": dict(block_fn=ResPostBlock),
     "glu-sigmoid-gate-last": dict(mlp_layer=GluMlp),
+    "max-pool": dict(global_pool="max", class_token=False),
+    "avgmax-pool-with-prefix": dict(global_pool="avgmax", pool_include_prefix=True),
+    "prr-pool": dict(global_pool="prr"),
+    "attention-pool-no-final-norm": dict(global_pool="map", final_norm=False),
+    "differential-attention": dict(attn_layer="diff", qk_norm=True),
+    "parallel-things-blocks": dict(block_fn=ParallelThingsBlock, init_values=0.1),
+    "parallel-scaling-one-out-proj": dict(
+        block_fn=functools.partial(ParallelScalingBlock, fuse_out_proj=True), qkv_bias=True
+    ),
 }
 MODELS = {name: ("vit_tiny_patch16_224", kw) for name, kw in CONFIGS.items()}
 MODELS["deit"] = ("deit_tiny_patch16_224", {})
 MODELS["deit-distilled"] = ("deit_tiny_distilled_patch16_224", {})
+MODELS["parallel-scaling-rmsnorm"] = ("vit_base_patch16_xp_224", {})  # two out projections, qk-norm
+MODELS["differential-parallel-scaling"] = ("vit_dpwee_patch16_reg1_gap_256", {})
 # registered timm models whose parts the configurations above lack (at TINY size, random weights)
 MODELS["dinov2-swiglu-packed"] = ("vit_giant_patch14_reg4_dinov2", {})
 MODELS["aimv2-swiglu-rmsnorm"] = ("aimv2_large_patch14_224", {})
@@ -43,11 +55,12 @@ GROUPED_QUERY = dict(EVA, attn_type="rope", qkv_fused=False, num_kv_heads=1)
 MODELS["eva02-grouped-query-attention"] = ("eva02_tiny_patch14_224", GROUPED_QUERY)
 MODELS["dinov3"] = ("vit_base_patch16_dinov3", EVA)
 MODELS["pe-core-attention-pool"] = ("vit_pe_core_base_patch16_224", EVA)
+MODELS["eva02-max-pool"] = ("eva02_tiny_patch14_224", dict(EVA, global_pool="max"))
 
 
 def set_fused(model: nn.Module, fused: bool) -> None:
     for module in model.modules():
-        if hasattr(module, "fused_attn"):  # timm's Attention and AttentionPoolLatent
+        if hasattr(module, "fused_attn"):  # timm's attentions, attention pools and parallel blocks
             module.fused_attn = fused
 
 
@@ -149,24 +162,63 @@ def test_gated_attention_product_is_converted():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "pool, kwargs",
     [
-        dict(qk_norm=True, norm_layer=nn.LayerNorm),
-        dict(latent_len=2, pool_type="avg", pos_embed="abs", feat_size=9, q_proj=False),
-        dict(out_features=0),  # pre-logits mode: no projection, norm or MLP
+        (AttentionPoolLatent, dict(qk_norm=True, norm_layer=nn.LayerNorm)),
+        (
+            AttentionPoolLatent,
+            dict(latent_len=2, pool_type="avg", pos_embed="abs", feat_size=9, q_proj=False),
+        ),
+        (AttentionPoolLatent, dict(out_features=0)),  # pre-logits mode: no projection, norm or MLP
+        (AttentionPoolPrr, dict(pool_type="avg")),
+        (AttentionPoolPrr, dict(pool_type="token", pre_norm=True)),
+        (AttentionPoolPrr, dict(pool_type="avg", post_norm=True)),
     ],
 )
-def test_attention_pool_variants_are_converted(kwargs):
+def test_attention_pool_variants_are_converted(pool, kwargs):
     torch.manual_seed(0)
-    model = nn.Sequential(AttentionPoolLatent(24, num_heads=3, **kwargs)).eval()
+    model = nn.Sequential(pool(24, num_heads=3, **kwargs)).eval()
     x = torch.randn(4, 9, 24)
     ref = ann_output(model, x)
-    with torch.no_grad():
-        assert torch.allclose(prepare(model, ConversionOptions())(x), ref, atol=1e-5)
+    for fused in (True, False):
+        set_fused(model, fused)
+        with torch.no_grad():
+            assert torch.allclose(prepare(model, ConversionOptions())(x), ref, atol=1e-5)
     snn = transpike.convert(model, torch.randn(16, 9, 24))
     assert [r.path for r in snn.report().by_role("mt×mt+product-ec")] == ["0.qk", "0.av"]
     y = snn.simulate(x, 64)
     assert relative_error(y[-1], ref) < 0.05 < relative_error(y[0], ref)
+
+
+def test_max_pool_is_an_ec_module_and_keeps_the_keys(images):
+    """global_pool="max": the pool becomes EC(TokenPool), the model's class a subclass whose pool
+    calls it; the converted network's keys are still the ANN's."""
+    model = tiny_vit(global_pool="max", class_token=False)
+    snn = transpike.convert(model, images[0])
+    row = [r for r in snn.report().rows if r.path == "token_pool"]
+    assert [(r.module_type, r.role) for r in row] == [("TokenPool", "ec")]
+    assert type(model).__name__ == "VisionTransformer" and not hasattr(model, "token_pool")
+    assert set(snn.ann_state_dict()) == set(model.state_dict())
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "differential-attention",
+        "parallel-things-blocks",
+        "parallel-scaling-rmsnorm",
+        "differential-parallel-scaling",
+    ],
+)
+def test_new_blocks_pass_rates_along_the_residual_stream(config, images):
+    """Inside every block of these kinds each MT neuron and EC module takes its input as a rate,
+    and every block norm reads the residual stream as one."""
+    name, kwargs = MODELS[config]
+    snn = transpike.convert(tiny_vit(name, **kwargs), images[0])
+    inside = [m for block in snn.network.blocks for m in block.modules()]
+    neurons = [m for m in inside if isinstance(m, transpike.MTNeuron)]
+    ecs = [m for m in inside if isinstance(m, transpike.ExpectationCompensation)]
+    assert neurons and all(m.takes_rate for m in neurons) and all(m.takes_rate for m in ecs)
 
 
 def test_gated_mlps_and_the_attention_pool_pass_rates(images):
@@ -217,11 +269,6 @@ def test_unknown_module_left_analog_when_not_strict(images):
     assert [(r.path, r.module_type) for r in analog] == [("blocks.1.mlp.act", "Custom")]
     ref = ann_output(model, x)
     assert relative_error(snn.simulate(x, 64)[-1], ref) < 0.06
-
-
-def test_nonlinear_pooling_is_refused(images):
-    with pytest.raises(ConversionError, match="global_pool='max'"):
-        transpike.convert(tiny_vit(global_pool="max", class_token=False), images[0])
 
 
 @pytest.mark.parametrize(

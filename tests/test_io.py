@@ -29,22 +29,28 @@ def test_round_trip_is_bit_identical(snn, images, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name",
+    "name, kwargs",
     [
-        "vit_giant_patch14_reg4_dinov2",
-        "aimv2_large_patch14_224",
-        "vit_base_patch16_siglip_224",
-        "eva_giant_patch14_224",
-        "eva02_base_patch14_224",
+        ("vit_giant_patch14_reg4_dinov2", {}),
+        ("aimv2_large_patch14_224", {}),
+        ("vit_base_patch16_siglip_224", {}),
+        ("eva_giant_patch14_224", {}),
+        ("eva02_base_patch14_224", {}),
+        ("vit_dpwee_patch16_reg1_gap_256", {}),  # differential attention in parallel blocks
+        ("vit_small_patch16_18x2_224", {}),  # ParallelThingsBlock
+        ("vit_tiny_patch16_224", dict(global_pool="max", class_token=False)),
+        ("vit_tiny_patch16_224", dict(global_pool="prr")),
     ],
 )
-def test_round_trip_of_twins(name, images, tmp_path):
-    """The twins of GLU MLPs, the attention pool and EVA's attention keep the ANN's parameter names."""
-    snn = transpike.convert(tiny_vit(name), images[0], model_spec={"timm": name, "kwargs": TINY})
+def test_round_trip_of_twins(name, kwargs, images, tmp_path):
+    """The twins of GLU MLPs, attention pools, EVA's and differential attention, parallel blocks
+    and the max pool keep the ANN's parameter names."""
+    spec = {"timm": name, "kwargs": {**TINY, **kwargs}}
+    snn = transpike.convert(tiny_vit(name, **kwargs), images[0], model_spec=spec)
     loaded = transpike.load(transpike.save(snn, tmp_path / "net.safetensors"))
     assert torch.equal(loaded.simulate(images[1], 4), snn.simulate(images[1], 4))
     with torch.no_grad():
-        assert torch.equal(rebuild_ann(loaded)(images[1]), tiny_vit(name)(images[1]))
+        assert torch.equal(rebuild_ann(loaded)(images[1]), tiny_vit(name, **kwargs)(images[1]))
 
 
 def test_load_with_template_model(images, tmp_path):

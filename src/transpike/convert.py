@@ -164,7 +164,9 @@ def _prepare(
             )
         return Unconverted(module, reason)
     if rule.twin is not None:
-        return _prepare(rule.twin(module), path, options, direct, analog)
+        twin = rule.twin(module)
+        if rule_for(twin) is not rule:  # the same rule: this instance needs no twin
+            return _prepare(twin, path, options, direct, analog)
     per_channel = options.granularity == "channel"
     if rule.role is Role.WEIGHT:
         if direct:

@@ -74,7 +74,8 @@ def register(
         role: one of :class:`Role` (or its value).
         channel_dims: for ``WEIGHT``, the input's channel dimensions as negative indices
             (``(-1,)`` for Linear, ``(-3,)`` for Conv2d), used by per-channel thresholds.
-        twin: for modules that hide their internals, a function returning an explicit equivalent.
+        twin: for modules that hide their internals, a function returning an explicit equivalent
+            (of another type), or the module itself where this instance hides nothing.
         check: returns a reason why a given instance cannot be converted, or None.
         links: for ``CONTAINER``, the (producer, readers) links of a given instance, by the paths
             of its children, which conversion keeps (see :mod:`transpike.rates`).

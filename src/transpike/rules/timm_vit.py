@@ -2,34 +2,38 @@
 
 What is converted, following ECMT Algorithm 1:
 
-- every Linear (qkv, proj, fc1, fc2, the heads, the attention gate) gets an MT neuron before it;
+- every Linear (qkv, proj, fc1, fc2, the heads, the attention gate, a parallel block's joint
+  projections) gets an MT neuron before it;
 - Q·Kᵀ and attn·V get an MT neuron on each operand and the product EC; the attention scale is
   folded into the product; so do the gating products of GLU MLPs (SwiGLU) and of gated attention;
-- LayerNorm and RmsNorm (block norms, qk-norm, final norm, fc_norm), GELU, SiLU and softmax become
-  EC modules;
+- LayerNorm and RmsNorm (block norms, qk-norm, differential attention's sub-norm, final norm,
+  fc_norm), GELU, SiLU, softmax and max or avg-max pooling over tokens become EC modules;
 - attention pooling (``global_pool="map"``, SigLIP) is an attention whose query is a learned latent
-  token: the latent goes through an MT neuron and ``q`` like any token;
+  token: the latent goes through an MT neuron and ``q`` like any token; ``global_pool="prr"`` is a
+  parameter-free self-attention of the tokens;
+- differential attention (``attn_layer="diff"``) subtracts two softmax maps weighted by a λ
+  computed from parameters: a linear combination, as are the parallel blocks' sums and splits;
 - the patch embedding sees the image at every step (direct coding): its convolution stays analog,
   as in ECMT and most conversion work, and its output is the same at every step;
 - class, register and distillation tokens, position embeddings, rotary position embeddings (a
   rotation of q and k by constant angles), residual sums, LayerScale and class-token or average
   pooling are linear and need no change.
 
-timm's ``Attention``, ``EvaAttention``, ``AttentionRope`` and ``AttentionPoolLatent`` call one fused
-``scaled_dot_product_attention`` kernel whose internals no hook can reach, and the GLU MLPs
-multiply two activations in their forward, so ``prepare`` swaps them for twins
-(:class:`ExplicitAttention`, :class:`ExplicitRopeAttention`, :class:`ExplicitAttentionPool`,
-:class:`ExplicitGluMlp`) that compute the same function with every product and nonlinearity as its
-own module (whether or not timm would fuse it).
+Modules that hide these operations are swapped for the explicit twins of
+:mod:`transpike.rules.timm_twins`. This module says which twin each type gets, and where each
+converted module's output goes (the links along which rates are handed on, :mod:`transpike.rates`).
 """
 
 from __future__ import annotations
 
-import torch
+import itertools
+
 from timm.layers import (
     Attention,
     AttentionPoolLatent,
+    AttentionPoolPrr,
     AttentionRope,
+    DiffAttention,
     DropPath,
     GluMlp,
     LayerScale,
@@ -40,201 +44,40 @@ from timm.layers import (
     RotaryEmbeddingDinoV3,
     RotaryEmbeddingMixed,
     SwiGLU,
-    apply_rot_embed_cat,
 )
 from timm.layers import activations as timm_act
 from timm.layers import norm as timm_norm
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.eva import Eva, EvaAttention, EvaBlock, EvaBlockPostNorm
-from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
-from torch import Tensor, nn
+from timm.models.vision_transformer import (
+    Block,
+    DiffParallelScalingBlock,
+    ParallelScalingBlock,
+    ParallelThingsBlock,
+    ResPostBlock,
+    VisionTransformer,
+)
+from torch import nn
 
 from ..compensation import ExpectationCompensation
-from ..sites import Product
 from . import Link, Role, register
-
-LINEAR_POOLS = ("token", "avg", "")
-
-
-class ExplicitAttention(nn.Module):
-    """timm ``Attention`` with Q·Kᵀ, softmax, attn·V and the optional gate as separate modules.
-
-    Shares the original's submodules (qkv, q_norm, k_norm, norm, gate, proj).
-    """
-
-    def __init__(self, attn: Attention) -> None:
-        super().__init__()
-        self.num_heads = attn.num_heads
-        self.head_dim = attn.head_dim
-        self.attn_dim = getattr(attn, "attn_dim", attn.num_heads * attn.head_dim)
-        self.qkv = attn.qkv
-        self.q_norm = attn.q_norm
-        self.k_norm = attn.k_norm
-        # Operands are [B, heads, tokens, head_dim] (q, v), [B, heads, head_dim, tokens] (kᵀ) and
-        # [B, heads, tokens, tokens] (attn); per-channel thresholds are per (head, head_dim) or per head.
-        self.qk = Product("matmul", attn.scale, channels_a=(-3, -1), channels_b=(-3, -2))
-        self.softmax = nn.Softmax(dim=-1)
-        self.attn_drop = attn.attn_drop
-        self.av = Product("matmul", 1.0, channels_a=(-3,), channels_b=(-3, -1))
-        self.norm = getattr(attn, "norm", nn.Identity())
-        self.gate = getattr(attn, "gate", None)
-        if self.gate is not None:
-            self.gate_act = nn.Sigmoid()
-            self.gating = Product("mul", 1.0, channels_a=(-1,), channels_b=(-1,))
-        self.proj = attn.proj
-        self.proj_drop = attn.proj_drop
-        # the children that read the attention's input x
-        self.input_layers = ("qkv",) if self.gate is None else ("qkv", "gate")
-
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        _refuse_mask(attn_mask, is_causal)
-        batch, tokens, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        return self._attend(x, self.q_norm(q), self.k_norm(k), v)
-
-    def _attend(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Everything after q, k, v: scores, softmax, attn·V, norm, gate, projection."""
-        batch, tokens, _ = x.shape
-        attn = self.attn_drop(self.softmax(self.qk(q, k.transpose(-2, -1))))
-        out = self.av(attn, v).transpose(1, 2).reshape(batch, tokens, self.attn_dim)
-        out = self.norm(out)
-        if self.gate is not None:
-            out = self.gating(out, self.gate_act(self.gate(x)))
-        return self.proj_drop(self.proj(out))
+from .timm_twins import (
+    ExplicitAttention,
+    ExplicitAttentionPool,
+    ExplicitDiffAttention,
+    ExplicitGluMlp,
+    ExplicitParallelBlock,
+    ExplicitPrrPool,
+    ExplicitRopeAttention,
+    PooledEva,
+    PooledVisionTransformer,
+    TokenPool,
+    pool_twin,
+)
 
 
-def _refuse_mask(attn_mask: Tensor | None, is_causal: bool = False) -> None:
-    if attn_mask is not None or is_causal:
-        raise ValueError("attention masks are not supported by the converted attention")
-
-
-class ExplicitRopeAttention(ExplicitAttention):
-    """timm ``EvaAttention`` (EVA, EVA-02) and ``AttentionRope`` (PE, DINOv3, RoPE ViTs) as
-    :class:`ExplicitAttention`, with what they add: q, k, v from one Linear (EVA: plus separate q
-    and v biases, k has none) or from three; grouped-query attention (k and v heads repeated); and
-    rotary position embeddings (RoPE) on the patch tokens' q and k. The last two are linear (a
-    repetition, a rotation by constant angles) and need no conversion. Shares the original's
-    parameters under their names.
-    """
-
-    def __init__(self, attn: EvaAttention | AttentionRope) -> None:
-        super().__init__(attn)
-        self.q_bias, self.v_bias = getattr(attn, "q_bias", None), getattr(attn, "v_bias", None)
-        self.register_buffer("k_bias", getattr(attn, "k_bias", None), persistent=False)  # zeros in timm
-        self.q_proj, self.k_proj, self.v_proj = attn.q_proj, attn.k_proj, attn.v_proj
-        self.num_kv_heads = getattr(attn, "num_kv_heads", self.num_heads)
-        self.num_prefix_tokens, self.rotate_half = attn.num_prefix_tokens, attn.rotate_half
-        if self.qkv is None:
-            self.input_layers = ("q_proj", "k_proj", "v_proj", *self.input_layers[1:])
-
-    def forward(
-        self, x: Tensor, rope: Tensor | None = None, attn_mask: Tensor | None = None, is_causal: bool = False
-    ) -> Tensor:
-        _refuse_mask(attn_mask, is_causal)
-        batch, tokens, _ = x.shape
-        if self.qkv is not None:
-            qkv = self.qkv(x)
-            if self.q_bias is not None:  # the same bias at every step: its rate is itself
-                qkv = qkv + torch.cat((self.q_bias, self.k_bias, self.v_bias))
-            q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        else:
-            q = self.q_proj(x).reshape(batch, tokens, self.num_heads, -1).transpose(1, 2)
-            k = self.k_proj(x).reshape(batch, tokens, self.num_kv_heads, -1).transpose(1, 2)
-            v = self.v_proj(x).reshape(batch, tokens, self.num_kv_heads, -1).transpose(1, 2)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = self._rotate(q, rope).type_as(v), self._rotate(k, rope).type_as(v)
-        if self.num_kv_heads != self.num_heads:
-            groups = self.num_heads // self.num_kv_heads
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        return self._attend(x, q, k, v)
-
-    def _rotate(self, x: Tensor, rope: Tensor) -> Tensor:
-        """RoPE on the patch tokens (after the prefix tokens), as timm applies it."""
-        prefix = self.num_prefix_tokens
-        rotated = apply_rot_embed_cat(x[:, :, prefix:, :], rope, half=self.rotate_half)
-        return torch.cat([x[:, :, :prefix, :], rotated], dim=2)
-
-
-class ExplicitAttentionPool(nn.Module):
-    """timm ``AttentionPoolLatent`` (``global_pool="map"``) with Q·Kᵀ, softmax and attn·V as modules.
-
-    The query is a learned latent token through ``q`` (an MT neuron before it, like before any
-    Linear), the keys and values come from the tokens through ``kv``. Shares the original's
-    parameters and submodules under their names (latent, pos_embed, q, kv, q_norm, k_norm, proj,
-    norm, mlp).
-    """
-
-    def __init__(self, pool: AttentionPoolLatent) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim, self.latent_len = pool.num_heads, pool.head_dim, pool.latent_len
-        self.pool = pool.pool
-        self.pos_embed = pool.pos_embed
-        self.latent = pool.latent
-        self.q, self.kv = pool.q, pool.kv
-        self.q_norm, self.k_norm = pool.q_norm, pool.k_norm
-        # operands as in ExplicitAttention: [B, heads, latents or tokens, head_dim], kᵀ transposed
-        self.qk = Product("matmul", pool.scale, channels_a=(-3, -1), channels_b=(-3, -2))
-        self.softmax = nn.Softmax(dim=-1)
-        self.av = Product("matmul", 1.0, channels_a=(-3,), channels_b=(-3, -1))
-        self.proj, self.proj_drop, self.norm, self.mlp = pool.proj, pool.proj_drop, pool.norm, pool.mlp
-
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        _refuse_mask(attn_mask)
-        batch, tokens, channels = x.shape
-        if self.pos_embed is not None:
-            x = x + self.pos_embed.unsqueeze(0).to(x.dtype)
-        q = self.q(self.latent.expand(batch, -1, -1))
-        q = q.reshape(batch, self.latent_len, self.num_heads, self.head_dim).transpose(1, 2)
-        kv = self.kv(x).reshape(batch, tokens, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        k, v = kv.unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        out = self.av(self.softmax(self.qk(q, k.transpose(-2, -1))), v)
-        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, self.latent_len, channels)))
-        if self.mlp is not None:
-            out = out + self.mlp(self.norm(out))
-        if self.pool == "token":
-            return out[:, 0]
-        return out.mean(1) if self.pool == "avg" else out
-
-
-class ExplicitGluMlp(nn.Module):
-    """timm ``GluMlp`` (SwiGLUPacked) or ``SwiGLU`` with the gating product act(gate)·value as a
-    module, so that both factors get MT neurons and the product its EC (ECMT Theorem 4.2).
-
-    Shares the original's submodules under their names (fc1, or fc1_g and fc1_x; act, norm, fc2).
-    """
-
-    def __init__(self, mlp: GluMlp | SwiGLU) -> None:
-        super().__init__()
-        self.split = isinstance(mlp, SwiGLU)  # gate and value from two Linears, not one chunked
-        if self.split:
-            self.fc1_g, self.fc1_x = mlp.fc1_g, mlp.fc1_x
-            self.gate_last, self.chunk_dim = False, -1
-        else:
-            self.fc1 = mlp.fc1
-            self.gate_last, self.chunk_dim = mlp.gate_last, mlp.chunk_dim
-        channels = (-1,) if self.chunk_dim == -1 else (-3,)  # NCHW when timm uses 1x1 convolutions
-        self.act = mlp.act
-        self.gating = Product("mul", 1.0, channels_a=channels, channels_b=channels)
-        self.drop1, self.norm, self.fc2, self.drop2 = mlp.drop1, mlp.norm, mlp.fc2, mlp.drop2
-        self.input_layers = ("fc1_g", "fc1_x") if self.split else ("fc1",)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.split:
-            x = self.gating(self.act(self.fc1_g(x)), self.fc1_x(x))
-        else:
-            first, second = self.fc1(x).chunk(2, dim=self.chunk_dim)
-            if self.gate_last:  # first · act(second)
-                x = self.gating(first, self.act(second))
-            else:
-                x = self.gating(self.act(first), second)
-        return self.drop2(self.fc2(self.norm(self.drop1(x))))
-
-
-def _present(module: nn.Module) -> bool:
-    return not isinstance(module, nn.Identity)
+def _present(module: nn.Module | None) -> bool:
+    return module is not None and not isinstance(module, nn.Identity)
 
 
 def _operand_readers(attn: nn.Module) -> tuple[str, str]:
@@ -244,11 +87,25 @@ def _operand_readers(attn: nn.Module) -> tuple[str, str]:
 
 
 def _existing(container: nn.Module, links: list[Link]) -> list[Link]:
-    """The links whose producer is present (not an Identity left by a configuration)."""
-    return [(producer, readers) for producer, readers in links if _present(container.get_submodule(producer))]
+    """The links whose producers are present (not an Identity left by a configuration)."""
+    return [
+        (producer, readers)
+        for producer, readers in links
+        if all(_present(container.get_submodule(path)) for path in _paths(producer))
+    ]
+
+
+def _paths(producer: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (producer,) if isinstance(producer, str) else producer
+
+
+def _chain(*paths: str) -> list[Link]:
+    """Each of ``paths`` feeds only the next one."""
+    return [(producer, (reader,)) for producer, reader in itertools.pairwise(paths)]
 
 
 #: q and k through their norms into Q·Kᵀ, the scores to the softmax, the softmax into attn·V
+#: (through differential attention's weighted difference, linear)
 _SCORE_LINKS: list[Link] = [
     ("q_norm", ("qk.neuron_a",)),
     ("k_norm", ("qk.neuron_b",)),
@@ -257,21 +114,46 @@ _SCORE_LINKS: list[Link] = [
 ]
 
 
+def _heads_output(attn: nn.Module) -> str:
+    """The child whose output is the heads' (:meth:`SoftmaxHeads.heads`): attn·V, or after it
+    differential attention's sub-norm, which attn·V then feeds."""
+    return "sub_norm" if attn.differential else "av"
+
+
+def _heads_links(attn: nn.Module) -> list[Link]:
+    """Inside :meth:`SoftmaxHeads.heads`: the score links, and attn·V into the sub-norm."""
+    return _SCORE_LINKS + (_chain("av", "sub_norm") if attn.differential else [])
+
+
 def _attention_links(attn: ExplicitAttention) -> list[Link]:
     """Where each output goes in :meth:`ExplicitAttention.forward` (attn_drop, proj_drop and the
-    reshapes are linear): q, k and v from qkv, through q_norm and k_norm when present; the scores
-    to the softmax; the softmax to attn·V; attn·V through norm (and the gate) to the projection."""
+    reshapes are linear): q, k and v from qkv, through q_norm and k_norm when present; the heads;
+    their output through norm (and the gate) to the projection."""
     q, k = _operand_readers(attn)
     to_proj = "proj" if attn.gate is None else "gating.neuron_a"
     if attn.qkv is not None:
         links = [("qkv", (q, k, "av.neuron_b"))]
     else:  # EVA-02's three projections
         links = [("q_proj", (q,)), ("k_proj", (k,)), ("v_proj", ("av.neuron_b",))]
-    links += _SCORE_LINKS
-    links += [("av", ("norm",) if _present(attn.norm) else (to_proj,)), ("norm", (to_proj,))]
+    links += _heads_links(attn)
+    links += _chain(_heads_output(attn), *(["norm"] if _present(attn.norm) else []), to_proj)
     if attn.gate is not None:
         links += [("gate", ("gate_act",)), ("gate_act", ("gating.neuron_b",)), ("gating", ("proj",))]
     return _existing(attn, links)
+
+
+def _parallel_links(block: ExplicitParallelBlock) -> list[Link]:
+    """ExplicitParallelBlock.forward: in_norm -> in_proj, whose output splits into the MLP's hidden
+    layer (to its activation) and q, k, v; the heads and the activation into their projections, or
+    both into the one projection of their concatenation (then both link or neither)."""
+    q, k = _operand_readers(block)
+    heads = _heads_output(block)
+    links = [("in_norm", ("in_proj",)), ("in_proj", (q, k, "av.neuron_b", "mlp_act")), *_heads_links(block)]
+    if block.out_proj is not None:
+        links.append(((heads, "mlp_act"), ("out_proj",)))
+    else:
+        links += [(heads, ("attn_out_proj",)), ("mlp_act", ("mlp_out_proj",))]
+    return _existing(block, links)
 
 
 def _mlp_inputs(mlp: nn.Module) -> tuple[str, ...] | None:
@@ -281,22 +163,30 @@ def _mlp_inputs(mlp: nn.Module) -> tuple[str, ...] | None:
     return mlp.input_layers if isinstance(mlp, ExplicitGluMlp) else None
 
 
+def _feeds(norm: str, path: str, module: nn.Module) -> list[Link]:
+    """``norm`` feeds only the input layers of the attention or MLP at ``path``."""
+    inputs = module.input_layers if isinstance(module, ExplicitAttention) else _mlp_inputs(module)
+    return [(norm, tuple(f"{path}.{name}" for name in inputs))] if inputs else []
+
+
 def _block_links(block: Block) -> list[Link]:
     """Block.forward: norm1 feeds only the attention's input layers, norm2 only the MLP's."""
+    return _feeds("norm1", "attn", block.attn) + _feeds("norm2", "mlp", block.mlp)
+
+
+def _parallel_things_links(block: ParallelThingsBlock) -> list[Link]:
+    """ParallelThingsBlock.forward: in each branch (norm, attention or MLP, LayerScale, DropPath),
+    the norm feeds only the attention's or the MLP's input layers."""
     links = []
-    if isinstance(block.attn, ExplicitAttention):
-        links.append(("norm1", tuple(f"attn.{name}" for name in block.attn.input_layers)))
-    mlp_inputs = _mlp_inputs(block.mlp)
-    if mlp_inputs is not None:
-        links.append(("norm2", tuple(f"mlp.{name}" for name in mlp_inputs)))
+    for index, (attn, ffn) in enumerate(zip(block.attns, block.ffns, strict=True)):
+        links += _feeds(f"attns.{index}.norm", f"attns.{index}.attn", attn.attn)
+        links += _feeds(f"ffns.{index}.norm", f"ffns.{index}.mlp", ffn.mlp)
     return links
 
 
 def _to_fc2(mlp: nn.Module, producer: str) -> list[Link]:
     """From ``producer`` through the MLP's norm (when present) to fc2."""
-    if _present(mlp.norm):
-        return [(producer, ("norm",)), ("norm", ("fc2",))]
-    return [(producer, ("fc2",))]
+    return _chain(producer, *(["norm"] if _present(mlp.norm) else []), "fc2")
 
 
 def _mlp_links(mlp: Mlp) -> list[Link]:
@@ -326,23 +216,52 @@ def _pool_links(pool: ExplicitAttentionPool) -> list[Link]:
     return _existing(pool, links)
 
 
+def _prr_links(pool: ExplicitPrrPool) -> list[Link]:
+    """ExplicitPrrPool.forward: pre_norm (when present) to the three operands, the scores as in
+    any attention, attn·V to post_norm (when present)."""
+    links = [("pre_norm", ("qk.neuron_a", "qk.neuron_b", "av.neuron_b")), *_SCORE_LINKS]
+    if _present(pool.post_norm):
+        links.append(("av", ("post_norm",)))
+    return _existing(pool, links)
+
+
+def _stream_ends(block: nn.Module) -> tuple[list[str], list[str]] | None:
+    """Who writes the residual stream inside a pre-norm block (its last projections) and who reads
+    it (its norms); None for a block that reads or writes it otherwise (post-norm blocks, unknown
+    parts)."""
+    if type(block) in (Block, EvaBlock):
+        if isinstance(block.attn, ExplicitAttention) and _mlp_inputs(block.mlp) is not None:
+            return ["attn.proj", "mlp.fc2"], ["norm1", "norm2"]
+    elif isinstance(block, ExplicitParallelBlock):
+        writers = ["out_proj"] if block.out_proj is not None else ["attn_out_proj", "mlp_out_proj"]
+        return writers, ["in_norm"]
+    elif isinstance(block, ParallelThingsBlock):
+        attns, ffns = range(len(block.attns)), range(len(block.ffns))
+        if all(isinstance(branch.attn, ExplicitAttention) for branch in block.attns) and all(
+            _mlp_inputs(branch.mlp) is not None for branch in block.ffns
+        ):
+            writers = [f"attns.{i}.attn.proj" for i in attns] + [f"ffns.{i}.mlp.fc2" for i in ffns]
+            return writers, [f"attns.{i}.norm" for i in attns] + [f"ffns.{i}.norm" for i in ffns]
+    return None
+
+
 def _stream_links(vit: VisionTransformer) -> list[Link]:
-    """The residual stream of pre-norm blocks: each converted block adds its two branches' outputs
-    (proj and fc2, through LayerScale and DropPath, linear) to it, and only its norms read it;
-    after the blocks, the first module that reads it (a block left analog by ``blocks=k``, the
-    final norm, fc_norm, or the heads). The patch embedding, tokens and position embeddings add the
-    same at every step, which is its own rate. One link for all: the stream is their sum."""
+    """The residual stream of pre-norm blocks: each converted block adds its branches' outputs
+    (through LayerScale and DropPath, linear) to it, and only its norms read it; after the blocks,
+    the first module that reads it (a block left analog by ``blocks=k``, the final norm, a pool,
+    fc_norm, or the heads). The patch embedding, tokens and position embeddings add the same at
+    every step, which is its own rate. One link for all: the stream is their sum."""
     producers, readers = ["norm_pre"] if _present(vit.norm_pre) else [], []
     analog = [isinstance(block, ExpectationCompensation) for block in vit.blocks]
     converted = analog.index(True) if any(analog) else len(analog)
     if not all(analog[converted:]):
         return []  # a block left analog between converted ones writes a stream of its own
     for index, block in enumerate(vit.blocks[:converted]):
-        pre_norm = type(block) in (Block, EvaBlock) and isinstance(block.attn, ExplicitAttention)
-        if not pre_norm or _mlp_inputs(block.mlp) is None:
-            return []  # post-norm blocks (ResPostBlock) read and write the stream otherwise
-        producers += [f"blocks.{index}.attn.proj", f"blocks.{index}.mlp.fc2"]
-        readers += [f"blocks.{index}.norm1", f"blocks.{index}.norm2"]
+        ends = _stream_ends(block)
+        if ends is None:
+            return []
+        producers += [f"blocks.{index}.{path}" for path in ends[0]]
+        readers += [f"blocks.{index}.{path}" for path in ends[1]]
     after = _stream_readers_after_blocks(vit, converted)
     if not producers or not after:  # nothing to hand on, or the stream is the model's output
         return []
@@ -351,37 +270,41 @@ def _stream_links(vit: VisionTransformer) -> list[Link]:
 
 def _stream_readers_after_blocks(vit: VisionTransformer, converted: int) -> list[str]:
     """Who reads the stream after the first ``converted`` blocks: the next block (left analog),
-    else the final norm, else fc_norm (after a linear pool), else the heads; none if a head is
-    missing (the stream, pooled, is then the model's output)."""
+    else the final norm, else the pool when it is a module (a max pool's EC, an attention pool's
+    input layers), else fc_norm (after a linear pool), else the heads; none if a head is missing
+    (the stream, pooled, is then the model's output)."""
     if converted < len(vit.blocks):
         return [f"blocks.{converted}"]
-    for name in ("norm", "fc_norm"):
-        if _present(getattr(vit, name)):
-            return [name]
+    if _present(vit.norm):
+        return ["norm"]
+    for name in ("token_pool", "attn_pool"):
+        pool = getattr(vit, name, None)
+        if pool is not None:  # an attention pool left analog is an EC module, which takes rates
+            return [f"{name}.{path}" for path in getattr(pool, "input_readers", ())] or [name]
+    if _present(vit.fc_norm):
+        return ["fc_norm"]
     heads = [name for name in ("head", "head_dist") if hasattr(vit, name)]
     return heads if all(_present(getattr(vit, name)) for name in heads) else []
 
 
-def _check_pool(model: nn.Module) -> str | None:
-    """A pool computed inside forward() must be linear; an attention pool ("map") is a module."""
-    if getattr(model, "attn_pool", None) is None and model.global_pool not in LINEAR_POOLS:
-        return (
-            f"global_pool={model.global_pool!r} is computed by a nonlinear function inside forward(); "
-            f"supported pools are {(*LINEAR_POOLS, 'map')}"
-        )
-    return None
-
-
 register(Attention, Role.CONTAINER, twin=ExplicitAttention)
-register(ExplicitAttention, Role.CONTAINER, links=_attention_links)
-register(VisionTransformer, Role.CONTAINER, check=_check_pool, links=_stream_links)
-register(VisionTransformerDistilled, Role.CONTAINER, check=_check_pool, links=_stream_links)
+register(DiffAttention, Role.CONTAINER, twin=ExplicitDiffAttention)
+for cls in (ExplicitAttention, ExplicitDiffAttention):
+    register(cls, Role.CONTAINER, links=_attention_links)
+for cls in (VisionTransformer, Eva):  # a max or avg-max pool becomes a module
+    register(cls, Role.CONTAINER, twin=pool_twin, links=_stream_links)
+for cls in (PooledVisionTransformer, PooledEva, VisionTransformerDistilled):  # DeiT-distilled never pools
+    register(cls, Role.CONTAINER, links=_stream_links)
+register(TokenPool, Role.NONLINEAR)
 register(Block, Role.CONTAINER, links=_block_links)
 register(ResPostBlock, Role.CONTAINER)  # its norms feed the residual stream: no links
+for cls in (ParallelScalingBlock, DiffParallelScalingBlock):
+    register(cls, Role.CONTAINER, twin=ExplicitParallelBlock)
+register(ExplicitParallelBlock, Role.CONTAINER, links=_parallel_links)
+register(ParallelThingsBlock, Role.CONTAINER, links=_parallel_things_links)
 for cls in (EvaAttention, AttentionRope):
     register(cls, Role.CONTAINER, twin=ExplicitRopeAttention)
 register(ExplicitRopeAttention, Role.CONTAINER, links=_attention_links)
-register(Eva, Role.CONTAINER, check=_check_pool, links=_stream_links)
 register(EvaBlock, Role.CONTAINER, links=_block_links)
 register(EvaBlockPostNorm, Role.CONTAINER)
 for cls in (RotaryEmbeddingCat, RotaryEmbeddingMixed, RotaryEmbeddingDinoV3):
@@ -392,6 +315,8 @@ for cls in (GluMlp, SwiGLU):
 register(ExplicitGluMlp, Role.CONTAINER, links=_glu_links)
 register(AttentionPoolLatent, Role.CONTAINER, twin=ExplicitAttentionPool)
 register(ExplicitAttentionPool, Role.CONTAINER, links=_pool_links)
+register(AttentionPoolPrr, Role.CONTAINER, twin=ExplicitPrrPool)
+register(ExplicitPrrPool, Role.CONTAINER, links=_prr_links)
 register(PatchEmbed, Role.INPUT)
 for cls in (LayerScale, DropPath, PatchDropout):
     register(cls, Role.PASSTHROUGH)
