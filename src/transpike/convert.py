@@ -126,7 +126,7 @@ def prepare(model: nn.Module, options: ConversionOptions, analog: dict[str, str]
     analog = dict(analog or {})
     if options.blocks is not None:
         analog |= _after_blocks(network, options.blocks)
-    return _prepare(network, "", options, direct=False, analog=analog)
+    return _prepare(network, "", options, direct=None, analog=analog)
 
 
 def _after_blocks(network: nn.Module, count: int) -> dict[str, str]:
@@ -145,9 +145,19 @@ def _after_blocks(network: nn.Module, count: int) -> dict[str, str]:
     return analog
 
 
+def _first_weight_layer(module: nn.Module, path: str) -> str | None:
+    """The path of the first weight layer inside ``module``, in module order."""
+    for name, child in module.named_modules():
+        rule = rule_for(child)
+        if rule is not None and rule.role is Role.WEIGHT:
+            return _join(path, name)
+    return None
+
+
 def _prepare(
-    module: nn.Module, path: str, options: ConversionOptions, direct: bool, analog: dict[str, str]
+    module: nn.Module, path: str, options: ConversionOptions, direct: str | None, analog: dict[str, str]
 ) -> nn.Module:
+    """``module`` prepared; ``direct`` is the path of the weight layer that reads the model input."""
     if path in analog:
         return Unconverted(module, analog[path])
     rule = rule_for(module)
@@ -169,19 +179,17 @@ def _prepare(
             return _prepare(twin, path, options, direct, analog)
     per_channel = options.granularity == "channel"
     if rule.role is Role.WEIGHT:
-        if direct:
+        if path == direct:  # direct coding: it sees the input at every step, no neuron before it
             return module
         return Observed(module, HistogramObserver(rule.channel_dims if per_channel else (), path))
     if rule.role is Role.PRODUCT:
         module.site_a = HistogramObserver(module.channels_a if per_channel else (), _join(path, "site_a"))
         module.site_b = HistogramObserver(module.channels_b if per_channel else (), _join(path, "site_b"))
     elif rule.role in (Role.CONTAINER, Role.INPUT):
+        if rule.role is Role.INPUT:
+            direct = _first_weight_layer(module, path)
         for name, child in list(module.named_children()):
-            setattr(
-                module,
-                name,
-                _prepare(child, _join(path, name), options, direct or rule.role is Role.INPUT, analog),
-            )
+            setattr(module, name, _prepare(child, _join(path, name), options, direct, analog))
     return module
 
 

@@ -92,6 +92,9 @@ class ParallelLayer(nn.Module):
     def __init__(self, spiking: SpikingLayer, channel_dim: int) -> None:
         super().__init__()
         neuron, layer = spiking.neuron, spiking.layer
+        plain = rule_for(layer).plain
+        if plain is not None:  # the weight it computes in forward is the one to copy
+            layer = plain(layer)
         if getattr(layer, "groups", 1) != 1:
             raise ValueError("parallel weights need an ungrouped layer (groups=1)")
         theta_pos, theta_neg = neuron.theta_pos, neuron.theta_neg

@@ -8,8 +8,10 @@ instead). Roles:
   token selection); the converter recurses into it. Its rule may name ``links``: which child's
   output goes only to which children, so that once converted they pass rates instead of
   increments (:mod:`transpike.rates`).
-- ``INPUT``: like a container, but it sees the model input at every step (direct coding), so its
-  weight layers get no MT neuron (the ViT patch embedding).
+- ``INPUT``: like a container, but it reads the model input, and its first weight layer (in module
+  order, the order timm's embeddings run them) sees that input at every step (direct coding) and
+  gets no MT neuron: the ViT patch embedding's projection, the first convolution of a hybrid ViT's
+  CNN stem, whose later layers are converted like any others.
 - ``PASSTHROUGH``: linear and stateless in eval mode (Identity, Dropout, LayerScale); kept as is.
 - ``WEIGHT``: a weight layer (Linear, Conv); an MT neuron is placed before it.
 - ``NONLINEAR``: becomes EC(F). A subclass of a registered nonlinear type is accepted too, since EC
@@ -17,9 +19,10 @@ instead). Roles:
 - ``PRODUCT``: a product of two activations; MT neurons on both operands and the product EC.
 
 A rule may also give a ``twin``: a module that replaces the original at prepare time because the
-original hides its internals (timm's Attention calls one fused SDPA kernel), and a ``check`` that
-returns why a particular configuration cannot be converted. Register your own types with
-:func:`register`.
+original hides its internals (timm's Attention calls one fused SDPA kernel), a ``check`` that
+returns why a particular configuration cannot be converted, and, for a weight layer that computes
+its weight in forward (weight standardization), ``plain``: the plain layer it amounts to, whose
+weight parallel parameter normalization copies. Register your own types with :func:`register`.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class Rule:
     twin: Callable[[nn.Module], nn.Module] | None = None
     check: Callable[[nn.Module], str | None] | None = None
     links: Callable[[nn.Module], Iterable[Link]] | None = None
+    plain: Callable[[nn.Module], nn.Module] | None = None
 
 
 _RULES: dict[type, Rule] = {}
@@ -66,6 +70,7 @@ def register(
     twin: Callable[[nn.Module], nn.Module] | None = None,
     check: Callable[[nn.Module], str | None] | None = None,
     links: Callable[[nn.Module], Iterable[Link]] | None = None,
+    plain: Callable[[nn.Module], nn.Module] | None = None,
 ) -> None:
     """Tell the converter how to treat modules of type ``cls`` (exact type).
 
@@ -79,8 +84,10 @@ def register(
         check: returns a reason why a given instance cannot be converted, or None.
         links: for ``CONTAINER``, the (producer, readers) links of a given instance, by the paths
             of its children, which conversion keeps (see :mod:`transpike.rates`).
+        plain: for ``WEIGHT`` layers whose forward transforms their weight, a function returning
+            the equivalent plain layer (:class:`transpike.synapses.ParallelLayer` copies its weight).
     """
-    _RULES[cls] = Rule(Role(role), tuple(channel_dims), twin, check, links)
+    _RULES[cls] = Rule(Role(role), tuple(channel_dims), twin, check, links, plain)
 
 
 def rule_for(module: nn.Module) -> Rule | None:
@@ -95,4 +102,4 @@ def rule_for(module: nn.Module) -> Rule | None:
     return None
 
 
-from . import timm_vit, torch_nn  # noqa: E402, F401  (registers the built-in rules)
+from . import timm_cnn, timm_vit, torch_nn  # noqa: E402, F401  (registers the built-in rules)

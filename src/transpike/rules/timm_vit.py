@@ -14,7 +14,8 @@ What is converted, following ECMT Algorithm 1:
 - differential attention (``attn_layer="diff"``) subtracts two softmax maps weighted by a λ
   computed from parameters: a linear combination, as are the parallel blocks' sums and splits;
 - the patch embedding sees the image at every step (direct coding): its convolution stays analog,
-  as in ECMT and most conversion work, and its output is the same at every step;
+  as in ECMT and most conversion work, and its output is the same at every step (a hybrid ViT's
+  CNN stem is converted but for its first convolution: :mod:`transpike.rules.timm_cnn`);
 - class, register and distillation tokens, position embeddings, rotary position embeddings (a
   rotation of q and k by constant angles), residual sums, LayerScale and class-token or average
   pooling are linear and need no change.
@@ -60,6 +61,8 @@ from timm.models.vision_transformer import (
 from torch import nn
 
 from ..compensation import ExpectationCompensation
+from ..neurons import MTNeuron
+from ..synapses import SpikingLayer
 from . import Link, Role, register
 from .timm_twins import (
     ExplicitAttention,
@@ -249,9 +252,12 @@ def _stream_links(vit: VisionTransformer) -> list[Link]:
     """The residual stream of pre-norm blocks: each converted block adds its branches' outputs
     (through LayerScale and DropPath, linear) to it, and only its norms read it; after the blocks,
     the first module that reads it (a block left analog by ``blocks=k``, the final norm, a pool,
-    fc_norm, or the heads). The patch embedding, tokens and position embeddings add the same at
-    every step, which is its own rate. One link for all: the stream is their sum."""
-    producers, readers = ["norm_pre"] if _present(vit.norm_pre) else [], []
+    fc_norm, or the heads); before them, what the embedding writes (:func:`_embedding_writers`).
+    Tokens and position embeddings add the same at every step, which is its own rate. One link for
+    all: the stream is their sum."""
+    producers, readers = _embedding_writers(vit), []
+    if producers is None:
+        return []
     analog = [isinstance(block, ExpectationCompensation) for block in vit.blocks]
     converted = analog.index(True) if any(analog) else len(analog)
     if not all(analog[converted:]):
@@ -266,6 +272,18 @@ def _stream_links(vit: VisionTransformer) -> list[Link]:
     if not producers or not after:  # nothing to hand on, or the stream is the model's output
         return []
     return [(tuple(producers), (*readers, *after))]
+
+
+def _embedding_writers(vit: VisionTransformer) -> list[str] | None:
+    """Who writes the stream before the blocks: norm_pre when present; else nobody when the patch
+    embedding is direct coding alone (the same at every step: its own rate); else its projection,
+    fed by a hybrid's spiking CNN stem, or None when the embedding ends in a layer that cannot hand
+    on a rate."""
+    if _present(vit.norm_pre):
+        return ["norm_pre"]
+    if not any(isinstance(module, MTNeuron) for module in vit.patch_embed.modules()):
+        return []
+    return ["patch_embed.proj"] if isinstance(getattr(vit.patch_embed, "proj", None), SpikingLayer) else None
 
 
 def _stream_readers_after_blocks(vit: VisionTransformer, converted: int) -> list[str]:

@@ -1,0 +1,88 @@
+"""Rules for the timm CNN parts of hybrid Vision Transformers: the CNN stems that ``HybridEmbed``
+runs before the patch projection (ResNet-V2 with weight-standardized convolutions and GroupNorm,
+ResNet-D through ``features_only``, the convolutional stem of ``vit_base_mci``).
+
+The hybrid embedding reads the image: its first convolution sees it at every step (direct coding,
+as the plain patch embedding's projection does) and every later convolution gets an MT neuron,
+like any weight layer. Norm-and-activation layers, max pools and avg-max pools become EC modules;
+BatchNorm in evaluation and average pools are affine and stay; residual sums, downsampling
+branches and feature selection are linear, so the blocks and networks are containers.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import (
+    AdaptiveAvgMaxPool2d,
+    AvgPool2dSame,
+    BatchNormAct2d,
+    ClassifierHead,
+    Conv2dSame,
+    ConvNormAct,
+    HybridEmbed,
+    SelectAdaptivePool2d,
+    StdConv2d,
+    StdConv2dSame,
+)
+from timm.layers.adaptive_avgmax_pool import AdaptiveCatAvgMaxPool2d, FastAdaptiveAvgPool
+from timm.models import resnet, resnetv2
+from timm.models._features import FeatureListNet
+from timm.models.vision_transformer_hybrid import ConvStem
+from torch import nn
+
+from . import Role, register
+
+
+def plain_convolution(conv: StdConv2d | StdConv2dSame) -> nn.Conv2d:
+    """The plain convolution a weight-standardized one computes (Qiao et al. 2019: each output
+    channel's weights minus their mean, over the square root of their variance plus ε), with the
+    same padding: fixed, or computed from the input's size (TensorFlow's "SAME")."""
+    weight = conv.weight.detach()
+    mean = weight.mean(dim=(1, 2, 3), keepdim=True)
+    variance = weight.var(dim=(1, 2, 3), unbiased=False, keepdim=True)
+    dynamic = getattr(conv, "same_pad", False)
+    plain = (Conv2dSame if dynamic else nn.Conv2d)(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        0 if dynamic else conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    with torch.no_grad():
+        plain.weight.copy_((weight - mean) / torch.sqrt(variance + conv.eps))
+        if conv.bias is not None:
+            plain.bias.copy_(conv.bias)
+    return plain
+
+
+register(HybridEmbed, Role.INPUT)
+for cls in (StdConv2d, StdConv2dSame):
+    register(cls, Role.WEIGHT, channel_dims=(-3,), plain=plain_convolution)
+register(Conv2dSame, Role.WEIGHT, channel_dims=(-3,))  # pads for TensorFlow's "SAME" in forward
+for cls in (
+    resnetv2.ResNetV2,
+    resnetv2.ResNetStage,
+    resnetv2.Bottleneck,
+    resnetv2.PreActBottleneck,
+    resnetv2.PreActBasic,
+    resnetv2.DownsampleConv,
+    resnetv2.DownsampleAvg,
+    resnet.Bottleneck,
+    resnet.BasicBlock,
+    FeatureListNet,
+    ConvStem,
+    ConvNormAct,
+    ClassifierHead,
+    SelectAdaptivePool2d,
+):
+    register(cls, Role.CONTAINER)
+# GroupNormAct and MaxPool2dSame are subclasses of registered nonlinear types already
+for cls in (BatchNormAct2d, AdaptiveAvgMaxPool2d, AdaptiveCatAvgMaxPool2d):
+    register(cls, Role.NONLINEAR)
+for cls in (AvgPool2dSame, FastAdaptiveAvgPool):
+    register(cls, Role.PASSTHROUGH)
