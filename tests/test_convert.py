@@ -27,7 +27,7 @@ CONFIGS = {
     "glu-sigmoid-gate-last": dict(mlp_layer=GluMlp),
     "max-pool": dict(global_pool="max", class_token=False),
     "avgmax-pool-with-prefix": dict(global_pool="avgmax", pool_include_prefix=True),
-    "prr-pool": dict(global_pool="prr"),
+    "prr-pool-no-final-norm": dict(global_pool="prr", final_norm=False),
     "attention-pool-no-final-norm": dict(global_pool="map", final_norm=False),
     "differential-attention": dict(attn_layer="diff", qk_norm=True),
     "parallel-things-blocks": dict(block_fn=ParallelThingsBlock, init_values=0.1),
