@@ -66,7 +66,7 @@ class SoftmaxHeads(nn.Module):
         if not self.differential:
             return self.av(attn, v)
         pairs = attn.unflatten(1, (-1, 2))
-        # timm's own λ formula, read from this twin's copies of the parameters
+        # timm's own λ formula, on the parameters this twin shares with the original
         weight = DiffAttention._compute_lambda(self).type_as(q)
         return self.sub_norm(self.av(pairs[:, :, 0] - weight * pairs[:, :, 1], v)) * (1 - self.lambda_init)
 
