@@ -43,6 +43,39 @@ def test_fs_neuron_inference_path_equals_autograd_path():
     assert torch.equal(x, original)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fs_neuron_is_a_staircase_with_one_jump_size_per_step(seed):
+    # The facts behind BENCHMARKS §5's bounds, for any T, h (either sign) and d: as x grows, the
+    # spike pattern only changes by its first changing step t going 0 -> 1 (lexicographic order,
+    # so at most 2^K pieces), and the output then jumps by d(t) + G(T(t) - h(t)) - G(T(t)⁻), where
+    # G is the neuron made of steps t+1..K: the same jump wherever step t changes first. With
+    # t = 1: the output is G(x) below T(1) and d(1) + G(x - h(1)) from it on.
+    gen = torch.Generator().manual_seed(seed)
+    steps = 6
+    noise = lambda: 1 + 0.2 * torch.randn(steps, generator=gen, dtype=torch.float64)  # noqa: E731
+    # successive approximation of x in [-4, 4], perturbed, with one reset negative; d random
+    scale = 8 * 2.0 ** -torch.arange(1, steps + 1, dtype=torch.float64)
+    T, h = -4 + scale * noise(), scale * noise() * torch.tensor([1, 1, -1, 1, 1, 1])
+    d = torch.randn(steps, generator=gen, dtype=torch.float64)
+    x = torch.linspace(-4, 4, 1_000_001, dtype=torch.float64)
+    spikes = fs_spikes(x, T, h)
+    changed = (spikes[1:] != spikes[:-1]).any(-1).nonzero().squeeze(-1)
+    assert 2 * steps < changed.numel() < 2**steps
+    first = (spikes[changed + 1] != spikes[changed]).int().argmax(-1)
+    assert (spikes[changed, first] == 0).all() and (spikes[changed + 1, first] == 1).all()
+    jump = fs_neuron(x, T, h, d).diff()[changed]
+
+    def suffix(t: int, v: float) -> float:  # G: the output of steps t+1..K from v(t+1) = v
+        return fs_neuron(torch.tensor([v], dtype=torch.float64), T[t + 1 :], h[t + 1 :], d[t + 1 :]).item()
+
+    below = torch.finfo(torch.float64).eps * 8
+    expected = torch.tensor([d[t] + suffix(t, T[t] - h[t]) - suffix(t, T[t] - below) for t in range(steps)])
+    assert torch.allclose(jump, expected[first], atol=1e-12)
+    rest = lambda v: fs_neuron(v, T[1:], h[1:], d[1:])  # noqa: E731
+    split = torch.where(x >= T[0], d[0] + rest(x - h[0]), rest(x))
+    assert torch.allclose(fs_neuron(x, T, h, d), split, atol=1e-12)  # the same sum in another order
+
+
 def test_surrogate_gradient():
     v = torch.tensor([0.2, 1.0, 3.0], requires_grad=True)
     threshold = torch.tensor(1.0, requires_grad=True)

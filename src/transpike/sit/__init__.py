@@ -98,7 +98,12 @@ def fs_trains(x: Tensor, threshold: Tensor, reset: Tensor, spike: Callable | Non
 def fs_neuron(
     x: Tensor, threshold: Tensor, reset: Tensor, weight: Tensor, spike: Callable | None = None
 ) -> Tensor:
-    """SI-exp's output Σ_t d(t)·z(t) over the spike trains of :func:`fs_trains` (weights d = ``weight``)."""
+    """SI-exp's output Σ_t d(t)·z(t) over the spike trains of :func:`fs_trains` (weights d = ``weight``).
+
+    As x grows the spike pattern changes only by its first changing step going 0 → 1, so the output
+    is a staircase of at most 2^K pieces, whatever T, h and d: what bounds its error from below
+    (``benchmarks/si_exp_bound.py``).
+    """
     out = torch.zeros_like(x)
     for d, z in zip(weight, fs_trains(x, threshold, reset, spike), strict=True):
         out = torch.addcmul(out, z, d, out=_own(out, True))  # out + d·z, exact product as in fs_trains
