@@ -20,7 +20,7 @@ from transpike.sit import (
     si_norm,
     spiking_softmax,
 )
-from transpike.sit.fit import FIT_POINTS, evolve, exact_rmse, fit_si_exp, with_silent_step
+from transpike.sit.fit import FIT_POINTS, _rmse, evolve, exact_rmse, fit_si_exp, insertions, with_silent_step
 
 
 def test_fs_neuron_by_hand():
@@ -146,6 +146,18 @@ def test_global_search_from_a_start_never_ends_worse_than_it():
     assert torch.equal(found, evolve(x, y, 5, seed=0, generations=2, population=3, start=start))
     loss = lambda p: exact_rmse(p.numpy(), x, y, (y @ y).item())  # noqa: E731
     assert loss(found) <= loss(start) == pytest.approx(previous["rmse"], rel=1e-6)
+
+
+def test_insertions_keep_the_shorter_fit_and_can_beat_it():
+    x = torch.linspace(-1.0, 1.0, FIT_POINTS, dtype=torch.float64)
+    previous = fitted_parameters(4, shifted=False)
+    found = insertions(x, x.exp(), previous, keep=2)
+    assert [t.shape for pair in found for t in pair] == [torch.Size([5])] * 4
+    errors = [_rmse(x, x.exp(), *pair)[0] for pair in found]
+    # the grid holds a silent step, so the best is at worst the 4-step fit; here it is better
+    assert errors[0] <= errors[1] and errors[0] < previous["rmse"]
+    again = insertions(x, x.exp(), previous, keep=1)[0]
+    assert torch.equal(found[0][0], again[0]) and torch.equal(found[0][1], again[1])
 
 
 def test_si_exp_approximates_exp():
