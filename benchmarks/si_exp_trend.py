@@ -1,0 +1,115 @@
+"""How SI-exp's best RMSE falls with K, past the shipped K ≤ 16: how many steps the paper's figure
+would need by the trend.
+
+The searches of ``python -m transpike.sit fit`` grow costly with K (differential evolution over 2K
+parameters), so this one uses a cheaper family whose fits land within a few per cent of the shipped
+ones (the shape every shipped fit for K ≥ 8 has, BENCHMARKS §5): thresholds descending from T(1) in
+near-equal steps, resets taking one to three values. ``--samples`` seeded draws of (T(1), spacing,
+resets, jitter) are scored by the exact loss (least-squares d); the ``--refine`` best go to the fit's
+pattern search. Reported per K: RMSE on 10 000 evenly spaced points of [-1, 1] and the runs of
+equal output on them (the paper's figure needs 418, ``si_exp_bound.py``), the shipped fit's RMSE
+where there is one, and a power law RMSE = a·K^-α fitted (least squares in log-log) to the search's
+figures for K ≥ 12, with the K at which it reaches the paper's 0.0015413. A search gives an upper
+bound on the best RMSE, not the best: the law says where these fits are heading, not where the
+neuron's limit is (``si_exp_bound.py`` gives lower bounds).
+
+    python benchmarks/si_exp_trend.py [--steps 8 12 16 20 24 32] [--samples 20000] [--refine 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transpike.sit import FIT_POINTS, PAPER_RANGE, fitted_parameters, fs_neuron
+from transpike.sit.fit import _pattern_search, _rmse, exact_rmse
+
+PAPER_RMSE = 0.0015413
+SHIPPED = range(4, 17)
+
+
+def cascade(steps: int, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
+    """One draw of (T, h): T(t) = T(1) - (t - 1)·spacing + jitter, h(t) one of 1-3 values."""
+    span = hi - lo
+    first, spacing = lo + span * rng.uniform(0.4, 1.0), span * rng.uniform(0.025, 0.2)
+    threshold = first - spacing * np.arange(steps) + rng.normal(0.0, 0.01 * span, steps)
+    values = span * rng.uniform(0.025, 0.5, rng.integers(1, 4))
+    return np.concatenate([threshold, values[rng.integers(0, values.size, steps)]])
+
+
+def search(steps: int, samples: int, refine: int, seed: int) -> dict:
+    torch.set_num_threads(1)  # one small problem per process: threads only add overhead
+    lo, hi = PAPER_RANGE
+    x = torch.linspace(lo, hi, FIT_POINTS, dtype=torch.float64)
+    y = x.exp()
+    yy = (y @ y).item()
+    rng = np.random.default_rng([seed, steps])
+    start = time.perf_counter()
+    draws = (cascade(steps, rng, lo, hi) for _ in range(samples))
+    best = heapq.nsmallest(refine, draws, key=lambda p: exact_rmse(p, x, y, yy))
+    refined = [_pattern_search(x, y, *torch.from_numpy(p).split(steps)) for p in best]
+    rmse, threshold, reset = min((_rmse(x, y, *p)[0], *p) for p in refined)
+    output = fs_neuron(x, threshold, reset, _rmse(x, y, threshold, reset)[1])
+    shipped = fitted_parameters(steps, shifted=False)["rmse"] if steps in SHIPPED else None
+    return {
+        "K": steps,
+        "search_rmse": rmse,
+        "runs": int((output.diff() != 0).sum()) + 1,
+        "shipped_rmse": shipped,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def power_law(rows: list[dict]) -> tuple[float, float]:
+    """(α, K*) of RMSE = a·K^-α fitted to the rows with K ≥ 12, K* where it meets the paper's."""
+    fitted = [r for r in rows if r["K"] >= 12]
+    log_k = np.log([r["K"] for r in fitted])
+    log_rmse = np.log([r["search_rmse"] for r in fitted])
+    slope, intercept = np.polyfit(log_k, log_rmse, 1)
+    return -slope, math.exp((math.log(PAPER_RMSE) - intercept) / slope)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, nargs="+", default=[8, 12, 16, 20, 24, 32])
+    parser.add_argument("--samples", type=int, default=20000)
+    parser.add_argument("--refine", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/si_exp_trend.json"))
+    args = parser.parse_args()
+    if sum(k >= 12 for k in args.steps) < 2:
+        parser.error(f"--steps {args.steps}: the power law needs at least two K >= 12")
+    # one K per process; the largest first so the two cores finish together
+    steps = sorted(args.steps, reverse=True)
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        jobs = [pool.submit(search, k, args.samples, args.refine, args.seed) for k in steps]
+        rows = sorted((job.result() for job in jobs), key=lambda r: r["K"])
+    print("| K | search RMSE | its runs | shipped fit RMSE | search / shipped | time |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        shipped = r["shipped_rmse"]
+        ratio = f"{r['search_rmse'] / shipped:.2f}" if shipped else "-"
+        print(
+            f"| {r['K']} | {r['search_rmse']:.4f} | {r['runs']} | {f'{shipped:.4f}' if shipped else '-'} | "
+            f"{ratio} | {r['seconds']:.0f} s |"
+        )
+    alpha, reach = power_law(rows)
+    print(f"\nRMSE ∝ K^-{alpha:.2f} (K ≥ 12); the paper's {PAPER_RMSE} at K ≈ {reach:.0f} by this law")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    machine = platform.processor() or platform.machine()
+    settings = dict(samples=args.samples, refine=args.refine, seed=args.seed)
+    out = {"machine": machine, **settings, "alpha": alpha, "paper_reached_at_K": reach, "rows": rows}
+    args.out.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
