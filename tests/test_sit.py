@@ -20,7 +20,17 @@ from transpike.sit import (
     si_norm,
     spiking_softmax,
 )
-from transpike.sit.fit import FIT_POINTS, _rmse, evolve, exact_rmse, fit_si_exp, insertions, with_silent_step
+from transpike.sit.fit import (
+    FIT_POINTS,
+    _initial,
+    _rmse,
+    cascades,
+    evolve,
+    exact_rmse,
+    fit_si_exp,
+    insertions,
+    with_silent_step,
+)
 
 
 def test_fs_neuron_by_hand():
@@ -158,6 +168,22 @@ def test_insertions_keep_the_shorter_fit_and_can_beat_it():
     assert errors[0] <= errors[1] and errors[0] < previous["rmse"]
     again = insertions(x, x.exp(), previous, keep=1)[0]
     assert torch.equal(found[0][0], again[0]) and torch.equal(found[0][1], again[1])
+
+
+def test_cascades_are_seeded_sorted_and_descending():
+    x = torch.linspace(-12.0, 0.0, FIT_POINTS, dtype=torch.float64)
+    y = x.exp()
+    found = cascades(x, y, 6, seed=0, draws=200, keep=3)
+    again = cascades(x, y, 6, seed=0, draws=200, keep=3)
+    assert len(found) == len(again) == 3
+    assert all(torch.equal(torch.cat(a), torch.cat(b)) for a, b in zip(found, again, strict=True))
+    errors = [_rmse(x, y, *pair)[0] for pair in found]
+    assert errors == sorted(errors)
+    threshold, reset = found[0]
+    # the shape: resets > 0, thresholds falling overall from near the top of the range
+    assert (reset > 0).all() and threshold[0] > threshold[-1] and threshold[0] > -12.0 + 0.4 * 12.0
+    # the best draw alone, before any refinement, beats the successive-approximation start
+    assert errors[0] < _rmse(x, y, *_initial(6, -12.0, 0.0))[0]
 
 
 def test_si_exp_approximates_exp():
