@@ -2,16 +2,16 @@
 would need by the trend.
 
 The searches of ``python -m transpike.sit fit`` grow costly with K (differential evolution over 2K
-parameters), so this one uses a cheaper family whose fits land within a few per cent of the shipped
-ones (the shape every shipped fit for K ≥ 8 has, BENCHMARKS §5): thresholds descending from T(1) in
-near-equal steps, resets taking one to three values. ``--samples`` seeded draws of (T(1), spacing,
-resets, jitter) are scored by the exact loss (least-squares d); the ``--refine`` best go to the fit's
-pattern search. Reported per K: RMSE on 10 000 evenly spaced points of [-1, 1] and the runs of
-equal output on them (the paper's figure needs 418, ``si_exp_bound.py``), the shipped fit's RMSE
-where there is one, and a power law RMSE = a·K^-α fitted (least squares in log-log) to the search's
-figures for K ≥ 12, with the K at which it reaches the paper's 0.0015413. A search gives an upper
-bound on the best RMSE, not the best: the law says where these fits are heading, not where the
-neuron's limit is (``si_exp_bound.py`` gives lower bounds).
+parameters), so this one uses only the fit's cheapest, ``transpike.sit.fit.cascades``: seeded draws
+of the shape the fits take from K = 8 on (thresholds descending in steps that grow geometrically,
+resets in proportion). ``--samples`` draws are scored by the exact loss (least-squares d); the
+``--refine`` best go to the fit's pattern search. Reported per K: RMSE on 10 000 evenly spaced
+points of [-1, 1] and the runs of equal output on them (the paper's figure needs 418,
+``si_exp_bound.py``), the shipped fit's RMSE where there is one, and a power law RMSE = a·K^-α
+fitted (least squares in log-log) to the search's figures for K ≥ 12, with the K at which it
+reaches the paper's 0.0015413. A search gives an upper bound on the best RMSE, not the best: the
+law says where these fits are heading, not where the neuron's limit is (``si_exp_bound.py`` gives
+lower bounds).
 
     python benchmarks/si_exp_trend.py [--steps 8 12 16 20 24 32] [--samples 20000] [--refine 16]
 """
@@ -19,7 +19,6 @@ neuron's limit is (``si_exp_bound.py`` gives lower bounds).
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
 import math
 import platform
@@ -31,19 +30,10 @@ import numpy as np
 import torch
 
 from transpike.sit import FIT_POINTS, PAPER_RANGE, fitted_parameters, fs_neuron
-from transpike.sit.fit import _pattern_search, _rmse, exact_rmse
+from transpike.sit.fit import _pattern_search, _rmse, cascades
 
 PAPER_RMSE = 0.0015413
 SHIPPED = range(4, 17)
-
-
-def cascade(steps: int, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
-    """One draw of (T, h): T(t) = T(1) - (t - 1)·spacing + jitter, h(t) one of 1-3 values."""
-    span = hi - lo
-    first, spacing = lo + span * rng.uniform(0.4, 1.0), span * rng.uniform(0.025, 0.2)
-    threshold = first - spacing * np.arange(steps) + rng.normal(0.0, 0.01 * span, steps)
-    values = span * rng.uniform(0.025, 0.5, rng.integers(1, 4))
-    return np.concatenate([threshold, values[rng.integers(0, values.size, steps)]])
 
 
 def search(steps: int, samples: int, refine: int, seed: int) -> dict:
@@ -51,14 +41,11 @@ def search(steps: int, samples: int, refine: int, seed: int) -> dict:
     lo, hi = PAPER_RANGE
     x = torch.linspace(lo, hi, FIT_POINTS, dtype=torch.float64)
     y = x.exp()
-    yy = (y @ y).item()
-    rng = np.random.default_rng([seed, steps])
     start = time.perf_counter()
-    draws = (cascade(steps, rng, lo, hi) for _ in range(samples))
-    best = heapq.nsmallest(refine, draws, key=lambda p: exact_rmse(p, x, y, yy))
-    refined = [_pattern_search(x, y, *torch.from_numpy(p).split(steps)) for p in best]
-    rmse, threshold, reset = min((_rmse(x, y, *p)[0], *p) for p in refined)
-    output = fs_neuron(x, threshold, reset, _rmse(x, y, threshold, reset)[1])
+    refined = [_pattern_search(x, y, *pair) for pair in cascades(x, y, steps, seed, samples, refine)]
+    threshold, reset = min(refined, key=lambda pair: _rmse(x, y, *pair)[0])
+    rmse, weight = _rmse(x, y, threshold, reset)
+    output = fs_neuron(x, threshold, reset, weight)
     shipped = fitted_parameters(steps, shifted=False)["rmse"] if steps in SHIPPED else None
     return {
         "K": steps,
