@@ -4,8 +4,8 @@ Least squares gives the output weights d exactly for given spike trains. T and h
 searches: Adam through the FS-neuron surrogate gradient (local, from structured and random starts),
 one step inserted into the fit for K - 1 steps (a grid), differential evolution on the exact loss
 (global), and seeded cascade-shaped draws, each refined by a pattern search on the exact loss; the
-best wins. Everything is
-seeded, so the shipped ``data/si_exp.json`` is reproduced by the same command.
+best wins. Everything is seeded, so the shipped ``data/si_exp.json`` is reproduced by the same
+command.
 """
 
 from __future__ import annotations
