@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from transpike.sit import FIT_POINTS, PAPER_RANGE, SHIFTED_RANGE, fitted_parameters
-from transpike.sit.fit import _pattern_search, _rmse, evolve, with_silent_step
+from transpike.sit.fit import _pattern_search, _rmse, evolve, with_silent_steps
 
 
 def search(steps: int, shifted: bool, generations: int, population: int, seed: int, warm: bool) -> dict:
@@ -33,7 +33,7 @@ def search(steps: int, shifted: bool, generations: int, population: int, seed: i
     start = time.perf_counter()
     initial = None
     if warm:  # the shipped K - 1 fit, as the fit's own warm start
-        initial = torch.cat(with_silent_step(fitted_parameters(steps - 1, shifted=shifted), hi))
+        initial = torch.cat(with_silent_steps(fitted_parameters(steps - 1, shifted=shifted), hi, steps))
     best = evolve(x, y, steps, seed, generations, population, initial)
     threshold, reset = _pattern_search(x, y, best[:steps], best[steps:])
     return {

@@ -1,4 +1,4 @@
-"""How SI-exp's best RMSE falls with K, past the shipped K ≤ 16: how many steps the paper's figure
+"""How SI-exp's best RMSE falls with K, past K = 16: how many steps the paper's figure
 would need by the trend.
 
 The searches of ``python -m transpike.sit fit`` grow costly with K (differential evolution over 2K
@@ -29,11 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transpike.sit import FIT_POINTS, PAPER_RANGE, fitted_parameters, fs_neuron
+from transpike.sit import FIT_POINTS, PAPER_RANGE, fs_neuron, shipped_fits
 from transpike.sit.fit import _pattern_search, _rmse, cascades
 
 PAPER_RMSE = 0.0015413
-SHIPPED = range(4, 17)
 
 
 def search(steps: int, samples: int, refine: int, seed: int) -> dict:
@@ -46,7 +45,7 @@ def search(steps: int, samples: int, refine: int, seed: int) -> dict:
     threshold, reset = min(refined, key=lambda pair: _rmse(x, y, *pair)[0])
     rmse, weight = _rmse(x, y, threshold, reset)
     output = fs_neuron(x, threshold, reset, weight)
-    shipped = fitted_parameters(steps, shifted=False)["rmse"] if steps in SHIPPED else None
+    shipped = shipped_fits(shifted=False).get(steps, {}).get("rmse")
     return {
         "K": steps,
         "search_rmse": rmse,

@@ -181,6 +181,11 @@ def test_bad_options_name_argument_and_value(option, value, images):
         transpike.convert(tiny_vit(), images[0], **{option: value})
 
 
+def test_sit_steps_without_a_fit_are_refused_before_calibration(images):
+    with pytest.raises(ValueError, match=r"sit_steps must be one of the fitted K \[4, 5, .*32\], got 17"):
+        transpike.convert(tiny_vit(), images[0], method="sit", sit_steps=17)
+
+
 def test_unknown_option_is_named(images):
     with pytest.raises(ValueError, match=r"unknown conversion option.*'percentil'"):
         transpike.convert(tiny_vit(), images[0], percentil=99.0)

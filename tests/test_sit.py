@@ -20,8 +20,10 @@ from transpike.sit import (
     si_norm,
     spiking_softmax,
 )
+from transpike.sit import fit as fitting
 from transpike.sit.fit import (
     FIT_POINTS,
+    LONGER_STEPS,
     _initial,
     _rmse,
     cascades,
@@ -29,7 +31,7 @@ from transpike.sit.fit import (
     exact_rmse,
     fit_si_exp,
     insertions,
-    with_silent_step,
+    with_silent_steps,
 )
 
 
@@ -123,7 +125,9 @@ def test_shipped_parameters_reproduce_their_error(key):
         assert (fs_neuron(x, T, h, d) - x.exp()).square().mean().sqrt().item() == pytest.approx(
             fit["rmse"], rel=1e-6
         )
-    assert [f["K"] for f in shipped()[key]] == list(range(4, 17))
+    assert [f["K"] for f in shipped()[key]] == [*range(4, 17), *LONGER_STEPS]
+    errors = [f["rmse"] for f in shipped()[key]]
+    assert errors == sorted(errors, reverse=True)  # each warm-started from the one before
 
 
 def test_fit_is_seeded():
@@ -151,7 +155,7 @@ def test_global_search_from_a_start_never_ends_worse_than_it():
     y = x.exp()
     previous = fitted_parameters(4, shifted=False)
     # the 4-step fit and a 5th step that never fires (T above the range: clipped into the box)
-    start = torch.cat(with_silent_step(previous, 1.0))
+    start = torch.cat(with_silent_steps(previous, 1.0, 5))
     found = evolve(x, y, 5, seed=0, generations=2, population=3, start=start)
     assert torch.equal(found, evolve(x, y, 5, seed=0, generations=2, population=3, start=start))
     loss = lambda p: exact_rmse(p.numpy(), x, y, (y @ y).item())  # noqa: E731
@@ -168,6 +172,55 @@ def test_insertions_keep_the_shorter_fit_and_can_beat_it():
     assert errors[0] <= errors[1] and errors[0] < previous["rmse"]
     again = insertions(x, x.exp(), previous, keep=1)[0]
     assert torch.equal(found[0][0], again[0]) and torch.equal(found[0][1], again[1])
+
+
+def test_a_longer_fit_starts_from_a_shorter_one(monkeypatch):
+    previous = fitted_parameters(4, shifted=False)
+    # the one-step insertion grid only applies to a fit for K - 1 steps
+    monkeypatch.setattr(fitting, "insertions", lambda *args: pytest.fail("insertions for K = 7 from K = 4"))
+    found = fit_si_exp(7, -1.0, 1.0, seed=0, restarts=1, iterations=20, previous=previous)
+    assert len(found["T"]) == len(found["h"]) == len(found["d"]) == 7
+    assert found["rmse"] <= previous["rmse"]  # the 4-step fit with three silent steps is a start
+    threshold, reset = with_silent_steps(previous, 1.0, 7)
+    x = torch.linspace(-1.0, 1.0, FIT_POINTS, dtype=torch.float64)
+    assert _rmse(x, x.exp(), threshold, reset)[0] == pytest.approx(previous["rmse"], rel=1e-6)
+
+
+def test_a_part_of_the_table_is_fitted_as_in_the_whole(monkeypatch):
+    calls = []
+
+    def fit(steps, lo, hi, seed, restarts, previous, generations, cascade_draws):
+        calls.append(dict(previous=previous, generations=generations))
+        return {"K": steps, "rmse": 0.0}
+
+    monkeypatch.setattr(fitting, "fit_si_exp", fit)
+    threads = torch.get_num_threads()
+    try:
+        fits = fitting._fit_range("shifted", 5, 6, [9], seed=0, restarts=1, generations=150, cascade_draws=10)
+    finally:
+        torch.set_num_threads(threads)
+    assert [f["K"] for f in fits] == [5, 6, 9]
+    # the first K starts from the shipped K - 1, as in the run that made the table; each later one
+    # from the fit before it; the global search stops at the last K of --steps
+    assert [c["previous"] for c in calls] == [fitted_parameters(4, shifted=True), fits[0], fits[1]]
+    assert [c["generations"] for c in calls] == [150, 150, 0]
+
+
+def test_fit_command_writes_both_ranges(tmp_path):
+    out = tmp_path / "fits.json"
+    cheap = ["--generations", "0", "--cascade-draws", "0", "--restarts", "1"]
+    fitting.main(["fit", "--steps", "4", "4", "--longer", "6", *cheap, "--out", str(out)])
+    table = json.loads(out.read_text())
+    for key, (lo, hi) in (("paper", (-1.0, 1.0)), ("shifted", (-12.0, 0.0))):
+        assert [(f["K"], f["range"]) for f in table[key]] == [(4, [lo, hi]), (6, [lo, hi])]
+        assert table[key][1]["rmse"] <= table[key][0]["rmse"]
+
+
+@pytest.mark.parametrize("steps", [["5", "4"], ["4", "6", "--longer", "8", "8"], ["0", "4"]])
+def test_fit_command_rejects_steps_out_of_order(steps, capsys):
+    with pytest.raises(SystemExit):
+        fitting.main(["fit", "--steps", *steps])
+    assert "K must be >= 1 and increasing" in capsys.readouterr().err
 
 
 def test_cascades_are_seeded_sorted_and_descending():

@@ -75,7 +75,10 @@ def add_conversion_args(parser: argparse.ArgumentParser) -> None:
         "--non-strict", dest="strict", action="store_false", help="leave modules without a rule analog"
     )
     group.add_argument(
-        "--sit-steps", type=int, default=12, help="SI-exp steps K for --method sit (default 12)"
+        "--sit-steps",
+        type=int,
+        default=12,
+        help="SI-exp steps K for --method sit: 4..16, 20, 24, 28 or 32 (default 12)",
     )
     group.add_argument(
         "--sit-mode", default="shift", choices=SIT_MODES, help="spiking softmax input handling"

@@ -28,7 +28,7 @@ from .observers import HistogramObserver
 from .rates import link_rates
 from .rules import Role, rule_for
 from .sit import MODES as SIT_MODES
-from .sit import SpikingSoftmax
+from .sit import SpikingSoftmax, shipped_fits
 from .sites import Observed, Product, Unconverted
 from .synapses import SpikingLayer
 from .thresholds import mse_thresholds, percentile_thresholds
@@ -55,7 +55,8 @@ class ConversionOptions:
         neuron: "mt" (one spike per step) or "burst" (several levels may fire in one step).
         compensation: False is the ablation without EC (F applied to each step's input).
         strict: False leaves modules without a rule analog instead of raising.
-        sit_steps: K, SI-exp's internal steps (method "sit").
+        sit_steps: K, SI-exp's internal steps (method "sit"), one of the shipped fits' (4..16, 20,
+            24, 28, 32).
         sit_mode: "shift", "clip" or "sigmoid" (see :class:`~transpike.sit.SpikingSoftmax`).
         blocks: convert only the first k Transformer blocks (``model.blocks``); later blocks and
             everything after them stay analog, computed on rates (SIT-conversion's Tables 2-4).
@@ -101,6 +102,9 @@ class ConversionOptions:
                 isinstance(value, bool) or not isinstance(value, int) or value < low
             ):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        shipped = sorted(shipped_fits(shifted=self.sit_mode == "shift"))
+        if self.method == "sit" and self.sit_steps not in shipped:
+            raise ValueError(f"sit_steps must be one of the fitted K {shipped}, got {self.sit_steps!r}")
         if self.neuron == "burst" and self.levels > 16:
             raise ValueError(f"levels must be <= 16 for the burst neuron, got {self.levels}")
 

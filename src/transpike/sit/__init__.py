@@ -21,8 +21,8 @@ attention logits leave that range. Softmax is shift-invariant, so :class:`Spikin
 subtracts each row's maximum by default and uses an SI-exp fitted on [-R, 0], which handles any
 logits without fine-tuning; the paper's two forms are options.
 
-Fitted parameters for K = 4..16 ship in ``data/si_exp.json``; ``python -m transpike.sit fit``
-reproduces them (seeded; see :mod:`transpike.sit.fit`).
+Fitted parameters for K = 4..16, 20, 24, 28 and 32 ship in ``data/si_exp.json``; ``python -m
+transpike.sit fit`` reproduces them (seeded; see :mod:`transpike.sit.fit`).
 """
 
 from __future__ import annotations
@@ -136,11 +136,15 @@ def si_norm(weight: Tensor, v_th: Tensor, spikes: int) -> Tensor:
 
 
 @cache
+def shipped_fits(shifted: bool = True) -> dict[int, dict]:
+    """The shipped SI-exp fits by K, on [-12, 0] (``shifted``) or on [-1, 1] (the paper)."""
+    table = json.loads(resources.files("transpike").joinpath("data/si_exp.json").read_text())
+    return {fit["K"]: fit for fit in table["shifted" if shifted else "paper"]}
+
+
 def fitted_parameters(steps: int, shifted: bool = True) -> dict:
     """The shipped SI-exp fit for K = ``steps`` on [-12, 0] (``shifted``) or on [-1, 1] (the paper)."""
-    table = json.loads(resources.files("transpike").joinpath("data/si_exp.json").read_text())
-    key = "shifted" if shifted else "paper"
-    fits = {fit["K"]: fit for fit in table[key]}
+    fits = shipped_fits(shifted)
     if steps not in fits:
         raise ValueError(f"no fitted SI-exp for K={steps}; shipped: K in {sorted(fits)}")
     return fits[steps]

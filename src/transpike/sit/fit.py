@@ -4,8 +4,9 @@ Least squares gives the output weights d exactly for given spike trains. T and h
 searches: Adam through the FS-neuron surrogate gradient (local, from structured and random starts),
 one step inserted into the fit for K - 1 steps (a grid), differential evolution on the exact loss
 (global), and seeded cascade-shaped draws, each refined by a pattern search on the exact loss; the
-best wins. Everything is seeded, so the shipped ``data/si_exp.json`` is reproduced by the same
-command.
+best wins. Past K = 16 (``--longer``, K = 20, 24, 28, 32) the global search is left out: its cost
+grows as K², and the cascade-shaped draws alone find these fits. Everything is seeded, so the
+shipped ``data/si_exp.json`` is reproduced by the same command.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ import torch
 from scipy.optimize import differential_evolution
 from torch import Tensor
 
-from . import FIT_POINTS, PAPER_RANGE, SHIFTED_RANGE, _SurrogateSpike, fs_neuron, fs_spikes
+from . import FIT_POINTS, PAPER_RANGE, SHIFTED_RANGE, _SurrogateSpike, fs_neuron, fs_spikes, shipped_fits
 
 RANGES = {"paper": PAPER_RANGE, "shifted": SHIFTED_RANGE}
+# past K = 16 every fourth K: one step more lowers the error by a few percent there (BENCHMARKS §5),
+# and each fit takes minutes
+LONGER_STEPS = (20, 24, 28, 32)
 
 
 def _least_squares_weights(x: Tensor, y: Tensor, threshold: Tensor, reset: Tensor) -> Tensor:
@@ -106,11 +110,12 @@ def _initial(steps: int, lo: float, hi: float) -> tuple[Tensor, Tensor]:
     return threshold, reset
 
 
-def with_silent_step(previous: dict, hi: float) -> tuple[Tensor, Tensor]:
-    """(T, h) of a fit for K - 1 steps with a K-th step that never fires (T above the range's top
-    ``hi``, h = 0): the same function as the K - 1 step fit, the warm start of a fit for K steps."""
-    threshold = torch.tensor([*previous["T"], hi + 1.0], dtype=torch.float64)
-    return threshold, torch.tensor([*previous["h"], 0.0], dtype=torch.float64)
+def with_silent_steps(previous: dict, hi: float, steps: int) -> tuple[Tensor, Tensor]:
+    """(T, h) of a shorter fit with steps appended that never fire (T above the range's top ``hi``,
+    h = 0) up to ``steps``: the same function as the shorter fit, the warm start of a longer one."""
+    silent = steps - len(previous["T"])
+    threshold = torch.tensor([*previous["T"], *[hi + 1.0] * silent], dtype=torch.float64)
+    return threshold, torch.tensor([*previous["h"], *[0.0] * silent], dtype=torch.float64)
 
 
 def insertions(x: Tensor, y: Tensor, previous: dict, keep: int = 5) -> list[tuple[Tensor, Tensor]]:
@@ -181,11 +186,11 @@ def fit_si_exp(
 ) -> dict:
     """Fit SI-exp's T, h, d to exp on ``FIT_POINTS`` evenly spaced points of [lo, hi].
 
-    Starts: :func:`_initial`; the fit for K - 1 steps (``previous``) with a silent step appended,
-    so a longer neuron never fits worse than a shorter one; and random T, h (seeded). Each trains
+    Starts: :func:`_initial`; a fit for fewer steps (``previous``) with silent steps appended, so
+    a longer neuron never fits worse than a shorter one; and random T, h (seeded). Each trains
     T, h with Adam through the surrogate gradient while d is re-solved by least squares (exact for
-    fixed spike trains). With ``previous``, :func:`insertions` adds the K - 1 fit with one step
-    inserted. With ``generations`` > 0, :func:`evolve` adds the best point of a global search, and
+    fixed spike trains). When ``previous`` has K - 1 steps, :func:`insertions` adds it with one
+    step inserted. With ``generations`` > 0, :func:`evolve` adds the best point of a global search, and
     with ``previous`` that of a second one seeded with the K - 1 fit. With ``cascade_draws`` > 0,
     :func:`cascades` adds the best cascade-shaped draws. Every candidate is refined by
     a pattern search on the exact loss; the best wins. The same arguments give the same parameters.
@@ -195,13 +200,13 @@ def fit_si_exp(
     gen = torch.Generator().manual_seed(seed)
     starts = [_initial(steps, lo, hi)]
     if previous is not None:
-        starts.append(with_silent_step(previous, hi))
+        starts.append(with_silent_steps(previous, hi, steps))
     decay = 2.0 ** -torch.arange(steps, dtype=torch.float64)
     for _ in range(restarts - 1):
         threshold = lo + (hi - lo) * torch.rand(steps, generator=gen, dtype=torch.float64)
         starts.append((threshold, (hi - lo) * decay * torch.rand(steps, generator=gen, dtype=torch.float64)))
     candidates = [_adam(x, y, threshold, reset, iterations) for threshold, reset in starts]
-    if previous is not None:
+    if previous is not None and len(previous["T"]) == steps - 1:
         candidates += insertions(x, y, previous)
     if cascade_draws > 0:
         candidates += cascades(x, y, steps, seed, cascade_draws)
@@ -274,19 +279,32 @@ def _pattern_search(
 
 
 def _fit_range(
-    key: str, first: int, last: int, seed: int, restarts: int, generations: int, cascade_draws: int
+    key: str,
+    first: int,
+    last: int,
+    longer: list[int],
+    seed: int,
+    restarts: int,
+    generations: int,
+    cascade_draws: int,
 ) -> list[dict]:
-    """The fits for K = first..last on one range, each warm-started from the one before."""
+    """The fits for K = first..last and then ``longer`` on one range, each warm-started from the one
+    before (the first from the shipped fit for K = first - 1, if there is one, so that a part of
+    the table is refitted as the whole table would be); the global search only runs up to ``last``."""
     # one thread: small tensors gain nothing from more, and a fixed summation order keeps the
     # search's path, hence the file, the same from run to run whatever the machine's core count
     torch.set_num_threads(1)
     lo, hi = RANGES[key]
+    previous = shipped_fits(key == "shifted").get(first - 1)
     fits: list[dict] = []
-    for steps in range(first, last + 1):
+    for steps in [*range(first, last + 1), *longer]:
         start = time.perf_counter()
-        previous = fits[-1] if fits else None
-        settings = dict(previous=previous, generations=generations, cascade_draws=cascade_draws)
-        fits.append(fit_si_exp(steps, lo, hi, seed, restarts, **settings))
+        # differential evolution's cost grows as K² (population and neuron both grow with K): a
+        # K = 32 fit with it would take hours, while the cascades find the long fits' shape alone
+        searched = generations if steps <= last else 0
+        settings = dict(previous=previous, generations=searched, cascade_draws=cascade_draws)
+        previous = fit_si_exp(steps, lo, hi, seed, restarts, **settings)
+        fits.append(previous)
         print(
             f"{key} K={steps}: RMSE {fits[-1]['rmse']:.3g} ({time.perf_counter() - start:.0f} s)", flush=True
         )
@@ -294,12 +312,20 @@ def _fit_range(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m transpike.sit fit [--steps 4 16] [--seed 0] [--generations 150] [--cascade-draws 10000]
-    [--out FILE]``"""
+    """``python -m transpike.sit fit [--steps 4 16] [--longer 20 24 28 32] [--seed 0] [--generations 150]
+    [--cascade-draws 10000] [--out FILE]``"""
     parser = argparse.ArgumentParser(prog="python -m transpike.sit", description="fit SI-exp parameters")
     commands = parser.add_subparsers(dest="command", required=True)
     fit = commands.add_parser("fit", help="fit SI-exp for a range of K on [-1, 1] and on [-12, 0]")
     fit.add_argument("--steps", type=int, nargs=2, default=[4, 16], metavar=("FIRST", "LAST"))
+    fit.add_argument(
+        "--longer",
+        type=int,
+        nargs="*",
+        default=list(LONGER_STEPS),
+        metavar="K",
+        help="longer neurons fitted after LAST without the global search (none: no values)",
+    )
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--restarts", type=int, default=2)
     fit.add_argument(
@@ -310,11 +336,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     fit.add_argument("--out", type=Path, default=Path("si_exp.json"))
     args = parser.parse_args(argv)
+    first, last = args.steps
+    chain = [last, *args.longer]
+    if not 1 <= first <= last or chain != sorted(set(chain)):
+        parser.error(f"--steps {first} {last} --longer {args.longer}: K must be >= 1 and increasing")
     # the two ranges are independent: one process each
     with ProcessPoolExecutor(max_workers=len(RANGES)) as pool:
         jobs = {
             key: pool.submit(
-                _fit_range, key, *args.steps, args.seed, args.restarts, args.generations, args.cascade_draws
+                _fit_range,
+                key,
+                first,
+                last,
+                args.longer,
+                args.seed,
+                args.restarts,
+                args.generations,
+                args.cascade_draws,
             )
             for key in RANGES
         }
