@@ -1,7 +1,7 @@
 """SIT-conversion: SI-exp and spiking-softmax error by K, and method="sit" against "ecmt".
 
 1. SI-exp error on 10 000 evenly spaced points of [-1, 1] (the paper's fit) and of [-12, 0] (the
-   fit used after subtracting the row maximum), for K = 4..16: RMSE and MSE.
+   fit used after subtracting the row maximum), for every shipped K: RMSE and MSE.
 2. Spiking-softmax error against torch.softmax for each K. Protocol: 2 000 rows of 64 entries drawn
    i.i.d. uniform on [-1, 1] (seed 0), softmax over each row; reported: MSE over all entries, the
    largest absolute error, and the mean KL(softmax || spiking softmax) over rows; for the paper's
@@ -11,6 +11,8 @@
 3. The digits ViT converted with method="sit" against "ecmt": top-1 after t = 1..8, and top-1
    after T = 8 as the number of converted blocks grows (the paper's Tables 2-4); the same for a
    random-init vit_tiny (relative L2 error of the logits).
+4. Both networks with burst neurons (where SI-exp's own error shows), method="sit" for
+   K = 12..32 against "ecmt": relative L2 error of the logits after t = 1, 4, 16.
 
     python benchmarks/sit.py
 """
@@ -32,9 +34,11 @@ from torch.utils.data import TensorDataset
 import transpike
 from transpike.digits import load_digits_split, trained_digits_vit
 from transpike.evaluate import evaluate
-from transpike.sit import SpikingSoftmax, fitted_parameters, fs_neuron
+from transpike.sit import SpikingSoftmax, fitted_parameters, fs_neuron, shipped_fits
 
-STEPS = range(4, 17)
+STEPS = tuple(shipped_fits())
+LONG = (12, 16, 20, 24, 28, 32)  # K compared in networks
+BURST = dict(neuron="burst", threshold="mse")
 OUT = Path("benchmarks/out")
 
 
@@ -100,7 +104,7 @@ def digits_comparison() -> dict:
     test = TensorDataset(*load_digits_split("test"))
     out = {}
     for method in ("ecmt", "sit"):
-        for config, options in (("default", {}), ("burst+mse", dict(neuron="burst", threshold="mse"))):
+        for config, options in (("default", {}), ("burst+mse", BURST)):
             runs = []
             for blocks in (0, 1, 2, 3, 4):
                 snn = transpike.convert(model, x_train.split(256), method=method, blocks=blocks, **options)
@@ -111,31 +115,61 @@ def digits_comparison() -> dict:
     return out
 
 
-def random_vit_comparison() -> dict:
+def random_vit() -> tuple[torch.nn.Module, list[torch.Tensor], torch.Tensor]:
+    """A random-init vit_tiny at 64 px, 4 calibration batches of 8 and a test batch (seeded)."""
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", img_size=64).eval()
     gen = torch.Generator().manual_seed(1)
     calibration = [torch.randn(8, 3, 64, 64, generator=gen) for _ in range(4)]
-    x = torch.randn(8, 3, 64, 64, generator=gen)
+    return model, calibration, torch.randn(8, 3, 64, 64, generator=gen)
+
+
+def logit_errors(snn: transpike.SpikingModel, x: torch.Tensor, ref: torch.Tensor) -> list[float]:
+    """Relative L2 error of the SNN's logits after t = 1, 4, 16."""
+    y = snn.simulate(x, 16)
+    return [((y[t - 1] - ref).norm() / ref.norm()).item() for t in (1, 4, 16)]
+
+
+def random_vit_comparison() -> dict:
+    model, calibration, x = random_vit()
     with torch.inference_mode():
         ref = model(x)
     out = {}
     for method in ("ecmt", "sit"):
-        for config, options in (("mse+nearest", dict(threshold="mse", rounding="nearest")),
-                                ("burst+mse", dict(neuron="burst", threshold="mse"))):  # fmt: skip
+        for config, options in (
+            ("mse+nearest", dict(threshold="mse", rounding="nearest")),
+            ("burst+mse", BURST),
+        ):
             runs = []
             for blocks in (0, 3, 6, 9, 12):
-                y = transpike.convert(model, calibration, method=method, blocks=blocks, **options).simulate(
-                    x, 16
-                )
-                runs.append(
-                    dict(
-                        blocks=blocks,
-                        error=[((y[t - 1] - ref).norm() / ref.norm()).item() for t in (1, 4, 16)],
-                    )
-                )
+                snn = transpike.convert(model, calibration, method=method, blocks=blocks, **options)
+                runs.append(dict(blocks=blocks, error=logit_errors(snn, x, ref)))
             out[f"{method} {config}"] = runs
             print(method, config, [[round(e, 3) for e in r["error"]] for r in runs], flush=True)
+    return out
+
+
+def steps_comparison() -> dict:
+    """Logit error of both networks, burst neurons, ECMT and SIT for each K in ``LONG``."""
+    digits = trained_digits_vit()
+    x_train, _ = load_digits_split("train")
+    x_test, _ = load_digits_split("test")
+    vit, calibration, x = random_vit()
+    out = {}
+    for name, model, batches, inputs in (
+        ("digits", digits, x_train.split(256), x_test),
+        ("random vit_tiny", vit, calibration, x),
+    ):
+        with torch.inference_mode():
+            ref = model(inputs)
+        rows = [
+            dict(method="ecmt", error=logit_errors(transpike.convert(model, batches, **BURST), inputs, ref))
+        ]
+        for k in LONG:
+            snn = transpike.convert(model, batches, method="sit", sit_steps=k, **BURST)
+            rows.append(dict(method="sit", K=k, error=logit_errors(snn, inputs, ref)))
+        out[name] = rows
+        print(name, [(r.get("K", "ecmt"), [round(e, 4) for e in r["error"]]) for r in rows], flush=True)
     return out
 
 
@@ -153,11 +187,11 @@ def main() -> None:
         print(f"| {si['K']} | {si['paper_rmse']:.4g} | {si['paper_mse']:.3g} | {si['shifted_rmse']:.4g} | "
               f"{p['mse']:.3g} | {p['max_abs']:.3g} | {p['kl']:.3g} | {s['mse']:.3g} | {s['max_abs']:.3g} | "
               f"{s['kl']:.3g} | {w['mse']:.3g} | {w['max_abs']:.3g} |")  # fmt: skip
-    digits, vit = digits_comparison(), random_vit_comparison()
+    digits, vit, by_steps = digits_comparison(), random_vit_comparison(), steps_comparison()
     machine = platform.processor() or platform.machine()
     result = dict(
-        si_exp=si_rows, softmax=softmax_rows, digits=digits, random_vit_tiny_64px=vit, machine=machine,
-        torch=torch.__version__,
+        si_exp=si_rows, softmax=softmax_rows, digits=digits, random_vit_tiny_64px=vit, by_steps=by_steps,
+        machine=machine, torch=torch.__version__,
     )  # fmt: skip
     (OUT / "sit.json").write_text(json.dumps(result, indent=1))
 
