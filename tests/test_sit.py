@@ -216,11 +216,19 @@ def test_fit_command_writes_both_ranges(tmp_path):
         assert table[key][1]["rmse"] <= table[key][0]["rmse"]
 
 
-@pytest.mark.parametrize("steps", [["5", "4"], ["4", "6", "--longer", "8", "8"], ["0", "4"]])
-def test_fit_command_rejects_steps_out_of_order(steps, capsys):
+@pytest.mark.parametrize(
+    "steps, longer",
+    [
+        (["5", "4"], "[]"),  # a run that does not end at K = 16 fits no longer neurons by default
+        (["17", "16"], "[20, 24, 28, 32]"),  # one that does, the shipped ones
+        (["4", "6", "--longer", "8", "8"], "[8, 8]"),
+        (["0", "4"], "[]"),
+    ],
+)
+def test_fit_command_rejects_steps_out_of_order(steps, longer, capsys):
     with pytest.raises(SystemExit):
         fitting.main(["fit", "--steps", *steps])
-    assert "K must be >= 1 and increasing" in capsys.readouterr().err
+    assert f"--longer {longer}: K must be >= 1 and increasing" in capsys.readouterr().err
 
 
 def test_cascades_are_seeded_sorted_and_descending():

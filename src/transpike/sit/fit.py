@@ -28,6 +28,7 @@ from torch import Tensor
 from . import FIT_POINTS, PAPER_RANGE, SHIFTED_RANGE, _SurrogateSpike, fs_neuron, fs_spikes, shipped_fits
 
 RANGES = {"paper": PAPER_RANGE, "shifted": SHIFTED_RANGE}
+SEARCHED_STEPS = (4, 16)  # the shipped K fitted with every search, one K after the other
 # past K = 16 every fourth K: one step more lowers the error by a few percent there (BENCHMARKS §5),
 # and each fit takes minutes
 LONGER_STEPS = (20, 24, 28, 32)
@@ -317,14 +318,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m transpike.sit", description="fit SI-exp parameters")
     commands = parser.add_subparsers(dest="command", required=True)
     fit = commands.add_parser("fit", help="fit SI-exp for a range of K on [-1, 1] and on [-12, 0]")
-    fit.add_argument("--steps", type=int, nargs=2, default=[4, 16], metavar=("FIRST", "LAST"))
+    fit.add_argument("--steps", type=int, nargs=2, default=list(SEARCHED_STEPS), metavar=("FIRST", "LAST"))
     fit.add_argument(
         "--longer",
         type=int,
         nargs="*",
-        default=list(LONGER_STEPS),
         metavar="K",
-        help="longer neurons fitted after LAST without the global search (none: no values)",
+        help="longer neurons fitted after LAST without the global search (default: 20 24 28 32 when "
+        "LAST is 16, as in the shipped table; else none)",
     )
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--restarts", type=int, default=2)
@@ -337,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     fit.add_argument("--out", type=Path, default=Path("si_exp.json"))
     args = parser.parse_args(argv)
     first, last = args.steps
+    if args.longer is None:  # a shorter run, e.g. to check a few entries, stops at its LAST
+        args.longer = list(LONGER_STEPS) if last == SEARCHED_STEPS[1] else []
     chain = [last, *args.longer]
     if not 1 <= first <= last or chain != sorted(set(chain)):
         parser.error(f"--steps {first} {last} --longer {args.longer}: K must be >= 1 and increasing")
