@@ -102,9 +102,10 @@ class ConversionOptions:
                 isinstance(value, bool) or not isinstance(value, int) or value < low
             ):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        shipped = sorted(shipped_fits(shifted=self.sit_mode == "shift"))
-        if self.method == "sit" and self.sit_steps not in shipped:
-            raise ValueError(f"sit_steps must be one of the fitted K {shipped}, got {self.sit_steps!r}")
+        if self.method == "sit":
+            fitted = sorted(shipped_fits(shifted=self.sit_mode == "shift"))
+            if self.sit_steps not in fitted:
+                raise ValueError(f"sit_steps must be one of the fitted K {fitted}, got {self.sit_steps!r}")
         if self.neuron == "burst" and self.levels > 16:
             raise ValueError(f"levels must be <= 16 for the burst neuron, got {self.levels}")
 
