@@ -300,8 +300,9 @@ def _fit_range(
     fits: list[dict] = []
     for steps in [*range(first, last + 1), *longer]:
         start = time.perf_counter()
-        # differential evolution's cost grows as K² (population and neuron both grow with K): a
-        # K = 32 fit with it would take hours, while the cascades find the long fits' shape alone
+        # differential evolution's cost grows as K² (population and neuron both grow with K): by
+        # that growth its two searches would add about an hour per range for K = 20..32, while the
+        # cascades alone find the long fits' shape (BENCHMARKS §5)
         searched = generations if steps <= last else 0
         settings = dict(previous=previous, generations=searched, cascade_draws=cascade_draws)
         previous = fit_si_exp(steps, lo, hi, seed, restarts, **settings)
