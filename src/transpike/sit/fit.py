@@ -17,6 +17,7 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -133,16 +134,20 @@ def insertions(x: Tensor, y: Tensor, previous: dict, keep: int = 5) -> list[tupl
     lo, hi = x[0].item(), x[-1].item()
     span = hi - lo
     threshold, reset = np.array(previous["T"]), np.array(previous["h"])
-    yy = (y @ y).item()
     grid = itertools.product(
         range(threshold.shape[0] + 1),
         np.linspace(lo - 0.5 * span, hi + 0.1 * span, 64),
         np.linspace(-0.5 * span, span, 32),
     )
     params = (np.concatenate([np.insert(threshold, at, t), np.insert(reset, at, h)]) for at, t, h in grid)
+    return _best(params, x, y, keep)
+
+
+def _best(params: Iterable[np.ndarray], x: Tensor, y: Tensor, keep: int) -> list[tuple[Tensor, Tensor]]:
+    """The ``keep`` best of ``params`` ([2K]: T then h) by :func:`exact_rmse`, best first, as (T, h)."""
+    yy = (y @ y).item()
     best = heapq.nsmallest(keep, params, key=lambda p: exact_rmse(p, x, y, yy))
-    steps = threshold.shape[0] + 1
-    return [(torch.from_numpy(p[:steps]), torch.from_numpy(p[steps:])) for p in best]
+    return [(torch.from_numpy(p[: p.size // 2]), torch.from_numpy(p[p.size // 2 :])) for p in best]
 
 
 def cascades(
@@ -160,7 +165,6 @@ def cascades(
     lo, hi = x[0].item(), x[-1].item()
     span = hi - lo
     rng = np.random.default_rng([seed, steps])
-    yy = (y @ y).item()
 
     def draw() -> np.ndarray:
         growth = rng.uniform(1.0, 1.5) ** np.arange(steps)
@@ -169,8 +173,7 @@ def cascades(
         threshold = first - np.cumsum(spacing) + spacing * rng.normal(0.0, 0.3, steps)
         return np.concatenate([threshold, spacing * rng.uniform(0.8, 2.0, steps)])
 
-    best = heapq.nsmallest(keep, (draw() for _ in range(draws)), key=lambda p: exact_rmse(p, x, y, yy))
-    return [(torch.from_numpy(p[:steps]), torch.from_numpy(p[steps:])) for p in best]
+    return _best((draw() for _ in range(draws)), x, y, keep)
 
 
 def fit_si_exp(
