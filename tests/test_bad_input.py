@@ -174,7 +174,8 @@ def test_bad_calibration(calibration, message):
 @pytest.mark.parametrize(
     "option, value",
     [("percentile", 0.0), ("percentile", -5.0), ("percentile", 100.5), ("percentile", "99"), ("levels", 0),
-     ("levels", -1), ("levels", 1.5), ("horizon", 0), ("sit_steps", 0), ("blocks", -1)],
+     ("levels", -1), ("levels", 1.5), ("horizon", 0), ("sit_steps", 0), ("sit_norm_spikes", 0),
+     ("sit_norm_spikes", 2.5), ("blocks", -1)],
 )  # fmt: skip
 def test_bad_options_name_argument_and_value(option, value, images):
     with pytest.raises(ValueError, match=rf"{option} must be .*got {value!r}"):

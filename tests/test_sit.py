@@ -100,16 +100,19 @@ def test_surrogate_gradient():
 
 
 def test_si_norm_equals_simulated_if_neuron():
-    weight = torch.tensor([0.3, 1.7, 2.2, 0.0])
+    weight = torch.tensor([0.3, 1.7, 2.2, 0.0, 0.01])
     v_th = weight.sum()
     steps = 40
-    v, spikes = torch.zeros(4), torch.zeros(4)
+    v, spikes = v_th / 2 * torch.ones(5), torch.zeros(5)  # half charged at the start
     for _ in range(steps):  # charge w per step, fire and subtract V_th at threshold
         v += weight
         z = (v >= v_th).float()
         v -= v_th * z
         spikes += z
     assert torch.equal(si_norm(weight, v_th, steps), spikes / steps)
+    # the count is N·w/V_th rounded: within 1/(2N) of the exact quotient, where a floor is 1/N off
+    assert torch.all((si_norm(weight, v_th, steps) - weight / v_th).abs() <= 0.5 / steps)
+    assert spikes.tolist() == [3, 16, 21, 0, 0]
 
 
 def shipped():

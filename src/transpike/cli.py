@@ -83,6 +83,13 @@ def add_conversion_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--sit-mode", default="shift", choices=SIT_MODES, help="spiking softmax input handling"
     )
+    group.add_argument(
+        "--sit-norm-spikes",
+        type=int,
+        default=2**16,
+        help="SI-norm's spike-train length N for --method sit: resolution 1/N, about N ACs per "
+        "softmax row and step (default 65536)",
+    )
 
 
 def add_energy_args(parser: argparse.ArgumentParser) -> None:

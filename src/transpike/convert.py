@@ -58,6 +58,8 @@ class ConversionOptions:
         sit_steps: K, SI-exp's internal steps (method "sit"), one of the shipped fits' (4..16, 20,
             24, 28, 32).
         sit_mode: "shift", "clip" or "sigmoid" (see :class:`~transpike.sit.SpikingSoftmax`).
+        sit_norm_spikes: N, SI-norm's spike-train length: its output resolution 1/N and, in the
+            energy accounting, about N accumulates per softmax row and step.
         blocks: convert only the first k Transformer blocks (``model.blocks``); later blocks and
             everything after them stay analog, computed on rates (SIT-conversion's Tables 2-4).
     """
@@ -74,6 +76,7 @@ class ConversionOptions:
     strict: bool = True
     sit_steps: int = 12
     sit_mode: str = "shift"
+    sit_norm_spikes: int = 2**16
     blocks: int | None = None
 
     def __post_init__(self) -> None:
@@ -96,7 +99,7 @@ class ConversionOptions:
             or not 0.0 < float(self.percentile) <= 100.0
         ):
             raise ValueError(f"percentile must be in (0, 100], got {self.percentile!r}")
-        for name, low in (("horizon", 1), ("sit_steps", 1), ("blocks", 0)):
+        for name, low in (("horizon", 1), ("sit_steps", 1), ("sit_norm_spikes", 1), ("blocks", 0)):
             value = getattr(self, name)
             if (value is not None or name != "blocks") and (
                 isinstance(value, bool) or not isinstance(value, int) or value < low
@@ -313,9 +316,8 @@ def _to_spiking(
     rule = rule_for(module)
     if rule is not None and rule.role is Role.NONLINEAR:
         if options.method == "sit" and isinstance(module, nn.Softmax):
-            module = SpikingSoftmax(
-                module.dim if module.dim is not None else -1, options.sit_steps, options.sit_mode
-            )
+            dim = module.dim if module.dim is not None else -1
+            module = SpikingSoftmax(dim, options.sit_steps, options.sit_mode, options.sit_norm_spikes)
         return ExpectationCompensation(module, compensated=options.compensation)
     for name, child in list(module.named_children()):
         setattr(module, name, _to_spiking(child, options, source, _join(path, name)))

@@ -13,8 +13,11 @@ one step relative to their inference code, which ruins a fit used the other way.
 
 **SI-norm** divides by spikes: a regular spike train encoding 1.0 over N steps charges the neuron by
 w = exp_i per step against the threshold V_th = Σ_j exp_j, with reset by subtraction; it fires
-floor(N·w/V_th) spikes, read out as floor(N·w/V_th)/N (the paper's "N_spike" shortcut charges all N
-steps at once, which :func:`si_norm` computes in closed form).
+floor(N·w/V_th + 1/2) spikes, read out over N (the paper's "N_spike" shortcut charges all N steps
+at once, which :func:`si_norm` computes in closed form). The neuron starts half charged, v(0) =
+V_th/2, where the paper starts at 0: its count is then N·w/V_th rounded, not floored, unbiased and
+within 1/(2N), so N can be 4-16 times smaller for the same network error (BENCHMARKS.md §5); each
+output spike costs an accumulate, so N sets SI-norm's energy (:mod:`transpike.energy`).
 
 The paper fits SI-exp on [-1, 1] and inserts a Sigmoid before softmax (then fine-tunes) when the
 attention logits leave that range. Softmax is shift-invariant, so :class:`SpikingSoftmax`
@@ -127,12 +130,13 @@ def si_exp(x: Tensor, K: int = 12, fit: str = "paper") -> Tensor:
 
 
 def si_norm(weight: Tensor, v_th: Tensor, spikes: int) -> Tensor:
-    """SI-norm's read-out floor(N·w/V_th)/N: an IF neuron charged by w for N steps against V_th.
+    """SI-norm's read-out floor(N·w/V_th + 1/2)/N: an IF neuron charged by w for N steps against V_th.
 
-    With v(0) = 0 and reset by subtraction, N steps of constant input w give exactly
-    floor(N·w/V_th) output spikes (the paper's "N_spike" shortcut charges them at once).
+    With v(0) = V_th/2 and reset by subtraction, N steps of constant input w give exactly
+    floor(N·w/V_th + 1/2) output spikes (the paper's "N_spike" shortcut charges them at once; its
+    v(0) = 0 floors instead, a bias of -1/(2N) per entry).
     """
-    return torch.floor(spikes * weight / v_th) / spikes
+    return torch.floor(spikes * weight / v_th + 0.5) / spikes
 
 
 @cache
