@@ -253,6 +253,10 @@ def test_torchrun_two_processes_match_one(tmp_path, npz_data):
         npz_data,
         "--time-steps",
         3,
+        "--method",  # SIT: MT sites, products and spiking softmaxes all summed across processes
+        "sit",
+        "--sit-norm-spikes",
+        4096,
     ]
     assert run("eval", *common, "--out", tmp_path / "single") == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -262,11 +266,14 @@ def test_torchrun_two_processes_match_one(tmp_path, npz_data):
     single, dist = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("single", "dist"))
     assert dist["processes"] == 2 and dist["num_samples"] == single["num_samples"] == 12
     assert dist["snn_top1"] == single["snn_top1"] and dist["ann_top1"] == single["ann_top1"]
-    for key in ("energy_ratio", "energy_ratio_full", "energy_ratio_sit", "snn_acs"):
+    for key in ("energy_ratio", "energy_ratio_full", "energy_ratio_sit", "snn_acs", "softmax_acs"):
         assert dist["energy"][key] == pytest.approx(single["energy"][key])
     assert dist["energy"]["level_histogram"] == single["energy"]["level_histogram"]
     for one, two in zip(single["energy"]["sites"], dist["energy"]["sites"], strict=True):
         assert one["firing_rate"] == pytest.approx(two["firing_rate"])
+    assert single["options"]["sit_norm_spikes"] == 4096
+    for one, two in zip(single["energy"]["softmaxes"], dist["energy"]["softmaxes"], strict=True):
+        assert one == pytest.approx(two)
 
 
 def test_blocks_sweep_and_sit_method(tmp_path, npz_data, capsys):

@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import transpike
 from transpike import MTNeuron, burst_fire, mt_fire, spike_planes
 from transpike.energy import E_AC, E_MAC, count_dense_work
+from transpike.sit import SpikingSoftmax, fs_spikes
 from transpike.spikes import SpikeMonitor, SpikeStatistics, _burst_codes, operand_nonzeros, product_operations
 
 
@@ -184,3 +185,49 @@ def test_energy_constants_are_configurable(images):
     default = transpike.account(snn, x, 2)
     cheap = transpike.account(snn, x, 2, e_mac=4.6, e_ac=0.45)
     assert cheap.ratio["ecmt"] == pytest.approx([r / 2 for r in default.ratio["ecmt"]])
+
+
+def test_spiking_softmax_is_charged_its_spikes(images):
+    """Under SIT the ANN is the same (its own softmax counted, not the spiking one's float ops), and
+    each spiking softmax costs its SI-exp spikes, two ACs per element and its SI-norm spikes."""
+    calibration, x = images
+    model = tiny_vit()
+    ecmt = transpike.account(transpike.convert(model, calibration), x, 3)
+    snn = transpike.convert(model, calibration, method="sit", sit_norm_spikes=1024)
+    seen: dict[str, list] = {}
+
+    def record(path):
+        return lambda module, inputs, out: seen.setdefault(path, []).append((inputs[0], out)) and None
+
+    for path, module in snn.network.named_modules():
+        if isinstance(module, SpikingSoftmax):
+            module.register_forward_hook(record(path))
+    report = transpike.account(snn, x, 3)
+    assert (report.ann_macs, report.ann_float_ops) == (ecmt.ann_macs, ecmt.ann_float_ops)
+    # the simulation's float work is ECMT's without the softmaxes (one op per element there)
+    assert report.snn_float_ops_per_step == pytest.approx(ecmt.snn_float_ops_per_step - 2 * 3 * 17 * 17)
+    assert [row["path"] for row in report.softmaxes] == [f"blocks.{i}.attn.softmax.f" for i in (0, 1)]
+    for row in report.softmaxes:
+        module = snn.network.get_submodule(row["path"])
+        assert row["elements"] == 3 * 17 * 17  # heads × tokens × tokens, per sample
+        for t, (rate, out) in enumerate(seen[row["path"]][-3:]):  # the accounted run
+            trains = fs_spikes(module.exp_input(rate), module.T, module.h)
+            assert row["si_exp_spikes"][t] == pytest.approx(trains.sum().item() / len(x))
+            assert row["si_norm_spikes"][t] == pytest.approx((out * 1024).sum().item() / len(x))
+            # a row's spikes are N times its sum, to within half a spike per entry
+            assert (out.sum(-1) * 1024 - 1024).abs().max() <= 17 / 2
+            assert row["acs"][t] == pytest.approx(
+                row["si_exp_spikes"][t] + row["si_norm_spikes"][t] + 2 * 867
+            )
+    softmax_acs = torch.tensor([row["acs"] for row in report.softmaxes]).sum(0)
+    assert report.softmax_acs == pytest.approx(softmax_acs.tolist())
+    steps = torch.arange(1, 4)
+    full = (
+        E_AC * (torch.tensor(report.acs) + softmax_acs).cumsum(0)
+        + E_MAC * steps * report.snn_float_ops_per_step
+    )
+    assert report.ratio["full"] == pytest.approx(
+        (full / (E_MAC * (report.ann_macs + report.ann_float_ops))).tolist()
+    )
+    assert "SI-norm spikes" in str(report) and "softmaxes" in report.to_dict()
+    assert ecmt.softmaxes == [] and ecmt.softmax_acs == [0.0] * 3

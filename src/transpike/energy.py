@@ -19,6 +19,14 @@ every t:
 - ``full``: (E_AC·ACs(≤t) + E_MAC·t·analog float work per step) / (E_MAC·(MACs + ANN float work));
 - ``sit``: SIT-conversion's formula, Σ_l FLOPs_ANN(l)·SpikeNum_l(≤t)/NeuronNum_l · E_AC over
   Σ_l FLOPs_ANN(l)·E_MAC (for a product, NeuronNum and SpikeNum of both operands).
+
+A spiking softmax (``method="sit"``) is charged by its neurons' events, in the full form only (the
+other two are the papers' formulas over weight layers): one AC per SI-exp spike (d(t) added to
+exp_i), one per element for V_th = Σ_j exp_j, and for SI-norm, with the paper's N_spike shortcut,
+one per element for its charge N·exp_i and one per output spike (each subtracts V_th). A row of
+softmax then costs about N ACs in SI-norm alone, N = ``norm_spikes`` (its output resolution 1/N).
+Its simulation's float operations are neuron dynamics, not counted, and the ANN's own softmax on
+the same input stays in the ANN's float work.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from .compensation import ExpectationCompensation, SpikingProduct
 from .model import SpikingModel
 from .neurons import MTNeuron
 from .rules import Role, rule_for
+from .sit import SpikingSoftmax
 from .spikes import SpikeMonitor
 from .synapses import SpikingLayer
 
@@ -59,8 +68,9 @@ class DenseWork:
 
     Roles: ``weight`` (a layer fed by spikes: its MACs are the ANN's), ``product``, ``ec`` (EC
     bookkeeping), ``ann-nonlinear`` (F inside an EC module: the ANN's own nonlinear work),
+    ``ann-replaced`` (the ANN's softmax where a spiking softmax replaces it: ANN work only),
     ``analog`` (a module left analog), ``direct-input`` (the patch embedding), ``neuron`` (neuron
-    dynamics, not counted), ``other`` (residual sums, token handling).
+    dynamics, a spiking softmax's included: not counted), ``other`` (residual sums, token handling).
     """
 
     macs: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
@@ -113,7 +123,7 @@ def _tracked(network: nn.Module) -> dict[nn.Module, tuple[str, str]]:
             tracked[module] = (path, "product")
         elif isinstance(module, ExpectationCompensation):
             tracked[module] = (path, "analog" if module.analog else "ec")
-            tracked[module.f] = (path, "ann-nonlinear")
+            tracked[module.f] = (path, "neuron" if isinstance(module.f, SpikingSoftmax) else "ann-nonlinear")
         elif isinstance(module, MTNeuron):
             tracked[module] = (path, "neuron")
         elif module not in tracked and module not in inner and _is_weight(module):
@@ -133,8 +143,15 @@ def count_dense_work(snn: SpikingModel, x: Tensor) -> DenseWork:
     def leave(module: nn.Module, inputs: tuple, output: object) -> None:
         counter.stack.pop()
 
+    def ann_softmax(module: SpikingSoftmax, inputs: tuple, output: object) -> None:
+        # the ANN's own softmax on the same input: the float work the spiking one replaces
+        counter.stack.append((tracked[module][0], "ann-replaced"))
+        torch.softmax(inputs[0], module.dim)
+        counter.stack.pop()
+
     hooks = [m.register_forward_pre_hook(enter) for m in tracked]
     hooks += [m.register_forward_hook(leave) for m in tracked]
+    hooks += [m.register_forward_hook(ann_softmax) for m in tracked if isinstance(m, SpikingSoftmax)]
     try:
         snn.reset()
         snn.step(x)
@@ -167,9 +184,11 @@ class EnergyReport:
     ann_float_ops: float
     snn_float_ops_per_step: float
     acs: list[float]  # synaptic operations at step t (not cumulative)
+    softmax_acs: list[float]  # the spiking softmaxes' ACs at step t (method "sit"; in "full" only)
     ratio: dict[str, list[float]]  # "ecmt", "full", "sit": SNN/ANN energy after t steps
     layers: list[dict]
     analog: list[dict]
+    softmaxes: list[dict]
     sites: list[dict]
     level_histogram: list[list[float]]  # [2][n] spikes per sign and level, all sites and steps
     max_spikes_per_neuron_step: int
@@ -182,6 +201,7 @@ class EnergyReport:
             ann_float_ops=self.ann_float_ops,
             snn_float_ops_per_step=self.snn_float_ops_per_step,
             snn_acs=self.acs,
+            softmax_acs=self.softmax_acs,
             energy_ratio=self.ratio["ecmt"],
             energy_ratio_full=self.ratio["full"],
             energy_ratio_sit=self.ratio["sit"],
@@ -189,6 +209,7 @@ class EnergyReport:
             level_histogram=self.level_histogram,
             layers=self.layers,
             analog=self.analog,
+            softmaxes=self.softmaxes,
             sites=self.sites,
         )
 
@@ -203,6 +224,14 @@ class EnergyReport:
             f"{self.ratio['full'][t]:9.3f}   {self.ratio['sit'][t]:11.3f}"
             for t in range(self.time_steps)
         ]
+        if self.softmaxes:
+            exp, norm = (
+                sum(row[key][-1] for row in self.softmaxes) for key in ("si_exp_spikes", "si_norm_spikes")
+            )
+            lines.append(
+                f"spiking softmax at t = {self.time_steps}: {self.softmax_acs[-1] / 1e6:.2f} M ACs per step "
+                f"({exp / 1e6:.2f} M SI-exp and {norm / 1e6:.2f} M SI-norm spikes; in the full form)"
+            )
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -232,6 +261,17 @@ def _site_rows(monitor: SpikeMonitor, samples: int, steps: int) -> list[dict]:
     return rows
 
 
+def _softmax_rows(monitor: SpikeMonitor, samples: int, steps: int) -> list[dict]:
+    """Per spiking softmax and sample: elements, SI-exp and SI-norm spikes and ACs per step (module doc)."""
+    rows = []
+    for record in monitor.softmaxes.values():
+        exp, norm = (_padded(series, steps) / samples for series in (record.exp_spikes, record.norm_spikes))
+        elements = record.elements / samples
+        rows.append(dict(path=record.path, elements=elements, si_exp_spikes=exp.tolist(),
+                         si_norm_spikes=norm.tolist(), acs=(exp + norm + 2 * elements).tolist()))  # fmt: skip
+    return rows
+
+
 def energy_report(
     monitor: SpikeMonitor,
     dense: DenseWork,
@@ -258,11 +298,13 @@ def energy_report(
         dict(path=path, role=role, float_ops=dense.elementwise.get((path, role), 0.0),
              macs=dense.macs.get((path, role), 0.0) if role in ANALOG_MAC_ROLES else 0.0)
         for path, role in sorted(set(dense.elementwise) | set(dense.macs))
-        if role not in ("weight", "neuron")
+        if role not in ("weight", "neuron", "ann-replaced")
     ]  # fmt: skip
     ann_macs = sum(value for (_, role), value in dense.macs.items() if role != "neuron")
     ann_float = sum(
-        value for (_, role), value in dense.elementwise.items() if role in ("ann-nonlinear", "other")
+        value
+        for (_, role), value in dense.elementwise.items()
+        if role in ("ann-nonlinear", "ann-replaced", "other")
     )
     snn_float = sum(row["float_ops"] + row["macs"] for row in analog)
     acs = sum(
@@ -270,6 +312,10 @@ def energy_report(
     )
     acs = acs / samples
     spent = e_ac * acs.cumsum(0)
+    softmaxes = _softmax_rows(monitor, samples, time_steps)
+    rows = [row["acs"] for row in softmaxes]
+    softmax_acs = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), time_steps).sum(0)
+    full = spent + e_ac * softmax_acs.cumsum(0) + e_mac * steps * snn_float
     histograms = [r.histogram for r in monitor.sites.values() if r.histogram is not None]
     same_levels = histograms and all(h.shape == histograms[0].shape for h in histograms)
     return EnergyReport(
@@ -281,13 +327,15 @@ def energy_report(
         ann_float_ops=ann_float,
         snn_float_ops_per_step=snn_float,
         acs=acs.tolist(),
+        softmax_acs=softmax_acs.tolist(),
         ratio=dict(
             ecmt=(spent / (e_mac * ann_macs)).tolist(),
-            full=((spent + e_mac * steps * snn_float) / (e_mac * (ann_macs + ann_float))).tolist(),
+            full=(full / (e_mac * (ann_macs + ann_float))).tolist(),
             sit=(e_ac * sit_acs / (e_mac * max(sum(macs.values()), 1e-30))).tolist(),
         ),
         layers=layers,
         analog=analog,
+        softmaxes=softmaxes,
         sites=_site_rows(monitor, samples, time_steps),
         level_histogram=(sum(histograms) / samples).tolist() if same_levels else [],
         max_spikes_per_neuron_step=monitor.max_spikes_per_neuron(),

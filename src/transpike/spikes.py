@@ -10,8 +10,10 @@ records, per site and step (summed over all inputs simulated while it is attache
   K_S(t) = K_S(t-1) + a(t)b(t) + a(t)B(t-1) + A(t-1)b(t): one AC per pair of non-zero entries that
   meet in each of the three products, plus the 3·n·m additions into K_S.
 
-A burst neuron's output c·θ is popcount(c) spikes, one per level line (ECMT §4.4). Nothing is
-counted unless a monitor is attached, so simulation without one pays nothing.
+A burst neuron's output c·θ is popcount(c) spikes, one per level line (ECMT §4.4). A spiking
+softmax (SIT-conversion) records its SI-exp spikes (all K internal steps) and its SI-norm output
+spikes (N·softmax per element, N = ``norm_spikes``). Nothing is counted unless a monitor is
+attached, so simulation without one pays nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 
 from .compensation import SpikingProduct
 from .neurons import MTNeuron, _signed_threshold
+from .sit import SpikingSoftmax
 from .synapses import SpikingLayer
 
 
@@ -202,6 +205,16 @@ class OperationRecord:
     operations: list[Tensor] = field(default_factory=list)
 
 
+@dataclass
+class SoftmaxRecord:
+    """What one spiking softmax did, summed over the inputs simulated (lists indexed by step - 1)."""
+
+    path: str
+    elements: int = 0  # per step, summed over inputs
+    exp_spikes: list[Tensor] = field(default_factory=list)  # SI-exp, all internal steps
+    norm_spikes: list[Tensor] = field(default_factory=list)  # SI-norm's output spikes
+
+
 class SpikeMonitor:
     """Records spikes and synaptic operations of every MT site while attached (a context manager).
 
@@ -215,6 +228,7 @@ class SpikeMonitor:
         network = getattr(snn, "network", snn)
         self.sites: dict[str, SiteRecord] = {}
         self.operations: dict[str, OperationRecord] = {}
+        self.softmaxes: dict[str, SoftmaxRecord] = {}
         self._hooks: list = []
         self._latest: dict[str, Tensor] = {}
         self._step = 0
@@ -232,6 +246,9 @@ class SpikeMonitor:
                 )
                 self.operations[path] = OperationRecord(path, "product", sites)
                 self._hooks.append(module.register_forward_hook(self._product_hook(path)))
+            elif isinstance(module, SpikingSoftmax):
+                self.softmaxes[path] = SoftmaxRecord(path)
+                self._hooks.append(module.register_forward_hook(self._softmax_hook(self.softmaxes[path])))
 
     def _count_step(self, module: nn.Module, inputs: tuple) -> None:
         # A reset network (fresh state) starts at t = 1: the state itself says where we are.
@@ -274,6 +291,16 @@ class SpikeMonitor:
 
         return hook
 
+    def _softmax_hook(self, record: SoftmaxRecord):
+        def hook(module: SpikingSoftmax, inputs: tuple, out: Tensor) -> None:
+            if self._step == 1:
+                record.elements += out.numel()
+            _grow(record.exp_spikes, self._step, module.exp_spikes(inputs[0]))
+            # SI-norm's output is its spike count over N: floor(N·w/V_th)/N
+            _grow(record.norm_spikes, self._step, (out * module.norm_spikes).round().sum(dtype=torch.float64))
+
+        return hook
+
     def __enter__(self) -> SpikeMonitor:
         return self
 
@@ -302,6 +329,9 @@ class SpikeMonitor:
             pieces += [torch.tensor([float(record.neurons)], dtype=torch.float64, device=device)]
             pieces += [torch.stack(pad(record.spikes, device)), record.histogram.flatten()]
         pieces += [torch.stack(pad(r.operations, device)) for r in self.operations.values()]
+        for record in self.softmaxes.values():
+            pieces += [torch.tensor([float(record.elements)], dtype=torch.float64, device=device)]
+            pieces += [torch.stack(pad(series, device)) for series in (record.exp_spikes, record.norm_spikes)]
         flat = torch.cat([p.to(device) for p in pieces])
         dist.all_reduce(flat)
         maxima = torch.tensor([int(r.max_per_neuron or 0) for r in self.sites.values()], device=device)
@@ -314,6 +344,9 @@ class SpikeMonitor:
             record.max_per_neuron = most
         for record in self.operations.values():
             record.operations = list(next(chunks))
+        for record in self.softmaxes.values():
+            record.elements = int(next(chunks).item())
+            record.exp_spikes, record.norm_spikes = list(next(chunks)), list(next(chunks))
 
     def total_spikes(self) -> list[float]:
         """Spikes emitted by all MT neurons, per step."""

@@ -177,16 +177,27 @@ class SpikingSoftmax(nn.Module):
         self.dim, self.steps, self.mode, self.norm_spikes = dim, steps, mode, norm_spikes
         self.fused = False  # SI-exp's K internal steps as one kernel (transpike.fusion); not saved
 
-    def forward(self, x: Tensor) -> Tensor:
+    def exp_input(self, x: Tensor) -> Tensor:
+        """What the SI-exp neurons receive (``mode``): x less its row maximum, x clamped to
+        [-1, 1], or Sigmoid(x)."""
         if self.mode == "shift":
-            x = x - x.amax(self.dim, keepdim=True)
-        elif self.mode == "clip":
-            x = x.clamp(*PAPER_RANGE)
-        else:
-            x = torch.sigmoid(x)
+            return x - x.amax(self.dim, keepdim=True)
+        if self.mode == "clip":
+            return x.clamp(*PAPER_RANGE)
+        return torch.sigmoid(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.exp_input(x)
         T, h, d = (p.to(x.dtype) for p in (self.T, self.h, self.d))
         exp = fused(fs_neuron, x, T, h, d, batched=1) if self.fused else fs_neuron(x, T, h, d)
         return si_norm(exp, exp.sum(self.dim, keepdim=True), self.norm_spikes)
+
+    def exp_spikes(self, x: Tensor) -> Tensor:
+        """The spikes SI-exp emits on input x over its K internal steps, all elements together
+        (float64; for energy accounting, which reruns the neuron rather than slow every step)."""
+        x = self.exp_input(x)
+        trains = fs_trains(x, self.T.to(x.dtype), self.h.to(x.dtype))
+        return sum(z.sum(dtype=torch.float64) for z in trains)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, steps={self.steps}, mode={self.mode}, norm_spikes={self.norm_spikes}"
