@@ -115,13 +115,13 @@ def digits_comparison() -> dict:
     return out
 
 
-def random_vit() -> tuple[torch.nn.Module, list[torch.Tensor], torch.Tensor]:
-    """A random-init vit_tiny at 64 px, 4 calibration batches of 8 and a test batch (seeded)."""
+def random_vit(size: int = 64) -> tuple[torch.nn.Module, list[torch.Tensor], torch.Tensor]:
+    """A random-init vit_tiny at ``size`` px, 4 calibration batches of 8 and a test batch (seeded)."""
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", img_size=64).eval()
+    model = timm.create_model("vit_tiny_patch16_224", img_size=size).eval()
     gen = torch.Generator().manual_seed(1)
-    calibration = [torch.randn(8, 3, 64, 64, generator=gen) for _ in range(4)]
-    return model, calibration, torch.randn(8, 3, 64, 64, generator=gen)
+    calibration = [torch.randn(8, 3, size, size, generator=gen) for _ in range(4)]
+    return model, calibration, torch.randn(8, 3, size, size, generator=gen)
 
 
 def logit_errors(snn: transpike.SpikingModel, x: torch.Tensor, ref: torch.Tensor) -> list[float]:

@@ -16,7 +16,7 @@ w = exp_i per step against the threshold V_th = Σ_j exp_j, with reset by subtra
 floor(N·w/V_th + 1/2) spikes, read out over N (the paper's "N_spike" shortcut charges all N steps
 at once, which :func:`si_norm` computes in closed form). The neuron starts half charged, v(0) =
 V_th/2, where the paper starts at 0: its count is then N·w/V_th rounded, not floored, unbiased and
-within 1/(2N), so N can be 4-16 times smaller for the same network error (BENCHMARKS.md §5); each
+within 1/(2N), so about a quarter of the N gives the same network error (BENCHMARKS.md §5); each
 output spike costs an accumulate, so N sets SI-norm's energy (:mod:`transpike.energy`).
 
 The paper fits SI-exp on [-1, 1] and inserts a Sigmoid before softmax (then fine-tunes) when the
