@@ -231,3 +231,8 @@ def test_spiking_softmax_is_charged_its_spikes(images):
     )
     assert "SI-norm spikes" in str(report) and "softmaxes" in report.to_dict()
     assert ecmt.softmaxes == [] and ecmt.softmax_acs == [0.0] * 3
+    # counting sees SI-exp's spike trains as they are made, changes no output, and stops with the monitor
+    plain = snn.simulate(x, 3)
+    with SpikeMonitor(snn):
+        assert torch.equal(snn.simulate(x, 3), plain)
+    assert all(m.observe is None for m in snn.modules() if isinstance(m, SpikingSoftmax))

@@ -230,6 +230,7 @@ class SpikeMonitor:
         self.operations: dict[str, OperationRecord] = {}
         self.softmaxes: dict[str, SoftmaxRecord] = {}
         self._hooks: list = []
+        self._observed: list[SpikingSoftmax] = []  # their `observe` is ours while attached
         self._latest: dict[str, Tensor] = {}
         self._step = 0
         neurons = [m for m in network.modules() if isinstance(m, MTNeuron)]
@@ -248,7 +249,7 @@ class SpikeMonitor:
                 self._hooks.append(module.register_forward_hook(self._product_hook(path)))
             elif isinstance(module, SpikingSoftmax):
                 self.softmaxes[path] = SoftmaxRecord(path)
-                self._hooks.append(module.register_forward_hook(self._softmax_hook(self.softmaxes[path])))
+                self._watch_softmax(module, self.softmaxes[path])
 
     def _count_step(self, module: nn.Module, inputs: tuple) -> None:
         # A reset network (fresh state) starts at t = 1: the state itself says where we are.
@@ -291,15 +292,20 @@ class SpikeMonitor:
 
         return hook
 
-    def _softmax_hook(self, record: SoftmaxRecord):
+    def _watch_softmax(self, module: SpikingSoftmax, record: SoftmaxRecord) -> None:
+        trains: list[Tensor] = []  # SI-exp's spike counts in the current call, one per internal step
+        module.observe = lambda z: trains.append(z.sum(dtype=torch.float64))
+
         def hook(module: SpikingSoftmax, inputs: tuple, out: Tensor) -> None:
             if self._step == 1:
                 record.elements += out.numel()
-            _grow(record.exp_spikes, self._step, module.exp_spikes(inputs[0]))
-            # SI-norm's output is its spike count over N: floor(N·w/V_th)/N
+            _grow(record.exp_spikes, self._step, torch.stack(trains).sum())
+            trains.clear()
+            # SI-norm's output is its spike count over N: floor(N·w/V_th + 1/2)/N
             _grow(record.norm_spikes, self._step, (out * module.norm_spikes).round().sum(dtype=torch.float64))
 
-        return hook
+        self._hooks.append(module.register_forward_hook(hook))
+        self._observed.append(module)
 
     def __enter__(self) -> SpikeMonitor:
         return self
@@ -311,6 +317,9 @@ class SpikeMonitor:
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
+        for module in self._observed:
+            module.observe = None
+        self._observed.clear()
         self._latest.clear()
 
     def all_reduce(self, time_steps: int) -> None:

@@ -99,16 +99,24 @@ def fs_trains(x: Tensor, threshold: Tensor, reset: Tensor, spike: Callable | Non
 
 
 def fs_neuron(
-    x: Tensor, threshold: Tensor, reset: Tensor, weight: Tensor, spike: Callable | None = None
+    x: Tensor,
+    threshold: Tensor,
+    reset: Tensor,
+    weight: Tensor,
+    spike: Callable | None = None,
+    observe: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
     """SI-exp's output Σ_t d(t)·z(t) over the spike trains of :func:`fs_trains` (weights d = ``weight``).
 
     As x grows the spike pattern changes only by its first changing step going 0 → 1, so the output
     is a staircase of at most 2^K pieces, whatever T, h and d: what bounds its error from below
-    (``benchmarks/si_exp_bound.py``).
+    (``benchmarks/si_exp_bound.py``). ``observe``, if given, sees each spike train z(t) (a spike
+    monitor counts them).
     """
     out = torch.zeros_like(x)
     for d, z in zip(weight, fs_trains(x, threshold, reset, spike), strict=True):
+        if observe is not None:
+            observe(z)
         out = torch.addcmul(out, z, d, out=_own(out, True))  # out + d·z, exact product as in fs_trains
     return out
 
@@ -176,6 +184,7 @@ class SpikingSoftmax(nn.Module):
             self.register_buffer(name, torch.tensor(fit[name], dtype=torch.float32))
         self.dim, self.steps, self.mode, self.norm_spikes = dim, steps, mode, norm_spikes
         self.fused = False  # SI-exp's K internal steps as one kernel (transpike.fusion); not saved
+        self.observe: Callable[[Tensor], None] | None = None  # sees SI-exp's spike trains; not saved
 
     def exp_input(self, x: Tensor) -> Tensor:
         """What the SI-exp neurons receive (``mode``): x less its row maximum, x clamped to
@@ -189,15 +198,11 @@ class SpikingSoftmax(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.exp_input(x)
         T, h, d = (p.to(x.dtype) for p in (self.T, self.h, self.d))
-        exp = fused(fs_neuron, x, T, h, d, batched=1) if self.fused else fs_neuron(x, T, h, d)
+        if self.fused and self.observe is None:  # the kernel keeps its spikes to itself
+            exp = fused(fs_neuron, x, T, h, d, batched=1)
+        else:  # the same bits as the kernel (tests/test_sit.py)
+            exp = fs_neuron(x, T, h, d, observe=self.observe)
         return si_norm(exp, exp.sum(self.dim, keepdim=True), self.norm_spikes)
-
-    def exp_spikes(self, x: Tensor) -> Tensor:
-        """The spikes SI-exp emits on input x over its K internal steps, all elements together
-        (float64; for energy accounting, which reruns the neuron rather than slow every step)."""
-        x = self.exp_input(x)
-        trains = fs_trains(x, self.T.to(x.dtype), self.h.to(x.dtype))
-        return sum(z.sum(dtype=torch.float64) for z in trains)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, steps={self.steps}, mode={self.mode}, norm_spikes={self.norm_spikes}"
