@@ -294,15 +294,18 @@ class SpikeMonitor:
 
     def _watch_softmax(self, module: SpikingSoftmax, record: SoftmaxRecord) -> None:
         trains: list[Tensor] = []  # SI-exp's spike counts in the current call, one per internal step
-        module.observe = lambda z: trains.append(z.sum(dtype=torch.float64))
+        # per row in float32 (exact: a row has far fewer than 2^24 entries), then over rows in
+        # float64: a float64 sum over every entry costs twice as much (its upcast)
+        module.observe = lambda z: trains.append(z.sum(module.dim).sum(dtype=torch.float64))
 
         def hook(module: SpikingSoftmax, inputs: tuple, out: Tensor) -> None:
             if self._step == 1:
                 record.elements += out.numel()
             _grow(record.exp_spikes, self._step, torch.stack(trains).sum())
             trains.clear()
-            # SI-norm's output is its spike count over N: floor(N·w/V_th + 1/2)/N
-            _grow(record.norm_spikes, self._step, (out * module.norm_spikes).round().sum(dtype=torch.float64))
+            # SI-norm's output is its spike count over N: floor(N·w/V_th + 1/2)/N; a row holds about N
+            spikes = (out * module.norm_spikes).round().sum(module.dim).sum(dtype=torch.float64)
+            _grow(record.norm_spikes, self._step, spikes)
 
         self._hooks.append(module.register_forward_hook(hook))
         self._observed.append(module)
