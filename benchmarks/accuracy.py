@@ -39,6 +39,9 @@ CONFIGS = {
     "mse + nearest + per-channel": dict(threshold="mse", rounding="nearest", granularity="channel"),
     "burst + mse, levels=4": dict(neuron="burst", threshold="mse", levels=4),
     "burst + mse": dict(neuron="burst", threshold="mse"),
+    "SIT (K = 12)": dict(method="sit"),
+    "SIT, burst + mse": dict(method="sit", neuron="burst", threshold="mse"),
+    "SIT, burst + mse, N = 2^12": dict(method="sit", neuron="burst", threshold="mse", sit_norm_spikes=2**12),
 }
 
 
@@ -96,7 +99,7 @@ def main() -> None:
     batch = test.tensors[0][:256]
     overhead = {
         name: accounting_overhead(transpike.convert(model, x_train.split(256), **CONFIGS[name]), batch)
-        for name in ("paper default", "burst + mse", "mse + nearest + per-channel")
+        for name in ("paper default", "burst + mse", "mse + nearest + per-channel", "SIT, burst + mse")
     }
 
     ann = rows[0]["ann_top1"]
