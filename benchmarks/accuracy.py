@@ -41,7 +41,7 @@ CONFIGS = {
     "burst + mse": dict(neuron="burst", threshold="mse"),
     "SIT (K = 12)": dict(method="sit"),
     "SIT, burst + mse": dict(method="sit", neuron="burst", threshold="mse"),
-    "SIT, burst + mse, N = 2^12": dict(method="sit", neuron="burst", threshold="mse", sit_norm_spikes=2**12),
+    "SIT, burst + mse, N = 2^16": dict(method="sit", neuron="burst", threshold="mse", sit_norm_spikes=2**16),
 }
 
 

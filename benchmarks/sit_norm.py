@@ -3,7 +3,8 @@
 SI-norm's output resolution is 1/N and, counted by `transpike.account`, each softmax row costs
 about N accumulates per step in SI-norm alone. For the digits ViT (its test set; rows of 17) and a
 random-init vit_tiny at 64 and 224 px (a batch of 8; rows of 17 and 197), burst neurons + mse
-thresholds (where the spiking softmax's own error shows), SI-exp K = 12 and 32, N = 2^8 .. 2^16:
+thresholds (where the spiking softmax's own error shows), SI-exp K = 12 and 32, N = 2^8 .. 2^16
+and the default ("auto": 256 × the row length, rounded to a power of two):
 
 - relative L2 error of the logits against the ANN after t = 1, 4, 16, with SI-norm as shipped
   (half charged at the start: N·w/V_th rounded) and as the paper states it (v(0) = 0: floored);
@@ -25,7 +26,7 @@ import transpike
 import transpike.sit
 from transpike.digits import load_digits_split, trained_digits_vit
 
-NORM_SPIKES = (2**8, 2**10, 2**12, 2**14, 2**16)
+NORM_SPIKES = (2**8, 2**10, 2**12, 2**14, 2**16, None)  # None: the default, about 256 × the row length
 STEPS = (12, 32)
 
 
@@ -81,7 +82,7 @@ def main() -> None:
         for row in result[name]:
             errors = " / ".join(f"{e:.4f}" for e in row["error"])
             paper = f"{row['error_paper_start'][-1]:.4f}" if "N" in row else "-"
-            print(f"| {name} | {row.get('K', 'ECMT')} | {row.get('N', '-')} | {errors} | {paper} | "
+            print(f"| {name} | {row.get('K', 'ECMT')} | {row.get('N', '-') or 'auto'} | {errors} | {paper} | "
                   f"{row['energy']['full']:.3f} | {row['energy']['softmax_share']:.3f} |")  # fmt: skip
     (OUT / "sit_norm.json").write_text(json.dumps(result, indent=1))
 

@@ -280,12 +280,14 @@ def test_torchrun_two_processes_match_one(tmp_path, npz_data):
 
 def test_blocks_sweep_and_sit_method(tmp_path, npz_data, capsys):
     out = tmp_path / "sweep"
-    argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--time-steps", 2, "--method", "sit"]
+    argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--time-steps", 2, "--method", "sit",
+            "--sit-norm-spikes", "auto"]  # fmt: skip
     assert run(*argv, "--blocks", 0, 1, 2, "--out", out) == 0
     results = json.loads((out / "results.json").read_text())
     assert [row["blocks"] for row in results["blocks_sweep"]] == [0, 1, 2]
     assert results["blocks_sweep"][0]["snn_top1"] == [results["ann_top1"]] * 2  # nothing converted
     assert results["options"]["method"] == "sit" and results["options"]["blocks"] == 2
+    assert results["options"]["sit_norm_spikes"] is None  # auto: from the row length
     assert Image.open(out / "accuracy_vs_blocks.png").size[0] > 100
     assert "blocks   SNN top-1 at T" in capsys.readouterr().out
     assert run("eval", "--snn", "x.safetensors", "--data", npz_data, "--time-steps", 2, "--blocks", 1,

@@ -187,13 +187,16 @@ def test_energy_constants_are_configurable(images):
     assert cheap.ratio["ecmt"] == pytest.approx([r / 2 for r in default.ratio["ecmt"]])
 
 
-def test_spiking_softmax_is_charged_its_spikes(images):
+@pytest.mark.parametrize("norm_spikes", [1024, None])
+def test_spiking_softmax_is_charged_its_spikes(images, norm_spikes):
     """Under SIT the ANN is the same (its own softmax counted, not the spiking one's float ops), and
-    each spiking softmax costs its SI-exp spikes, two ACs per element and its SI-norm spikes."""
+    each spiking softmax costs its SI-exp spikes, two ACs per element and its SI-norm spikes (N
+    given, or by default 2^12 for rows of 17)."""
     calibration, x = images
     model = tiny_vit()
     ecmt = transpike.account(transpike.convert(model, calibration), x, 3)
-    snn = transpike.convert(model, calibration, method="sit", sit_norm_spikes=1024)
+    snn = transpike.convert(model, calibration, method="sit", sit_norm_spikes=norm_spikes)
+    n = norm_spikes or 2**12
     seen: dict[str, list] = {}
 
     def record(module, inputs, out):  # a forward hook returning None keeps the output
@@ -213,9 +216,9 @@ def test_spiking_softmax_is_charged_its_spikes(images):
         for t, (rate, out) in enumerate(seen[row["path"]][-3:]):  # the accounted run
             trains = fs_spikes(module.exp_input(rate), module.T, module.h)
             assert row["si_exp_spikes"][t] == pytest.approx(trains.sum().item() / len(x))
-            assert row["si_norm_spikes"][t] == pytest.approx((out * 1024).sum().item() / len(x))
+            assert row["si_norm_spikes"][t] == pytest.approx((out * n).sum().item() / len(x))
             # a row's spikes are N times its sum, to within half a spike per entry
-            assert (out.sum(-1) * 1024 - 1024).abs().max() <= 17 / 2
+            assert (out.sum(-1) * n - n).abs().max() <= 17 / 2
             assert row["acs"][t] == pytest.approx(
                 row["si_exp_spikes"][t] + row["si_norm_spikes"][t] + 2 * 867
             )

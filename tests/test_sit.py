@@ -13,6 +13,7 @@ from transpike.sit import (
     MODES,
     SpikingSoftmax,
     _SurrogateSpike,
+    default_norm_spikes,
     fitted_parameters,
     fs_neuron,
     fs_spikes,
@@ -266,6 +267,25 @@ def test_spiking_softmax_is_a_softmax():
     error = (y - x.softmax(-1)).abs()
     assert error.max() < 0.1 and error.mean() < 0.01
     assert torch.equal(spiking_softmax(x + 100.0), y)  # shift-invariant like softmax
+
+
+@pytest.mark.parametrize("dim", [-1, 1])
+def test_default_norm_spikes_follow_the_row_length(dim):
+    """By default SI-norm's N is 256 × the row length rounded to a power of two: short rows get a
+    shorter train, rows of 197 (a ViT at 224 px) the 2^16 they need."""
+    rows = (1, 5, 17, 65, 197, 577)
+    assert [default_norm_spikes(row) for row in rows] == [2**8, 2**10, 2**12, 2**14, 2**16, 2**17]
+    gen = torch.Generator().manual_seed(0)
+    for row in (5, 17, 197):
+        n = default_norm_spikes(row)
+        x = torch.randn(3, row, row, generator=gen)
+        y = SpikingSoftmax(dim)(x)
+        assert SpikingSoftmax(dim).spikes_for(row) == n
+        assert torch.equal(y, SpikingSoftmax(dim, norm_spikes=n)(x))
+        spikes = y * n  # whole spike counts (exact: N is a power of two), N per row within ½ per entry
+        assert torch.equal(spikes, spikes.round())
+        assert (spikes.sum(dim) - n).abs().max() <= row / 2
+    assert SpikingSoftmax(norm_spikes=64).spikes_for(197) == 64
 
 
 def test_softmax_modes():

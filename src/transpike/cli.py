@@ -55,6 +55,16 @@ def parse_kwargs(items: list[str]) -> dict:
     return kwargs
 
 
+def norm_spikes(text: str) -> int | None:
+    """``--sit-norm-spikes``: an integer N, or "auto" (None: from each softmax's row length)."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
 def add_conversion_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("conversion")
     group.add_argument("--method", default="ecmt", choices=METHODS)
@@ -85,10 +95,10 @@ def add_conversion_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--sit-norm-spikes",
-        type=int,
-        default=2**16,
+        type=norm_spikes,
+        default=None,
         help="SI-norm's spike-train length N for --method sit: resolution 1/N, about N ACs per "
-        "softmax row and step (default 65536)",
+        "softmax row and step (default auto: 256 x the row length rounded to a power of two)",
     )
 
 

@@ -59,7 +59,8 @@ class ConversionOptions:
             24, 28, 32).
         sit_mode: "shift", "clip" or "sigmoid" (see :class:`~transpike.sit.SpikingSoftmax`).
         sit_norm_spikes: N, SI-norm's spike-train length: its output resolution 1/N and, in the
-            energy accounting, about N accumulates per softmax row and step.
+            energy accounting, about N accumulates per softmax row and step; None (default):
+            about 256 × each softmax's row length (:func:`~transpike.sit.default_norm_spikes`).
         blocks: convert only the first k Transformer blocks (``model.blocks``); later blocks and
             everything after them stay analog, computed on rates (SIT-conversion's Tables 2-4).
     """
@@ -76,7 +77,7 @@ class ConversionOptions:
     strict: bool = True
     sit_steps: int = 12
     sit_mode: str = "shift"
-    sit_norm_spikes: int = 2**16
+    sit_norm_spikes: int | None = None
     blocks: int | None = None
 
     def __post_init__(self) -> None:
@@ -101,7 +102,7 @@ class ConversionOptions:
             raise ValueError(f"percentile must be in (0, 100], got {self.percentile!r}")
         for name, low in (("horizon", 1), ("sit_steps", 1), ("sit_norm_spikes", 1), ("blocks", 0)):
             value = getattr(self, name)
-            if (value is not None or name != "blocks") and (
+            if (value is not None or name not in ("blocks", "sit_norm_spikes")) and (
                 isinstance(value, bool) or not isinstance(value, int) or value < low
             ):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")

@@ -24,7 +24,8 @@ A spiking softmax (``method="sit"``) is charged by its neurons' events, in the f
 other two are the papers' formulas over weight layers): one AC per SI-exp spike (d(t) added to
 exp_i), one per element for V_th = Σ_j exp_j, and for SI-norm, with the paper's N_spike shortcut,
 one per element for its charge N·exp_i and one per output spike (each subtracts V_th). A row of
-softmax then costs about N ACs in SI-norm alone, N = ``norm_spikes`` (its output resolution 1/N).
+softmax then costs about N ACs in SI-norm alone (N: its output resolution 1/N; by default about
+256 × the row length).
 Its simulation's float operations are neuron dynamics, not counted, and the ANN's own softmax on
 the same input stays in the ANN's float work.
 """

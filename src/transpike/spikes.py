@@ -12,8 +12,8 @@ records, per site and step (summed over all inputs simulated while it is attache
 
 A burst neuron's output c·θ is popcount(c) spikes, one per level line (ECMT §4.4). A spiking
 softmax (SIT-conversion) records its SI-exp spikes (all K internal steps) and its SI-norm output
-spikes (N·softmax per element, N = ``norm_spikes``). Nothing is counted unless a monitor is
-attached, so simulation without one pays nothing.
+spikes (N·softmax per element, N from :meth:`~transpike.sit.SpikingSoftmax.spikes_for`). Nothing
+is counted unless a monitor is attached, so simulation without one pays nothing.
 """
 
 from __future__ import annotations
@@ -304,7 +304,8 @@ class SpikeMonitor:
             _grow(record.exp_spikes, self._step, torch.stack(trains).sum())
             trains.clear()
             # SI-norm's output is its spike count over N: floor(N·w/V_th + 1/2)/N; a row holds about N
-            spikes = (out * module.norm_spikes).round().sum(module.dim).sum(dtype=torch.float64)
+            spikes = out * module.spikes_for(out.shape[module.dim])
+            spikes = spikes.round().sum(module.dim).sum(dtype=torch.float64)
             _grow(record.norm_spikes, self._step, spikes)
 
         self._hooks.append(module.register_forward_hook(hook))

@@ -17,7 +17,10 @@ floor(N·w/V_th + 1/2) spikes, read out over N (the paper's "N_spike" shortcut c
 at once, which :func:`si_norm` computes in closed form). The neuron starts half charged, v(0) =
 V_th/2, where the paper starts at 0: its count is then N·w/V_th rounded, not floored, unbiased and
 within 1/(2N), so about a quarter of the N gives the same network error (BENCHMARKS.md §5); each
-output spike costs an accumulate, so N sets SI-norm's energy (:mod:`transpike.energy`).
+output spike costs an accumulate, so N sets SI-norm's energy (:mod:`transpike.energy`). By default
+N is about 256 × the row length n (:func:`default_norm_spikes`), where the network's error stops
+improving (it did from 60-330 × n in BENCHMARKS.md §5), so short rows do not pay for the N long
+ones need.
 
 The paper fits SI-exp on [-1, 1] and inserts a Sigmoid before softmax (then fine-tunes) when the
 attention logits leave that range. Softmax is shift-invariant, so :class:`SpikingSoftmax`
@@ -31,6 +34,7 @@ transpike.sit fit`` reproduces them (seeded; see :mod:`transpike.sit.fit`).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from functools import cache
 from importlib import resources
@@ -44,6 +48,7 @@ PAPER_RANGE = (-1.0, 1.0)
 SHIFTED_RANGE = (-12.0, 0.0)  # e^-12 = 6e-6: below it exp is zero for softmax's purpose
 FIT_POINTS = 10_000
 MODES = ("shift", "clip", "sigmoid")
+NORM_SPIKES_PER_ENTRY = 256  # SI-norm's default N over the row length, before rounding
 
 
 def heaviside(v: Tensor, threshold: Tensor) -> Tensor:
@@ -147,6 +152,15 @@ def si_norm(weight: Tensor, v_th: Tensor, spikes: int) -> Tensor:
     return torch.floor(spikes * weight / v_th + 0.5) / spikes
 
 
+def default_norm_spikes(row: int) -> int:
+    """SI-norm's default N for softmax rows of ``row`` entries: 256·row rounded to the nearest
+    power of two, 2^round(log2(256·row)) (2^12 for rows of 17, 2^16 for rows of 197).
+
+    A power of two keeps SI-norm's output count/N exact in floating point.
+    """
+    return 2 ** round(math.log2(NORM_SPIKES_PER_ENTRY * row))
+
+
 @cache
 def shipped_fits(shifted: bool = True) -> dict[int, dict]:
     """The shipped SI-exp fits by K, on [-12, 0] (``shifted``) or on [-1, 1] (the paper)."""
@@ -172,10 +186,13 @@ class SpikingSoftmax(nn.Module):
             "clip": the paper as stated, SI-exp fitted on [-1, 1] on inputs clamped to [-1, 1];
             "sigmoid": the paper's variant for models whose logits leave [-1, 1], SI-exp of
             Sigmoid(x), i.e. softmax(sigmoid(x)): equal to the ANN only if it was fine-tuned so.
-        norm_spikes: N, SI-norm's spike-train length (output resolution 1/N).
+        norm_spikes: N, SI-norm's spike-train length (output resolution 1/N); None: from the row
+            length, see :func:`default_norm_spikes`.
     """
 
-    def __init__(self, dim: int = -1, steps: int = 12, mode: str = "shift", norm_spikes: int = 2**16) -> None:
+    def __init__(
+        self, dim: int = -1, steps: int = 12, mode: str = "shift", norm_spikes: int | None = None
+    ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"sit mode must be one of {MODES}, got {mode!r}")
@@ -195,6 +212,11 @@ class SpikingSoftmax(nn.Module):
             return x.clamp(*PAPER_RANGE)
         return torch.sigmoid(x)
 
+    def spikes_for(self, row: int) -> int:
+        """N for rows of ``row`` entries: ``norm_spikes``, or if that is None,
+        :func:`default_norm_spikes`."""
+        return self.norm_spikes or default_norm_spikes(row)
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.exp_input(x)
         T, h, d = (p.to(x.dtype) for p in (self.T, self.h, self.d))
@@ -202,12 +224,14 @@ class SpikingSoftmax(nn.Module):
             exp = fused(fs_neuron, x, T, h, d, batched=1)
         else:  # the same bits as the kernel (tests/test_sit.py)
             exp = fs_neuron(x, T, h, d, observe=self.observe)
-        return si_norm(exp, exp.sum(self.dim, keepdim=True), self.norm_spikes)
+        return si_norm(exp, exp.sum(self.dim, keepdim=True), self.spikes_for(x.shape[self.dim]))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, steps={self.steps}, mode={self.mode}, norm_spikes={self.norm_spikes}"
 
 
-def spiking_softmax(x: Tensor, dim: int = -1, K: int = 12, mode: str = "shift") -> Tensor:
+def spiking_softmax(
+    x: Tensor, dim: int = -1, K: int = 12, mode: str = "shift", norm_spikes: int | None = None
+) -> Tensor:
     """Softmax of x along ``dim`` by SI-exp (K steps) and SI-norm neurons; see :class:`SpikingSoftmax`."""
-    return SpikingSoftmax(dim, K, mode).to(x.device)(x)
+    return SpikingSoftmax(dim, K, mode, norm_spikes).to(x.device)(x)
