@@ -188,6 +188,9 @@ CALIB = ["--calib", "digits"]
         (["eval", *MODEL, "--checkpoint", "nope.pth", *CALIB, *EVAL], "nope.pth"),
         (["eval", *MODEL, "--checkpoint", __file__, *CALIB, *EVAL], "cannot be read safely"),  # not torch
         (["convert", *MODEL, "--out", "x.safetensors"], "--calib"),
+        (["eval", "--snn", "x", "--levels", "4", "--no-compensation", *EVAL], "--levels, --no-compensation:"),
+        (["eval", "--snn", "x", "--method", "sit", "--non-strict", *EVAL], "--method, --non-strict:"),
+        (["eval", "--snn", "x", *MODEL, *CALIB, *EVAL], "--model, --model-kwargs, --calib: x is a converted"),
     ],
 )
 def test_errors_are_one_line_with_status_2(argv, message, tmp_path, capsys, monkeypatch):

@@ -250,6 +250,25 @@ def check_eval_args(args: argparse.Namespace) -> None:
         raise UsageError("--device cuda: no CUDA device is available")
 
 
+def check_snn_args(args: argparse.Namespace) -> None:
+    """``--snn`` brings a converted network: what would build or convert one is refused by name
+    rather than silently ignored."""
+    defaults = ConversionOptions()
+    flags = {"compensation": "--no-compensation", "strict": "--non-strict"}
+    given = [
+        flags.get(name, "--" + name.replace("_", "-"))
+        for name, value in conversion_options(args).items()
+        if value != getattr(defaults, name)
+    ]
+    given += [flag for flag in ("--model", "--model-kwargs", "--checkpoint", "--calib", "--blocks")
+              if getattr(args, flag[2:].replace("-", "_"))]  # fmt: skip
+    if given:
+        raise UsageError(
+            f"{', '.join(given)}: {args.snn} is a converted network; to convert again, "
+            "give --model and --calib instead of --snn"
+        )
+
+
 def process_device(device: str) -> str:
     """The device this process evaluates on. Under torchrun, ``cuda`` means the process's own GPU,
     number LOCAL_RANK: processes sharing one GPU would make NCCL's collectives fail."""
@@ -270,8 +289,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     parse_spec(args.data, "test")  # fail on a bad spec before any slow work
     if args.calib:
         parse_spec(args.calib, "train")
-    if args.snn and args.blocks:
-        raise UsageError("--blocks converts the model again: give --model and --calib instead of --snn")
+    if args.snn:
+        check_snn_args(args)
     world = init_world(args.device)
     if world.is_main:
         check_output_dir(args.out, args.force)
