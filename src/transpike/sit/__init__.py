@@ -227,7 +227,8 @@ class SpikingSoftmax(nn.Module):
         return si_norm(exp, exp.sum(self.dim, keepdim=True), self.spikes_for(x.shape[self.dim]))
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, steps={self.steps}, mode={self.mode}, norm_spikes={self.norm_spikes}"
+        norm = self.norm_spikes or "auto"  # from the row length
+        return f"dim={self.dim}, steps={self.steps}, mode={self.mode}, norm_spikes={norm}"
 
 
 def spiking_softmax(
