@@ -108,10 +108,13 @@ def test_functional_call_left_analog_when_not_strict():
 
 
 def test_timm_vits_pass_the_audit(images):
-    for name in ("vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"):
-        transpike.convert(tiny_vit(name, reg_tokens=0 if "deit" in name else 2), images[0])
+    """Strict conversion (the default) raises on any functional call the audit finds."""
+    models = [tiny_vit(name, reg_tokens=0 if "deit" in name else 2)
+              for name in ("vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224")]  # fmt: skip
     # rotary embeddings built at run time for the input's size
-    transpike.convert(tiny_vit("eva02_tiny_patch14_224", dynamic_img_size=True), images[0])
+    models.append(tiny_vit("eva02_tiny_patch14_224", dynamic_img_size=True))
+    for model in models:
+        assert transpike.convert(model, images[0]).report().analog == []
 
 
 @pytest.fixture
