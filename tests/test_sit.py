@@ -307,6 +307,7 @@ def test_sit_conversion(images):
     softmaxes = [r for r in snn.report().rows if r.module_type == "SpikingSoftmax"]
     assert [r.path for r in softmaxes] == ["blocks.0.attn.softmax", "blocks.1.attn.softmax"]
     assert all(r.role == "ec" for r in softmaxes)
+    assert softmaxes[0].detail == "dim=-1, steps=12, mode=shift, norm_spikes=auto"
     y = snn.simulate(x, 64)
     assert_converges(y, ref)
 

@@ -74,7 +74,8 @@ def _describe(path: str, module: nn.Module) -> ReportRow | None:
         f_name = type(module.f).__name__
         if module.analog:
             return ReportRow(path, f_name, "analog", module.analog)
-        return ReportRow(path, f_name, "ec" if module.compensated else "per-step (no EC)")
+        spiking = module.f.extra_repr() if isinstance(module.f, SpikingSoftmax) else ""  # SIT's settings
+        return ReportRow(path, f_name, "ec" if module.compensated else "per-step (no EC)", spiking)
     rule = rule_for(module)
     if rule is not None and rule.role is Role.WEIGHT:
         return ReportRow(path, name, "direct-input", "sees the input at every step; stays analog")
