@@ -234,8 +234,17 @@ def test_spiking_softmax_is_charged_its_spikes(images, norm_spikes):
     )
     assert "SI-norm spikes" in str(report) and "softmaxes" in report.to_dict()
     assert ecmt.softmaxes == [] and ecmt.softmax_acs == [0.0] * 3
-    # counting sees SI-exp's spike trains as they are made, changes no output, and stops with the monitor
+    # counting sees SI-exp's spikes as they are made, changes no output, and stops with the monitor
     plain = snn.simulate(x, 3)
     with SpikeMonitor(snn):
         assert torch.equal(snn.simulate(x, 3), plain)
     assert all(m.observe is None for m in snn.modules() if isinstance(m, SpikingSoftmax))
+
+
+def test_fused_network_is_counted_as_unfused(images):
+    """A spike monitor on fused neurons (SI-exp counting its spikes inside its kernel) sees the spikes
+    the unfused network makes: the same report."""
+    calibration, x = images
+    snn = transpike.convert(tiny_vit(), calibration, method="sit")
+    plain = transpike.account(snn, x, 3).to_dict()
+    assert transpike.account(snn.fuse(), x, 3).to_dict() == plain

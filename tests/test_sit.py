@@ -1,6 +1,7 @@
 """SIT-conversion: SI-exp, SI-norm, the spiking softmax, method="sit" and block-by-block conversion."""
 
 import json
+from functools import partial
 from importlib import resources
 
 import numpy as np
@@ -375,5 +376,13 @@ def test_fused_spiking_softmax_equals_unfused(mode, device):
     fused.fused = True
     # random rows, and rows whose entries sit exactly on SI-exp's thresholds (v = T fires)
     on_thresholds = plain.T.cpu().repeat(2, 1) + torch.tensor([[0.0], [-1e-6]])
+    seen = {}
     for x in (4 * torch.randn(2, 3, 9, 7, generator=gen), on_thresholds):
-        assert torch.equal(fused(x.to(device)), plain(x.to(device)))
+        x = x.to(device)
+        assert torch.equal(fused(x), plain(x))
+        for module in (plain, fused):  # observed, as by a spike monitor: also SI-exp's spikes per entry
+            module.observe = partial(seen.__setitem__, module)
+        assert torch.equal(fused(x), plain(x))
+        expected = fs_spikes(plain.exp_input(x), plain.T, plain.h).sum(-1)
+        assert torch.equal(seen[fused], expected) and torch.equal(seen[plain], expected)
+        plain.observe = fused.observe = None

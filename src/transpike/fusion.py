@@ -39,7 +39,7 @@ def _compiled(function: Callable, dynamic: bool):
     return torch.compile(function, dynamic=dynamic, options=options)
 
 
-def fused(function: Callable, *args, batched: int = 0) -> Tensor:
+def fused(function: Callable, *args, batched: int = 0) -> Tensor | tuple[Tensor, ...]:
     """``function(*args)`` compiled by ``torch.compile`` into one kernel.
 
     On a GPU shapes are dynamic (one compilation per tensor rank and layout, whatever the batch).

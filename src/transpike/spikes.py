@@ -293,16 +293,15 @@ class SpikeMonitor:
         return hook
 
     def _watch_softmax(self, module: SpikingSoftmax, record: SoftmaxRecord) -> None:
-        trains: list[Tensor] = []  # SI-exp's spike counts in the current call, one per internal step
-        # per row in float32 (exact: a row has far fewer than 2^24 entries), then over rows in
+        exp_spikes: list[Tensor] = []  # SI-exp's spikes in the current call
+        # per row in float32 (exact: a row has far fewer than 2^24 spikes), then over rows in
         # float64: a float64 sum over every entry costs twice as much (its upcast)
-        module.observe = lambda z: trains.append(z.sum(module.dim).sum(dtype=torch.float64))
+        module.observe = lambda spikes: exp_spikes.append(spikes.sum(module.dim).sum(dtype=torch.float64))
 
         def hook(module: SpikingSoftmax, inputs: tuple, out: Tensor) -> None:
             if self._step == 1:
                 record.elements += out.numel()
-            _grow(record.exp_spikes, self._step, torch.stack(trains).sum())
-            trains.clear()
+            _grow(record.exp_spikes, self._step, exp_spikes.pop())
             # SI-norm's output is its spike count over N: floor(N·w/V_th + 1/2)/N; a row holds about N
             spikes = out * module.spikes_for(out.shape[module.dim])
             spikes = spikes.round().sum(module.dim).sum(dtype=torch.float64)

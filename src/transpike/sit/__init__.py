@@ -115,8 +115,7 @@ def fs_neuron(
 
     As x grows the spike pattern changes only by its first changing step going 0 → 1, so the output
     is a staircase of at most 2^K pieces, whatever T, h and d: what bounds its error from below
-    (``benchmarks/si_exp_bound.py``). ``observe``, if given, sees each spike train z(t) (a spike
-    monitor counts them).
+    (``benchmarks/si_exp_bound.py``). ``observe``, if given, sees each spike train z(t).
     """
     out = torch.zeros_like(x)
     for d, z in zip(weight, fs_trains(x, threshold, reset, spike), strict=True):
@@ -124,6 +123,13 @@ def fs_neuron(
             observe(z)
         out = torch.addcmul(out, z, d, out=_own(out, True))  # out + d·z, exact product as in fs_trains
     return out
+
+
+def fs_counted(x: Tensor, threshold: Tensor, reset: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`fs_neuron`'s output and its spikes per entry, Σ_t z(t), in one pass (one kernel when
+    fused), for a spike monitor."""
+    spikes = torch.zeros_like(x)
+    return fs_neuron(x, threshold, reset, weight, observe=spikes.add_), spikes
 
 
 def fs_spikes(x: Tensor, threshold: Tensor, reset: Tensor) -> Tensor:
@@ -201,7 +207,7 @@ class SpikingSoftmax(nn.Module):
             self.register_buffer(name, torch.tensor(fit[name], dtype=torch.float32))
         self.dim, self.steps, self.mode, self.norm_spikes = dim, steps, mode, norm_spikes
         self.fused = False  # SI-exp's K internal steps as one kernel (transpike.fusion); not saved
-        self.observe: Callable[[Tensor], None] | None = None  # sees SI-exp's spike trains; not saved
+        self.observe: Callable[[Tensor], None] | None = None  # sees SI-exp's spikes per entry; not saved
 
     def exp_input(self, x: Tensor) -> Tensor:
         """What the SI-exp neurons receive (``mode``): x less its row maximum, x clamped to
@@ -220,10 +226,12 @@ class SpikingSoftmax(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.exp_input(x)
         T, h, d = (p.to(x.dtype) for p in (self.T, self.h, self.d))
-        if self.fused and self.observe is None:  # the kernel keeps its spikes to itself
-            exp = fused(fs_neuron, x, T, h, d, batched=1)
-        else:  # the same bits as the kernel (tests/test_sit.py)
-            exp = fs_neuron(x, T, h, d, observe=self.observe)
+        neuron = fs_neuron if self.observe is None else fs_counted
+        # fused or not, the same bits (tests/test_sit.py)
+        exp = fused(neuron, x, T, h, d, batched=1) if self.fused else neuron(x, T, h, d)
+        if self.observe is not None:
+            exp, spikes = exp
+            self.observe(spikes)
         return si_norm(exp, exp.sum(self.dim, keepdim=True), self.spikes_for(x.shape[self.dim]))
 
     def extra_repr(self) -> str:
