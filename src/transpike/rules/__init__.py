@@ -102,4 +102,4 @@ def rule_for(module: nn.Module) -> Rule | None:
     return None
 
 
-from . import timm_cnn, timm_vit, torch_nn  # noqa: E402, F401  (registers the built-in rules)
+from . import timm_cnn, timm_swin, timm_vit, torch_nn  # noqa: E402, F401  (registers the built-in rules)

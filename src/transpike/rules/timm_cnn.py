@@ -24,7 +24,13 @@ from timm.layers import (
     StdConv2d,
     StdConv2dSame,
 )
-from timm.layers.adaptive_avgmax_pool import AdaptiveCatAvgMaxPool2d, FastAdaptiveAvgPool
+from timm.layers.adaptive_avgmax_pool import (
+    AdaptiveCatAvgMaxPool2d,
+    FastAdaptiveAvgMaxPool,
+    FastAdaptiveAvgPool,
+    FastAdaptiveCatAvgMaxPool,
+    FastAdaptiveMaxPool,
+)
 from timm.models import resnet, resnetv2
 from timm.models._features import FeatureListNet
 from timm.models.vision_transformer_hybrid import ConvStem
@@ -82,7 +88,15 @@ for cls in (
 ):
     register(cls, Role.CONTAINER)
 # GroupNormAct and MaxPool2dSame are subclasses of registered nonlinear types already
-for cls in (BatchNormAct2d, AdaptiveAvgMaxPool2d, AdaptiveCatAvgMaxPool2d):
+# the "Fast" pools are what a channels-last head (Swin's) uses
+for cls in (
+    BatchNormAct2d,
+    AdaptiveAvgMaxPool2d,
+    AdaptiveCatAvgMaxPool2d,
+    FastAdaptiveMaxPool,
+    FastAdaptiveAvgMaxPool,
+    FastAdaptiveCatAvgMaxPool,
+):
     register(cls, Role.NONLINEAR)
 for cls in (AvgPool2dSame, FastAdaptiveAvgPool):
     register(cls, Role.PASSTHROUGH)

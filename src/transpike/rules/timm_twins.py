@@ -60,9 +60,12 @@ class SoftmaxHeads(nn.Module):
             for name in LAMBDAS:
                 setattr(self, name, getattr(source, name))
 
-    def heads(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Each head's output, [B, heads, tokens, v's head_dim], from the normed q and k."""
-        attn = self.attn_drop(self.softmax(self.qk(q, k.transpose(-2, -1))))
+    def heads(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+        """Each head's output, [B, heads, tokens, v's head_dim], from the normed q and k; ``bias``,
+        a constant added to the scores (Swin's relative position bias and shift mask), is the same
+        at every step, so it shifts the scores' rate by itself."""
+        scores = self.qk(q, k.transpose(-2, -1))
+        attn = self.attn_drop(self.softmax(scores if bias is None else scores + bias))
         if not self.differential:
             return self.av(attn, v)
         pairs = attn.unflatten(1, (-1, 2))

@@ -1,0 +1,66 @@
+"""Rules for timm's Swin Transformer (``SwinTransformer``: Swin-T/S/B/L and the S3 variants).
+
+A Swin block is a pre-norm ViT block whose attention runs inside windows of the token grid: the
+cyclic shift (``torch.roll``), the zero padding, the window partition and its reverse only move
+or add zero tokens, and the relative position bias and the shifted windows' mask are constants
+added to the attention scores, so all of it is linear and the same at every step. What converts
+is what converts in a ViT: Q·Kᵀ and attn·V with MT neurons on both operands and the product EC,
+softmax and the LayerNorms (also patch merging's) as EC modules, and an MT neuron before every
+Linear (qkv, proj, the MLP, patch merging's reduction, the head). Patch merging's regrouping of
+2×2 tokens and the head's average pool are linear. The patch embedding sees the image at every
+step, as in a ViT. Swin V2 (cosine attention, a position-bias MLP) has other classes and stays
+refused by name.
+"""
+
+from __future__ import annotations
+
+from timm.models.swin_transformer import (
+    PatchMerging,
+    SwinTransformer,
+    SwinTransformerBlock,
+    SwinTransformerStage,
+    WindowAttention,
+)
+from torch import Tensor, nn
+
+from . import Link, Role, register
+from .timm_twins import SoftmaxHeads
+from .timm_vit import _attention_links, _feeds
+
+
+class ExplicitWindowAttention(SoftmaxHeads):
+    """timm ``WindowAttention`` with Q·Kᵀ, softmax and attn·V as modules (timm may call one fused
+    kernel); shares the original's qkv, proj and relative position bias table."""
+
+    def __init__(self, attn: WindowAttention) -> None:
+        super().__init__()
+        self.num_heads, self.window_area = attn.num_heads, attn.window_area
+        self.qkv = attn.qkv
+        self._init_heads(attn)
+        self.norm, self.gate = nn.Identity(), None  # as ExplicitAttention has them, for its links
+        self.proj, self.proj_drop = attn.proj, attn.proj_drop
+        self.relative_position_bias_table = attn.relative_position_bias_table
+        self.register_buffer("relative_position_index", attn.relative_position_index, persistent=False)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: [windows·B, tokens, C]; mask: [windows, tokens, tokens] (0 or -100) or None."""
+        batch, tokens, _ = x.shape
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = WindowAttention._get_rel_pos_bias(self)  # [1, heads, tokens, tokens], from the table
+        if mask is not None:  # windows come batch-major out of the partition: window = index % windows
+            bias = bias + mask.repeat(batch // mask.shape[0], 1, 1).unsqueeze(1)
+        out = self.heads(q, k, v, bias).transpose(1, 2).reshape(batch, tokens, -1)
+        return self.proj_drop(self.proj(out))
+
+
+def _block_links(block: SwinTransformerBlock) -> list[Link]:
+    """SwinTransformerBlock.forward: norm1 feeds only qkv (through shift, padding and windows),
+    norm2 only the MLP's input layers."""
+    return [("norm1", ("attn.qkv",)), *_feeds("norm2", "mlp", block.mlp)]
+
+
+register(WindowAttention, Role.CONTAINER, twin=ExplicitWindowAttention)
+register(ExplicitWindowAttention, Role.CONTAINER, links=_attention_links)
+register(SwinTransformerBlock, Role.CONTAINER, links=_block_links)
+for cls in (SwinTransformer, SwinTransformerStage, PatchMerging):
+    register(cls, Role.CONTAINER)

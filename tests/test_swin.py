@@ -1,0 +1,110 @@
+"""Swin Transformer (timm ``SwinTransformer``): window attention with a relative position bias,
+shifted windows with their mask, padding, patch merging."""
+
+import copy
+
+import pytest
+import timm
+import torch
+from conftest import ann_output, assert_converges, relative_error
+
+import transpike
+from transpike import ConversionError, ConversionOptions, prepare
+from transpike.io import rebuild_ann
+from transpike.rates import link_rates
+from transpike.rules.timm_swin import ExplicitWindowAttention
+
+# 40 px in patches of 4: a 10×10 grid in windows of 4, so stage 1 pads to 12×12 and shifts its
+# second block's windows (the mask), and patch merging pads the 5×5 grid of stage 2
+SWIN = dict(
+    img_size=40, patch_size=4, window_size=4, embed_dim=24, depths=(2, 2), num_heads=(2, 4), num_classes=5
+)
+SPEC = {"timm": "swin_tiny_patch4_window7_224", "kwargs": SWIN}
+
+
+def tiny_swin(**kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(SPEC["timm"], **{**SWIN, **kwargs}).eval()
+
+
+@pytest.fixture
+def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    return torch.randn(16, 3, 40, 40, generator=gen), torch.randn(4, 3, 40, 40, generator=gen)
+
+
+def test_the_window_attention_twin_computes_what_timm_does(inputs):
+    """With the bias and the mask added to the scores, the explicit attention is timm's (fused
+    kernel or not), shifted windows and padding included."""
+    model = tiny_swin()
+    prepared = prepare(model, ConversionOptions())
+    twins = [m for m in prepared.modules() if isinstance(m, ExplicitWindowAttention)]
+    assert len(twins) == 4
+    masked = [block.attn_mask is not None for stage in model.layers for block in stage.blocks]
+    assert masked == [False, True, False, True]  # each stage's second block shifts its windows
+    with torch.no_grad():
+        for fused in (True, False):
+            for module in model.modules():
+                if hasattr(module, "fused_attn"):
+                    module.fused_attn = fused
+            assert torch.allclose(prepared(inputs[1]), model(inputs[1]), atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{}, dict(neuron="burst", threshold="mse"), dict(method="sit")])
+def test_swin_converges(options, inputs):
+    calibration, x = inputs
+    model = tiny_swin()
+    ref = ann_output(model, x)
+    snn = transpike.convert(model, calibration, **options)
+    counts = snn.report().counts()
+    # per block: qkv, proj, fc1, fc2; patch merging's reduction; the head
+    assert counts["mt+weight"] == 4 * 4 + 1 + 1 and counts["mt×mt+product-ec"] == 4 * 2
+    assert [r.path for r in snn.report().by_role("direct-input")] == ["patch_embed.proj"]
+    y = snn.simulate(x, 32)
+    assert_converges(y, ref, 0.05)
+    if options.get("neuron") == "burst":
+        assert relative_error(y[-1], ref) < 0.002
+
+
+@pytest.mark.parametrize("pool", ["max", "avgmax"])
+def test_swin_max_pools_become_ec_modules(pool, inputs):
+    calibration, x = inputs
+    model = tiny_swin(global_pool=pool)
+    snn = transpike.convert(model, calibration, neuron="burst", threshold="mse")
+    assert "head.global_pool.pool" in {r.path for r in snn.report().by_role("ec")}
+    assert relative_error(snn.simulate(x, 16)[-1], ann_output(model, x)) < 0.01
+
+
+def test_swin_links_pass_rates_like_increments(inputs):
+    """norm1 hands qkv its rate through the shift, padding and windows: linked = unlinked."""
+    calibration, x = inputs
+    linked = transpike.convert(tiny_swin().double(), calibration.double())
+    assert linked.network.layers[0].blocks[1].attn.qkv.neuron.takes_rate
+    plain = copy.deepcopy(linked)
+    link_rates(plain.network, enabled=False)
+    assert torch.allclose(linked.simulate(x.double(), 6), plain.simulate(x.double(), 6), rtol=1e-9, atol=1e-9)
+
+
+def test_swin_round_trip_and_accounting(tmp_path, inputs):
+    calibration, x = inputs
+    snn = transpike.convert(tiny_swin(), calibration, model_spec=SPEC)
+    loaded = transpike.load(transpike.save(snn, tmp_path / "swin.safetensors"))
+    assert torch.equal(loaded.simulate(x, 4), snn.simulate(x, 4))
+    with torch.no_grad():
+        assert torch.equal(rebuild_ann(loaded)(x), tiny_swin()(x))
+    report = transpike.account(snn, x, 3)
+    products = [row["path"] for row in report.layers if row["kind"] == "product"]
+    assert products == [
+        f"layers.{s}.blocks.{b}.attn.{p}" for s in (0, 1) for b in (0, 1) for p in ("qk", "av")
+    ]
+    assert all(row["snn_acs"][0] > 0 for row in report.layers)
+
+
+def test_swin_v2_and_swin_block_prefixes_are_refused_by_name(inputs):
+    with pytest.raises(ValueError, match="blocks=1: the model has no 'blocks' sequence"):
+        transpike.convert(tiny_swin(), inputs[0], blocks=1)  # its blocks are per stage
+    torch.manual_seed(0)
+    model = timm.create_model("swinv2_tiny_window8_256", img_size=32, window_size=4, embed_dim=24,
+                              depths=(2, 2), num_heads=(2, 4), num_classes=5)  # fmt: skip
+    with pytest.raises(ConversionError, match="SwinTransformerV2"):
+        transpike.convert(model, inputs[0][:, :, :32, :32])
