@@ -32,6 +32,8 @@ CONFIGS = {
     "levels=1": dict(levels=1),
     "no-ec": dict(compensation=False),
     "burst+mse": dict(neuron="burst", threshold="mse"),
+    "sit": dict(method="sit"),
+    "sit+burst+mse": dict(method="sit", neuron="burst", threshold="mse"),
 }
 
 
