@@ -67,24 +67,20 @@ def test_demo_refuses_to_overwrite(tmp_path, capsys):
     assert (out / "mine.txt").read_text() == "keep"
 
 
-def test_convert_then_eval_equals_eval_with_conversion(tmp_path, npz_data):
+@pytest.mark.parametrize("method", ["ecmt", "sit"])
+def test_convert_then_eval_equals_eval_with_conversion(tmp_path, npz_data, method):
     snn_file = tmp_path / "net.safetensors"
-    assert (
-        run(
-            "convert", *MODEL, "--calib", npz_data, "--calib-batches", 2, "--batch-size", 4, "--out", snn_file
-        )
-        == 0
-    )
+    calibration = ["--calib", npz_data, "--calib-batches", 2, "--batch-size", 4, "--method", method]
+    assert run("convert", *MODEL, *calibration, "--out", snn_file) == 0
     assert run("eval", "--snn", snn_file, "--data", npz_data, "--time-steps", 4, "--out", tmp_path / "a") == 0
-    assert run(
-        "eval", *MODEL, "--calib", npz_data, "--calib-batches", 2, "--batch-size", 4,
-        "--data", npz_data, "--time-steps", 4, "--out", tmp_path / "b",
-    ) == 0  # fmt: skip
+    argv = ["eval", *MODEL, *calibration, "--data", npz_data, "--time-steps", 4]
+    assert run(*argv, "--out", tmp_path / "b") == 0
     argv = ["eval", "--snn", snn_file, "--data", npz_data, "--time-steps", 4, "--fuse"]
     assert run(*argv, "--out", tmp_path / "c") == 0
     a, b, c = (json.loads((tmp_path / d / "results.json").read_text()) for d in "abc")
     assert a["snn_top1"] == b["snn_top1"] and a["ann_top1"] == b["ann_top1"]
     assert a["num_samples"] == 12 and a["model"] == "vit_tiny_patch16_224"
+    assert a["options"]["method"] == b["options"]["method"] == method
     assert c["fused"] and not a["fused"]
     assert (c["snn_top1"], c["energy"]) == (a["snn_top1"], a["energy"])  # same spikes, compiled
 

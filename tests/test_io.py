@@ -30,12 +30,15 @@ def test_round_trip_is_bit_identical(snn, images, tmp_path):
 
 @pytest.mark.parametrize("norm_spikes", [64, None])  # None: from the row length
 def test_round_trip_of_sit_keeps_its_spiking_softmax(images, tmp_path, norm_spikes):
+    model = tiny_vit()
     snn = transpike.convert(
-        tiny_vit(), images[0], model_spec=SPEC, method="sit", sit_steps=5, sit_norm_spikes=norm_spikes
+        model, images[0], model_spec=SPEC, method="sit", sit_steps=5, sit_norm_spikes=norm_spikes
     )
     loaded = transpike.load(transpike.save(snn, tmp_path / "net.safetensors"))
     softmax = loaded.network.blocks[0].attn.softmax.f
     assert (softmax.steps, softmax.norm_spikes) == (5, norm_spikes)
+    with torch.no_grad():  # the ANN comes back without SI-exp's parameters (`transpike eval --snn`)
+        assert torch.equal(rebuild_ann(loaded)(images[1]), model(images[1]))
     assert torch.equal(loaded.simulate(images[1], 4), snn.simulate(images[1], 4))
 
 

@@ -188,23 +188,25 @@ class SpikingModel(nn.Module):
         )
 
     def ann_state_dict(self) -> dict[str, Tensor]:
-        """The converted ANN's weights under the ANN's own keys (thresholds left out).
+        """The converted ANN's weights under the ANN's own keys (thresholds and SI-exp's
+        parameters left out).
 
         Conversion only wraps modules (``layer`` in a :class:`SpikingLayer`, ``f`` in an EC
-        module), so unwrapping the keys gives back the ANN's state dict exactly.
+        module) or replaces the stateless softmax, so unwrapping the keys gives back the ANN's
+        state dict exactly.
         """
-        renames, neurons = {}, []
+        renames, spiking = {}, []
         for path, module in self.network.named_modules():
             prefix = f"{path}." if path else ""
             if isinstance(module, SpikingLayer):
                 renames[f"{prefix}layer."] = prefix
             elif isinstance(module, ExpectationCompensation):
                 renames[f"{prefix}f."] = prefix
-            elif isinstance(module, MTNeuron):
-                neurons.append(prefix)
+            elif isinstance(module, (MTNeuron, SpikingSoftmax)):
+                spiking.append(prefix)
         state = {}
         for key, value in self.network.state_dict().items():
-            if any(key.startswith(prefix) for prefix in neurons):
+            if any(key.startswith(prefix) for prefix in spiking):
                 continue
             for old, new in renames.items():
                 if key.startswith(old):
