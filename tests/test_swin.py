@@ -100,9 +100,29 @@ def test_swin_round_trip_and_accounting(tmp_path, inputs):
     assert all(row["snn_acs"][0] > 0 for row in report.layers)
 
 
-def test_swin_v2_and_swin_block_prefixes_are_refused_by_name(inputs):
-    with pytest.raises(ValueError, match="blocks=1: the model has no 'blocks' sequence"):
-        transpike.convert(tiny_swin(), inputs[0], blocks=1)  # its blocks are per stage
+def test_swin_blocks_convert_stage_by_stage(inputs):
+    """``blocks=k`` counts the blocks of every stage in turn; a later stage (patch merging
+    included), the final norm and the head stay analog with them, computed on rates."""
+    calibration, x = inputs
+    model = tiny_swin()
+    ref = ann_output(model, x)
+    analog = {
+        0: ["layers.0.blocks.0", "layers.0.blocks.1", "layers.1", "norm", "head"],
+        1: ["layers.0.blocks.1", "layers.1", "norm", "head"],
+        2: ["layers.1.blocks.0", "layers.1.blocks.1", "norm", "head"],  # stage 2's patch merging spikes
+        3: ["layers.1.blocks.1", "norm", "head"],
+        4: [],
+    }
+    for k, paths in analog.items():
+        snn = transpike.convert(model, calibration, blocks=k, neuron="burst", threshold="mse")
+        assert [row.path for row in snn.report().analog] == paths
+        y = snn.simulate(x, 16)
+        assert relative_error(y[-1], ref) < (1e-5 if k == 0 else 0.002)
+    with pytest.raises(ValueError, match="blocks=5: the model has only 4 blocks"):
+        transpike.convert(model, calibration, blocks=5)
+
+
+def test_swin_v2_is_refused_by_name(inputs):
     torch.manual_seed(0)
     model = timm.create_model("swinv2_tiny_window8_256", img_size=32, window_size=4, embed_dim=24,
                               depths=(2, 2), num_heads=(2, 4), num_classes=5)  # fmt: skip

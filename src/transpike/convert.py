@@ -61,8 +61,9 @@ class ConversionOptions:
         sit_norm_spikes: N, SI-norm's spike-train length: its output resolution 1/N and, in the
             energy accounting, about N accumulates per softmax row and step; None (default):
             about 256 × each softmax's row length (:func:`~transpike.sit.default_norm_spikes`).
-        blocks: convert only the first k Transformer blocks (``model.blocks``); later blocks and
-            everything after them stay analog, computed on rates (SIT-conversion's Tables 2-4).
+        blocks: convert only the first k Transformer blocks (``model.blocks``, or Swin's blocks
+            stage by stage); later blocks and everything after them stay analog, computed on rates
+            (SIT-conversion's Tables 2-4).
     """
 
     method: str = "ecmt"
@@ -138,19 +139,40 @@ def prepare(model: nn.Module, options: ConversionOptions, analog: dict[str, str]
     return _prepare(network, "", options, direct=None, analog=analog)
 
 
+def _block_paths(network: nn.Module) -> list[str]:
+    """The Transformer blocks in forward order: the model's ``blocks`` sequence (ViT, Eva), or
+    each stage's in turn (Swin: ``layers.<stage>.blocks``)."""
+    if isinstance(getattr(network, "blocks", None), (nn.Sequential, nn.ModuleList)):
+        return [f"blocks.{index}" for index in range(len(network.blocks))]
+    stages = getattr(network, "layers", None)
+    if isinstance(stages, nn.Sequential) and all(
+        isinstance(getattr(stage, "blocks", None), nn.Sequential) for stage in stages
+    ):
+        return [f"layers.{s}.blocks.{b}" for s, stage in enumerate(stages) for b in range(len(stage.blocks))]
+    raise ValueError("the model has no 'blocks' sequence of Transformer blocks (nor stages of them)")
+
+
 def _after_blocks(network: nn.Module, count: int) -> dict[str, str]:
-    """Modules left analog by ``blocks=count``: blocks count.. and every child of the model that
-    is registered after ``blocks`` (final norm, heads; timm registers them in forward order)."""
-    blocks = getattr(network, "blocks", None)
-    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
-        raise ValueError(f"blocks={count}: the model has no 'blocks' sequence of Transformer blocks")
+    """Modules left analog by ``blocks=count``: from the first block not converted on, every
+    module that holds no converted block (later blocks and stages, final norm, heads; timm
+    registers modules in forward order)."""
+    try:
+        blocks = _block_paths(network)
+    except ValueError as error:
+        raise ValueError(f"blocks={count}: {error}") from None
     if count > len(blocks):
         raise ValueError(f"blocks={count}: the model has only {len(blocks)} blocks")
+    if count == len(blocks):
+        return {}
+    # a converted block's ancestors hold it; any other module from the first analog block on is
+    # analog, with all it holds
+    holders = {path.rsplit(".", depth)[0] for path in blocks[:count] for depth in range(path.count(".") + 1)}
+    paths = [path for path, _ in network.named_modules()]
     reason = f"after the first {count} blocks"
-    analog = {f"blocks.{index}": reason for index in range(count, len(blocks))}
-    names = [name for name, _ in network.named_children()]
-    if count < len(blocks):
-        analog |= {name: reason for name in names[names.index("blocks") + 1 :]}
+    analog: dict[str, str] = {}
+    for path in paths[paths.index(blocks[count]) :]:
+        if path not in holders and not any(path.startswith(f"{done}.") for done in analog):
+            analog[path] = reason
     return analog
 
 
