@@ -75,11 +75,23 @@ def test_swin_max_pools_become_ec_modules(pool, inputs):
     assert relative_error(snn.simulate(x, 16)[-1], ann_output(model, x)) < 0.01
 
 
-def test_swin_links_pass_rates_like_increments(inputs):
-    """norm1 hands qkv its rate through the shift, padding and windows: linked = unlinked."""
+@pytest.mark.parametrize("blocks", [None, 1, 2, 3])
+def test_swin_links_pass_rates_like_increments(blocks, inputs):
+    """norm1 hands qkv its rate through the shift, padding and windows, and each stage's residual
+    stream passes rates from its writers (patch merging's reduction, the blocks' projections) to
+    its readers (the blocks' norms, the next patch merging's norm or the final norm), up to the
+    first module left analog: linked = unlinked."""
     calibration, x = inputs
-    linked = transpike.convert(tiny_swin().double(), calibration.double())
-    assert linked.network.layers[0].blocks[1].attn.qkv.neuron.takes_rate
+    linked = transpike.convert(tiny_swin().double(), calibration.double(), blocks=blocks)
+    network = linked.network
+    if blocks is None:
+        assert network.layers[0].blocks[1].attn.qkv.neuron.takes_rate
+        first, second = network.layers
+        assert first.blocks[0].attn.proj.emits_rate and second.downsample.norm.takes_rate
+        assert second.downsample.reduction.emits_rate and network.norm.takes_rate
+    if blocks == 2:  # stage 1 linked to its reader, stage 2 (blocks analog) not
+        assert network.layers[0].blocks[1].mlp.fc2.emits_rate and network.layers[1].downsample.norm.takes_rate
+        assert not network.layers[1].downsample.reduction.emits_rate
     plain = copy.deepcopy(linked)
     link_rates(plain.network, enabled=False)
     assert torch.allclose(linked.simulate(x.double(), 6), plain.simulate(x.double(), 6), rtol=1e-9, atol=1e-9)

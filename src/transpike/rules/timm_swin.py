@@ -23,6 +23,7 @@ from timm.models.swin_transformer import (
 )
 from torch import Tensor, nn
 
+from ..compensation import ExpectationCompensation
 from . import Link, Role, register
 from .timm_twins import SoftmaxHeads
 from .timm_vit import _attention_links, _feeds
@@ -59,8 +60,51 @@ def _block_links(block: SwinTransformerBlock) -> list[Link]:
     return [("norm1", ("attn.qkv",)), *_feeds("norm2", "mlp", block.mlp)]
 
 
+def _stream_links(swin: SwinTransformer) -> list[Link]:
+    """Each stage's residual stream: its blocks add their attention's and MLP's projections to it
+    (through window reverse, roll and DropPath, linear) and only their norms read it, then the
+    next stage's patch merging norm (through padding and the 2×2 regrouping) or the final norm.
+    Patch merging's reduction writes the stream of a later stage; the first stage's comes from the
+    patch embedding, the same at every step: its own rate. Only stages whose blocks are all
+    converted link, up to the first module left analog by ``blocks=k``, which reads rates."""
+    links: list[Link] = []
+    for index, stage in enumerate(swin.layers):
+        downsample = getattr(stage, "downsample", None)  # None: the whole stage is left analog
+        if downsample is None or any(isinstance(block, ExpectationCompensation) for block in stage.blocks):
+            break
+        if isinstance(downsample, PatchMerging):
+            producers = [f"layers.{index}.downsample.reduction"]
+        elif index == 0:
+            producers = []
+        else:
+            break  # a stage without patch merging continues the previous stream: not linked
+        readers = []
+        for number in range(len(stage.blocks)):
+            block = f"layers.{index}.blocks.{number}"
+            producers += [f"{block}.attn.proj", f"{block}.mlp.fc2"]
+            readers += [f"{block}.norm1", f"{block}.norm2"]
+        after = _reader_after(swin, index)
+        if after is None:
+            break
+        links.append((tuple(producers), (*readers, after)))
+    return links
+
+
+def _reader_after(swin: SwinTransformer, index: int) -> str | None:
+    """Who reads stage ``index``'s stream after its blocks: the next stage's patch merging norm
+    (the next stage itself when it is left analog), else the final norm; None when neither."""
+    if index + 1 < len(swin.layers):
+        following = swin.layers[index + 1]
+        if isinstance(following, ExpectationCompensation):
+            return f"layers.{index + 1}"
+        merging = isinstance(following.downsample, PatchMerging)
+        return f"layers.{index + 1}.downsample.norm" if merging else None
+    return "norm" if not isinstance(swin.norm, nn.Identity) else None
+
+
 register(WindowAttention, Role.CONTAINER, twin=ExplicitWindowAttention)
 register(ExplicitWindowAttention, Role.CONTAINER, links=_attention_links)
 register(SwinTransformerBlock, Role.CONTAINER, links=_block_links)
-for cls in (SwinTransformer, SwinTransformerStage, PatchMerging):
+register(SwinTransformer, Role.CONTAINER, links=_stream_links)
+for cls in (SwinTransformerStage, PatchMerging):
     register(cls, Role.CONTAINER)
