@@ -89,6 +89,7 @@ def test_swin_links_pass_rates_like_increments(blocks, inputs):
         first, second = network.layers
         assert first.blocks[0].attn.proj.emits_rate and second.downsample.norm.takes_rate
         assert second.downsample.reduction.emits_rate and network.norm.takes_rate
+        assert second.downsample.norm.emits_rate and second.downsample.reduction.neuron.takes_rate
     if blocks == 2:  # stage 1 linked to its reader, stage 2 (blocks analog) not
         assert network.layers[0].blocks[1].mlp.fc2.emits_rate and network.layers[1].downsample.norm.takes_rate
         assert not network.layers[1].downsample.reduction.emits_rate

@@ -90,6 +90,11 @@ def _stream_links(swin: SwinTransformer) -> list[Link]:
     return links
 
 
+def _merging_links(merging: PatchMerging) -> list[Link]:
+    """PatchMerging.forward: padding and the 2×2 regrouping, then norm feeds only the reduction."""
+    return [("norm", ("reduction",))]
+
+
 def _reader_after(swin: SwinTransformer, index: int) -> str | None:
     """Who reads stage ``index``'s stream after its blocks: the next stage's patch merging norm
     (the next stage itself when it is left analog), else the final norm; None when neither."""
@@ -106,5 +111,5 @@ register(WindowAttention, Role.CONTAINER, twin=ExplicitWindowAttention)
 register(ExplicitWindowAttention, Role.CONTAINER, links=_attention_links)
 register(SwinTransformerBlock, Role.CONTAINER, links=_block_links)
 register(SwinTransformer, Role.CONTAINER, links=_stream_links)
-for cls in (SwinTransformerStage, PatchMerging):
-    register(cls, Role.CONTAINER)
+register(SwinTransformerStage, Role.CONTAINER)
+register(PatchMerging, Role.CONTAINER, links=_merging_links)
