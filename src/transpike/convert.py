@@ -141,14 +141,18 @@ def prepare(model: nn.Module, options: ConversionOptions, analog: dict[str, str]
 
 def _block_paths(network: nn.Module) -> list[str]:
     """The Transformer blocks in forward order: the model's ``blocks`` sequence (ViT, Eva), or
-    each stage's in turn (Swin: ``layers.<stage>.blocks``)."""
+    each stage's in turn (``layers.<stage>.blocks``: Swin; ``stages.<stage>.blocks``: EdgeNeXt,
+    Next-ViT, whose blocks include their convolution blocks)."""
     if isinstance(getattr(network, "blocks", None), (nn.Sequential, nn.ModuleList)):
         return [f"blocks.{index}" for index in range(len(network.blocks))]
-    stages = getattr(network, "layers", None)
-    if isinstance(stages, nn.Sequential) and all(
-        isinstance(getattr(stage, "blocks", None), nn.Sequential) for stage in stages
-    ):
-        return [f"layers.{s}.blocks.{b}" for s, stage in enumerate(stages) for b in range(len(stage.blocks))]
+    for name in ("layers", "stages"):
+        stages = getattr(network, name, None)
+        if isinstance(stages, nn.Sequential) and all(
+            isinstance(getattr(stage, "blocks", None), nn.Sequential) for stage in stages
+        ):
+            return [
+                f"{name}.{s}.blocks.{b}" for s, stage in enumerate(stages) for b, _ in enumerate(stage.blocks)
+            ]
     raise ValueError("the model has no 'blocks' sequence of Transformer blocks (nor stages of them)")
 
 

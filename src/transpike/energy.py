@@ -71,7 +71,8 @@ class DenseWork:
     bookkeeping), ``ann-nonlinear`` (F inside an EC module: the ANN's own nonlinear work),
     ``ann-replaced`` (the ANN's softmax where a spiking softmax replaces it: ANN work only),
     ``analog`` (a module left analog), ``direct-input`` (the patch embedding), ``neuron`` (neuron
-    dynamics, a spiking softmax's included: not counted), ``other`` (residual sums, token handling).
+    dynamics, a spiking softmax's included: not counted), ``constant`` (a module independent of the
+    input, computed once per input size: not counted), ``other`` (residual sums, token handling).
     """
 
     macs: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
@@ -106,9 +107,9 @@ class _Counter(TorchDispatchMode):
         return out
 
 
-def _is_weight(module: nn.Module) -> bool:
+def _role(module: nn.Module) -> Role | None:
     rule = rule_for(module)
-    return rule is not None and rule.role is Role.WEIGHT
+    return rule.role if rule is not None else None
 
 
 def _tracked(network: nn.Module) -> dict[nn.Module, tuple[str, str]]:
@@ -117,8 +118,13 @@ def _tracked(network: nn.Module) -> dict[nn.Module, tuple[str, str]]:
     # A spiking layer's layer works inside it: a hook of its own would make a layer that hands on
     # rates call it (rate_output) instead of the GEMM the simulation runs.
     inner = {module.layer for module in network.modules() if isinstance(module, SpikingLayer)}
+    # what a constant module holds works for it
+    constants = [module for module in network.modules() if _role(module) is Role.CONSTANT]
+    inner |= {part for module in constants for part in module.modules()}
     for path, module in network.named_modules():
-        if isinstance(module, SpikingLayer):
+        if _role(module) is Role.CONSTANT:
+            tracked[module] = (path, "constant")
+        elif isinstance(module, SpikingLayer):
             tracked[module] = (path, "weight")
         elif isinstance(module, SpikingProduct):
             tracked[module] = (path, "product")
@@ -127,7 +133,7 @@ def _tracked(network: nn.Module) -> dict[nn.Module, tuple[str, str]]:
             tracked[module.f] = (path, "neuron" if isinstance(module.f, SpikingSoftmax) else "ann-nonlinear")
         elif isinstance(module, MTNeuron):
             tracked[module] = (path, "neuron")
-        elif module not in tracked and module not in inner and _is_weight(module):
+        elif module not in tracked and module not in inner and _role(module) is Role.WEIGHT:
             tracked[module] = (path, "direct-input")
     return tracked
 
@@ -299,9 +305,9 @@ def energy_report(
         dict(path=path, role=role, float_ops=dense.elementwise.get((path, role), 0.0),
              macs=dense.macs.get((path, role), 0.0) if role in ANALOG_MAC_ROLES else 0.0)
         for path, role in sorted(set(dense.elementwise) | set(dense.macs))
-        if role not in ("weight", "neuron", "ann-replaced")
+        if role not in ("weight", "neuron", "ann-replaced", "constant")
     ]  # fmt: skip
-    ann_macs = sum(value for (_, role), value in dense.macs.items() if role != "neuron")
+    ann_macs = sum(value for (_, role), value in dense.macs.items() if role not in ("neuron", "constant"))
     ann_float = sum(
         value
         for (_, role), value in dense.elementwise.items()

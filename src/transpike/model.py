@@ -79,6 +79,8 @@ def _describe(path: str, module: nn.Module) -> ReportRow | None:
     rule = rule_for(module)
     if rule is not None and rule.role is Role.WEIGHT:
         return ReportRow(path, name, "direct-input", "sees the input at every step; stays analog")
+    if rule is not None and rule.role is Role.CONSTANT:
+        return ReportRow(path, name, "constant", "independent of the input; work not counted")
     return None
 
 

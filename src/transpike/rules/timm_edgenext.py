@@ -1,0 +1,107 @@
+"""Rules for timm's EdgeNeXt (``EdgeNeXt``: XX-S, X-S, S, B and the ``_rw`` variants), one of the
+models SIT-conversion converts (METHODS.md §3.4).
+
+EdgeNeXt stacks convolution blocks (a depthwise convolution, then LayerNorm and an MLP on each
+position, as in ConvNeXt) and split-transpose blocks: depthwise convolutions over channel groups
+in cascade, a Fourier position encoding, and cross-covariance attention (XCA), which attends over
+channels instead of tokens: softmax(τ · Q̂·K̂ᵀ)·V, where Q̂ and K̂ are q and k normalized to unit L2
+norm over the tokens and τ is a learned temperature per head. The normalizations are nonlinear in
+each operand, so each becomes an EC module before the product's MT neurons; Q·Kᵀ, softmax and
+attn·V convert as in a ViT. The channel groups' cascade (chunk, add, concatenate), LayerScale's
+γ, residual sums and the average pool are linear; the position encoding depends only on the
+grid's size: a constant, the same at every step (its own rate). The stem's convolution sees the
+image at every step, as a ViT's patch embedding does.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from timm.layers import NormMlpClassifierHead
+from timm.models.edgenext import (
+    ConvBlock,
+    CrossCovarianceAttn,
+    EdgeNeXt,
+    EdgeNeXtStage,
+    PositionalEncodingFourier,
+    SplitTransposeBlock,
+)
+from torch import Tensor, nn
+
+from ..sites import Product
+from . import Link, Role, register
+from .timm_vit import _chain, _feeds
+
+
+class L2Normalize(nn.Module):
+    """x / max(‖x‖₂, ε) along ``dim`` (``torch.nn.functional.normalize``), as a module so that it
+    can become an EC module."""
+
+    def __init__(self, dim: int = -1, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.dim, self.eps = dim, eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=self.dim, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class ExplicitCrossCovarianceAttn(nn.Module):
+    """timm ``CrossCovarianceAttn`` with the normalizations, Q̂·K̂ᵀ, softmax and attn·V as modules.
+    Shares the original's qkv, temperature and proj under their names."""
+
+    def __init__(self, attn: CrossCovarianceAttn) -> None:
+        super().__init__()
+        self.num_heads = attn.num_heads
+        self.qkv, self.temperature = attn.qkv, attn.temperature
+        self.q_norm, self.k_norm = L2Normalize(), L2Normalize()
+        # operands are [B, heads, head_dim, tokens] (q̂, v), [B, heads, tokens, head_dim] (k̂ᵀ) and
+        # [B, heads, head_dim, head_dim] (attn): per-channel thresholds per (head, channel) or per head
+        self.qk = Product("matmul", 1.0, channels_a=(-3, -2), channels_b=(-3, -1))
+        self.softmax = nn.Softmax(dim=-1)
+        self.attn_drop = attn.attn_drop
+        self.av = Product("matmul", 1.0, channels_a=(-3,), channels_b=(-3, -2))
+        self.proj, self.proj_drop = attn.proj, attn.proj_drop
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, tokens, channels = x.shape
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 4, 1).unbind(0)
+        # τ per head scales the scores: a constant factor, linear
+        scores = self.qk(self.q_norm(q), self.k_norm(k).transpose(-2, -1)) * self.temperature
+        out = self.av(self.attn_drop(self.softmax(scores)), v)
+        return self.proj_drop(self.proj(out.permute(0, 3, 1, 2).reshape(batch, tokens, channels)))
+
+
+def _xca_links(attn: ExplicitCrossCovarianceAttn) -> list[Link]:
+    """qkv feeds the two normalizations and attn·V's second operand; the normalizations their
+    operands; the scores (scaled by τ) the softmax, the softmax attn·V, attn·V the projection."""
+    return [
+        ("qkv", ("q_norm", "k_norm", "av.neuron_b")),
+        ("q_norm", ("qk.neuron_a",)),
+        ("k_norm", ("qk.neuron_b",)),
+        *_chain("qk", "softmax", "av.neuron_a"),
+        ("av", ("proj",)),
+    ]
+
+
+def _conv_block_links(block: ConvBlock) -> list[Link]:
+    """ConvBlock.forward: the norm feeds only the MLP (after the depthwise convolution, whose
+    output also feeds the residual sum when the block changes shape)."""
+    return _feeds("norm", "mlp", block.mlp)
+
+
+def _split_transpose_links(block: SplitTransposeBlock) -> list[Link]:
+    """SplitTransposeBlock.forward: norm_xca feeds only the attention's qkv, norm only the MLP."""
+    return [("norm_xca", ("xca.qkv",)), *_feeds("norm", "mlp", block.mlp)]
+
+
+register(CrossCovarianceAttn, Role.CONTAINER, twin=ExplicitCrossCovarianceAttn)
+register(ExplicitCrossCovarianceAttn, Role.CONTAINER, links=_xca_links)
+register(L2Normalize, Role.NONLINEAR)
+register(ConvBlock, Role.CONTAINER, links=_conv_block_links)
+register(SplitTransposeBlock, Role.CONTAINER, links=_split_transpose_links)
+register(PositionalEncodingFourier, Role.CONSTANT)  # a function of the grid's size
+register(EdgeNeXt, Role.INPUT)  # the stem's convolution reads the image
+for cls in (EdgeNeXtStage, NormMlpClassifierHead):
+    register(cls, Role.CONTAINER)
