@@ -7,6 +7,10 @@ SNN/ANN energy (ECMT's form: synaptic ACs only; and the full form with the analo
 the largest number of spikes one neuron emits in one step, since equal T is not equal work.
 
     python benchmarks/fidelity.py [--model vit_tiny_patch16_224] [--configs default mse+nearest ...]
+        [--model-kwargs '{"ls_init_value": 1.0}']
+
+Models whose constructor takes no ``img_size`` (convolutional hybrids: EdgeNeXt, Next-ViT) run at
+any size without it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,15 @@ CONFIGS = {
 }
 
 
+def create(name: str, img_size: int, kwargs: dict) -> torch.nn.Module:
+    """timm's random-init model for img_size: ViTs take the size as an argument, hybrids of
+    convolutions and attention (EdgeNeXt, Next-ViT) any size as it is."""
+    try:
+        return timm.create_model(name, img_size=img_size, **kwargs).eval()
+    except TypeError:
+        return timm.create_model(name, **kwargs).eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit_tiny_patch16_224")
@@ -44,12 +57,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--calib-batches", type=int, default=4)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--model-kwargs", type=json.loads, default={}, help="JSON, for timm.create_model")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     out = args.out or Path(f"benchmarks/out/fidelity-{args.model}.json")
 
     torch.manual_seed(0)
-    model = timm.create_model(args.model, img_size=args.img_size).eval()
+    model = create(args.model, args.img_size, args.model_kwargs)
     gen = torch.Generator().manual_seed(1)
     shape = (args.batch, 3, args.img_size, args.img_size)
     calibration = [torch.randn(shape, generator=gen) for _ in range(args.calib_batches)]
@@ -86,6 +100,7 @@ def main() -> None:
 
     result = dict(
         model=args.model,
+        model_kwargs=args.model_kwargs,
         img_size=args.img_size,
         batch=args.batch,
         calib_batches=args.calib_batches,
