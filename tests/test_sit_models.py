@@ -13,7 +13,7 @@ from timm.models.nextvit import EfficientAttention
 from torch.utils.flop_counter import FlopCounterMode
 
 import transpike
-from transpike import ConversionOptions, prepare
+from transpike import ConversionOptions, ExpectationCompensation, SpikingLayer, SpikingProduct, prepare
 from transpike.io import rebuild_ann
 from transpike.rates import link_rates
 from transpike.rules.timm_edgenext import ExplicitCrossCovarianceAttn
@@ -138,11 +138,18 @@ def test_sit_replaces_every_softmax(inputs):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_links_pass_rates_like_increments(family, inputs):
+@pytest.mark.parametrize("blocks", [None, 2])
+def test_every_module_passes_rates_like_increments(family, blocks, inputs):
+    """One link over the whole network: every converted module emits rates but the classifier (or
+    the head, left analog by blocks=k), and linked = unlinked."""
     calibration, x = inputs
-    linked = transpike.convert(build(family).double(), calibration.double())
-    emitting = [path for path, m in linked.network.named_modules() if getattr(m, "emits_rate", False)]
-    assert len(emitting) > 10
+    linked = transpike.convert(build(family).double(), calibration.double(), blocks=blocks)
+    network = linked.network
+    emitters = [
+        m for m in network.modules() if isinstance(m, (SpikingLayer, ExpectationCompensation, SpikingProduct))
+    ]
+    output = network.head if blocks is not None else network.head.fc
+    assert all(m.emits_rate for m in emitters if m is not output) and not output.emits_rate
     plain = copy.deepcopy(linked)
     link_rates(plain.network, enabled=False)
     assert torch.allclose(linked.simulate(x.double(), 6), plain.simulate(x.double(), 6), rtol=1e-9, atol=1e-9)

@@ -10,7 +10,8 @@ each operand, so each becomes an EC module before the product's MT neurons; Q·K
 attn·V convert as in a ViT. The channel groups' cascade (chunk, add, concatenate), LayerScale's
 γ, residual sums and the average pool are linear; the position encoding depends only on the
 grid's size: a constant, the same at every step (its own rate). The stem's convolution sees the
-image at every step, as a ViT's patch embedding does.
+image at every step, as a ViT's patch embedding does. Every converted module passes rates
+(:mod:`transpike.rules.links`).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from timm.models.edgenext import (
 from torch import Tensor, nn
 
 from ..sites import Product
-from . import Link, Role, register
-from .timm_vit import _chain, _feeds
+from . import Role, register
+from .links import whole_network
 
 
 class L2Normalize(nn.Module):
@@ -73,35 +74,15 @@ class ExplicitCrossCovarianceAttn(nn.Module):
         return self.proj_drop(self.proj(out.permute(0, 3, 1, 2).reshape(batch, tokens, channels)))
 
 
-def _xca_links(attn: ExplicitCrossCovarianceAttn) -> list[Link]:
-    """qkv feeds the two normalizations and attn·V's second operand; the normalizations their
-    operands; the scores (scaled by τ) the softmax, the softmax attn·V, attn·V the projection."""
-    return [
-        ("qkv", ("q_norm", "k_norm", "av.neuron_b")),
-        ("q_norm", ("qk.neuron_a",)),
-        ("k_norm", ("qk.neuron_b",)),
-        *_chain("qk", "softmax", "av.neuron_a"),
-        ("av", ("proj",)),
-    ]
-
-
-def _conv_block_links(block: ConvBlock) -> list[Link]:
-    """ConvBlock.forward: the norm feeds only the MLP (after the depthwise convolution, whose
-    output also feeds the residual sum when the block changes shape)."""
-    return _feeds("norm", "mlp", block.mlp)
-
-
-def _split_transpose_links(block: SplitTransposeBlock) -> list[Link]:
-    """SplitTransposeBlock.forward: norm_xca feeds only the attention's qkv, norm only the MLP."""
-    return [("norm_xca", ("xca.qkv",)), *_feeds("norm", "mlp", block.mlp)]
-
-
 register(CrossCovarianceAttn, Role.CONTAINER, twin=ExplicitCrossCovarianceAttn)
-register(ExplicitCrossCovarianceAttn, Role.CONTAINER, links=_xca_links)
 register(L2Normalize, Role.NONLINEAR)
-register(ConvBlock, Role.CONTAINER, links=_conv_block_links)
-register(SplitTransposeBlock, Role.CONTAINER, links=_split_transpose_links)
 register(PositionalEncodingFourier, Role.CONSTANT)  # a function of the grid's size
-register(EdgeNeXt, Role.INPUT)  # the stem's convolution reads the image
-for cls in (EdgeNeXtStage, NormMlpClassifierHead):
+register(EdgeNeXt, Role.INPUT, links=whole_network)  # the stem's convolution reads the image
+for cls in (
+    ExplicitCrossCovarianceAttn,
+    ConvBlock,
+    SplitTransposeBlock,
+    EdgeNeXtStage,
+    NormMlpClassifierHead,
+):
     register(cls, Role.CONTAINER)

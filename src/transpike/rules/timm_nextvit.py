@@ -7,7 +7,8 @@ and of the efficient attention's spatial reduction, so they stay as they are; th
 modules, every convolution and Linear gets an MT neuron (the stem's first convolution sees the
 image at every step, as a ViT's patch embedding does), and the efficient attention's Q·Kᵀ, softmax
 and attn·V convert as in a ViT. Residual sums and the concatenation of the attention and
-convolution branches are linear, so the blocks, stages and the model are containers.
+convolution branches are linear, so the blocks, stages and the model are containers, and every
+converted module passes rates (:mod:`transpike.rules.links`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from timm.models.nextvit import (
     NextViT,
     PatchEmbed,
 )
-from torch import Tensor, nn
+from torch import Tensor
 
-from . import Link, Role, register, rule_for
+from . import Role, register
+from .links import whole_network
 from .timm_twins import SoftmaxHeads
-from .timm_vit import _SCORE_LINKS, _chain, _existing
 
 
 class ExplicitEfficientAttention(SoftmaxHeads):
@@ -55,43 +56,16 @@ class ExplicitEfficientAttention(SoftmaxHeads):
         return self.proj_drop(self.proj(out))
 
 
-def _attention_links(attn: ExplicitEfficientAttention) -> list[Link]:
-    """q, k and v each feed their operand of the products; the heads feed the projection."""
-    links = [("q", ("qk.neuron_a",)), ("k", ("qk.neuron_b",)), ("v", ("av.neuron_b",)), *_SCORE_LINKS]
-    return _existing(attn, [*links, ("av", ("proj",))])
-
-
-def _affine(module: nn.Module) -> bool:
-    rule = rule_for(module)
-    return rule is not None and rule.role is Role.PASSTHROUGH
-
-
-def _through_norm(producer: str, norm: nn.Module, *readers: str) -> list[Link]:
-    """``producer`` feeds ``readers`` in turn through ``norm``: directly when the norm is affine
-    (BatchNorm in evaluation, Identity), else through the norm's EC module."""
-    return _chain(producer, *([] if _affine(norm) else ["norm"]), *readers)
-
-
-def _conv_norm_act_links(block: ConvNormAct) -> list[Link]:
-    """ConvNormAct.forward: conv -> norm -> act."""
-    return _through_norm("conv", block.norm, "act")
-
-
-def _conv_attention_links(attn: ConvAttention) -> list[Link]:
-    """ConvAttention.forward (Next-ViT's MHCA): grouped conv -> norm -> act -> projection."""
-    return _through_norm("group_conv3x3", attn.norm, "act", "projection")
-
-
-def _conv_mlp_links(mlp: ConvMlp) -> list[Link]:
-    """ConvMlp.forward: fc1 -> norm -> act -> drop -> fc2."""
-    return _through_norm("fc1", mlp.norm, "act", "fc2")
-
-
 register(EfficientAttention, Role.CONTAINER, twin=ExplicitEfficientAttention)
-register(ExplicitEfficientAttention, Role.CONTAINER, links=_attention_links)
-register(ConvNormAct, Role.CONTAINER, links=_conv_norm_act_links)
-register(ConvAttention, Role.CONTAINER, links=_conv_attention_links)
-register(ConvMlp, Role.CONTAINER, links=_conv_mlp_links)
-register(NextViT, Role.INPUT)  # the stem's first convolution reads the image
-for cls in (PatchEmbed, NextConvBlock, NextTransformerBlock, NextStage):
+register(NextViT, Role.INPUT, links=whole_network)  # the stem's first convolution reads the image
+for cls in (
+    ExplicitEfficientAttention,
+    ConvNormAct,
+    ConvAttention,
+    ConvMlp,
+    PatchEmbed,
+    NextConvBlock,
+    NextTransformerBlock,
+    NextStage,
+):
     register(cls, Role.CONTAINER)
