@@ -75,14 +75,17 @@ def test_swin_max_pools_become_ec_modules(pool, inputs):
     assert relative_error(snn.simulate(x, 16)[-1], ann_output(model, x)) < 0.01
 
 
-@pytest.mark.parametrize("blocks", [None, 1, 2, 3])
-def test_swin_links_pass_rates_like_increments(blocks, inputs):
+@pytest.mark.parametrize(
+    ("blocks", "pool"), [(None, "avg"), (1, "avg"), (2, "avg"), (3, "avg"), (None, "max")]
+)
+def test_swin_links_pass_rates_like_increments(blocks, pool, inputs):
     """norm1 hands qkv its rate through the shift, padding and windows, and each stage's residual
     stream passes rates from its writers (patch merging's reduction, the blocks' projections) to
     its readers (the blocks' norms, the next patch merging's norm or the final norm), up to the
-    first module left analog: linked = unlinked."""
+    first module left analog; the final norm hands the head its rate (through the max pool's EC
+    module when it has one): linked = unlinked."""
     calibration, x = inputs
-    linked = transpike.convert(tiny_swin().double(), calibration.double(), blocks=blocks)
+    linked = transpike.convert(tiny_swin(global_pool=pool).double(), calibration.double(), blocks=blocks)
     network = linked.network
     if blocks is None:
         assert network.layers[0].blocks[1].attn.qkv.neuron.takes_rate
@@ -90,6 +93,8 @@ def test_swin_links_pass_rates_like_increments(blocks, inputs):
         assert first.blocks[0].attn.proj.emits_rate and second.downsample.norm.takes_rate
         assert second.downsample.reduction.emits_rate and network.norm.takes_rate
         assert second.downsample.norm.emits_rate and second.downsample.reduction.neuron.takes_rate
+        assert network.norm.emits_rate and network.head.fc.neuron.takes_rate
+        assert getattr(network.head.global_pool.pool, "emits_rate", False) == (pool == "max")
     if blocks == 2:  # stage 1 linked to its reader, stage 2 (blocks analog) not
         assert network.layers[0].blocks[1].mlp.fc2.emits_rate and network.layers[1].downsample.norm.takes_rate
         assert not network.layers[1].downsample.reduction.emits_rate

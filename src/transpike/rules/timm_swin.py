@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..compensation import ExpectationCompensation
 from . import Link, Role, register
 from .timm_twins import SoftmaxHeads
-from .timm_vit import _attention_links, _feeds
+from .timm_vit import _attention_links, _chain, _feeds
 
 
 class ExplicitWindowAttention(SoftmaxHeads):
@@ -107,9 +107,27 @@ def _reader_after(swin: SwinTransformer, index: int) -> str | None:
     return "norm" if not isinstance(swin.norm, nn.Identity) else None
 
 
+def _head_links(swin: SwinTransformer) -> list[Link]:
+    """The final norm feeds only the head: its classifier through an average pool (linear), or the
+    max pool's EC module, which feeds the classifier; the head as a whole when ``blocks=k`` leaves
+    it analog. None without a classifier (the output is then the norm's)."""
+    head = swin.head
+    if isinstance(swin.norm, nn.Identity) or isinstance(getattr(head, "fc", None), nn.Identity):
+        return []
+    if isinstance(head, ExpectationCompensation):
+        return [("norm", ("head",))]
+    if isinstance(head.global_pool.pool, ExpectationCompensation):
+        return _chain("norm", "head.global_pool.pool", "head.fc")
+    return [("norm", ("head.fc",))]
+
+
+def _model_links(swin: SwinTransformer) -> list[Link]:
+    return _stream_links(swin) + _head_links(swin)
+
+
 register(WindowAttention, Role.CONTAINER, twin=ExplicitWindowAttention)
 register(ExplicitWindowAttention, Role.CONTAINER, links=_attention_links)
 register(SwinTransformerBlock, Role.CONTAINER, links=_block_links)
-register(SwinTransformer, Role.CONTAINER, links=_stream_links)
+register(SwinTransformer, Role.CONTAINER, links=_model_links)
 register(SwinTransformerStage, Role.CONTAINER)
 register(PatchMerging, Role.CONTAINER, links=_merging_links)

@@ -305,14 +305,30 @@ def _stream_readers_after_blocks(vit: VisionTransformer, converted: int) -> list
     return heads if all(_present(getattr(vit, name)) for name in heads) else []
 
 
+def _head_links(vit: VisionTransformer) -> list[Link]:
+    """After the stream's reader: the final norm, a max pool's module and fc_norm, those present,
+    each feed only the next, and the last of them the heads (through token selection or average
+    pooling and head_drop, linear). None past an attention pool (its output is a sum) or when a
+    head is missing (the output is then theirs)."""
+    heads = [name for name in ("head", "head_dist") if hasattr(vit, name)]
+    if getattr(vit, "attn_pool", None) is not None or not all(_present(getattr(vit, n)) for n in heads):
+        return []
+    chain = [name for name in ("norm", "token_pool", "fc_norm") if _present(getattr(vit, name, None))]
+    return [*_chain(*chain), (chain[-1], tuple(heads))] if chain else []
+
+
+def _model_links(vit: VisionTransformer) -> list[Link]:
+    return _stream_links(vit) + _head_links(vit)
+
+
 register(Attention, Role.CONTAINER, twin=ExplicitAttention)
 register(DiffAttention, Role.CONTAINER, twin=ExplicitDiffAttention)
 for cls in (ExplicitAttention, ExplicitDiffAttention):
     register(cls, Role.CONTAINER, links=_attention_links)
 for cls in (VisionTransformer, Eva):  # a max or avg-max pool becomes a module
-    register(cls, Role.CONTAINER, twin=pool_twin, links=_stream_links)
+    register(cls, Role.CONTAINER, twin=pool_twin, links=_model_links)
 for cls in (PooledVisionTransformer, PooledEva, VisionTransformerDistilled):  # DeiT-distilled never pools
-    register(cls, Role.CONTAINER, links=_stream_links)
+    register(cls, Role.CONTAINER, links=_model_links)
 register(TokenPool, Role.NONLINEAR)
 register(Block, Role.CONTAINER, links=_block_links)
 register(ResPostBlock, Role.CONTAINER)  # its norms feed the residual stream: no links
