@@ -1,5 +1,6 @@
 """Swin Transformer (timm ``SwinTransformer``): window attention with a relative position bias,
-shifted windows with their mask, padding, patch merging."""
+shifted windows with their mask, padding, patch merging; and Swin V2 (``SwinTransformerV2``):
+cosine attention, a position-bias MLP, residual post-norm."""
 
 import copy
 
@@ -9,10 +10,11 @@ import torch
 from conftest import ann_output, assert_converges, relative_error
 
 import transpike
-from transpike import ConversionError, ConversionOptions, prepare
+from transpike import ConversionOptions, prepare
 from transpike.io import rebuild_ann
 from transpike.rates import link_rates
 from transpike.rules.timm_swin import ExplicitWindowAttention
+from transpike.rules.timm_swinv2 import ExplicitCosineWindowAttention
 
 # 40 px in patches of 4: a 10×10 grid in windows of 4, so stage 1 pads to 12×12 and shifts its
 # second block's windows (the mask), and patch merging pads the 5×5 grid of stage 2
@@ -140,9 +142,80 @@ def test_swin_blocks_convert_stage_by_stage(inputs):
         transpike.convert(model, calibration, blocks=5)
 
 
-def test_swin_v2_is_refused_by_name(inputs):
+SPEC_V2 = {
+    "timm": "swinv2_tiny_window8_256",
+    "kwargs": dict(img_size=40, window_size=4, embed_dim=24, depths=(2, 2), num_heads=(2, 4), num_classes=5),
+}
+
+
+def tiny_swin_v2() -> torch.nn.Module:
+    """A 2-stage Swin V2 at 40 px (padding, shifted windows, patch merging of an odd grid), its
+    residual post-norms at weight 1 (timm starts them at 0, which would hide every block)."""
     torch.manual_seed(0)
-    model = timm.create_model("swinv2_tiny_window8_256", img_size=32, window_size=4, embed_dim=24,
-                              depths=(2, 2), num_heads=(2, 4), num_classes=5)  # fmt: skip
-    with pytest.raises(ConversionError, match="SwinTransformerV2"):
-        transpike.convert(model, inputs[0][:, :, :32, :32])
+    model = timm.create_model(SPEC_V2["timm"], **SPEC_V2["kwargs"]).eval()
+    with torch.no_grad():
+        for stage in model.layers:
+            for block in stage.blocks:
+                block.norm1.weight.fill_(1.0)
+                block.norm2.weight.fill_(1.0)
+    return model
+
+
+def test_the_cosine_window_attention_twin_computes_what_timm_does(inputs):
+    model = tiny_swin_v2()
+    prepared = prepare(model, ConversionOptions())
+    assert sum(isinstance(m, ExplicitCosineWindowAttention) for m in prepared.modules()) == 4
+    with torch.no_grad():
+        assert torch.allclose(prepared(inputs[1]), model(inputs[1]), atol=1e-5)
+    assert type(model.layers[0].blocks[0].attn.cpb_mlp) is torch.nn.Sequential  # the user's model untouched
+
+
+@pytest.mark.parametrize("options", [{}, dict(neuron="burst", threshold="mse"), dict(method="sit")])
+def test_swin_v2_converges(options, inputs):
+    """Cosine attention (q and k normalized by EC modules before the product), the position-bias
+    MLP a constant, residual post-norm."""
+    calibration, x = inputs
+    model = tiny_swin_v2()
+    ref = ann_output(model, x)
+    snn = transpike.convert(model, calibration, **options)
+    report = snn.report()
+    assert report.counts()["mt+weight"] == 4 * 4 + 1 + 1 and report.counts()["mt×mt+product-ec"] == 4 * 2
+    assert [r.path for r in report.by_role("constant")] == [
+        f"layers.{s}.blocks.{b}.attn.cpb_mlp" for s in (0, 1) for b in (0, 1)
+    ]
+    assert {"layers.0.blocks.1.attn.q_norm", "layers.0.blocks.1.attn.k_norm"} <= {
+        r.path for r in report.by_role("ec")
+    }
+    y = snn.simulate(x, 32)
+    assert_converges(y, ref, 0.15)
+    if options.get("neuron") == "burst":
+        assert relative_error(y[-1], ref) < 0.005
+
+
+@pytest.mark.parametrize("blocks", [None, 1, 2, 3])
+def test_swin_v2_links_pass_rates_like_increments(blocks, inputs):
+    """Post-norm streams: the blocks' norms and patch merging's norm write them, qkv, fc1 and the
+    next reduction read them; the final norm hands the head its rate. Linked = unlinked."""
+    calibration, x = inputs
+    linked = transpike.convert(tiny_swin_v2().double(), calibration.double(), blocks=blocks)
+    network = linked.network
+    if blocks is None:
+        first, second = network.layers
+        assert first.blocks[1].norm2.emits_rate and first.blocks[1].mlp.fc1.neuron.takes_rate
+        assert second.downsample.reduction.neuron.takes_rate and second.downsample.norm.emits_rate
+        assert network.norm.emits_rate and network.head.fc.neuron.takes_rate
+    plain = copy.deepcopy(linked)
+    link_rates(plain.network, enabled=False)
+    assert torch.allclose(linked.simulate(x.double(), 6), plain.simulate(x.double(), 6), rtol=1e-9, atol=1e-9)
+    assert blocks == 0 or linked.state_bytes() < plain.state_bytes()
+
+
+def test_swin_v2_round_trip_and_accounting(tmp_path, inputs):
+    calibration, x = inputs
+    snn = transpike.convert(tiny_swin_v2(), calibration, model_spec=SPEC_V2)
+    loaded = transpike.load(transpike.save(snn, tmp_path / "swinv2.safetensors"))
+    assert torch.equal(loaded.simulate(x, 4), snn.simulate(x, 4))
+    with torch.no_grad():
+        assert torch.equal(rebuild_ann(loaded)(x), tiny_swin_v2()(x))
+    report = transpike.account(snn, x, 2)
+    assert not any("cpb_mlp" in row["path"] for row in report.layers + report.analog)

@@ -141,14 +141,14 @@ def prepare(model: nn.Module, options: ConversionOptions, analog: dict[str, str]
 
 def _block_paths(network: nn.Module) -> list[str]:
     """The Transformer blocks in forward order: the model's ``blocks`` sequence (ViT, Eva), or
-    each stage's in turn (``layers.<stage>.blocks``: Swin; ``stages.<stage>.blocks``: EdgeNeXt,
+    each stage's in turn (``layers.<stage>.blocks``: Swin, Swin V2; ``stages.<stage>.blocks``: EdgeNeXt,
     Next-ViT, whose blocks include their convolution blocks)."""
     if isinstance(getattr(network, "blocks", None), (nn.Sequential, nn.ModuleList)):
         return [f"blocks.{index}" for index in range(len(network.blocks))]
     for name in ("layers", "stages"):
         stages = getattr(network, name, None)
         if isinstance(stages, nn.Sequential) and all(
-            isinstance(getattr(stage, "blocks", None), nn.Sequential) for stage in stages
+            isinstance(getattr(stage, "blocks", None), (nn.Sequential, nn.ModuleList)) for stage in stages
         ):
             return [
                 f"{name}.{s}.blocks.{b}" for s, stage in enumerate(stages) for b, _ in enumerate(stage.blocks)
@@ -346,6 +346,8 @@ def _to_spiking(
             dim = module.dim if module.dim is not None else -1
             module = SpikingSoftmax(dim, options.sit_steps, options.sit_mode, options.sit_norm_spikes)
         return ExpectationCompensation(module, compensated=options.compensation)
+    if rule is not None and rule.role in (Role.PASSTHROUGH, Role.CONSTANT):
+        return module  # kept as it is, whatever it holds (Swin V2's position-bias MLP has a ReLU)
     for name, child in list(module.named_children()):
         setattr(module, name, _to_spiking(child, options, source, _join(path, name)))
     return module

@@ -14,8 +14,8 @@ instead). Roles:
   CNN stem, whose later layers are converted like any others.
 - ``PASSTHROUGH``: linear and stateless in eval mode (Identity, Dropout, LayerScale); kept as is.
 - ``CONSTANT``: its output does not depend on the model input (EdgeNeXt's Fourier position
-  encoding, a function of the grid's size): kept as is, the same at every step, which is its own
-  rate. Its work is counted neither for the ANN nor for the SNN (computed once for an input size).
+  encoding, a function of the grid's size; Swin V2's position-bias MLP): kept as is, whatever it
+  holds, the same at every step, which is its own rate. Its work is counted neither for the ANN nor for the SNN (computed once for an input size).
 - ``WEIGHT``: a weight layer (Linear, Conv); an MT neuron is placed before it.
 - ``NONLINEAR``: becomes EC(F). A subclass of a registered nonlinear type is accepted too, since EC
   only calls the module's own forward.
@@ -106,4 +106,4 @@ def rule_for(module: nn.Module) -> Rule | None:
     return None
 
 
-from . import timm_cnn, timm_edgenext, timm_nextvit, timm_swin, timm_vit, torch_nn  # noqa: E402, F401  (registers the built-in rules)
+from . import timm_cnn, timm_edgenext, timm_nextvit, timm_swin, timm_swinv2, timm_vit, torch_nn  # noqa: E402, F401  (registers the built-in rules)

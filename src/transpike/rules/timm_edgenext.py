@@ -16,7 +16,6 @@ image at every step, as a ViT's patch embedding does. Every converted module pas
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from timm.layers import NormMlpClassifierHead
 from timm.models.edgenext import (
     ConvBlock,
@@ -31,21 +30,7 @@ from torch import Tensor, nn
 from ..sites import Product
 from . import Role, register
 from .links import whole_network
-
-
-class L2Normalize(nn.Module):
-    """x / max(‖x‖₂, ε) along ``dim`` (``torch.nn.functional.normalize``), as a module so that it
-    can become an EC module."""
-
-    def __init__(self, dim: int = -1, eps: float = 1e-12) -> None:
-        super().__init__()
-        self.dim, self.eps = dim, eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(x, dim=self.dim, eps=self.eps)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"
+from .timm_twins import L2Normalize
 
 
 class ExplicitCrossCovarianceAttn(nn.Module):
@@ -75,7 +60,6 @@ class ExplicitCrossCovarianceAttn(nn.Module):
 
 
 register(CrossCovarianceAttn, Role.CONTAINER, twin=ExplicitCrossCovarianceAttn)
-register(L2Normalize, Role.NONLINEAR)
 register(PositionalEncodingFourier, Role.CONSTANT)  # a function of the grid's size
 register(EdgeNeXt, Role.INPUT, links=whole_network)  # the stem's convolution reads the image
 for cls in (

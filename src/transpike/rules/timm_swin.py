@@ -8,11 +8,12 @@ is what converts in a ViT: Q·Kᵀ and attn·V with MT neurons on both operands 
 softmax and the LayerNorms (also patch merging's) as EC modules, and an MT neuron before every
 Linear (qkv, proj, the MLP, patch merging's reduction, the head). Patch merging's regrouping of
 2×2 tokens and the head's average pool are linear. The patch embedding sees the image at every
-step, as in a ViT. Swin V2 (cosine attention, a position-bias MLP) has other classes and stays
-refused by name.
+step, as in a ViT. Swin V2 has rules of its own (:mod:`.timm_swinv2`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from timm.models.swin_transformer import (
     PatchMerging,
@@ -27,6 +28,13 @@ from ..compensation import ExpectationCompensation
 from . import Link, Role, register
 from .timm_twins import SoftmaxHeads
 from .timm_vit import _attention_links, _chain, _feeds
+
+
+def with_mask(bias: Tensor, mask: Tensor | None, batch: int) -> Tensor:
+    """The scores' constant ``bias`` [heads, tokens, tokens] plus a shifted window's ``mask``
+    [windows, tokens, tokens] (0 or -100), for ``batch`` windows: they come batch-major out of the
+    partition (window = index % windows)."""
+    return bias if mask is None else bias + mask.repeat(batch // mask.shape[0], 1, 1).unsqueeze(1)
 
 
 class ExplicitWindowAttention(SoftmaxHeads):
@@ -48,9 +56,7 @@ class ExplicitWindowAttention(SoftmaxHeads):
         batch, tokens, _ = x.shape
         q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         bias = WindowAttention._get_rel_pos_bias(self)  # [1, heads, tokens, tokens], from the table
-        if mask is not None:  # windows come batch-major out of the partition: window = index % windows
-            bias = bias + mask.repeat(batch // mask.shape[0], 1, 1).unsqueeze(1)
-        out = self.heads(q, k, v, bias).transpose(1, 2).reshape(batch, tokens, -1)
+        out = self.heads(q, k, v, with_mask(bias, mask, batch)).transpose(1, 2).reshape(batch, tokens, -1)
         return self.proj_drop(self.proj(out))
 
 
@@ -60,50 +66,66 @@ def _block_links(block: SwinTransformerBlock) -> list[Link]:
     return [("norm1", ("attn.qkv",)), *_feeds("norm2", "mlp", block.mlp)]
 
 
-def _stream_links(swin: SwinTransformer) -> list[Link]:
-    """Each stage's residual stream: its blocks add their attention's and MLP's projections to it
-    (through window reverse, roll and DropPath, linear) and only their norms read it, then the
-    next stage's patch merging norm (through padding and the 2×2 regrouping) or the final norm.
-    Patch merging's reduction writes the stream of a later stage; the first stage's comes from the
-    patch embedding, the same at every step: its own rate. Only stages whose blocks are all
-    converted link, up to the first module left analog by ``blocks=k``, which reads rates."""
+def _merging_links(merging: PatchMerging) -> list[Link]:
+    """PatchMerging.forward: padding and the 2×2 regrouping, then norm feeds only the reduction."""
+    return [("norm", ("reduction",))]
+
+
+@dataclass(frozen=True)
+class StreamEnds:
+    """Where a Swin family's residual stream is written and read: in each block (paths inside
+    it) and in patch merging (which writes the next stage's stream from what it reads)."""
+
+    merging: type
+    block_writers: tuple[str, ...]
+    block_readers: tuple[str, ...]
+    merging_writer: str
+    merging_reader: str
+
+
+#: pre-norm Swin: the attention's and the MLP's projections write, the norms read; patch merging
+#: normalizes, then reduces
+PRE_NORM = StreamEnds(PatchMerging, ("attn.proj", "mlp.fc2"), ("norm1", "norm2"), "reduction", "norm")
+
+
+def stage_streams(swin: nn.Module, ends: StreamEnds = PRE_NORM) -> list[Link]:
+    """Each stage's residual stream: its blocks write it (through window reverse, roll and
+    DropPath, linear) and read it, then the next stage's patch merging reads it (through padding
+    and the 2×2 regrouping), or the final norm. Patch merging writes the stream of a later stage;
+    the first stage's comes from the patch embedding, the same at every step: its own rate. Only
+    stages whose blocks are all converted link, up to the first module left analog by
+    ``blocks=k``, which reads rates."""
     links: list[Link] = []
     for index, stage in enumerate(swin.layers):
         downsample = getattr(stage, "downsample", None)  # None: the whole stage is left analog
         if downsample is None or any(isinstance(block, ExpectationCompensation) for block in stage.blocks):
             break
-        if isinstance(downsample, PatchMerging):
-            producers = [f"layers.{index}.downsample.reduction"]
+        if isinstance(downsample, ends.merging):
+            producers = [f"layers.{index}.downsample.{ends.merging_writer}"]
         elif index == 0:
             producers = []
         else:
             break  # a stage without patch merging continues the previous stream: not linked
         readers = []
         for number in range(len(stage.blocks)):
-            block = f"layers.{index}.blocks.{number}"
-            producers += [f"{block}.attn.proj", f"{block}.mlp.fc2"]
-            readers += [f"{block}.norm1", f"{block}.norm2"]
-        after = _reader_after(swin, index)
+            producers += [f"layers.{index}.blocks.{number}.{path}" for path in ends.block_writers]
+            readers += [f"layers.{index}.blocks.{number}.{path}" for path in ends.block_readers]
+        after = _reader_after(swin, index, ends)
         if after is None:
             break
         links.append((tuple(producers), (*readers, after)))
     return links
 
 
-def _merging_links(merging: PatchMerging) -> list[Link]:
-    """PatchMerging.forward: padding and the 2×2 regrouping, then norm feeds only the reduction."""
-    return [("norm", ("reduction",))]
-
-
-def _reader_after(swin: SwinTransformer, index: int) -> str | None:
-    """Who reads stage ``index``'s stream after its blocks: the next stage's patch merging norm
-    (the next stage itself when it is left analog), else the final norm; None when neither."""
+def _reader_after(swin: nn.Module, index: int, ends: StreamEnds) -> str | None:
+    """Who reads stage ``index``'s stream after its blocks: the next stage's patch merging (the
+    next stage itself when it is left analog), else the final norm; None when neither."""
     if index + 1 < len(swin.layers):
         following = swin.layers[index + 1]
         if isinstance(following, ExpectationCompensation):
             return f"layers.{index + 1}"
-        merging = isinstance(following.downsample, PatchMerging)
-        return f"layers.{index + 1}.downsample.norm" if merging else None
+        merging = isinstance(following.downsample, ends.merging)
+        return f"layers.{index + 1}.downsample.{ends.merging_reader}" if merging else None
     return "norm" if not isinstance(swin.norm, nn.Identity) else None
 
 
@@ -122,7 +144,7 @@ def _head_links(swin: SwinTransformer) -> list[Link]:
 
 
 def _model_links(swin: SwinTransformer) -> list[Link]:
-    return _stream_links(swin) + _head_links(swin)
+    return stage_streams(swin) + _head_links(swin)
 
 
 register(WindowAttention, Role.CONTAINER, twin=ExplicitWindowAttention)

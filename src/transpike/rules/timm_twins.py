@@ -12,6 +12,7 @@ converted network's keys are the ANN's (save/load, ``rebuild_ann``).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.layers import (
     AttentionPoolLatent,
     AttentionPoolPrr,
@@ -35,6 +36,21 @@ def _refuse_mask(attn_mask: Tensor | None, is_causal: bool = False) -> None:
         raise ValueError("attention masks are not supported by the converted attention")
 
 
+class L2Normalize(nn.Module):
+    """x / max(‖x‖₂, ε) along ``dim`` (``torch.nn.functional.normalize``), as a module so that it
+    can become an EC module (cosine attention: EdgeNeXt's, Swin V2's)."""
+
+    def __init__(self, dim: int = -1, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.dim, self.eps = dim, eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=self.dim, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
 class SoftmaxHeads(nn.Module):
     """Attention of q, k, v per head, with Q·Kᵀ, the softmax and attn·V as modules.
 
@@ -50,7 +66,7 @@ class SoftmaxHeads(nn.Module):
         self.k_norm = getattr(source, "k_norm", nn.Identity())
         # Operands are [B, heads, tokens, head_dim] (q, v), [B, heads, head_dim, tokens] (kᵀ) and
         # [B, heads, tokens, tokens] (attn); per-channel thresholds are per (head, head_dim) or per head.
-        self.qk = Product("matmul", source.scale, channels_a=(-3, -1), channels_b=(-3, -2))
+        self.qk = Product("matmul", getattr(source, "scale", 1.0), channels_a=(-3, -1), channels_b=(-3, -2))
         self.softmax = nn.Softmax(dim=-1)
         self.attn_drop = getattr(source, "attn_drop", nn.Identity())
         self.av = Product("matmul", 1.0, channels_a=(-3,), channels_b=(-3, -1))

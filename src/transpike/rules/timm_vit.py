@@ -72,6 +72,7 @@ from .timm_twins import (
     ExplicitParallelBlock,
     ExplicitPrrPool,
     ExplicitRopeAttention,
+    L2Normalize,
     PooledEva,
     PooledVisionTransformer,
     TokenPool,
@@ -329,7 +330,8 @@ for cls in (VisionTransformer, Eva):  # a max or avg-max pool becomes a module
     register(cls, Role.CONTAINER, twin=pool_twin, links=_model_links)
 for cls in (PooledVisionTransformer, PooledEva, VisionTransformerDistilled):  # DeiT-distilled never pools
     register(cls, Role.CONTAINER, links=_model_links)
-register(TokenPool, Role.NONLINEAR)
+for cls in (TokenPool, L2Normalize):
+    register(cls, Role.NONLINEAR)
 register(Block, Role.CONTAINER, links=_block_links)
 register(ResPostBlock, Role.CONTAINER)  # its norms feed the residual stream: no links
 for cls in (ParallelScalingBlock, DiffParallelScalingBlock):
