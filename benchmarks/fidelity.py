@@ -10,7 +10,8 @@ the largest number of spikes one neuron emits in one step, since equal T is not 
         [--model-kwargs '{"ls_init_value": 1.0}']
 
 Models whose constructor takes no ``img_size`` (convolutional hybrids: EdgeNeXt, Next-ViT) run at
-any size without it.
+any size without it. Norms that timm initializes with zero weights (Swin V2's residual post-norms,
+which make every block the identity until trained) start at weight 1 instead.
 """
 
 from __future__ import annotations
@@ -43,11 +44,16 @@ CONFIGS = {
 
 def create(name: str, img_size: int, kwargs: dict) -> torch.nn.Module:
     """timm's random-init model for img_size: ViTs take the size as an argument, hybrids of
-    convolutions and attention (EdgeNeXt, Next-ViT) any size as it is."""
+    convolutions and attention (EdgeNeXt, Next-ViT) any size as it is; zero-weight norms at 1."""
     try:
-        return timm.create_model(name, img_size=img_size, **kwargs).eval()
+        model = timm.create_model(name, img_size=img_size, **kwargs).eval()
     except TypeError:
-        return timm.create_model(name, **kwargs).eval()
+        model = timm.create_model(name, **kwargs).eval()
+    with torch.no_grad():
+        for norm in (m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)):
+            if norm.weight is not None and not norm.weight.any():
+                norm.weight.fill_(1.0)
+    return model
 
 
 def main() -> None:
