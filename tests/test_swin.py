@@ -29,6 +29,25 @@ def tiny_swin(**kwargs) -> torch.nn.Module:
     return timm.create_model(SPEC["timm"], **{**SWIN, **kwargs}).eval()
 
 
+SPEC_V2 = {
+    "timm": "swinv2_tiny_window8_256",
+    "kwargs": dict(img_size=40, window_size=4, embed_dim=24, depths=(2, 2), num_heads=(2, 4), num_classes=5),
+}
+
+
+def tiny_swin_v2() -> torch.nn.Module:
+    """A 2-stage Swin V2 at 40 px (padding, shifted windows, patch merging of an odd grid), its
+    residual post-norms at weight 1 (timm starts them at 0, which would hide every block)."""
+    torch.manual_seed(0)
+    model = timm.create_model(SPEC_V2["timm"], **SPEC_V2["kwargs"]).eval()
+    with torch.no_grad():
+        for stage in model.layers:
+            for block in stage.blocks:
+                block.norm1.weight.fill_(1.0)
+                block.norm2.weight.fill_(1.0)
+    return model
+
+
 @pytest.fixture
 def inputs() -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(5)
@@ -105,19 +124,23 @@ def test_swin_links_pass_rates_like_increments(blocks, pool, inputs):
     assert torch.allclose(linked.simulate(x.double(), 6), plain.simulate(x.double(), 6), rtol=1e-9, atol=1e-9)
 
 
-def test_swin_round_trip_and_accounting(tmp_path, inputs):
+@pytest.mark.parametrize("version", [1, 2])
+def test_swin_round_trip_and_accounting(version, tmp_path, inputs):
     calibration, x = inputs
-    snn = transpike.convert(tiny_swin(), calibration, model_spec=SPEC)
+    build, spec = (tiny_swin, SPEC) if version == 1 else (tiny_swin_v2, SPEC_V2)
+    snn = transpike.convert(build(), calibration, model_spec=spec)
     loaded = transpike.load(transpike.save(snn, tmp_path / "swin.safetensors"))
     assert torch.equal(loaded.simulate(x, 4), snn.simulate(x, 4))
     with torch.no_grad():
-        assert torch.equal(rebuild_ann(loaded)(x), tiny_swin()(x))
+        assert torch.equal(rebuild_ann(loaded)(x), build()(x))
     report = transpike.account(snn, x, 3)
     products = [row["path"] for row in report.layers if row["kind"] == "product"]
     assert products == [
         f"layers.{s}.blocks.{b}.attn.{p}" for s in (0, 1) for b in (0, 1) for p in ("qk", "av")
     ]
     assert all(row["snn_acs"][0] > 0 for row in report.layers)
+    # V2's position-bias MLP is a constant: counted nowhere
+    assert not any("cpb_mlp" in row["path"] for row in report.layers + report.analog)
 
 
 def test_swin_blocks_convert_stage_by_stage(inputs):
@@ -140,25 +163,6 @@ def test_swin_blocks_convert_stage_by_stage(inputs):
         assert relative_error(y[-1], ref) < (1e-5 if k == 0 else 0.002)
     with pytest.raises(ValueError, match="blocks=5: the model has only 4 blocks"):
         transpike.convert(model, calibration, blocks=5)
-
-
-SPEC_V2 = {
-    "timm": "swinv2_tiny_window8_256",
-    "kwargs": dict(img_size=40, window_size=4, embed_dim=24, depths=(2, 2), num_heads=(2, 4), num_classes=5),
-}
-
-
-def tiny_swin_v2() -> torch.nn.Module:
-    """A 2-stage Swin V2 at 40 px (padding, shifted windows, patch merging of an odd grid), its
-    residual post-norms at weight 1 (timm starts them at 0, which would hide every block)."""
-    torch.manual_seed(0)
-    model = timm.create_model(SPEC_V2["timm"], **SPEC_V2["kwargs"]).eval()
-    with torch.no_grad():
-        for stage in model.layers:
-            for block in stage.blocks:
-                block.norm1.weight.fill_(1.0)
-                block.norm2.weight.fill_(1.0)
-    return model
 
 
 def test_the_cosine_window_attention_twin_computes_what_timm_does(inputs):
@@ -208,14 +212,3 @@ def test_swin_v2_links_pass_rates_like_increments(blocks, inputs):
     link_rates(plain.network, enabled=False)
     assert torch.allclose(linked.simulate(x.double(), 6), plain.simulate(x.double(), 6), rtol=1e-9, atol=1e-9)
     assert blocks == 0 or linked.state_bytes() < plain.state_bytes()
-
-
-def test_swin_v2_round_trip_and_accounting(tmp_path, inputs):
-    calibration, x = inputs
-    snn = transpike.convert(tiny_swin_v2(), calibration, model_spec=SPEC_V2)
-    loaded = transpike.load(transpike.save(snn, tmp_path / "swinv2.safetensors"))
-    assert torch.equal(loaded.simulate(x, 4), snn.simulate(x, 4))
-    with torch.no_grad():
-        assert torch.equal(rebuild_ann(loaded)(x), tiny_swin_v2()(x))
-    report = transpike.account(snn, x, 2)
-    assert not any("cpb_mlp" in row["path"] for row in report.layers + report.analog)
