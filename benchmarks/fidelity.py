@@ -39,6 +39,7 @@ CONFIGS = {
     "burst+mse": dict(neuron="burst", threshold="mse"),
     "sit": dict(method="sit"),
     "sit+burst+mse": dict(method="sit", neuron="burst", threshold="mse"),
+    "sit28+burst+mse": dict(method="sit", neuron="burst", threshold="mse", sit_steps=28),
 }
 
 
