@@ -9,6 +9,9 @@ memory is the growth of PyTorch's peak GPU allocation instead.
     python benchmarks/speed.py [--models vit_tiny_patch16_224 vit_small_patch16_224] [--batch 8]
                                [--device cpu|cuda] [--fuse] [--graphs]
 
+Each model runs at its own input size (timm's ``pretrained_cfg``): 224 px for most, 256 px for
+SwinV2-T and EdgeNeXt.
+
 ``--fuse`` runs the network with :meth:`transpike.SpikingModel.fuse` (each neuron's step compiled
 into one kernel); the compilation happens in the two untimed warm-up steps. ``--graphs`` (a GPU
 only) replays each step as a CUDA graph (:meth:`transpike.SpikingModel.graph`), captured in an
@@ -40,7 +43,8 @@ def build_ann(name: str, batch: int, device: str) -> tuple[torch.nn.Module, torc
     torch.manual_seed(0)
     model = timm.create_model(name).eval().to(device)
     gen = torch.Generator().manual_seed(1)
-    return model, torch.randn(batch, 3, 224, 224, generator=gen).to(device)
+    shape = model.pretrained_cfg.get("input_size", (3, 224, 224))  # the model's own size: 256 for SwinV2-T
+    return model, torch.randn(batch, *shape, generator=gen).to(device)
 
 
 def build(
@@ -99,6 +103,7 @@ def speed(name: str, batch: int, repeats: int, options: dict, device: str, fuse:
         ]
     ann, step, other = zip(*runs, strict=True)
     row = dict(
+        img_size=x.shape[-1],
         ann_ms=statistics.median(ann) * 1e3,
         step_ms=statistics.median(step) * 1e3,
         ratio=statistics.median(s / a for a, s, _ in runs),
@@ -179,14 +184,15 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=1))
     third = "ANN forward as a CUDA graph" if args.graphs else "step with spike monitor / step"
     print(
-        f"\n| model (batch {args.batch}, 224 px) | ANN forward | SNN step | step / ANN (median of pairs) "
+        f"\n| model (batch {args.batch}) | ANN forward | SNN step | step / ANN (median of pairs) "
         f"| {third} | peak memory growth: ANN forward | simulate T={args.steps} | SNN state |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         other = f"{r['ann_graph_ms']:.1f} ms" if args.graphs else f"{r['monitored_over_step']:.2f}x"
         print(
-            f"| {r['model']} | {r['ann_ms']:.1f} ms | {r['step_ms']:.1f} ms | {r['ratio']:.2f}x | {other} | "
+            f"| {r['model']} at {r['img_size']} px | {r['ann_ms']:.1f} ms | {r['step_ms']:.1f} ms "
+            f"| {r['ratio']:.2f}x | {other} | "
             f"+{r['ann_peak_mib']:.0f} MiB | +{r['simulate_peak_mib']:.0f} MiB | {r['state_mib']:.0f} MiB |"
         )
 
