@@ -15,7 +15,8 @@ instead). Roles:
 - ``PASSTHROUGH``: linear and stateless in eval mode (Identity, Dropout, LayerScale); kept as is.
 - ``CONSTANT``: its output does not depend on the model input (EdgeNeXt's Fourier position
   encoding, a function of the grid's size; Swin V2's position-bias MLP): kept as is, whatever it
-  holds, the same at every step, which is its own rate. Its work is counted neither for the ANN nor for the SNN (computed once for an input size).
+  holds, the same at every step, which is its own rate. Its work is counted neither for the ANN
+  nor for the SNN (computed once for an input size).
 - ``WEIGHT``: a weight layer (Linear, Conv); an MT neuron is placed before it.
 - ``NONLINEAR``: becomes EC(F). A subclass of a registered nonlinear type is accepted too, since EC
   only calls the module's own forward.
