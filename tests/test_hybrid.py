@@ -15,7 +15,7 @@ from timm.models.vision_transformer_hybrid import ConvStem
 from torch import nn
 
 import transpike
-from transpike import ConversionOptions, prepare
+from transpike import ConversionOptions, ExpectationCompensation, SpikingLayer, prepare
 from transpike.io import rebuild_ann
 from transpike.rates import link_rates
 from transpike.rules.timm_cnn import plain_convolution
@@ -83,16 +83,21 @@ def test_hybrid_converges_with_only_the_first_convolution_direct(backbone, input
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_hybrid_hands_its_projection_rate_to_the_stream(backbone, inputs):
     """With a projection, the embedding writes the residual stream with the blocks: its rate joins
-    theirs (a per-step increment there would be read as a rate); linked = unlinked outputs."""
+    theirs (a per-step increment there would be read as a rate), and every converted module of the
+    stem passes rates to the next; linked = unlinked outputs, with less state."""
     calibration, x = inputs
     linked = transpike.convert(hybrid(backbone).double(), calibration.double())
     plain = copy.deepcopy(linked)
     link_rates(plain.network, enabled=False)
-    projection = getattr(linked.network.patch_embed, "proj", None)
-    assert linked.network.blocks[0].norm1.takes_rate == (backbone != "conv-stem")
-    if backbone != "conv-stem":
-        assert projection.emits_rate
+    embed = linked.network.patch_embed
+    projected = backbone != "conv-stem"
+    assert linked.network.blocks[0].norm1.takes_rate == projected
+    if projected:
+        assert embed.proj.emits_rate and embed.proj.neuron.takes_rate
+    stem = [m for m in embed.backbone.modules() if isinstance(m, (SpikingLayer, ExpectationCompensation))]
+    assert len(stem) >= 4 and all(m.emits_rate == projected for m in stem)
     assert torch.allclose(linked.simulate(x.double(), 8), plain.simulate(x.double(), 8), rtol=1e-9, atol=1e-9)
+    assert linked.state_bytes() < plain.state_bytes()
 
 
 @pytest.mark.parametrize("cls, stride", [(StdConv2d, 1), (StdConv2dSame, 2)])

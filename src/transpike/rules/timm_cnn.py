@@ -6,7 +6,8 @@ The hybrid embedding reads the image: its first convolution sees it at every ste
 as the plain patch embedding's projection does) and every later convolution gets an MT neuron,
 like any weight layer. Norm-and-activation layers, max pools and avg-max pools become EC modules;
 BatchNorm in evaluation and average pools are affine and stay; residual sums, downsampling
-branches and feature selection are linear, so the blocks and networks are containers.
+branches and feature selection are linear, so the blocks and networks are containers, and every
+converted module of the stem passes rates (:mod:`transpike.rules.links`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from timm.models._features import FeatureListNet
 from timm.models.vision_transformer_hybrid import ConvStem
 from torch import nn
 
-from . import Role, register
+from ..synapses import SpikingLayer
+from . import Link, Role, register
+from .links import link_all
 
 
 def plain_convolution(conv: StdConv2d | StdConv2dSame) -> nn.Conv2d:
@@ -66,7 +69,14 @@ def plain_convolution(conv: StdConv2d | StdConv2dSame) -> nn.Conv2d:
     return plain
 
 
-register(HybridEmbed, Role.INPUT)
+def _embed_links(embed: HybridEmbed) -> list[Link]:
+    """Inside the stem every converted module passes rates (:func:`~transpike.rules.links.link_all`),
+    up to the patch projection, which hands the ViT's residual stream its own. None when the stem's
+    last convolution is the projection (``proj=False``, ``vit_base_mci``): its output is the stream."""
+    return link_all(embed, "proj") if isinstance(embed.proj, SpikingLayer) else []
+
+
+register(HybridEmbed, Role.INPUT, links=_embed_links)
 for cls in (StdConv2d, StdConv2dSame):
     register(cls, Role.WEIGHT, channel_dims=(-3,), plain=plain_convolution)
 register(Conv2dSame, Role.WEIGHT, channel_dims=(-3,))  # pads for TensorFlow's "SAME" in forward
