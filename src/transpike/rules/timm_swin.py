@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..compensation import ExpectationCompensation
 from . import Link, Role, register
 from .timm_twins import SoftmaxHeads
-from .timm_vit import _attention_links, _chain, _feeds
+from .timm_vit import attention_links, chain, feeds
 
 
 def with_mask(bias: Tensor, mask: Tensor | None, batch: int) -> Tensor:
@@ -63,7 +63,7 @@ class ExplicitWindowAttention(SoftmaxHeads):
 def _block_links(block: SwinTransformerBlock) -> list[Link]:
     """SwinTransformerBlock.forward: norm1 feeds only qkv (through shift, padding and windows),
     norm2 only the MLP's input layers."""
-    return [("norm1", ("attn.qkv",)), *_feeds("norm2", "mlp", block.mlp)]
+    return [("norm1", ("attn.qkv",)), *feeds("norm2", "mlp", block.mlp)]
 
 
 def _merging_links(merging: PatchMerging) -> list[Link]:
@@ -139,7 +139,7 @@ def _head_links(swin: SwinTransformer) -> list[Link]:
     if isinstance(head, ExpectationCompensation):
         return [("norm", ("head",))]
     if isinstance(head.global_pool.pool, ExpectationCompensation):
-        return _chain("norm", "head.global_pool.pool", "head.fc")
+        return chain("norm", "head.global_pool.pool", "head.fc")
     return [("norm", ("head.fc",))]
 
 
@@ -148,7 +148,7 @@ def _model_links(swin: SwinTransformer) -> list[Link]:
 
 
 register(WindowAttention, Role.CONTAINER, twin=ExplicitWindowAttention)
-register(ExplicitWindowAttention, Role.CONTAINER, links=_attention_links)
+register(ExplicitWindowAttention, Role.CONTAINER, links=attention_links)
 register(SwinTransformerBlock, Role.CONTAINER, links=_block_links)
 register(SwinTransformer, Role.CONTAINER, links=_model_links)
 register(SwinTransformerStage, Role.CONTAINER)

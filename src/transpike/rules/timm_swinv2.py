@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from . import Link, Role, register
 from .timm_swin import StreamEnds, _head_links, stage_streams, with_mask
 from .timm_twins import L2Normalize, SoftmaxHeads
-from .timm_vit import _attention_links
+from .timm_vit import attention_links
 
 
 class ConstantMlp(nn.Sequential):
@@ -96,7 +96,7 @@ def _model_links(swin: SwinTransformerV2) -> list[Link]:
 
 
 register(WindowAttention, Role.CONTAINER, twin=ExplicitCosineWindowAttention)
-register(ExplicitCosineWindowAttention, Role.CONTAINER, links=_attention_links)
+register(ExplicitCosineWindowAttention, Role.CONTAINER, links=attention_links)
 register(ConstantMlp, Role.CONSTANT)
 register(SwinTransformerV2Block, Role.CONTAINER, links=_block_links)
 register(PatchMerging, Role.CONTAINER, links=_merging_links)

@@ -103,7 +103,7 @@ def _paths(producer: str | tuple[str, ...]) -> tuple[str, ...]:
     return (producer,) if isinstance(producer, str) else producer
 
 
-def _chain(*paths: str) -> list[Link]:
+def chain(*paths: str) -> list[Link]:
     """Each of ``paths`` feeds only the next one."""
     return [(producer, (reader,)) for producer, reader in itertools.pairwise(paths)]
 
@@ -126,10 +126,10 @@ def _heads_output(attn: nn.Module) -> str:
 
 def _heads_links(attn: nn.Module) -> list[Link]:
     """Inside :meth:`SoftmaxHeads.heads`: the score links, and attn·V into the sub-norm."""
-    return _SCORE_LINKS + (_chain("av", "sub_norm") if attn.differential else [])
+    return _SCORE_LINKS + (chain("av", "sub_norm") if attn.differential else [])
 
 
-def _attention_links(attn: ExplicitAttention) -> list[Link]:
+def attention_links(attn: ExplicitAttention) -> list[Link]:
     """Where each output goes in :meth:`ExplicitAttention.forward` (attn_drop, proj_drop and the
     reshapes are linear): q, k and v from qkv, through q_norm and k_norm when present; the heads;
     their output through norm (and the gate) to the projection."""
@@ -140,7 +140,7 @@ def _attention_links(attn: ExplicitAttention) -> list[Link]:
     else:  # EVA-02's three projections
         links = [("q_proj", (q,)), ("k_proj", (k,)), ("v_proj", ("av.neuron_b",))]
     links += _heads_links(attn)
-    links += _chain(_heads_output(attn), *(["norm"] if _present(attn.norm) else []), to_proj)
+    links += chain(_heads_output(attn), *(["norm"] if _present(attn.norm) else []), to_proj)
     if attn.gate is not None:
         links += [("gate", ("gate_act",)), ("gate_act", ("gating.neuron_b",)), ("gating", ("proj",))]
     return _existing(attn, links)
@@ -167,7 +167,7 @@ def _mlp_inputs(mlp: nn.Module) -> tuple[str, ...] | None:
     return mlp.input_layers if isinstance(mlp, ExplicitGluMlp) else None
 
 
-def _feeds(norm: str, path: str, module: nn.Module) -> list[Link]:
+def feeds(norm: str, path: str, module: nn.Module) -> list[Link]:
     """``norm`` feeds only the input layers of the attention or MLP at ``path``."""
     inputs = module.input_layers if isinstance(module, ExplicitAttention) else _mlp_inputs(module)
     return [(norm, tuple(f"{path}.{name}" for name in inputs))] if inputs else []
@@ -175,7 +175,7 @@ def _feeds(norm: str, path: str, module: nn.Module) -> list[Link]:
 
 def _block_links(block: Block) -> list[Link]:
     """Block.forward: norm1 feeds only the attention's input layers, norm2 only the MLP's."""
-    return _feeds("norm1", "attn", block.attn) + _feeds("norm2", "mlp", block.mlp)
+    return feeds("norm1", "attn", block.attn) + feeds("norm2", "mlp", block.mlp)
 
 
 def _parallel_things_links(block: ParallelThingsBlock) -> list[Link]:
@@ -183,14 +183,14 @@ def _parallel_things_links(block: ParallelThingsBlock) -> list[Link]:
     the norm feeds only the attention's or the MLP's input layers."""
     links = []
     for index, (attn, ffn) in enumerate(zip(block.attns, block.ffns, strict=True)):
-        links += _feeds(f"attns.{index}.norm", f"attns.{index}.attn", attn.attn)
-        links += _feeds(f"ffns.{index}.norm", f"ffns.{index}.mlp", ffn.mlp)
+        links += feeds(f"attns.{index}.norm", f"attns.{index}.attn", attn.attn)
+        links += feeds(f"ffns.{index}.norm", f"ffns.{index}.mlp", ffn.mlp)
     return links
 
 
 def _to_fc2(mlp: nn.Module, producer: str) -> list[Link]:
     """From ``producer`` through the MLP's norm (when present) to fc2."""
-    return _chain(producer, *(["norm"] if _present(mlp.norm) else []), "fc2")
+    return chain(producer, *(["norm"] if _present(mlp.norm) else []), "fc2")
 
 
 def _mlp_links(mlp: Mlp) -> list[Link]:
@@ -314,8 +314,8 @@ def _head_links(vit: VisionTransformer) -> list[Link]:
     heads = [name for name in ("head", "head_dist") if hasattr(vit, name)]
     if getattr(vit, "attn_pool", None) is not None or not all(_present(getattr(vit, n)) for n in heads):
         return []
-    chain = [name for name in ("norm", "token_pool", "fc_norm") if _present(getattr(vit, name, None))]
-    return [*_chain(*chain), (chain[-1], tuple(heads))] if chain else []
+    order = [name for name in ("norm", "token_pool", "fc_norm") if _present(getattr(vit, name, None))]
+    return [*chain(*order), (order[-1], tuple(heads))] if order else []
 
 
 def _model_links(vit: VisionTransformer) -> list[Link]:
@@ -325,7 +325,7 @@ def _model_links(vit: VisionTransformer) -> list[Link]:
 register(Attention, Role.CONTAINER, twin=ExplicitAttention)
 register(DiffAttention, Role.CONTAINER, twin=ExplicitDiffAttention)
 for cls in (ExplicitAttention, ExplicitDiffAttention):
-    register(cls, Role.CONTAINER, links=_attention_links)
+    register(cls, Role.CONTAINER, links=attention_links)
 for cls in (VisionTransformer, Eva):  # a max or avg-max pool becomes a module
     register(cls, Role.CONTAINER, twin=pool_twin, links=_model_links)
 for cls in (PooledVisionTransformer, PooledEva, VisionTransformerDistilled):  # DeiT-distilled never pools
@@ -340,7 +340,7 @@ register(ExplicitParallelBlock, Role.CONTAINER, links=_parallel_links)
 register(ParallelThingsBlock, Role.CONTAINER, links=_parallel_things_links)
 for cls in (EvaAttention, AttentionRope):
     register(cls, Role.CONTAINER, twin=ExplicitRopeAttention)
-register(ExplicitRopeAttention, Role.CONTAINER, links=_attention_links)
+register(ExplicitRopeAttention, Role.CONTAINER, links=attention_links)
 register(EvaBlock, Role.CONTAINER, links=_block_links)
 register(EvaBlockPostNorm, Role.CONTAINER)
 for cls in (RotaryEmbeddingCat, RotaryEmbeddingMixed, RotaryEmbeddingDinoV3):
