@@ -129,7 +129,7 @@ def _reader_after(swin: nn.Module, index: int, ends: StreamEnds) -> str | None:
     return "norm" if not isinstance(swin.norm, nn.Identity) else None
 
 
-def _head_links(swin: SwinTransformer) -> list[Link]:
+def head_links(swin: SwinTransformer) -> list[Link]:
     """The final norm feeds only the head: its classifier through an average pool (linear), or the
     max pool's EC module, which feeds the classifier; the head as a whole when ``blocks=k`` leaves
     it analog. None without a classifier (the output is then the norm's)."""
@@ -144,7 +144,7 @@ def _head_links(swin: SwinTransformer) -> list[Link]:
 
 
 def _model_links(swin: SwinTransformer) -> list[Link]:
-    return stage_streams(swin) + _head_links(swin)
+    return stage_streams(swin) + head_links(swin)
 
 
 register(WindowAttention, Role.CONTAINER, twin=ExplicitWindowAttention)

@@ -27,7 +27,7 @@ from timm.models.swin_transformer_v2 import (
 from torch import Tensor, nn
 
 from . import Link, Role, register
-from .timm_swin import StreamEnds, _head_links, stage_streams, with_mask
+from .timm_swin import StreamEnds, head_links, stage_streams, with_mask
 from .timm_twins import L2Normalize, SoftmaxHeads
 from .timm_vit import attention_links
 
@@ -92,7 +92,7 @@ POST_NORM = StreamEnds(PatchMerging, ("norm1", "norm2"), ("attn.qkv", "mlp.fc1")
 
 
 def _model_links(swin: SwinTransformerV2) -> list[Link]:
-    return stage_streams(swin, POST_NORM) + _head_links(swin)
+    return stage_streams(swin, POST_NORM) + head_links(swin)
 
 
 register(WindowAttention, Role.CONTAINER, twin=ExplicitCosineWindowAttention)
