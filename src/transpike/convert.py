@@ -140,11 +140,14 @@ def prepare(model: nn.Module, options: ConversionOptions, analog: dict[str, str]
 
 
 def _block_paths(network: nn.Module) -> list[str]:
-    """The Transformer blocks in forward order: the model's ``blocks`` sequence (ViT, Eva), or
-    each stage's in turn (``layers.<stage>.blocks``: Swin, Swin V2; ``stages.<stage>.blocks``: EdgeNeXt,
-    Next-ViT, whose blocks include their convolution blocks)."""
-    if isinstance(getattr(network, "blocks", None), (nn.Sequential, nn.ModuleList)):
-        return [f"blocks.{index}" for index in range(len(network.blocks))]
+    """The Transformer blocks in forward order: the model's ``blocks`` sequence (timm's ViT, Eva;
+    ``encoder.layers`` in torchvision's ViT), or each stage's in turn (``layers.<stage>.blocks``:
+    Swin, Swin V2; ``stages.<stage>.blocks``: EdgeNeXt, Next-ViT, whose blocks include their
+    convolution blocks)."""
+    for name in ("blocks", "encoder.layers"):  # timm's ViTs; torchvision's ViT
+        blocks = _submodule(network, name)
+        if isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+            return [f"{name}.{child}" for child, _ in blocks.named_children()]
     for name in ("layers", "stages"):
         stages = getattr(network, name, None)
         if isinstance(stages, nn.Sequential) and all(
@@ -154,6 +157,13 @@ def _block_paths(network: nn.Module) -> list[str]:
                 f"{name}.{s}.blocks.{b}" for s, stage in enumerate(stages) for b, _ in enumerate(stage.blocks)
             ]
     raise ValueError("the model has no 'blocks' sequence of Transformer blocks (nor stages of them)")
+
+
+def _submodule(network: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return network.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def _after_blocks(network: nn.Module, count: int) -> dict[str, str]:
@@ -374,7 +384,8 @@ def convert(
         levels: MT levels per sign.
         percentile: threshold percentile p.
         max_batches: use at most this many calibration batches.
-        model_spec: how to rebuild the ANN, ``{"timm": name, "kwargs": {...}}``; stored by
+        model_spec: how to rebuild the ANN, ``{"timm": name, "kwargs": {...}}`` (or
+            ``"torchvision": name``; :func:`transpike.models.model_spec`); stored by
             :func:`transpike.save` so that :func:`transpike.load` needs no template model.
         **options: any other field of :class:`ConversionOptions` (granularity, threshold, horizon,
             rounding, neuron, compensation, strict, sit_steps, sit_mode, blocks).

@@ -90,7 +90,8 @@ class SpikingModel(nn.Module):
     Args:
         network: the converted module tree (see :func:`transpike.convert`).
         options: the conversion options, kept for reports and saving.
-        model_spec: how to rebuild the ANN architecture, ``{"timm": name, "kwargs": {...}}``, so
+        model_spec: how to rebuild the ANN architecture, ``{"timm": name, "kwargs": {...}}`` (or
+            ``"torchvision": name``), so
             that :func:`transpike.load` needs no template model; None if unknown.
     """
 
@@ -195,11 +196,13 @@ class SpikingModel(nn.Module):
 
         Conversion only wraps modules (``layer`` in a :class:`SpikingLayer`, ``f`` in an EC
         module) or replaces the stateless softmax, so unwrapping the keys gives back the ANN's
-        state dict exactly.
+        state dict exactly; a twin that holds a parameter under another name says so in its
+        ``ann_keys`` (``nn.MultiheadAttention``'s packed projection).
         """
-        renames, spiking = {}, []
+        renames, spiking, twin_keys = {}, [], {}
         for path, module in self.network.named_modules():
             prefix = f"{path}." if path else ""
+            twin_keys |= {prefix + key: prefix + ann for key, ann in getattr(module, "ann_keys", {}).items()}
             if isinstance(module, SpikingLayer):
                 renames[f"{prefix}layer."] = prefix
             elif isinstance(module, ExpectationCompensation):
@@ -213,7 +216,7 @@ class SpikingModel(nn.Module):
             for old, new in renames.items():
                 if key.startswith(old):
                     key = new + key[len(old) :]
-            state[key] = value
+            state[twin_keys.get(key, key)] = value
         return state
 
     def fuse(self, enabled: bool = True) -> SpikingModel:

@@ -107,4 +107,14 @@ def rule_for(module: nn.Module) -> Rule | None:
     return None
 
 
-from . import timm_cnn, timm_edgenext, timm_nextvit, timm_swin, timm_swinv2, timm_vit, torch_nn  # noqa: E402, F401  (registers the built-in rules)
+# registers the built-in rules
+from . import (  # noqa: E402, F401
+    timm_cnn,
+    timm_edgenext,
+    timm_nextvit,
+    timm_swin,
+    timm_swinv2,
+    timm_vit,
+    torch_nn,
+    torch_transformer,
+)

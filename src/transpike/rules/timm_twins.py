@@ -31,7 +31,7 @@ from ..sites import Product
 LAMBDAS = ("lambda_a", "lambda_b", "lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
 
 
-def _refuse_mask(attn_mask: Tensor | None, is_causal: bool = False) -> None:
+def refuse_mask(attn_mask: Tensor | None, is_causal: bool = False) -> None:
     if attn_mask is not None or is_causal:
         raise ValueError("attention masks are not supported by the converted attention")
 
@@ -61,12 +61,15 @@ class SoftmaxHeads(nn.Module):
     so the difference is linear in the two softmax maps and needs no conversion.
     """
 
-    def _init_heads(self, source: nn.Module) -> None:
+    def _init_heads(self, source: nn.Module, scale: float | None = None) -> None:
+        """Take the heads' parts from ``source``; the scores' scale is its ``scale`` (1 if it has
+        none) unless given."""
+        scale = getattr(source, "scale", 1.0) if scale is None else scale
         self.q_norm = getattr(source, "q_norm", nn.Identity())
         self.k_norm = getattr(source, "k_norm", nn.Identity())
         # Operands are [B, heads, tokens, head_dim] (q, v), [B, heads, head_dim, tokens] (kᵀ) and
         # [B, heads, tokens, tokens] (attn); per-channel thresholds are per (head, head_dim) or per head.
-        self.qk = Product("matmul", getattr(source, "scale", 1.0), channels_a=(-3, -1), channels_b=(-3, -2))
+        self.qk = Product("matmul", scale, channels_a=(-3, -1), channels_b=(-3, -2))
         self.softmax = nn.Softmax(dim=-1)
         self.attn_drop = getattr(source, "attn_drop", nn.Identity())
         self.av = Product("matmul", 1.0, channels_a=(-3,), channels_b=(-3, -1))
@@ -113,7 +116,7 @@ class ExplicitAttention(SoftmaxHeads):
         self.input_layers = ("qkv",) if self.gate is None else ("qkv", "gate")
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        _refuse_mask(attn_mask, is_causal)
+        refuse_mask(attn_mask, is_causal)
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
@@ -133,7 +136,7 @@ class ExplicitDiffAttention(ExplicitAttention):
     k, one head of full size per pair for v, the differential heads of :class:`SoftmaxHeads`."""
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        _refuse_mask(attn_mask, is_causal)
+        refuse_mask(attn_mask, is_causal)
         q, k, v = self.qkv(x).chunk(3, dim=2)
         q, k, v = _split_heads(q, k, v, self.head_dim, self.num_heads)
         return self._attend(x, self.q_norm(q), self.k_norm(k), v)
@@ -170,7 +173,7 @@ class ExplicitRopeAttention(ExplicitAttention):
     def forward(
         self, x: Tensor, rope: Tensor | None = None, attn_mask: Tensor | None = None, is_causal: bool = False
     ) -> Tensor:
-        _refuse_mask(attn_mask, is_causal)
+        refuse_mask(attn_mask, is_causal)
         batch, tokens, _ = x.shape
         if self.qkv is not None:
             qkv = self.qkv(x)
@@ -217,7 +220,7 @@ class ExplicitParallelBlock(SoftmaxHeads):
         self.ls, self.drop_path = block.ls, block.drop_path
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        _refuse_mask(attn_mask, is_causal)
+        refuse_mask(attn_mask, is_causal)
         batch, tokens, _ = x.shape
         x_mlp, q, k, v = torch.split(self.in_proj(self.in_norm(x)), self.in_split, dim=-1)
         if self.mlp_bias is not None:  # the same bias at every step: its rate is itself
@@ -253,7 +256,7 @@ class ExplicitAttentionPool(SoftmaxHeads):
         self.input_readers = ("kv",)  # the children that read the pooled tokens
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        _refuse_mask(attn_mask)
+        refuse_mask(attn_mask)
         batch, tokens, channels = x.shape
         if self.pos_embed is not None:
             x = x + self.pos_embed.unsqueeze(0).to(x.dtype)

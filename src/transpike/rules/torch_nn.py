@@ -1,4 +1,4 @@
-"""Rules for torch.nn building blocks."""
+"""Rules for torch.nn building blocks (its Transformer layers: :mod:`.torch_transformer`)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,170 @@
+"""torch's own Transformer layers, ``nn.TransformerEncoderLayer`` and ``nn.TransformerEncoder``, in
+a ViT written with them: the explicit twins, conversion, rate links and ``blocks=k``."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ann_output, assert_converges, relative_error
+from torch import nn
+
+import transpike
+from transpike import ConversionError, ExpectationCompensation, SpikingLayer, SpikingProduct, prepare
+from transpike.convert import ConversionOptions
+from transpike.rates import link_rates
+from transpike.rules import Role, register
+from transpike.rules.links import link_all
+from transpike.rules.torch_transformer import ExplicitEncoder, ExplicitEncoderLayer
+
+
+class TorchViT(nn.Module):
+    """A ViT as a user writes it with torch's layers: 4 px patches of a 16 px image, a class
+    token, position embeddings, ``nn.TransformerEncoder``, a final norm and a linear head."""
+
+    def __init__(self, norm_first: bool = True, activation="gelu", batch_first: bool = True) -> None:
+        super().__init__()
+        width = 32
+        self.patch = nn.Conv2d(3, width, 4, 4)
+        self.cls = nn.Parameter(torch.randn(1, 1, width) * 0.5)
+        self.pos = nn.Parameter(torch.randn(1, 17, width) * 0.5)
+        layer = nn.TransformerEncoderLayer(
+            width, 4, 64, dropout=0.1, activation=activation, batch_first=batch_first, norm_first=norm_first
+        )
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 5)
+        self.batch_first = batch_first
+        with torch.no_grad():  # scores spread over the keys, so that the attention matters
+            for layer in self.encoder.layers:
+                layer.self_attn.in_proj_weight.mul_(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], dim=1) + self.pos
+        if not self.batch_first:
+            tokens = tokens.transpose(0, 1)
+        tokens = self.encoder(tokens)
+        if not self.batch_first:
+            tokens = tokens.transpose(0, 1)
+        return self.head(self.norm(tokens[:, 0]))
+
+
+class LinkedTorchViT(TorchViT):
+    """The same model, registered with one rate link over all of it: between its converted
+    modules its forward only adds constants (class token, position embeddings), sums, selects and
+    transposes, so every converted module may pass rates (:func:`transpike.rules.links.link_all`)."""
+
+
+# what a user registers: the patch convolution reads the image
+register(TorchViT, Role.INPUT)
+register(LinkedTorchViT, Role.INPUT, links=lambda vit: link_all(vit, "head"))
+
+
+def build(linked: bool = False, **kwargs) -> TorchViT:
+    torch.manual_seed(0)
+    return (LinkedTorchViT if linked else TorchViT)(**kwargs).eval()
+
+
+@pytest.fixture
+def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    return torch.randn(32, 3, 16, 16, generator=gen), torch.randn(6, 3, 16, 16, generator=gen)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("activation", ["relu", "gelu", nn.SiLU()])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_the_twins_compute_what_torch_does(norm_first, activation, batch_first, inputs):
+    model = build(norm_first=norm_first, activation=activation, batch_first=batch_first)
+    prepared = prepare(model, ConversionOptions())
+    assert isinstance(prepared.encoder, ExplicitEncoder)
+    assert all(isinstance(layer, ExplicitEncoderLayer) for layer in prepared.encoder.layers)
+    x = inputs[1]
+    with torch.no_grad():
+        for fast in (True, False):  # torch's fused encoder layer, or its step-by-step forward
+            torch.backends.mha.set_fastpath_enabled(fast)
+            try:
+                assert torch.allclose(prepared(x), model(x), atol=1e-5)
+            finally:
+                torch.backends.mha.set_fastpath_enabled(True)
+
+
+@pytest.mark.parametrize("options", [{}, dict(neuron="burst", threshold="mse"), dict(method="sit")])
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_a_vit_of_torch_layers_converges(options, norm_first, inputs):
+    calibration, x = inputs
+    model = build(norm_first=norm_first)
+    ref = ann_output(model, x)
+    snn = transpike.convert(model, calibration, **options)
+    report = snn.report()
+    assert [r.path for r in report.by_role("direct-input")] == ["patch"]
+    assert report.counts()["mt×mt+product-ec"] == 2 * 2 and not report.analog
+    ec = {r.path for r in report.by_role("ec")}
+    assert {"encoder.layers.0.norm1", "encoder.layers.1.activation", "norm"} <= ec
+    y = snn.simulate(x, 32)
+    assert_converges(y, ref, 0.15)
+    if options.get("neuron") == "burst":
+        assert relative_error(y[-1], ref) < 0.01
+
+
+def test_an_activation_function_is_refused_by_path(inputs):
+    model = build(activation=F.silu)
+    with pytest.raises(ConversionError, match="activation is the function silu") as error:
+        transpike.convert(model, inputs[0])
+    assert "encoder.layers.0" in str(error.value) and "TransformerEncoderLayer" in str(error.value)
+
+
+def test_masks_are_refused():
+    layer = nn.TransformerEncoderLayer(8, 2, batch_first=True)
+    encoder = ExplicitEncoder(nn.TransformerEncoder(layer, 1, enable_nested_tensor=False))
+    x = torch.randn(2, 3, 8)
+    with pytest.raises(ValueError, match="masks are not supported"):
+        encoder(x, mask=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="masks are not supported"):
+        encoder(x, src_key_padding_mask=torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="masks are not supported"):
+        ExplicitEncoderLayer(layer)(x, is_causal=True)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_links_inside_the_layers_keep_the_output(norm_first, inputs):
+    """Inside each layer the MLP (and, pre-norm, the norms into the attention and the MLP) pass
+    rates; linked = unlinked."""
+    calibration, x = inputs
+    linked = transpike.convert(build(norm_first=norm_first).double(), calibration.double())
+    layer = linked.network.encoder.layers[1]
+    assert layer.linear1.emits_rate and layer.activation.emits_rate
+    assert layer.norm1.emits_rate == norm_first and layer.self_attn.qkv.emits_rate
+    kinds = (SpikingLayer, ExpectationCompensation, SpikingProduct)
+    emitters = [m for m in linked.network.modules() if isinstance(m, kinds)]
+    assert any(not m.emits_rate for m in emitters)  # the residual stream is not linked here
+    plain = copy.deepcopy(linked)
+    link_rates(plain.network, enabled=False)
+    assert torch.allclose(linked.simulate(x.double(), 6), plain.simulate(x.double(), 6), rtol=1e-9, atol=1e-9)
+
+
+def test_blocks_count_the_encoder_layers(inputs):
+    calibration, x = inputs
+    model = build()
+    ref = ann_output(model, x)
+    for k in range(3):
+        snn = transpike.convert(model, calibration, blocks=k, neuron="burst", threshold="mse")
+        analog = [row.path for row in snn.report().analog]
+        assert analog == [*[f"encoder.layers.{i}" for i in range(k, 2)], *(["norm", "head"] if k < 2 else [])]
+        assert relative_error(snn.simulate(x, 16)[-1], ref) < (1e-5 if k == 0 else 0.01)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_a_link_over_the_whole_model_keeps_the_output(norm_first, inputs):
+    """With :func:`~transpike.rules.links.link_all` every converted module but the head emits
+    rates, the residual stream included, pre-norm or post-norm; linked = unlinked."""
+    calibration, x = inputs
+    linked = transpike.convert(build(linked=True, norm_first=norm_first).double(), calibration.double())
+    kinds = (SpikingLayer, ExpectationCompensation, SpikingProduct)
+    emitters = [m for m in linked.network.modules() if isinstance(m, kinds)]
+    head = linked.network.head
+    assert all(m.emits_rate for m in emitters if m is not head) and not head.emits_rate
+    plain = copy.deepcopy(linked)
+    link_rates(plain.network, enabled=False)
+    assert torch.allclose(linked.simulate(x.double(), 6), plain.simulate(x.double(), 6), rtol=1e-9, atol=1e-9)
