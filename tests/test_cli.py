@@ -111,6 +111,23 @@ def test_checkpoint_files(tmp_path, npz_data):
     assert results[0] == results[1]
 
 
+def test_torchvision_model_by_name(tmp_path):
+    """``--model torchvision:NAME`` builds torchvision's model; ``eval --snn`` rebuilds it from the
+    saved network's spec, with the results of converting in ``eval``."""
+    gen = np.random.default_rng(0)
+    path = tmp_path / "data.npz"
+    np.savez(path, x=gen.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8), y=gen.integers(0, 4, 8))
+    data = ["--calib", f"npz:{path}", "--calib-batches", 1, "--batch-size", 8]
+    model = ["--model", "torchvision:vit_b_32", "--model-kwargs", "image_size=32", "num_classes=4"]
+    assert run("convert", *model, *data, "--out", tmp_path / "net.safetensors") == 0
+    evaluate = ["--data", f"npz:{path}", "--time-steps", 2]
+    assert run("eval", "--snn", tmp_path / "net.safetensors", *evaluate, "--out", tmp_path / "a") == 0
+    assert run("eval", *model, *data, *evaluate, "--out", tmp_path / "b") == 0
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
+    assert a["model"] == b["model"] == "torchvision:vit_b_32"
+    assert a["snn_top1"] == b["snn_top1"] and a["energy"] == b["energy"]
+
+
 def make_cifar(root, hundred: bool, samples: int = 6):
     folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
     folder.mkdir(parents=True)

@@ -31,7 +31,7 @@ from .errors import ConversionError, FusionError, GraphError
 from .evaluate import World, evaluate, init_world
 from .io import load, rebuild_ann, save
 from .model import SpikingModel
-from .models import create_model, load_checkpoint
+from .models import create_model, load_checkpoint, model_spec, spec_name
 from .neurons import NEURONS, ROUNDINGS
 from .results import check_output_dir, format_blocks_table, format_table, write_results
 from .sit import MODES as SIT_MODES
@@ -113,9 +113,15 @@ def add_energy_args(parser: argparse.ArgumentParser) -> None:
 
 def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", required=required, help="timm model name")
     group.add_argument(
-        "--model-kwargs", nargs="*", default=[], metavar="K=V", help="passed to timm.create_model"
+        "--model", required=required, help="timm model name, or torchvision:NAME for a torchvision model"
+    )
+    group.add_argument(
+        "--model-kwargs",
+        nargs="*",
+        default=[],
+        metavar="K=V",
+        help="passed to timm.create_model (or torchvision.models.get_model)",
     )
     group.add_argument("--checkpoint", help="safetensors or torch file (read with weights_only=True)")
     group.add_argument("--calib", help=f"calibration data: {SPEC_HELP} (default split: train)")
@@ -156,7 +162,7 @@ def model_and_calibration(args: argparse.Namespace) -> tuple[torch.nn.Module, li
         load_checkpoint(ann, args.checkpoint)
     calibration = load_dataset(args.calib, "train", ann)
     batches = calibration_batches(calibration, args.calib_batches, args.batch_size)
-    return ann, batches, {"timm": args.model, "kwargs": kwargs}
+    return ann, batches, model_spec(args.model, kwargs)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -298,7 +304,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.snn:
         snn = load(args.snn)
         ann = rebuild_ann(snn)
-        name = snn.model_spec["timm"] if snn.model_spec else str(args.snn)
+        name = spec_name(snn.model_spec) if snn.model_spec else str(args.snn)
         dataset = load_dataset(args.data, "test", ann)
         run_evaluation(
             snn, ann, dataset, settings, dict(model=name, data=args.data, snn_file=args.snn), world
@@ -369,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_energy_args(demo)
     demo.set_defaults(func=cmd_demo)
 
-    conv = commands.add_parser("convert", help="convert a timm model and save the spiking network")
+    conv = commands.add_parser(
+        "convert", help="convert a timm or torchvision model and save the spiking network"
+    )
     add_model_args(conv, required=True)
     conv.add_argument("--batch-size", type=int, default=32, help="calibration batch size")
     conv.add_argument("--out", required=True, help="spiking network file (.safetensors)")

@@ -83,9 +83,15 @@ def _timm_transform(model: nn.Module | None, spec: str):
     import timm.data
 
     # The pretrained config keeps the default resolution even when the model was built with another
-    # img_size; the model's own patch embedding knows the size it accepts.
+    # img_size; the model's own patch embedding knows the size it accepts (torchvision's ViT: the
+    # model itself; it has no pretrained config, and timm's defaults, ImageNet's mean and std and a
+    # crop of 0.875, are torchvision's preset but for the interpolation).
     size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if isinstance(getattr(model, "image_size", None), int):
+        size = (model.image_size, model.image_size)
     overrides = {"input_size": (getattr(model, "in_chans", 3), *size)} if size else {}
+    if not hasattr(model, "pretrained_cfg"):  # torchvision's classification preset: bilinear
+        overrides["interpolation"] = "bilinear"
     config = timm.data.resolve_data_config(overrides, model=model)
     return timm.data.create_transform(**config, is_training=False)
 

@@ -2,9 +2,10 @@
 
 A file holds every tensor of the converted network (weights, thresholds) in safetensors format and,
 in the safetensors metadata, a JSON document with the format name and version, the conversion
-options and how to rebuild the ANN architecture. Loading rebuilds the architecture (from timm, or
-from a template model you pass), converts its structure with the saved thresholds and loads the
-tensors, so the loaded network gives bit-identical outputs. No code is executed from the file.
+options and how to rebuild the ANN architecture. Loading rebuilds the architecture (from timm or
+torchvision, or from a template model you pass), converts its structure with the saved thresholds
+and loads the tensors, so the loaded network gives bit-identical outputs. No code is executed from
+the file.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> SpikingMode
     Args:
         path: the file.
         model: an ANN with the same architecture as the one converted (its weights are not used);
-            needed only when the file does not name a timm model.
+            needed only when the file does not name a timm or torchvision model.
 
     Raises:
         ValueError: the file is missing, not a transpike file, from an incompatible version, or does

@@ -1,7 +1,9 @@
-"""Building the ANN to convert: a timm model by name, with keyword arguments and a checkpoint.
+"""Building the ANN to convert: a timm or torchvision model by name, with keyword arguments and a
+checkpoint.
 
-Models are always created with random weights (``pretrained=False``: nothing is downloaded); real
-weights come from a checkpoint file the user gives, read without unpickling.
+Models are always created with random weights (``pretrained=False``, ``weights=None``: nothing is
+downloaded); real weights come from a checkpoint file the user gives, read without unpickling.
+A name ``torchvision:NAME`` means ``torchvision.models.get_model(NAME)``; any other is timm's.
 """
 
 from __future__ import annotations
@@ -10,26 +12,56 @@ from pathlib import Path
 
 import timm
 import torch
+import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
+TORCHVISION = "torchvision:"
+
+
+def _builder(name: str):
+    """The function that builds the model ``name``, or a clear error naming similar models."""
+    if name.startswith(TORCHVISION):
+        known, short = torchvision.models.list_models(), name.removeprefix(TORCHVISION)
+        if short in known:
+            return lambda **kwargs: torchvision.models.get_model(short, weights=None, **kwargs)
+        close = [TORCHVISION + m for m in known if m.startswith(short.split("_")[0])][:5]
+        what = "torchvision model"
+    else:
+        if timm.is_model(name):
+            return lambda **kwargs: timm.create_model(name, pretrained=False, **kwargs)
+        close, what = timm.list_models(f"*{name.split('_')[0]}*")[:5], "timm model"
+    hint = f"; similar: {', '.join(close)}" if close else ""
+    raise ValueError(f"unknown {what} {name!r}{hint}")
+
 
 def create_model(name: str, kwargs: dict | None = None, seed: int = 0) -> nn.Module:
-    """``timm.create_model(name, pretrained=False, **kwargs)`` in eval mode, with clear errors.
+    """``timm.create_model(name, pretrained=False, **kwargs)``, or for ``torchvision:NAME``
+    ``torchvision.models.get_model(NAME, weights=None, **kwargs)``, in eval mode, with clear errors.
 
     The random initial weights come from ``seed`` (without touching the global RNG), so a model
     without a checkpoint is the same in every run and every process.
     """
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
-        hint = f"; similar: {', '.join(close)}" if close else ""
-        raise ValueError(f"unknown timm model {name!r}{hint}")
+    build = _builder(name)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return timm.create_model(name, pretrained=False, **(kwargs or {})).eval()
+            return build(**(kwargs or {})).eval()
     except (TypeError, ValueError, AssertionError) as error:
         raise ValueError(f"model {name!r} with kwargs {kwargs}: {error}") from None
+
+
+def model_spec(name: str, kwargs: dict | None = None) -> dict:
+    """How a saved network says which architecture to rebuild: ``{"timm": name, "kwargs": ...}``
+    or ``{"torchvision": NAME, "kwargs": ...}``."""
+    if name.startswith(TORCHVISION):
+        return {"torchvision": name.removeprefix(TORCHVISION), "kwargs": kwargs or {}}
+    return {"timm": name, "kwargs": kwargs or {}}
+
+
+def spec_name(spec: dict) -> str:
+    """The model name a spec stands for, as :func:`create_model` takes it."""
+    return TORCHVISION + spec["torchvision"] if "torchvision" in spec else spec["timm"]
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -69,10 +101,10 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def build_model(spec: dict | None, where: str = "") -> nn.Module:
-    """The ANN described by a model spec ``{"timm": name, "kwargs": {...}}`` (random weights)."""
-    if not spec or "timm" not in spec:
+    """The ANN described by a model spec (:func:`model_spec`), with random weights."""
+    if not spec or not ({"timm", "torchvision"} & set(spec)):
         raise ValueError(
             f"{where}: the network does not say how to build its model; pass the architecture: "
             "transpike.load(path, model=...)"
         )
-    return create_model(spec["timm"], spec.get("kwargs"))
+    return create_model(spec_name(spec), spec.get("kwargs"))

@@ -117,4 +117,5 @@ from . import (  # noqa: E402, F401
     timm_vit,
     torch_nn,
     torch_transformer,
+    torchvision_vit,
 )
