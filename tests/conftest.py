@@ -1,6 +1,11 @@
+import copy
+
 import pytest
 import timm
 import torch
+
+from transpike import ExpectationCompensation, SpikingLayer, SpikingProduct
+from transpike.rates import link_rates
 
 # The GPU path runs where CUDA is present (the device machine); CI has the CPU only.
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
@@ -27,6 +32,21 @@ def assert_converges(y: torch.Tensor, ref: torch.Tensor, tolerance: float = 0.1)
     """The mean output after all T steps is within ``tolerance`` of ref and closer than after 4."""
     assert relative_error(y[-1], ref) < tolerance
     assert relative_error(y[-1], ref) < relative_error(y[3], ref)
+
+
+def emitters(network: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules of a converted network that can emit rates."""
+    kinds = (SpikingLayer, ExpectationCompensation, SpikingProduct)
+    return [m for m in network.modules() if isinstance(m, kinds)]
+
+
+def assert_links_keep_outputs(linked, x: torch.Tensor, steps: int = 6):
+    """A converted network (float64) whose modules pass rates along their links gives the outputs
+    of its copy with every link undone (increments everywhere); returns that copy."""
+    plain = copy.deepcopy(linked)
+    link_rates(plain.network, enabled=False)
+    assert torch.allclose(linked.simulate(x, steps), plain.simulate(x, steps), rtol=1e-9, atol=1e-9)
+    return plain
 
 
 @pytest.fixture
