@@ -11,7 +11,9 @@ the largest number of spikes one neuron emits in one step, since equal T is not 
 
 Models whose constructor takes no ``img_size`` (convolutional hybrids: EdgeNeXt, Next-ViT) run at
 any size without it. Norms that timm initializes with zero weights (Swin V2's residual post-norms,
-which make every block the identity until trained) start at weight 1 instead.
+which make every block the identity until trained) start at weight 1 instead. torchvision's ViTs:
+``--model torchvision:vit_b_16``, or ``--model torchvision:VisionTransformer`` with its shape in
+``--model-kwargs``; their zero-initialized head gets timm's head init.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from pathlib import Path
 
 import timm
 import torch
+import torchvision
 
 import transpike
+from transpike.models import create_model
 
 STEPS = (1, 2, 4, 8, 16)
 CONFIGS = {
@@ -44,16 +48,27 @@ CONFIGS = {
 
 
 def create(name: str, img_size: int, kwargs: dict) -> torch.nn.Module:
-    """timm's random-init model for img_size: ViTs take the size as an argument, hybrids of
-    convolutions and attention (EdgeNeXt, Next-ViT) any size as it is; zero-weight norms at 1."""
-    try:
-        model = timm.create_model(name, img_size=img_size, **kwargs).eval()
-    except TypeError:
-        model = timm.create_model(name, **kwargs).eval()
+    """The random-init model for img_size: timm's ViTs take the size as an argument, hybrids of
+    convolutions and attention (EdgeNeXt, Next-ViT) any size as it is; ``torchvision:NAME`` is
+    torchvision's model, ``torchvision:VisionTransformer`` its ViT class at any shape (ViT-Tiny's:
+    ``{"patch_size": 16, "num_layers": 12, "num_heads": 3, "hidden_dim": 192, "mlp_dim": 768}``).
+    Zero-weight norms start at 1 and zero-weight heads (torchvision's) at timm's head init."""
+    if name == "torchvision:VisionTransformer":
+        model = torchvision.models.VisionTransformer(image_size=img_size, **kwargs).eval()
+    elif name.startswith("torchvision:"):
+        model = create_model(name, {"image_size": img_size, **kwargs})
+    else:
+        try:
+            model = timm.create_model(name, img_size=img_size, **kwargs).eval()
+        except TypeError:
+            model = timm.create_model(name, **kwargs).eval()
     with torch.no_grad():
-        for norm in (m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)):
-            if norm.weight is not None and not norm.weight.any():
-                norm.weight.fill_(1.0)
+        for module in model.modules():
+            zero = getattr(module, "weight", None) is not None and not module.weight.any()
+            if isinstance(module, torch.nn.LayerNorm) and zero:
+                module.weight.fill_(1.0)
+            if isinstance(module, torch.nn.Linear) and zero:
+                torch.nn.init.trunc_normal_(module.weight, std=0.02)
     return model
 
 

@@ -10,7 +10,8 @@ memory is the growth of PyTorch's peak GPU allocation instead.
                                [--device cpu|cuda] [--fuse] [--graphs]
 
 Each model runs at its own input size (timm's ``pretrained_cfg``): 224 px for most, 256 px for
-SwinV2-T and EdgeNeXt.
+SwinV2-T and EdgeNeXt; ``torchvision:NAME`` is torchvision's model at its ``image_size``, its ANN
+forward the fused attention kernel torch runs in evaluation.
 
 ``--fuse`` runs the network with :meth:`transpike.SpikingModel.fuse` (each neuron's step compiled
 into one kernel); the compilation happens in the two untimed warm-up steps. ``--graphs`` (a GPU
@@ -31,19 +32,21 @@ import statistics
 import time
 from pathlib import Path
 
-import timm
 import torch
 from memory import gpu_peak_growth_mib, in_fresh_process, peak_growth_mib
 
 import transpike
+from transpike.models import create_model
 from transpike.spikes import SpikeMonitor
 
 
 def build_ann(name: str, batch: int, device: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    torch.manual_seed(0)
-    model = timm.create_model(name).eval().to(device)
+    model = create_model(name).to(device)  # timm's, or torchvision's for torchvision:NAME; seed 0
     gen = torch.Generator().manual_seed(1)
-    shape = model.pretrained_cfg.get("input_size", (3, 224, 224))  # the model's own size: 256 for SwinV2-T
+    if hasattr(model, "image_size"):  # torchvision's ViT
+        shape = (3, model.image_size, model.image_size)
+    else:  # the model's own size: 256 for SwinV2-T
+        shape = model.pretrained_cfg.get("input_size", (3, 224, 224))
     return model, torch.randn(batch, *shape, generator=gen).to(device)
 
 
