@@ -139,7 +139,7 @@ def prepare(model: nn.Module, options: ConversionOptions, analog: dict[str, str]
     return _prepare(network, "", options, direct=None, analog=analog)
 
 
-def _block_paths(network: nn.Module) -> list[str]:
+def block_paths(network: nn.Module) -> list[str]:
     """The Transformer blocks in forward order: the model's ``blocks`` sequence (timm's ViT, Eva;
     ``encoder.layers`` in torchvision's ViT), or each stage's in turn (``layers.<stage>.blocks``:
     Swin, Swin V2; ``stages.<stage>.blocks``: EdgeNeXt, Next-ViT, whose blocks include their
@@ -171,7 +171,7 @@ def _after_blocks(network: nn.Module, count: int) -> dict[str, str]:
     module that holds no converted block (later blocks and stages, final norm, heads; timm
     registers modules in forward order)."""
     try:
-        blocks = _block_paths(network)
+        blocks = block_paths(network)
     except ValueError as error:
         raise ValueError(f"blocks={count}: {error}") from None
     if count > len(blocks):

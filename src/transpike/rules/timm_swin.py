@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..compensation import ExpectationCompensation
 from . import Link, Role, register
-from .timm_twins import SoftmaxHeads
+from .timm_twins import SoftmaxHeads, split_qkv
 from .timm_vit import attention_links, chain, feeds
 
 
@@ -54,7 +54,7 @@ class ExplicitWindowAttention(SoftmaxHeads):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: [windows·B, tokens, C]; mask: [windows, tokens, tokens] (0 or -100) or None."""
         batch, tokens, _ = x.shape
-        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = split_qkv(self.qkv(x), self.num_heads)
         bias = WindowAttention._get_rel_pos_bias(self)  # [1, heads, tokens, tokens], from the table
         out = self.heads(q, k, v, with_mask(bias, mask, batch)).transpose(1, 2).reshape(batch, tokens, -1)
         return self.proj_drop(self.proj(out))

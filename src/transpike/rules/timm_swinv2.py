@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from . import Link, Role, register
 from .timm_swin import StreamEnds, head_links, stage_streams, with_mask
-from .timm_twins import L2Normalize, SoftmaxHeads
+from .timm_twins import L2Normalize, SoftmaxHeads, packed_qkv
 from .timm_vit import attention_links
 
 
@@ -59,10 +59,7 @@ class ExplicitCosineWindowAttention(SoftmaxHeads):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: [windows·B, tokens, C]; mask: [windows, tokens, tokens] (0 or -100) or None."""
         batch, tokens, _ = x.shape
-        qkv = self.qkv(x)
-        if self.q_bias is not None:  # the same bias at every step: its rate is itself
-            qkv = qkv + torch.cat((self.q_bias, self.k_bias, self.v_bias))
-        q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = packed_qkv(self, x)
         scale = torch.clamp(self.logit_scale, max=math.log(100)).exp()  # τ per head, a constant
         q, k = self.q_norm(q) * scale, self.k_norm(k)
         out = self.heads(q, k, v, with_mask(self._position_bias(tokens), mask, batch))

@@ -51,6 +51,21 @@ class L2Normalize(nn.Module):
         return f"dim={self.dim}"
 
 
+def split_qkv(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One projection's output [B, N, 3·heads·d] as q, k and v of [B, heads, N, d]."""
+    batch, tokens, _ = qkv.shape
+    return qkv.reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def packed_qkv(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v from one Linear ``qkv``, plus the separate q and v biases of EVA, BEiT and Swin V2
+    when the attention has them (k's is zeros): the same at every step, their rate is themselves."""
+    qkv = attn.qkv(x)
+    if attn.q_bias is not None:
+        qkv = qkv + torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+    return split_qkv(qkv, attn.num_heads)
+
+
 class SoftmaxHeads(nn.Module):
     """Attention of q, k, v per head, with Q·Kᵀ, the softmax and attn·V as modules.
 
@@ -102,7 +117,7 @@ class ExplicitAttention(SoftmaxHeads):
     def __init__(self, attn: nn.Module) -> None:
         super().__init__()
         self.num_heads = attn.num_heads
-        self.head_dim = attn.head_dim
+        self.head_dim = getattr(attn, "head_dim", None)  # BEiT's has none: its reshapes infer it
         self.qkv = attn.qkv
         self._init_heads(attn)
         self.norm = getattr(attn, "norm", nn.Identity())
@@ -117,15 +132,14 @@ class ExplicitAttention(SoftmaxHeads):
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         refuse_mask(attn_mask, is_causal)
-        batch, tokens, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        q, k, v = split_qkv(self.qkv(x), self.num_heads)
         return self._attend(x, self.q_norm(q), self.k_norm(k), v)
 
-    def _attend(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Everything after q, k, v: the heads, then norm, gate, projection."""
+    def _attend(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+        """Everything after q, k, v: the heads (with a constant ``bias`` on the scores), then norm,
+        gate, projection."""
         batch, tokens, _ = x.shape
-        out = self.norm(self.heads(q, k, v).transpose(1, 2).reshape(batch, tokens, -1))
+        out = self.norm(self.heads(q, k, v, bias).transpose(1, 2).reshape(batch, tokens, -1))
         if self.gate is not None:
             out = self.gating(out, self.gate_act(self.gate(x)))
         return self.proj_drop(self.proj(out))
@@ -176,10 +190,7 @@ class ExplicitRopeAttention(ExplicitAttention):
         refuse_mask(attn_mask, is_causal)
         batch, tokens, _ = x.shape
         if self.qkv is not None:
-            qkv = self.qkv(x)
-            if self.q_bias is not None:  # the same bias at every step: its rate is itself
-                qkv = qkv + torch.cat((self.q_bias, self.k_bias, self.v_bias))
-            q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k, v = packed_qkv(self, x)
         else:
             q = self.q_proj(x).reshape(batch, tokens, self.num_heads, -1).transpose(1, 2)
             k = self.k_proj(x).reshape(batch, tokens, self.num_kv_heads, -1).transpose(1, 2)

@@ -63,7 +63,7 @@ from torch import nn
 from ..compensation import ExpectationCompensation
 from ..neurons import MTNeuron
 from ..synapses import SpikingLayer
-from . import Link, Role, register
+from . import Link, Role, register, rule_for
 from .timm_twins import (
     ExplicitAttention,
     ExplicitAttentionPool,
@@ -173,8 +173,9 @@ def feeds(norm: str, path: str, module: nn.Module) -> list[Link]:
     return [(norm, tuple(f"{path}.{name}" for name in inputs))] if inputs else []
 
 
-def _block_links(block: Block) -> list[Link]:
-    """Block.forward: norm1 feeds only the attention's input layers, norm2 only the MLP's."""
+def block_links(block: nn.Module) -> list[Link]:
+    """Block.forward (also EvaBlock's, BEiT's): norm1 feeds only the attention's input layers,
+    norm2 only the MLP's."""
     return feeds("norm1", "attn", block.attn) + feeds("norm2", "mlp", block.mlp)
 
 
@@ -233,7 +234,7 @@ def _stream_ends(block: nn.Module) -> tuple[list[str], list[str]] | None:
     """Who writes the residual stream inside a pre-norm block (its last projections) and who reads
     it (its norms); None for a block that reads or writes it otherwise (post-norm blocks, unknown
     parts)."""
-    if type(block) in (Block, EvaBlock):
+    if rule_for(block).links is block_links:  # x + attn(norm1(x)), then x + mlp(norm2(x))
         if isinstance(block.attn, ExplicitAttention) and _mlp_inputs(block.mlp) is not None:
             return ["attn.proj", "mlp.fc2"], ["norm1", "norm2"]
     elif isinstance(block, ExplicitParallelBlock):
@@ -280,7 +281,7 @@ def _embedding_writers(vit: VisionTransformer) -> list[str] | None:
     embedding is direct coding alone (the same at every step: its own rate); else its projection,
     fed by a hybrid's spiking CNN stem, or None when the embedding ends in a layer that cannot hand
     on a rate."""
-    if _present(vit.norm_pre):
+    if _present(getattr(vit, "norm_pre", None)):  # BEiT has none
         return ["norm_pre"]
     if not any(isinstance(module, MTNeuron) for module in vit.patch_embed.modules()):
         return []
@@ -318,7 +319,8 @@ def _head_links(vit: VisionTransformer) -> list[Link]:
     return [*chain(*order), (order[-1], tuple(heads))] if order else []
 
 
-def _model_links(vit: VisionTransformer) -> list[Link]:
+def model_links(vit: nn.Module) -> list[Link]:
+    """The residual stream and the head of a ViT (timm's VisionTransformer, Eva, Beit)."""
     return _stream_links(vit) + _head_links(vit)
 
 
@@ -327,12 +329,12 @@ register(DiffAttention, Role.CONTAINER, twin=ExplicitDiffAttention)
 for cls in (ExplicitAttention, ExplicitDiffAttention):
     register(cls, Role.CONTAINER, links=attention_links)
 for cls in (VisionTransformer, Eva):  # a max or avg-max pool becomes a module
-    register(cls, Role.CONTAINER, twin=pool_twin, links=_model_links)
+    register(cls, Role.CONTAINER, twin=pool_twin, links=model_links)
 for cls in (PooledVisionTransformer, PooledEva, VisionTransformerDistilled):  # DeiT-distilled never pools
-    register(cls, Role.CONTAINER, links=_model_links)
+    register(cls, Role.CONTAINER, links=model_links)
 for cls in (TokenPool, L2Normalize):
     register(cls, Role.NONLINEAR)
-register(Block, Role.CONTAINER, links=_block_links)
+register(Block, Role.CONTAINER, links=block_links)
 register(ResPostBlock, Role.CONTAINER)  # its norms feed the residual stream: no links
 for cls in (ParallelScalingBlock, DiffParallelScalingBlock):
     register(cls, Role.CONTAINER, twin=ExplicitParallelBlock)
@@ -341,7 +343,7 @@ register(ParallelThingsBlock, Role.CONTAINER, links=_parallel_things_links)
 for cls in (EvaAttention, AttentionRope):
     register(cls, Role.CONTAINER, twin=ExplicitRopeAttention)
 register(ExplicitRopeAttention, Role.CONTAINER, links=attention_links)
-register(EvaBlock, Role.CONTAINER, links=_block_links)
+register(EvaBlock, Role.CONTAINER, links=block_links)
 register(EvaBlockPostNorm, Role.CONTAINER)
 for cls in (RotaryEmbeddingCat, RotaryEmbeddingMixed, RotaryEmbeddingDinoV3):
     register(cls, Role.PASSTHROUGH)  # sin/cos tables from parameters and buffers, read by the attention

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import Link, Role, register
-from .timm_twins import SoftmaxHeads, refuse_mask
+from .timm_twins import SoftmaxHeads, refuse_mask, split_qkv
 
 
 def shared_linear(weight: nn.Parameter, bias: nn.Parameter | None) -> nn.Linear:
@@ -42,7 +42,7 @@ class ExplicitMultiheadAttention(SoftmaxHeads):
 
     def __init__(self, mha: nn.MultiheadAttention) -> None:
         super().__init__()
-        self.num_heads, self.head_dim, self.batch_first = mha.num_heads, mha.head_dim, mha.batch_first
+        self.num_heads, self.batch_first = mha.num_heads, mha.batch_first
         self.qkv = shared_linear(mha.in_proj_weight, mha.in_proj_bias)
         self._init_heads(mha, scale=mha.head_dim**-0.5)
         self.out_proj = shared_linear(mha.out_proj.weight, mha.out_proj.bias)
@@ -67,10 +67,8 @@ class ExplicitMultiheadAttention(SoftmaxHeads):
             )
         unbatched = query.dim() == 2
         x = query.unsqueeze(0) if unbatched else query if self.batch_first else query.transpose(0, 1)
-        batch, tokens, channels = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = self.heads(*qkv.unbind(0)).transpose(1, 2).reshape(batch, tokens, channels)
-        out = self.out_proj(out)
+        heads = self.heads(*split_qkv(self.qkv(x), self.num_heads))  # [B, heads, tokens, head_dim]
+        out = self.out_proj(heads.transpose(1, 2).reshape(x.shape))
         return (out.squeeze(0) if unbatched else out if self.batch_first else out.transpose(0, 1)), None
 
 
