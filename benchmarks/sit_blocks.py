@@ -1,13 +1,15 @@
-"""SIT's block-by-block conversion on the SIT paper's model families, trained on the built-in digits.
+"""SIT's block-by-block conversion on the SIT paper's model families (and torchvision's ViT),
+trained on the built-in digits.
 
-EdgeNeXt and Next-ViT (METHODS.md §3.4; small configurations of timm's classes) are trained on the
-digits' training split resized to 32 px with the default model's recipe (``train_on_digits``,
-seeded), then converted with ECMT and with SIT, leaving all but the first k blocks analog
-(``blocks=k``, counted over every stage, convolution blocks included), as the SIT paper's Tables
-2-4 do. Per model, configuration (the paper default; burst neurons with MSE thresholds), method
-and k: top-1 accuracy on the test split after t steps (mean outputs), against the ANN's.
+EdgeNeXt and Next-ViT (METHODS.md §3.4; small configurations of timm's classes) and a small
+torchvision ViT are trained on the digits' training split resized to 32 px with the default
+model's recipe (``train_on_digits``, seeded), then converted with ECMT and with SIT, leaving all but
+the first k blocks analog (``blocks=k``, counted over every stage, convolution blocks included;
+torchvision's ``encoder.layers``), as the SIT paper's Tables 2-4 do. Per model, configuration (the
+paper default; burst neurons with MSE thresholds), method and k: top-1 accuracy on the test split
+after t steps (mean outputs), against the ANN's.
 
-    python benchmarks/sit_blocks.py [--models edgenext nextvit] [--time-steps 8]
+    python benchmarks/sit_blocks.py [--models edgenext nextvit torchvision_vit] [--time-steps 8]
 """
 
 from __future__ import annotations
@@ -16,25 +18,57 @@ import argparse
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
+from torchvision.models import VisionTransformer
 
 import transpike
+from transpike.convert import block_paths
 from transpike.digits import load_digits_split, train_on_digits
 
 SIZE = 32
-MODELS = {
-    "edgenext": ("edgenext_xx_small", dict(dims=(16, 32, 32, 64), depths=(1, 2, 1, 1), heads=(2, 2, 2, 2))),
-    "nextvit": ("nextvit_small", dict(depths=(1, 1, 5, 1), sr_ratios=(2, 2, 2, 1))),
-}
-CONFIGS = {"paper default": {}, "burst + mse": dict(neuron="burst", threshold="mse")}
 
 
 def resize(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=SIZE, mode="bilinear", align_corners=False)
+
+
+def resize_rgb(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's ViT takes three channels: the gray digit in each."""
+    return resize(x).expand(-1, 3, -1, -1)
+
+
+#: name -> (what it is, how to build it untrained, the images it takes)
+MODELS: dict[str, tuple[str, Callable[[], torch.nn.Module], Callable]] = {
+    "edgenext": (
+        "timm edgenext_xx_small, widths 16-64, depths 1/2/1/1",
+        lambda: timm.create_model(
+            "edgenext_xx_small", in_chans=1, num_classes=10, dims=(16, 32, 32, 64), depths=(1, 2, 1, 1),
+            heads=(2, 2, 2, 2),
+        ),
+        resize,
+    ),
+    "nextvit": (
+        "timm nextvit_small, depths 1/1/5/1",
+        lambda: timm.create_model(
+            "nextvit_small", in_chans=1, num_classes=10, depths=(1, 1, 5, 1), sr_ratios=(2, 2, 2, 1)
+        ),
+        resize,
+    ),
+    "torchvision_vit": (
+        "torchvision VisionTransformer, 4 px patches, 4 layers of width 64, 4 heads, MLP 128",
+        lambda: VisionTransformer(
+            image_size=SIZE, patch_size=4, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128,
+            num_classes=10,
+        ),
+        resize_rgb,
+    ),
+}  # fmt: skip
+CONFIGS = {"paper default": {}, "burst + mse": dict(neuron="burst", threshold="mse")}
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -48,18 +82,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/sit_blocks.json"))
     args = parser.parse_args()
 
-    x, y = (resize(t) if t.is_floating_point() else t for t in load_digits_split("test"))
-    calibration = resize(load_digits_split("train")[0][:256])
+    test_x, y = load_digits_split("test")
+    train_x = load_digits_split("train")[0][:256]
     results = []
     for key in args.models:
-        name, kwargs = MODELS[key]
+        what, create, transform = MODELS[key]
+        x, calibration = transform(test_x), transform(train_x)
         torch.manual_seed(0)
         start = time.perf_counter()
-        model = train_on_digits(timm.create_model(name, in_chans=1, num_classes=10, **kwargs), resize)
+        model = train_on_digits(create(), transform)
         trained_s = time.perf_counter() - start
         with torch.inference_mode():
             ann = accuracy(model(x), y)
-        blocks = sum(len(stage.blocks) for stage in model.stages)
+        blocks = len(block_paths(model))
         rows = []
         for config, options in CONFIGS.items():
             for method in ("ecmt", "sit"):
@@ -72,9 +107,7 @@ def main() -> None:
                     print(
                         key, config, method, k, " ".join(f"{a:.2f}" for a in rows[-1]["accuracy"]), flush=True
                     )
-        results.append(
-            dict(model=key, timm=name, kwargs=kwargs, ann_accuracy=ann, train_seconds=trained_s, rows=rows)
-        )
+        results.append(dict(model=key, what=what, ann_accuracy=ann, train_seconds=trained_s, rows=rows))
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
@@ -94,7 +127,7 @@ def main() -> None:
     steps = (1, 2, 4, args.time_steps)
     for result in results:
         ann = result["ann_accuracy"]
-        print(f"\n{result['model']} ({result['timm']}): ANN {ann:.2f} % on {len(y)} test images")
+        print(f"\n{result['model']} ({result['what']}): ANN {ann:.2f} % on {len(y)} test images")
         by = {(r["config"], r["method"], r["blocks"]): r["accuracy"] for r in result["rows"]}
         for config in CONFIGS:
             heads = [f"{m} t={t}" for m in ("ECMT", "SIT") for t in steps]
