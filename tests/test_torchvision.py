@@ -1,16 +1,18 @@
-"""torchvision's Vision Transformer and torch's ``nn.MultiheadAttention``: the explicit attention
-twin, conversion, rate links, ``blocks=k``, files and the command line."""
+"""torchvision's Vision Transformer and Swin Transformer, and torch's ``nn.MultiheadAttention``:
+the explicit attention twins, conversion, rate links, ``blocks=k``, files and the command line."""
 
 
 import pytest
 import torch
 from conftest import ann_output, assert_converges, assert_links_keep_outputs, emitters, relative_error
 from torch import nn
+from torchvision.models import swin_v2_t
+from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 from torchvision.ops.misc import Conv2dNormActivation
 
 import transpike
-from transpike import ConversionError
+from transpike import ConversionError, ConversionOptions, prepare
 from transpike.io import rebuild_ann
 from transpike.models import build_model, create_model, model_spec
 from transpike.rules.torch_transformer import ExplicitMultiheadAttention
@@ -197,3 +199,67 @@ def test_models_by_name():
     with pytest.raises(ValueError, match="image_size"):
         create_model("torchvision:vit_b_32", {"image_size": "x"})
 
+
+
+def build_swin() -> SwinTransformer:
+    """A small torchvision Swin (V1 blocks; windows of 4, two stages) whose attention matters."""
+    torch.manual_seed(0)
+    model = SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4], num_classes=5
+    ).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "relative_position_bias_table" in name:
+                parameter.normal_(0, 1.0)
+            if name.endswith("qkv.weight"):
+                parameter.mul_(3)
+            if name == "head.weight":
+                parameter.normal_(0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("size", [32, 36, 20])  # 8x8 tokens, 9x9 (padded to 12x12), 5x5 (to 8x8)
+def test_the_swin_twin_computes_what_torchvision_does(size):
+    model = build_swin()
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(x)
+        assert relative_error(prepare(model, ConversionOptions())(x), ref) < 1e-6
+
+
+@pytest.mark.parametrize("options", [{}, dict(neuron="burst", threshold="mse"), dict(method="sit")])
+def test_torchvision_swin_converges(options):
+    gen = torch.Generator().manual_seed(5)
+    calibration, x = torch.randn(16, 3, 36, 36, generator=gen), torch.randn(4, 3, 36, 36, generator=gen)
+    model = build_swin()
+    ref = ann_output(model, x)
+    snn = transpike.convert(model, calibration, **options)
+    report = snn.report()
+    assert [r.path for r in report.by_role("direct-input")] == ["features.0.0"]
+    assert report.counts()["mt×mt+product-ec"] == 4 * 2 and not report.analog
+    y = snn.simulate(x, 32)
+    assert_converges(y, ref, 0.1)
+    if options.get("neuron") == "burst":
+        assert relative_error(y[-1], ref) < 0.005
+
+
+def test_torchvision_swin_passes_rates_and_round_trips(tmp_path):
+    gen = torch.Generator().manual_seed(5)
+    calibration, x = torch.randn(16, 3, 36, 36, generator=gen), torch.randn(4, 3, 36, 36, generator=gen)
+    linked = transpike.convert(build_swin().double(), calibration.double())
+    head = linked.network.head
+    assert all(m.emits_rate for m in emitters(linked.network) if m is not head) and not head.emits_rate
+    assert_links_keep_outputs(linked, x.double())
+    snn = transpike.convert(build_swin(), calibration)
+    loaded = transpike.load(transpike.save(snn, tmp_path / "swin.safetensors"), model=build_swin())
+    assert torch.equal(loaded.simulate(x, 3), snn.simulate(x, 3))
+    with torch.no_grad():
+        assert torch.equal(rebuild_ann(loaded, build_swin())(x), build_swin()(x))
+
+
+def test_torchvision_swin_refusals():
+    """Swin V2's blocks have no rule (refused by path and type); blocks=k says what is missing."""
+    with pytest.raises(ConversionError, match="features.1.0 .*SwinTransformerBlockV2.*no conversion rule"):
+        transpike.convert(swin_v2_t(num_classes=3), torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="blocks=1: the model has no 'blocks' sequence"):
+        transpike.convert(build_swin(), torch.randn(2, 3, 32, 32), blocks=1)

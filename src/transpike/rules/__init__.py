@@ -118,5 +118,6 @@ from . import (  # noqa: E402, F401
     timm_vit,
     torch_nn,
     torch_transformer,
+    torchvision_swin,
     torchvision_vit,
 )
