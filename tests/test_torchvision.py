@@ -257,9 +257,27 @@ def test_torchvision_swin_passes_rates_and_round_trips(tmp_path):
         assert torch.equal(rebuild_ann(loaded, build_swin())(x), build_swin()(x))
 
 
-def test_torchvision_swin_refusals():
-    """Swin V2's blocks have no rule (refused by path and type); blocks=k says what is missing."""
-    with pytest.raises(ConversionError, match="features.1.0 .*SwinTransformerBlockV2.*no conversion rule"):
+def test_torchvision_swin_blocks_count_stage_by_stage():
+    """blocks=k counts the Swin blocks in ``features`` stage by stage: a later stage, the patch
+    merging before it, the final norm and the head stay analog (on rates); linked = unlinked."""
+    gen = torch.Generator().manual_seed(5)
+    calibration, x = torch.randn(16, 3, 36, 36, generator=gen), torch.randn(4, 3, 36, 36, generator=gen)
+    model = build_swin()
+    ref = ann_output(model, x)
+    tail = ["norm", "permute", "avgpool", "flatten", "head"]
+    expected = {
+        1: ["features.1.1", "features.2", "features.3", *tail],
+        2: ["features.3.0", "features.3.1", *tail],
+        4: [],
+    }
+    for k, analog in expected.items():
+        snn = transpike.convert(model, calibration, blocks=k, neuron="burst", threshold="mse")
+        assert [row.path for row in snn.report().analog] == analog
+        assert relative_error(snn.simulate(x, 16)[-1], ref) < 0.005
+    linked = transpike.convert(build_swin().double(), calibration.double(), blocks=2)
+    assert_links_keep_outputs(linked, x.double())
+
+
+def test_torchvision_swin_v2_is_refused_by_path_and_type():
+    with pytest.raises(ConversionError, match=r"features.1.0 .*SwinTransformerBlockV2.*no conversion rule"):
         transpike.convert(swin_v2_t(num_classes=3), torch.randn(1, 3, 32, 32))
-    with pytest.raises(ValueError, match="blocks=1: the model has no 'blocks' sequence"):
-        transpike.convert(build_swin(), torch.randn(2, 3, 32, 32), blocks=1)

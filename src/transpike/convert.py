@@ -143,7 +143,10 @@ def block_paths(network: nn.Module) -> list[str]:
     """The Transformer blocks in forward order: the model's ``blocks`` sequence (timm's ViT, Eva;
     ``encoder.layers`` in torchvision's ViT), or each stage's in turn (``layers.<stage>.blocks``:
     Swin, Swin V2; ``stages.<stage>.blocks``: EdgeNeXt, Next-ViT, whose blocks include their
-    convolution blocks)."""
+    convolution blocks); or where the model's rule says (torchvision's Swin)."""
+    rule = rule_for(network)
+    if rule is not None and rule.blocks is not None:
+        return rule.blocks(network)
     for name in ("blocks", "encoder.layers"):  # timm's ViTs; torchvision's ViT
         blocks = _submodule(network, name)
         if isinstance(blocks, (nn.Sequential, nn.ModuleList)):

@@ -62,6 +62,7 @@ class Rule:
     check: Callable[[nn.Module], str | None] | None = None
     links: Callable[[nn.Module], Iterable[Link]] | None = None
     plain: Callable[[nn.Module], nn.Module] | None = None
+    blocks: Callable[[nn.Module], list[str]] | None = None
 
 
 _RULES: dict[type, Rule] = {}
@@ -76,6 +77,7 @@ def register(
     check: Callable[[nn.Module], str | None] | None = None,
     links: Callable[[nn.Module], Iterable[Link]] | None = None,
     plain: Callable[[nn.Module], nn.Module] | None = None,
+    blocks: Callable[[nn.Module], list[str]] | None = None,
 ) -> None:
     """Tell the converter how to treat modules of type ``cls`` (exact type).
 
@@ -91,8 +93,11 @@ def register(
             of its children, which conversion keeps (see :mod:`transpike.rates`).
         plain: for ``WEIGHT`` layers whose forward transforms their weight, a function returning
             the equivalent plain layer (:class:`transpike.synapses.ParallelLayer` copies its weight).
+        blocks: for a model, the paths of its Transformer blocks in forward order, which
+            ``blocks=k`` counts, where they are not a ``blocks`` sequence or stages of them
+            (:func:`transpike.convert.block_paths`).
     """
-    _RULES[cls] = Rule(Role(role), tuple(channel_dims), twin, check, links, plain)
+    _RULES[cls] = Rule(Role(role), tuple(channel_dims), twin, check, links, plain, blocks)
 
 
 def rule_for(module: nn.Module) -> Rule | None:

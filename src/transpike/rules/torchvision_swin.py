@@ -8,8 +8,7 @@ linear, and the bias and the mask are constants added to the scores, so an expli
 the same with Q·Kᵀ, softmax and attn·V as modules. Patch merging, the blocks' residual sums,
 ``Permute``, average pooling and stochastic depth (in evaluation) are linear; the stem's
 convolution sees the image at every step. Swin V2's blocks (``swin_v2_t``) are refused by name.
-``blocks=k`` is not offered: the model has no sequence of blocks, its stages are among
-``features``.
+``blocks=k`` counts the Swin blocks stage by stage, as for timm's Swin.
 """
 
 from __future__ import annotations
@@ -97,7 +96,14 @@ def _network_links(swin: SwinTransformer) -> list[Link]:
 
 
 register(ShiftedWindowAttention, Role.CONTAINER, twin=ExplicitShiftedWindowAttention)
-register(SwinTransformer, Role.INPUT, links=_network_links)  # the stem's convolution reads the image
+def _blocks(swin: SwinTransformer) -> list[str]:
+    """The Swin blocks in forward order, stage by stage: the children of ``features`` that hold
+    them (patch merging and the stem in between)."""
+    return [path for path, module in swin.named_modules() if isinstance(module, SwinTransformerBlock)]
+
+
+# the stem's convolution reads the image
+register(SwinTransformer, Role.INPUT, links=_network_links, blocks=_blocks)
 for cls in (ExplicitShiftedWindowAttention, SwinTransformerBlock, PatchMerging, MLP):
     register(cls, Role.CONTAINER)
 for cls in (Permute, StochasticDepth):
