@@ -56,7 +56,10 @@ def create(name: str, img_size: int, kwargs: dict) -> torch.nn.Module:
     if name == "torchvision:VisionTransformer":
         model = torchvision.models.VisionTransformer(image_size=img_size, **kwargs).eval()
     elif name.startswith("torchvision:"):
-        model = create_model(name, {"image_size": img_size, **kwargs})
+        try:
+            model = create_model(name, {"image_size": img_size, **kwargs})
+        except ValueError:  # a Swin takes any size
+            model = create_model(name, kwargs)
     else:
         try:
             model = timm.create_model(name, img_size=img_size, **kwargs).eval()
