@@ -4,6 +4,7 @@ import pytest
 import timm
 import torch
 
+import transpike
 from transpike import ExpectationCompensation, SpikingLayer, SpikingProduct
 from transpike.rates import link_rates
 
@@ -32,6 +33,29 @@ def assert_converges(y: torch.Tensor, ref: torch.Tensor, tolerance: float = 0.1)
     """The mean output after all T steps is within ``tolerance`` of ref and closer than after 4."""
     assert relative_error(y[-1], ref) < tolerance
     assert relative_error(y[-1], ref) < relative_error(y[3], ref)
+
+
+#: the paper default, burst neurons with MSE thresholds, SIT: what each model family is checked with
+CONFIGURATIONS = [{}, dict(neuron="burst", threshold="mse"), dict(method="sit")]
+
+
+def assert_converts(
+    model, calibration, x, options: dict, direct: str, products: int, tolerance=0.15, burst=0.01
+):
+    """``model`` converted with ``options``: its direct-input layer at path ``direct``,
+    ``products`` products of two spiking operands, nothing analog; after 32 steps within
+    ``tolerance`` of the ANN and closer than after 4 (within ``burst`` with burst neurons).
+    Returns the network."""
+    ref = ann_output(model, x)
+    snn = transpike.convert(model, calibration, **options)
+    report = snn.report()
+    assert [r.path for r in report.by_role("direct-input")] == [direct]
+    assert report.counts()["mt×mt+product-ec"] == products and not report.analog
+    y = snn.simulate(x, 32)
+    assert_converges(y, ref, tolerance)
+    if options.get("neuron") == "burst":
+        assert relative_error(y[-1], ref) < burst
+    return snn
 
 
 def emitters(network: torch.nn.Module) -> list[torch.nn.Module]:

@@ -4,7 +4,14 @@ biases, LayerScale, mean pooling with fc_norm; the twin, conversion, rate links 
 import pytest
 import timm
 import torch
-from conftest import ann_output, assert_converges, assert_links_keep_outputs, emitters, relative_error
+from conftest import (
+    CONFIGURATIONS,
+    ann_output,
+    assert_converts,
+    assert_links_keep_outputs,
+    emitters,
+    relative_error,
+)
 from timm.models.beit import Attention
 
 import transpike
@@ -56,21 +63,11 @@ def test_the_twin_computes_what_timm_does(variant, inputs):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("options", [{}, dict(neuron="burst", threshold="mse"), dict(method="sit")])
+@pytest.mark.parametrize("options", CONFIGURATIONS)
 def test_beit_converges(variant, options, inputs):
-    calibration, x = inputs
-    model = build(variant)
-    ref = ann_output(model, x)
-    snn = transpike.convert(model, calibration, **options)
-    report = snn.report()
-    assert [r.path for r in report.by_role("direct-input")] == ["patch_embed.proj"]
-    assert report.counts()["mt×mt+product-ec"] == 2 * 2 and not report.analog
-    shared = [r.path for r in report.by_role("constant")]
+    snn = assert_converts(build(variant), *inputs, options, direct="patch_embed.proj", products=2 * 2)
+    shared = [r.path for r in snn.report().by_role("constant")]
     assert shared == (["rel_pos_bias"] if "shared" in variant or "both" in variant else [])
-    y = snn.simulate(x, 32)
-    assert_converges(y, ref, 0.15)
-    if options.get("neuron") == "burst":
-        assert relative_error(y[-1], ref) < 0.01
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

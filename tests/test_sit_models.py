@@ -6,7 +6,14 @@ attention normalized by BatchNorm (Next-ViT)."""
 import pytest
 import timm
 import torch
-from conftest import ann_output, assert_converges, assert_links_keep_outputs, emitters, relative_error
+from conftest import (
+    CONFIGURATIONS,
+    ann_output,
+    assert_converts,
+    assert_links_keep_outputs,
+    emitters,
+    relative_error,
+)
 from timm.models.edgenext import CrossCovarianceAttn
 from timm.models.nextvit import EfficientAttention
 from torch.utils.flop_counter import FlopCounterMode
@@ -105,22 +112,12 @@ def test_the_attention_twins_compute_what_timm_does(family, inputs):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("options", [{}, dict(neuron="burst", threshold="mse"), dict(method="sit")])
+@pytest.mark.parametrize("options", CONFIGURATIONS)
 def test_sit_models_converge(family, options, inputs):
-    calibration, x = inputs
-    model = build(family)
-    ref = ann_output(model, x)
-    snn = transpike.convert(model, calibration, **options)
-    report = snn.report()
-    direct = "stem.0.conv" if family == "nextvit" else "stem.0"
-    assert [r.path for r in report.by_role("direct-input")] == [direct]
-    assert report.counts()["mt×mt+product-ec"] == 3 * 2 and not report.analog
-    y = snn.simulate(x, 32)
     # one spike per step: 0.05-0.11 after 32 steps, as the CPU's rounding moves spike decisions
     # (edgenext_rw: 0.106 on an AMD EPYC with AVX2, below 0.1 on the machines before it)
-    assert_converges(y, ref, 0.15)
-    if options.get("neuron") == "burst":
-        assert relative_error(y[-1], ref) < 0.005
+    direct = "stem.0.conv" if family == "nextvit" else "stem.0"
+    assert_converts(build(family), *inputs, options, direct, products=3 * 2, burst=0.005)
 
 
 def test_cross_covariance_normalizations_become_ec_modules(inputs):

@@ -5,7 +5,14 @@ a ViT written with them: the explicit twins, conversion, rate links and ``blocks
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ann_output, assert_converges, assert_links_keep_outputs, emitters, relative_error
+from conftest import (
+    CONFIGURATIONS,
+    ann_output,
+    assert_converts,
+    assert_links_keep_outputs,
+    emitters,
+    relative_error,
+)
 from torch import nn
 
 import transpike
@@ -88,22 +95,12 @@ def test_the_twins_compute_what_torch_does(norm_first, activation, batch_first, 
                 torch.backends.mha.set_fastpath_enabled(True)
 
 
-@pytest.mark.parametrize("options", [{}, dict(neuron="burst", threshold="mse"), dict(method="sit")])
+@pytest.mark.parametrize("options", CONFIGURATIONS)
 @pytest.mark.parametrize("norm_first", [True, False])
 def test_a_vit_of_torch_layers_converges(options, norm_first, inputs):
-    calibration, x = inputs
-    model = build(norm_first=norm_first)
-    ref = ann_output(model, x)
-    snn = transpike.convert(model, calibration, **options)
-    report = snn.report()
-    assert [r.path for r in report.by_role("direct-input")] == ["patch"]
-    assert report.counts()["mt×mt+product-ec"] == 2 * 2 and not report.analog
-    ec = {r.path for r in report.by_role("ec")}
+    snn = assert_converts(build(norm_first=norm_first), *inputs, options, direct="patch", products=2 * 2)
+    ec = {r.path for r in snn.report().by_role("ec")}
     assert {"encoder.layers.0.norm1", "encoder.layers.1.activation", "norm"} <= ec
-    y = snn.simulate(x, 32)
-    assert_converges(y, ref, 0.15)
-    if options.get("neuron") == "burst":
-        assert relative_error(y[-1], ref) < 0.01
 
 
 def test_an_activation_function_is_refused_by_path(inputs):

@@ -4,7 +4,14 @@ the explicit attention twins, conversion, rate links, ``blocks=k``, files and th
 
 import pytest
 import torch
-from conftest import ann_output, assert_converges, assert_links_keep_outputs, emitters, relative_error
+from conftest import (
+    CONFIGURATIONS,
+    ann_output,
+    assert_converts,
+    assert_links_keep_outputs,
+    emitters,
+    relative_error,
+)
 from torch import nn
 from torchvision.models import swin_v2_t
 from torchvision.models.swin_transformer import SwinTransformer
@@ -88,20 +95,11 @@ def test_unsupported_multihead_attention_is_refused_by_path(change, reason, inpu
     assert "MultiheadAttention" in str(error.value)
 
 
-@pytest.mark.parametrize("options", [{}, dict(neuron="burst", threshold="mse"), dict(method="sit")])
+@pytest.mark.parametrize("options", CONFIGURATIONS)
 def test_torchvision_vit_converges(options, inputs):
-    calibration, x = inputs
-    model = build()
-    ref = ann_output(model, x)
-    snn = transpike.convert(model, calibration, **options)
-    report = snn.report()
-    assert [r.path for r in report.by_role("direct-input")] == ["conv_proj"]
-    assert report.counts()["mt×mt+product-ec"] == 2 * 2 and not report.analog
-    assert {r.path for r in report.by_role("ec")} >= {"encoder.ln", "encoder.layers.encoder_layer_1.mlp.1"}
-    y = snn.simulate(x, 32)
-    assert_converges(y, ref, 0.15)
-    if options.get("neuron") == "burst":
-        assert relative_error(y[-1], ref) < 0.01
+    snn = assert_converts(build(), *inputs, options, direct="conv_proj", products=2 * 2)
+    ec = {r.path for r in snn.report().by_role("ec")}
+    assert ec >= {"encoder.ln", "encoder.layers.encoder_layer_1.mlp.1"}
 
 
 def test_pre_logits_and_tanh_convert(inputs):
@@ -227,20 +225,11 @@ def test_the_swin_twin_computes_what_torchvision_does(size):
         assert relative_error(prepare(model, ConversionOptions())(x), ref) < 1e-6
 
 
-@pytest.mark.parametrize("options", [{}, dict(neuron="burst", threshold="mse"), dict(method="sit")])
+@pytest.mark.parametrize("options", CONFIGURATIONS)
 def test_torchvision_swin_converges(options):
     gen = torch.Generator().manual_seed(5)
     calibration, x = torch.randn(16, 3, 36, 36, generator=gen), torch.randn(4, 3, 36, 36, generator=gen)
-    model = build_swin()
-    ref = ann_output(model, x)
-    snn = transpike.convert(model, calibration, **options)
-    report = snn.report()
-    assert [r.path for r in report.by_role("direct-input")] == ["features.0.0"]
-    assert report.counts()["mt×mt+product-ec"] == 4 * 2 and not report.analog
-    y = snn.simulate(x, 32)
-    assert_converges(y, ref, 0.1)
-    if options.get("neuron") == "burst":
-        assert relative_error(y[-1], ref) < 0.005
+    assert_converts(build_swin(), calibration, x, options, "features.0.0", 4 * 2, tolerance=0.1, burst=0.005)
 
 
 def test_torchvision_swin_passes_rates_and_round_trips(tmp_path):
