@@ -78,6 +78,30 @@ def test_unsupported_modules_are_named(model, path, kind):
     assert unchanged(model, before)
 
 
+class Unknown(nn.Module):
+    """A model of the user's own whose parts are partly unknown to the converter."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act, self.inner = nn.Linear(4, 4), Swish(), nn.Sequential(Swish(), nn.LSTM(4, 4))
+
+    def forward(self, x):
+        return self.inner[0](self.act(self.fc(x)))
+
+
+def test_a_module_without_a_rule_names_its_parts_without_one():
+    with pytest.raises(ConversionError) as error:
+        transpike.convert(Unknown(), torch.randn(8, 4))
+    assert error.value.path == "<root>" and error.value.module_type.endswith("test_bad_input.Unknown")
+    # each type once, sorted; Linear and Sequential have rules
+    assert str(error.value).startswith(
+        "<root> (test_bad_input.Unknown): no conversion rule for this module type "
+        "(nor do its parts: test_bad_input.Swish, torch.nn.modules.rnn.LSTM); register a rule"
+    )
+    with pytest.raises(ConversionError, match=r"^1 \(.*Swish\): no conversion rule for this module type; "):
+        transpike.convert(nn.Sequential(nn.Linear(4, 4), Swish()), torch.randn(8, 4))
+
+
 def test_functional_call_is_reported_with_its_op():
     model = nn.Sequential(nn.Linear(6, 6), FunctionalBlock()).eval()
     with pytest.raises(ConversionError, match=r"aten\.relu"):

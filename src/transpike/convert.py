@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .audit import audit
 from .compensation import ExpectationCompensation, SpikingProduct
-from .errors import ConversionError
+from .errors import ConversionError, type_name
 from .model import SpikingModel, device_dtype
 from .neurons import NEURONS, ROUNDINGS, MTNeuron
 from .observers import HistogramObserver
@@ -202,6 +202,14 @@ def _first_weight_layer(module: nn.Module, path: str) -> str | None:
     return None
 
 
+def _missing_rules(module: nn.Module) -> str:
+    """Why a module without a rule cannot convert, naming the types of its parts that have none
+    too: what registering the model's own class would still leave to do."""
+    parts = {type_name(m) for m in module.modules() if m is not module and rule_for(m) is None}
+    listed = f" (nor do its parts: {', '.join(sorted(parts))})" if parts else ""
+    return f"no conversion rule for this module type{listed}"
+
+
 def _prepare(
     module: nn.Module, path: str, options: ConversionOptions, direct: str | None, analog: dict[str, str]
 ) -> nn.Module:
@@ -209,9 +217,7 @@ def _prepare(
     if path in analog:
         return Unconverted(module, analog[path])
     rule = rule_for(module)
-    reason = (
-        "no conversion rule for this module type" if rule is None else (rule.check and rule.check(module))
-    )
+    reason = _missing_rules(module) if rule is None else (rule.check and rule.check(module))
     if reason:
         if options.strict:
             raise ConversionError(

@@ -5,12 +5,17 @@ from __future__ import annotations
 from torch import nn
 
 
+def type_name(module: nn.Module) -> str:
+    """The module's class with the module that defines it (``timm.models.cait.Cait``)."""
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
 class ConversionError(ValueError):
     """A module the converter cannot handle, named by its path in the model and its type."""
 
     def __init__(self, path: str, module: nn.Module, reason: str) -> None:
         self.path = path or "<root>"
-        self.module_type = f"{type(module).__module__}.{type(module).__qualname__}"
+        self.module_type = type_name(module)
         super().__init__(f"{self.path} ({self.module_type}): {reason}")
 
 
