@@ -1,4 +1,4 @@
-"""torchvision's Vision Transformer and Swin Transformer, and torch's ``nn.MultiheadAttention``:
+"""torchvision's Vision Transformer and Swin Transformer (V1 and V2), and torch's ``nn.MultiheadAttention``:
 the explicit attention twins, conversion, rate links, ``blocks=k``, files and the command line."""
 
 
@@ -13,8 +13,7 @@ from conftest import (
     relative_error,
 )
 from torch import nn
-from torchvision.models import swin_v2_t
-from torchvision.models.swin_transformer import SwinTransformer
+from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
 from torchvision.models.vision_transformer import VisionTransformer
 from torchvision.ops.misc import Conv2dNormActivation
 
@@ -199,16 +198,23 @@ def test_models_by_name():
 
 
 
-def build_swin() -> SwinTransformer:
-    """A small torchvision Swin (V1 blocks; windows of 4, two stages) whose attention matters."""
+SWIN_BLOCKS = {"v1": {}, "v2": dict(block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2)}
+
+
+def build_swin(version: str = "v1") -> SwinTransformer:
+    """A small torchvision Swin (windows of 4, two stages) whose attention matters; V2 with q, k
+    and v biases (torchvision drops k's), temperatures and position-bias MLPs spread out."""
     torch.manual_seed(0)
     model = SwinTransformer(
-        patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4], num_classes=5
+        patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4], num_classes=5,
+        **SWIN_BLOCKS[version],
     ).eval()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if "relative_position_bias_table" in name:
+            if "relative_position_bias_table" in name or "cpb_mlp" in name or name.endswith("qkv.bias"):
                 parameter.normal_(0, 1.0)
+            if name.endswith("logit_scale"):
+                parameter.normal_(1.5, 1.0)
             if name.endswith("qkv.weight"):
                 parameter.mul_(3)
             if name == "head.weight":
@@ -216,42 +222,54 @@ def build_swin() -> SwinTransformer:
     return model
 
 
+@pytest.mark.parametrize("version", SWIN_BLOCKS)
 @pytest.mark.parametrize("size", [32, 36, 20])  # 8x8 tokens, 9x9 (padded to 12x12), 5x5 (to 8x8)
-def test_the_swin_twin_computes_what_torchvision_does(size):
-    model = build_swin()
+def test_the_swin_twin_computes_what_torchvision_does(version, size):
+    model = build_swin(version)
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = model(x)
         assert relative_error(prepare(model, ConversionOptions())(x), ref) < 1e-6
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if n.endswith("qkv.bias"))  # untouched
 
 
+@pytest.fixture
+def swin_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    return torch.randn(16, 3, 36, 36, generator=gen), torch.randn(4, 3, 36, 36, generator=gen)
+
+
+@pytest.mark.parametrize("version", SWIN_BLOCKS)
 @pytest.mark.parametrize("options", CONFIGURATIONS)
-def test_torchvision_swin_converges(options):
-    gen = torch.Generator().manual_seed(5)
-    calibration, x = torch.randn(16, 3, 36, 36, generator=gen), torch.randn(4, 3, 36, 36, generator=gen)
-    assert_converts(build_swin(), calibration, x, options, "features.0.0", 4 * 2, tolerance=0.1, burst=0.005)
+def test_torchvision_swin_converges(version, options, swin_inputs):
+    """4 blocks × 2 products; V2's cosine attention adds 2 EC modules (Q̂, K̂) per block."""
+    snn = assert_converts(
+        build_swin(version), *swin_inputs, options, "features.0.0", 4 * 2, tolerance=0.1, burst=0.005
+    )
+    normalizations = [r for r in snn.report().by_role("ec") if r.path.endswith(("q_norm", "k_norm"))]
+    assert len(normalizations) == (8 if version == "v2" else 0)
 
 
-def test_torchvision_swin_passes_rates_and_round_trips(tmp_path):
-    gen = torch.Generator().manual_seed(5)
-    calibration, x = torch.randn(16, 3, 36, 36, generator=gen), torch.randn(4, 3, 36, 36, generator=gen)
-    linked = transpike.convert(build_swin().double(), calibration.double())
+@pytest.mark.parametrize("version", SWIN_BLOCKS)
+def test_torchvision_swin_passes_rates_and_round_trips(version, swin_inputs, tmp_path):
+    calibration, x = swin_inputs
+    linked = transpike.convert(build_swin(version).double(), calibration.double())
     head = linked.network.head
     assert all(m.emits_rate for m in emitters(linked.network) if m is not head) and not head.emits_rate
     assert_links_keep_outputs(linked, x.double())
-    snn = transpike.convert(build_swin(), calibration)
-    loaded = transpike.load(transpike.save(snn, tmp_path / "swin.safetensors"), model=build_swin())
+    snn = transpike.convert(build_swin(version), calibration)
+    loaded = transpike.load(transpike.save(snn, tmp_path / "swin.safetensors"), model=build_swin(version))
     assert torch.equal(loaded.simulate(x, 3), snn.simulate(x, 3))
     with torch.no_grad():
-        assert torch.equal(rebuild_ann(loaded, build_swin())(x), build_swin()(x))
+        assert torch.equal(rebuild_ann(loaded, build_swin(version))(x), build_swin(version)(x))
 
 
-def test_torchvision_swin_blocks_count_stage_by_stage():
+@pytest.mark.parametrize("version", SWIN_BLOCKS)
+def test_torchvision_swin_blocks_count_stage_by_stage(version, swin_inputs):
     """blocks=k counts the Swin blocks in ``features`` stage by stage: a later stage, the patch
     merging before it, the final norm and the head stay analog (on rates); linked = unlinked."""
-    gen = torch.Generator().manual_seed(5)
-    calibration, x = torch.randn(16, 3, 36, 36, generator=gen), torch.randn(4, 3, 36, 36, generator=gen)
-    model = build_swin()
+    calibration, x = swin_inputs
+    model = build_swin(version)
     ref = ann_output(model, x)
     tail = ["norm", "permute", "avgpool", "flatten", "head"]
     expected = {
@@ -263,10 +281,15 @@ def test_torchvision_swin_blocks_count_stage_by_stage():
         snn = transpike.convert(model, calibration, blocks=k, neuron="burst", threshold="mse")
         assert [row.path for row in snn.report().analog] == analog
         assert relative_error(snn.simulate(x, 16)[-1], ref) < 0.005
-    linked = transpike.convert(build_swin().double(), calibration.double(), blocks=2)
+    linked = transpike.convert(build_swin(version).double(), calibration.double(), blocks=2)
     assert_links_keep_outputs(linked, x.double())
 
 
-def test_torchvision_swin_v2_is_refused_by_path_and_type():
-    with pytest.raises(ConversionError, match=r"features.1.0 .*SwinTransformerBlockV2.*no conversion rule"):
-        transpike.convert(swin_v2_t(num_classes=3), torch.randn(1, 3, 32, 32))
+def test_torchvision_swin_v2_by_name():
+    """``swin_v2_t`` as the command line builds it (windows of 8 at 64 px: one window, no shift, in
+    the later stages) converts and keeps torchvision's keys."""
+    model = create_model("torchvision:swin_v2_t", {"num_classes": 3})
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    snn = transpike.convert(model, x)
+    assert len(snn.report().by_role("mt×mt+product-ec")) == 12 * 2 and not snn.report().analog
+    assert set(snn.ann_state_dict()) == set(model.state_dict())

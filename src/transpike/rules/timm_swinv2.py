@@ -32,6 +32,18 @@ from .timm_twins import L2Normalize, SoftmaxHeads, packed_qkv
 from .timm_vit import attention_links
 
 
+def temperature(logit_scale: Tensor) -> Tensor:
+    """Cosine attention's τ = exp(min(logit_scale, ln 100)) per head (Liu et al. 2022, Swin V2
+    eq. 2; timm and torchvision clamp at 100): computed from a parameter, a constant."""
+    return torch.clamp(logit_scale, max=math.log(100)).exp()
+
+
+def continuous_bias(mlp_output: Tensor) -> Tensor:
+    """Swin V2's log-spaced continuous position bias, 16·σ(B̂), from the cpb MLP's output B̂
+    gathered per pair of tokens (Liu et al. 2022, eq. 4; the bound 16 is both codes')."""
+    return 16 * torch.sigmoid(mlp_output)
+
+
 class ConstantMlp(nn.Sequential):
     """Swin V2's position-bias MLP (``cpb_mlp``), which reads a constant coordinate table: what it
     computes is the same at every step, so it stays as it is (:attr:`Role.CONSTANT`)."""
@@ -60,16 +72,15 @@ class ExplicitCosineWindowAttention(SoftmaxHeads):
         """x: [windows·B, tokens, C]; mask: [windows, tokens, tokens] (0 or -100) or None."""
         batch, tokens, _ = x.shape
         q, k, v = packed_qkv(self, x)
-        scale = torch.clamp(self.logit_scale, max=math.log(100)).exp()  # τ per head, a constant
-        q, k = self.q_norm(q) * scale, self.k_norm(k)
+        q, k = self.q_norm(q) * temperature(self.logit_scale), self.k_norm(k)
         out = self.heads(q, k, v, with_mask(self._position_bias(tokens), mask, batch))
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, -1)))
 
     def _position_bias(self, tokens: int) -> Tensor:
         """16·σ(cpb_mlp(coordinates)) gathered for each pair of tokens: [heads, tokens, tokens]."""
         table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
-        bias = table[self.relative_position_index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1)
-        return 16 * torch.sigmoid(bias)
+        gathered = table[self.relative_position_index.view(-1)].view(tokens, tokens, -1)
+        return continuous_bias(gathered.permute(2, 0, 1))
 
 
 def _block_links(block: SwinTransformerV2Block) -> list[Link]:

@@ -1,5 +1,5 @@
-"""Rules for torchvision's Swin Transformer (``torchvision.models.SwinTransformer`` with V1 blocks:
-Swin-T, Swin-S, Swin-B).
+"""Rules for torchvision's Swin Transformer (``torchvision.models.SwinTransformer``): Swin-T, S, B
+with V1 blocks and Swin V2-T, S, B (``swin_v2_t``...) with V2 blocks.
 
 Its window attention is one function (``shifted_window_attention``) that pads, shifts and
 partitions the tokens, attends within each window with a relative position bias and the shifted
@@ -7,8 +7,10 @@ windows' mask, and reverses it all. Padding, shifting, partitioning and their re
 linear, and the bias and the mask are constants added to the scores, so an explicit twin computes
 the same with Q·Kᵀ, softmax and attn·V as modules. Patch merging, the blocks' residual sums,
 ``Permute``, average pooling and stochastic depth (in evaluation) are linear; the stem's
-convolution sees the image at every step. Swin V2's blocks (``swin_v2_t``) are refused by name.
-``blocks=k`` counts the Swin blocks stage by stage, as for timm's Swin.
+convolution sees the image at every step. V2 blocks attend by cosine (the normalizations of q
+and k become EC modules; τ and the cpb MLP's bias are constants, as in :mod:`.timm_swinv2`) and
+normalize after the attention, the MLP and patch merging's reduction; one rate link over the whole
+network covers both orders. ``blocks=k`` counts the Swin blocks stage by stage, as for timm's Swin.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.swin_transformer import (
     PatchMerging,
+    PatchMergingV2,
     ShiftedWindowAttention,
+    ShiftedWindowAttentionV2,
     SwinTransformer,
     SwinTransformerBlock,
+    SwinTransformerBlockV2,
     _get_relative_position_bias,
 )
 from torchvision.ops import StochasticDepth
@@ -29,7 +34,8 @@ from torchvision.ops.misc import MLP, Permute
 from . import Link, Role, register
 from .links import link_all
 from .timm_swin import with_mask
-from .timm_twins import SoftmaxHeads, split_qkv
+from .timm_swinv2 import ConstantMlp, continuous_bias, temperature
+from .timm_twins import L2Normalize, SoftmaxHeads, split_qkv
 
 
 def shift_mask(height: int, width: int, window: list[int], shift: list[int], like: Tensor) -> Tensor:
@@ -57,9 +63,22 @@ class ExplicitShiftedWindowAttention(SoftmaxHeads):
         super().__init__()
         self.window_size, self.shift_size, self.num_heads = attn.window_size, attn.shift_size, attn.num_heads
         self.qkv, self.proj = attn.qkv, attn.proj
-        self.relative_position_bias_table = attn.relative_position_bias_table
         self.register_buffer("relative_position_index", attn.relative_position_index)
+        self._init_scores(attn)
+
+    def _init_scores(self, attn: ShiftedWindowAttention) -> None:
+        """Scaled dot products plus a learned bias table."""
+        self.relative_position_bias_table = attn.relative_position_bias_table
         self._init_heads(attn, scale=(attn.qkv.in_features // attn.num_heads) ** -0.5)
+
+    def project(self, windows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v per head from the windows' tokens."""
+        return split_qkv(self.qkv(windows), self.num_heads)
+
+    def position_bias(self) -> Tensor:
+        """The relative position bias, [1, heads, tokens, tokens]: a constant."""
+        table, index = self.relative_position_bias_table, self.relative_position_index
+        return _get_relative_position_bias(table, index, self.window_size)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [B, H, W, C] -> [B, H, W, C]."""
@@ -76,13 +95,9 @@ class ExplicitShiftedWindowAttention(SoftmaxHeads):
         grid = (padded_h // window[0], padded_w // window[1])
         windows = x.view(batch, grid[0], window[0], grid[1], window[1], channels).permute(0, 1, 3, 2, 4, 5)
         windows = windows.reshape(-1, window[0] * window[1], channels)
-        table, index = self.relative_position_bias_table, self.relative_position_index
-        bias = with_mask(
-            _get_relative_position_bias(table, index, window),
-            shift_mask(padded_h, padded_w, window, shift, x) if shifted else None,
-            windows.shape[0],
-        )
-        out = self.heads(*split_qkv(self.qkv(windows), self.num_heads), bias).transpose(1, 2)
+        mask = shift_mask(padded_h, padded_w, window, shift, x) if shifted else None
+        bias = with_mask(self.position_bias(), mask, windows.shape[0])
+        out = self.heads(*self.project(windows), bias).transpose(1, 2)
         out = self.proj(out.reshape(windows.shape)).view(batch, *grid, *window, channels)
         out = out.permute(0, 1, 3, 2, 4, 5).reshape(batch, padded_h, padded_w, channels)
         if shifted:
@@ -90,21 +105,56 @@ class ExplicitShiftedWindowAttention(SoftmaxHeads):
         return out[:, :height, :width, :].contiguous()
 
 
+class ExplicitShiftedWindowAttentionV2(ExplicitShiftedWindowAttention):
+    """torchvision's ``ShiftedWindowAttentionV2``: cosine attention, τ·Q̂·K̂ᵀ with Q̂ and K̂ normalized
+    per token by EC modules, plus the cpb MLP's continuous bias. Shares the original's parameters
+    and buffers under their names."""
+
+    def _init_scores(self, attn: ShiftedWindowAttentionV2) -> None:
+        if attn.qkv.bias is not None:  # torchvision drops k's bias in its forward pass, whatever it holds
+            with torch.no_grad():
+                attn.qkv.bias[attn.qkv.in_features : 2 * attn.qkv.in_features] = 0  # the network's copy
+        self.logit_scale = attn.logit_scale
+        attn.cpb_mlp.__class__ = ConstantMlp  # the same children: the keys stay the ANN's
+        self.cpb_mlp = attn.cpb_mlp
+        self.register_buffer("relative_coords_table", attn.relative_coords_table)
+        self._init_heads(attn, scale=1.0)  # τ multiplies Q̂ instead
+        self.q_norm, self.k_norm = L2Normalize(), L2Normalize()
+
+    def project(self, windows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = super().project(windows)
+        return self.q_norm(q) * temperature(self.logit_scale), self.k_norm(k), v
+
+    def position_bias(self) -> Tensor:
+        table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+        index = self.relative_position_index
+        return continuous_bias(_get_relative_position_bias(table, index, self.window_size))
+
+
 def _network_links(swin: SwinTransformer) -> list[Link]:
     """One link from the stem to the head, which emits the increments the simulation averages."""
     return link_all(swin, "head")
 
 
-register(ShiftedWindowAttention, Role.CONTAINER, twin=ExplicitShiftedWindowAttention)
 def _blocks(swin: SwinTransformer) -> list[str]:
-    """The Swin blocks in forward order, stage by stage: the children of ``features`` that hold
-    them (patch merging and the stem in between)."""
+    """The Swin blocks (V1 or V2) in forward order, stage by stage: the children of ``features``
+    that hold them (patch merging and the stem in between)."""
     return [path for path, module in swin.named_modules() if isinstance(module, SwinTransformerBlock)]
 
 
+register(ShiftedWindowAttention, Role.CONTAINER, twin=ExplicitShiftedWindowAttention)
+register(ShiftedWindowAttentionV2, Role.CONTAINER, twin=ExplicitShiftedWindowAttentionV2)
 # the stem's convolution reads the image
 register(SwinTransformer, Role.INPUT, links=_network_links, blocks=_blocks)
-for cls in (ExplicitShiftedWindowAttention, SwinTransformerBlock, PatchMerging, MLP):
+for cls in (
+    ExplicitShiftedWindowAttention,
+    ExplicitShiftedWindowAttentionV2,
+    SwinTransformerBlock,
+    SwinTransformerBlockV2,
+    PatchMerging,
+    PatchMergingV2,
+    MLP,
+):
     register(cls, Role.CONTAINER)
 for cls in (Permute, StochasticDepth):
     register(cls, Role.PASSTHROUGH)
