@@ -131,6 +131,38 @@ def test_functional_call_left_analog_when_not_strict():
     assert relative_error(snn.simulate(x, 64)[-1], ref) < 0.05
 
 
+class TwoInputs(nn.Module):
+    """A part without a rule that reads two tensors and a constant."""
+
+    def forward(self, x, y, scale: float):
+        return torch.tanh(x + scale * y)
+
+
+class Outer(nn.Module):
+    def __init__(self, other_is_a_tensor: bool):
+        super().__init__()
+        self.fc, self.part, self.other_is_a_tensor = nn.Linear(4, 4), TwoInputs(), other_is_a_tensor
+
+    def forward(self, x):
+        x = self.fc(x)
+        return self.part(x, x if self.other_is_a_tensor else 0.0, 0.5)
+
+
+register(Outer, Role.CONTAINER)
+
+
+def test_a_part_left_analog_takes_constants_besides_its_input_but_not_another_tensor():
+    x = torch.randn(8, 4)
+    torch.manual_seed(0)
+    model = Outer(other_is_a_tensor=False).eval()
+    snn = transpike.convert(model, torch.randn(64, 4), strict=False)
+    assert [r.path for r in snn.report().analog] == ["part"]
+    assert relative_error(snn.simulate(x, 64)[-1], ann_output(model, x)) < 0.05
+    message = r"left analog must take one tensor and constants, got \(Tensor, Tensor, float\)"
+    with pytest.raises(ValueError, match=message):
+        transpike.convert(Outer(other_is_a_tensor=True), torch.randn(64, 4), strict=False)
+
+
 def test_timm_vits_pass_the_audit(images):
     """Strict conversion (the default) raises on any functional call the audit finds."""
     models = [tiny_vit(name, reg_tokens=0 if "deit" in name else 2)

@@ -63,12 +63,13 @@ class ExpectationCompensation(Stateful, nn.Module):
         self.reset()
 
     @torch.no_grad()  # state is updated in place: simulation, not training
-    def forward(self, x: Tensor, **constants: object) -> Tensor:
-        """O(t) for the step's input x. Keyword arguments go to F unchanged: they must be the same
-        at every step (an analog EVA block's rotary tables and mask flags)."""
+    def forward(self, x: Tensor, *args: object, **constants: object) -> Tensor:
+        """O(t) for the step's input x. Further arguments go to F unchanged: they must be the same
+        at every step (an analog EVA block's rotary tables and mask flags, an analog XCiT block's
+        grid size)."""
         self.t += 1
         if not self.compensated:
-            return self.f(x, **constants)
+            return self.f(x, *args, **constants)
         # The input rate S(t)/t: the input itself when it is one (takes_rate), else kept as a
         # running mean, one fused pass per step instead of a sum and a division.
         if self.takes_rate:
@@ -77,7 +78,7 @@ class ExpectationCompensation(Stateful, nn.Module):
             rate = self.rate = x.clone()
         else:
             rate = self.rate.lerp_(x, 1.0 / self.t)
-        mean_now = self.f(rate, **constants)
+        mean_now = self.f(rate, *args, **constants)
         if self.emits_rate:  # read before the rate is next updated (a reader takes it as it is)
             return mean_now
         if rate is self.rate and mean_now.untyped_storage().data_ptr() == rate.untyped_storage().data_ptr():

@@ -71,10 +71,13 @@ class Unconverted(nn.Module):
         self.module = module
         self.reason = reason
 
-    def forward(self, x: Tensor, **constants: object) -> Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"a module left analog must take one tensor, got {type(x).__name__}")
-        return self.module(x, **constants)
+    def forward(self, x: Tensor, *args: object, **constants: object) -> Tensor:
+        # its EC module keeps the rate of x alone: another tensor input would reach F as one step's
+        # value (keyword tensors are taken as the constants they are in timm: rotary tables)
+        if not isinstance(x, torch.Tensor) or any(isinstance(a, torch.Tensor) for a in args):
+            kinds = ", ".join(type(a).__name__ for a in (x, *args))
+            raise TypeError(f"a module left analog must take one tensor and constants, got ({kinds})")
+        return self.module(x, *args, **constants)
 
     def extra_repr(self) -> str:
         return f"reason={self.reason!r}"
