@@ -143,7 +143,8 @@ def block_paths(network: nn.Module) -> list[str]:
     """The Transformer blocks in forward order: the model's ``blocks`` sequence (timm's ViT, Eva;
     ``encoder.layers`` in torchvision's ViT), or each stage's in turn (``layers.<stage>.blocks``:
     Swin, Swin V2; ``stages.<stage>.blocks``: EdgeNeXt, Next-ViT, whose blocks include their
-    convolution blocks); or where the model's rule says (torchvision's Swin)."""
+    convolution blocks); or where the model's rule says (torchvision's Swin; CaiT, whose
+    class-attention blocks follow its ``blocks``)."""
     rule = rule_for(network)
     if rule is not None and rule.blocks is not None:
         return rule.blocks(network)
@@ -184,11 +185,14 @@ def _after_blocks(network: nn.Module, count: int) -> dict[str, str]:
     # a converted block's ancestors hold it; any other module from the first analog block on is
     # analog, with all it holds
     holders = {path.rsplit(".", depth)[0] for path in blocks[:count] for depth in range(path.count(".") + 1)}
-    paths = [path for path, _ in network.named_modules()]
+    modules = dict(network.named_modules())
+    paths = list(modules)
     reason = f"after the first {count} blocks"
     analog: dict[str, str] = {}
     for path in paths[paths.index(blocks[count]) :]:
-        if path not in holders and not any(path.startswith(f"{done}.") for done in analog):
+        # a ModuleList is never called (its owner iterates it): its children are left analog instead
+        listed = isinstance(modules[path], (nn.ModuleList, nn.ModuleDict))
+        if path not in holders and not listed and not any(path.startswith(f"{done}.") for done in analog):
             analog[path] = reason
     return analog
 

@@ -115,6 +115,7 @@ def rule_for(module: nn.Module) -> Rule | None:
 # registers the built-in rules
 from . import (  # noqa: E402, F401
     timm_beit,
+    timm_cait,
     timm_cnn,
     timm_edgenext,
     timm_nextvit,

@@ -44,3 +44,9 @@ def whole_network(network: nn.Module) -> list[Link]:
     is a sum of producers."""
     output = "head" if isinstance(network.head, ExpectationCompensation) else "head.fc"
     return [] if isinstance(network.get_submodule(output), nn.Identity) else link_all(network, output)
+
+
+def to_head(network: nn.Module) -> list[Link]:
+    """The one link of a network whose output layer is its ``head`` Linear (CaiT, XCiT,
+    torchvision's Swin); none for a headless model, whose output is a sum of producers."""
+    return [] if isinstance(network.head, nn.Identity) else link_all(network, "head")

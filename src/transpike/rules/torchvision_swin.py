@@ -31,8 +31,8 @@ from torchvision.models.swin_transformer import (
 from torchvision.ops import StochasticDepth
 from torchvision.ops.misc import MLP, Permute
 
-from . import Link, Role, register
-from .links import link_all
+from . import Role, register
+from .links import to_head
 from .timm_swin import with_mask
 from .timm_swinv2 import ConstantMlp, continuous_bias, temperature
 from .timm_twins import L2Normalize, SoftmaxHeads, split_qkv
@@ -131,11 +131,6 @@ class ExplicitShiftedWindowAttentionV2(ExplicitShiftedWindowAttention):
         return continuous_bias(_get_relative_position_bias(table, index, self.window_size))
 
 
-def _network_links(swin: SwinTransformer) -> list[Link]:
-    """One link from the stem to the head, which emits the increments the simulation averages."""
-    return link_all(swin, "head")
-
-
 def _blocks(swin: SwinTransformer) -> list[str]:
     """The Swin blocks (V1 or V2) in forward order, stage by stage: the children of ``features``
     that hold them (patch merging and the stem in between)."""
@@ -145,7 +140,7 @@ def _blocks(swin: SwinTransformer) -> list[str]:
 register(ShiftedWindowAttention, Role.CONTAINER, twin=ExplicitShiftedWindowAttention)
 register(ShiftedWindowAttentionV2, Role.CONTAINER, twin=ExplicitShiftedWindowAttentionV2)
 # the stem's convolution reads the image
-register(SwinTransformer, Role.INPUT, links=_network_links, blocks=_blocks)
+register(SwinTransformer, Role.INPUT, links=to_head, blocks=_blocks)  # one link, stem to head
 for cls in (
     ExplicitShiftedWindowAttention,
     ExplicitShiftedWindowAttentionV2,
