@@ -73,8 +73,26 @@ def assert_links_keep_outputs(linked, x: torch.Tensor, steps: int = 6):
     return plain
 
 
+def random_images(size: int, counts: tuple[int, int] = (32, 6), seed: int = 5) -> tuple[torch.Tensor, ...]:
+    """(calibration batch, evaluation batch) of random-normal images of size × size pixels."""
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(count, 3, size, size, generator=gen) for count in counts)
+
+
+def spread(model: torch.nn.Module, drawn: tuple[str, ...], scaled=("qkv.weight", ".q.weight", ".k.weight")):
+    """Make a small random-init model's attention and branches matter: the weights whose names end
+    in ``scaled`` ×3 (scores spread over the keys), those ending in ``drawn`` drawn with std 0.3
+    (branch outputs as large as the residual stream)."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(scaled):
+                parameter.mul_(3)
+            if name.endswith(drawn):
+                parameter.normal_(0, 0.3)
+    return model
+
+
 @pytest.fixture
 def images() -> tuple[torch.Tensor, torch.Tensor]:
     """(calibration batch, evaluation batch) of random images for TINY models."""
-    gen = torch.Generator().manual_seed(123)
-    return torch.randn(32, 3, 16, 16, generator=gen), torch.randn(6, 3, 16, 16, generator=gen)
+    return random_images(16, seed=123)

@@ -10,6 +10,7 @@ from conftest import (
     assert_converts,
     assert_links_keep_outputs,
     emitters,
+    random_images,
     relative_error,
 )
 from timm.models.beit import Attention
@@ -45,8 +46,7 @@ def build(variant: str) -> torch.nn.Module:
 
 @pytest.fixture
 def inputs() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(5)
-    return torch.randn(32, 3, 32, 32, generator=gen), torch.randn(6, 3, 32, 32, generator=gen)
+    return random_images(32)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

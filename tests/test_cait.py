@@ -12,6 +12,7 @@ from conftest import (
     assert_links_keep_outputs,
     emitters,
     relative_error,
+    spread,
 )
 from timm.models.cait import ClassAttn
 
@@ -31,12 +32,7 @@ def build(**kwargs) -> torch.nn.Module:
     model = timm.create_model("cait_xxs24_224", **{**TINY, **kwargs}).eval()
     with torch.no_grad():
         model.cls_token.normal_(0, 0.5)
-        for name, parameter in model.named_parameters():
-            if name.endswith(("qkv.weight", ".q.weight", ".k.weight")):
-                parameter.mul_(3)
-            if name.endswith(("proj_l.weight", "proj_w.weight", "proj.weight", "fc2.weight", "head.weight")):
-                parameter.normal_(0, 0.3)
-    return model
+    return spread(model, ("proj_l.weight", "proj_w.weight", "proj.weight", "fc2.weight", "head.weight"))
 
 
 def test_the_twins_compute_what_timm_does(images):

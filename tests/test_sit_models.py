@@ -12,6 +12,7 @@ from conftest import (
     assert_converts,
     assert_links_keep_outputs,
     emitters,
+    random_images,
     relative_error,
 )
 from timm.models.edgenext import CrossCovarianceAttn
@@ -80,8 +81,7 @@ def spread_scores(model: torch.nn.Module, x: torch.Tensor, spread: float = 3.0) 
 
 @pytest.fixture
 def inputs() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(5)
-    return torch.randn(16, 3, 64, 64, generator=gen), torch.randn(4, 3, 64, 64, generator=gen)
+    return random_images(64, (16, 4))
 
 
 def softmax_spread(model: torch.nn.Module, x: torch.Tensor) -> float:

@@ -6,7 +6,7 @@ cosine attention, a position-bias MLP, residual post-norm."""
 import pytest
 import timm
 import torch
-from conftest import ann_output, assert_converges, assert_links_keep_outputs, relative_error
+from conftest import ann_output, assert_converges, assert_links_keep_outputs, random_images, relative_error
 
 import transpike
 from transpike import ConversionOptions, prepare
@@ -48,8 +48,7 @@ def tiny_swin_v2() -> torch.nn.Module:
 
 @pytest.fixture
 def inputs() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(5)
-    return torch.randn(16, 3, 40, 40, generator=gen), torch.randn(4, 3, 40, 40, generator=gen)
+    return random_images(40, (16, 4))
 
 
 def test_the_window_attention_twin_computes_what_timm_does(inputs):

@@ -11,6 +11,7 @@ from conftest import (
     assert_converts,
     assert_links_keep_outputs,
     emitters,
+    random_images,
     relative_error,
 )
 from torch import nn
@@ -73,8 +74,7 @@ def build(linked: bool = False, **kwargs) -> TorchViT:
 
 @pytest.fixture
 def inputs() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(5)
-    return torch.randn(32, 3, 16, 16, generator=gen), torch.randn(6, 3, 16, 16, generator=gen)
+    return random_images(16)
 
 
 @pytest.mark.parametrize("norm_first", [True, False])

@@ -10,6 +10,7 @@ from conftest import (
     assert_converts,
     assert_links_keep_outputs,
     emitters,
+    random_images,
     relative_error,
 )
 from torch import nn
@@ -42,8 +43,7 @@ def build(**kwargs) -> VisionTransformer:
 
 @pytest.fixture
 def inputs() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(5)
-    return torch.randn(32, 3, 32, 32, generator=gen), torch.randn(6, 3, 32, 32, generator=gen)
+    return random_images(32)
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -235,8 +235,7 @@ def test_the_swin_twin_computes_what_torchvision_does(version, size):
 
 @pytest.fixture
 def swin_inputs() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(5)
-    return torch.randn(16, 3, 36, 36, generator=gen), torch.randn(4, 3, 36, 36, generator=gen)
+    return random_images(36, (16, 4))
 
 
 @pytest.mark.parametrize("version", SWIN_BLOCKS)
