@@ -1,0 +1,103 @@
+"""timm's XCiT: cross-covariance attention (EdgeNeXt's twin), local patch interaction, the
+convolutional patch embedding, a Fourier position encoding (a constant) and class attention
+(CaiT's twin); conversion, rate links, ``blocks=k`` over both kinds of block, and save/load."""
+
+import pytest
+import timm
+import torch
+from conftest import (
+    CONFIGURATIONS,
+    ann_output,
+    assert_converts,
+    assert_links_keep_outputs,
+    emitters,
+    random_images,
+    relative_error,
+    spread,
+)
+from timm.models.xcit import XCA, ClassAttn
+
+import transpike
+from transpike import ConversionOptions, prepare
+from transpike.io import rebuild_ann
+from transpike.rules.timm_cait import ExplicitClassAttn
+from transpike.rules.timm_edgenext import ExplicitCrossCovarianceAttn
+
+TINY = dict(img_size=32, embed_dim=32, depth=2, num_heads=4, num_classes=5, eta=1.0, cls_attn_layers=1)
+
+
+def build(**kwargs) -> torch.nn.Module:
+    """A small random-init XCiT (patches of 8: two stride-2 convolutions then one) whose blocks
+    matter: LayerScale at 1, q and k scaled up, temperatures spread, the branches' outputs large."""
+    torch.manual_seed(0)
+    model = timm.create_model("xcit_nano_12_p8_224", **{**TINY, **kwargs}).eval()
+    with torch.no_grad():
+        model.cls_token.normal_(0, 0.5)
+        for block in model.blocks:
+            block.attn.temperature.uniform_(0.5, 3.0)
+    return spread(model, ("attn.proj.weight", "fc2.weight", "head.weight"))
+
+
+@pytest.fixture
+def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    return random_images(32)
+
+
+@pytest.mark.parametrize("tokens_norm", [False, True])
+def test_the_twins_compute_what_timm_does(tokens_norm, inputs):
+    model = build(tokens_norm=tokens_norm, global_pool="avg" if tokens_norm else "token")
+    prepared = prepare(model, ConversionOptions())
+    twins = (ExplicitCrossCovarianceAttn, ExplicitClassAttn)
+    assert [type(m) for m in prepared.modules() if isinstance(m, twins)] == [twins[0]] * 2 + [twins[1]]
+    with torch.no_grad():
+        for fused in (True, False):
+            for module in model.modules():
+                if isinstance(module, (XCA, ClassAttn)):
+                    module.fused_attn = fused
+            assert relative_error(prepared(inputs[1]), model(inputs[1])) < 1e-6
+
+
+@pytest.mark.parametrize("options", CONFIGURATIONS)
+def test_xcit_converts(options, inputs):
+    """The stem's first convolution reads the image, its later ones and every Linear and LPI
+    convolution get MT neurons; the position encoding is a constant; two products per block."""
+    snn = assert_converts(build(), *inputs, options, direct="patch_embed.proj.0.0", products=3 * 2)
+    report = snn.report()
+    assert [r.path for r in report.by_role("constant")] == ["pos_embed"]
+    weights = {r.path for r in report.by_role("mt+weight")}
+    assert {"patch_embed.proj.2.0", "blocks.0.local_mp.conv1", "blocks.0.local_mp.conv2"} <= weights
+    assert {"blocks.0.attn.q_norm", "blocks.0.local_mp.act"} <= {r.path for r in report.by_role("ec")}
+
+
+def test_every_module_passes_rates_like_increments(inputs):
+    calibration, x = inputs
+    linked = transpike.convert(build().double(), calibration.double())
+    head = linked.network.head
+    assert all(m.emits_rate for m in emitters(linked.network) if m is not head) and not head.emits_rate
+    assert_links_keep_outputs(linked, x.double())
+
+
+def test_blocks_count_xca_then_class_attention_blocks(inputs):
+    """blocks=k: the XCA blocks (one left analog takes the grid size as a constant), then the
+    class-attention block; the stem converts at every k; linked = unlinked."""
+    calibration, x = inputs
+    model = build()
+    ref = ann_output(model, x)
+    tail = ["norm", "head_drop", "head"]
+    expected = {1: ["blocks.1", "cls_attn_blocks.0", *tail], 2: ["cls_attn_blocks.0", *tail], 3: []}
+    for k, analog in expected.items():
+        snn = transpike.convert(model, calibration, blocks=k, neuron="burst", threshold="mse")
+        assert [row.path for row in snn.report().analog] == analog
+        assert relative_error(snn.simulate(x, 16)[-1], ref) < 0.01
+    assert_links_keep_outputs(transpike.convert(build().double(), calibration.double(), blocks=1), x.double())
+
+
+def test_round_trip_keeps_timms_keys(tmp_path, inputs):
+    calibration, x = inputs
+    model = build()
+    snn = transpike.convert(model, calibration, model_spec={"timm": "xcit_nano_12_p8_224", "kwargs": TINY})
+    assert set(snn.ann_state_dict()) == set(model.state_dict())
+    loaded = transpike.load(transpike.save(snn, tmp_path / "xcit.safetensors"))
+    assert torch.equal(loaded.simulate(x, 4), snn.simulate(x, 4))
+    with torch.no_grad():
+        assert torch.equal(rebuild_ann(loaded, build())(x), model(x))
