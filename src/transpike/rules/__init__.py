@@ -119,6 +119,7 @@ from . import (  # noqa: E402, F401
     timm_cnn,
     timm_edgenext,
     timm_nextvit,
+    timm_pvt,
     timm_swin,
     timm_swinv2,
     timm_vit,
