@@ -122,6 +122,7 @@ from . import (  # noqa: E402, F401
     timm_pvt,
     timm_swin,
     timm_swinv2,
+    timm_tinyvit,
     timm_vit,
     timm_xcit,
     torch_nn,

@@ -1,0 +1,104 @@
+"""timm's TinyViT: MBConv blocks, window attention with its own LayerNorm, v wider than q and k
+and learned biases per relative offset, local depthwise convolutions, convolutional patch merging;
+the twin, conversion, rate links, ``blocks=k`` over MBConv and attention blocks, and save/load."""
+
+import pytest
+import timm
+import torch
+from conftest import (
+    CONFIGURATIONS,
+    ann_output,
+    assert_converts,
+    assert_links_keep_outputs,
+    emitters,
+    random_images,
+    relative_error,
+    spread,
+)
+from timm.models.tiny_vit import Attention
+
+import transpike
+from transpike import ConversionOptions, prepare
+from transpike.io import rebuild_ann
+from transpike.rules.timm_tinyvit import ExplicitBiasedAttention
+
+#: an MBConv stage, then two attention stages with windows of 2 (at 36 px: 9×9 tokens, then 5×5
+#: padded to 6×6, then 3×3 padded to 4×4)
+TINY = dict(embed_dims=(8, 16, 32), depths=(1, 1, 2), num_heads=(1, 2, 4), window_sizes=(2, 2, 2))
+TINY["num_classes"] = 5
+
+
+def build() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model("tiny_vit_5m_224", **TINY).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("attention_biases"):  # timm starts them at zero
+                parameter.normal_(0, 1.0)
+    return spread(model, ("attn.proj.weight", "fc2.weight", "head.fc.weight"))
+
+
+@pytest.fixture
+def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    return random_images(36)
+
+
+def test_the_twin_computes_what_timm_does(inputs):
+    model = build()
+    prepared = prepare(model, ConversionOptions())
+    assert sum(isinstance(m, ExplicitBiasedAttention) for m in prepared.modules()) == 3
+    with torch.no_grad():
+        for fused in (True, False):
+            for module in model.modules():
+                if isinstance(module, Attention):
+                    module.fused_attn = fused
+            assert relative_error(prepared(inputs[1]), model(inputs[1])) < 1e-6
+
+
+@pytest.mark.parametrize("options", CONFIGURATIONS)
+def test_tinyvit_converts(options, inputs):
+    """The stem's first convolution reads the image; every other convolution and Linear gets an MT
+    neuron; the attention's own LayerNorm and the GELUs are EC modules."""
+    snn = assert_converts(build(), *inputs, options, direct="patch_embed.conv1.conv", products=3 * 2)
+    report = snn.report()
+    block = "stages.1.blocks.0"
+    weights = {r.path for r in report.by_role("mt+weight")}
+    assert {"stages.0.blocks.0.conv2.conv", f"{block}.local_conv.conv", "stages.1.downsample.conv1.conv"} <= (
+        weights
+    )
+    assert {f"{block}.attn.norm", "stages.0.blocks.0.act3"} <= {r.path for r in report.by_role("ec")}
+
+
+def test_every_module_passes_rates_like_increments(inputs):
+    calibration, x = inputs
+    linked = transpike.convert(build().double(), calibration.double())
+    fc = linked.network.head.fc
+    assert all(m.emits_rate for m in emitters(linked.network) if m is not fc) and not fc.emits_rate
+    assert_links_keep_outputs(linked, x.double())
+
+
+def test_blocks_count_every_stages_blocks_and_round_trip(tmp_path, inputs):
+    """blocks=k counts the MBConv block, then the attention blocks; from the first analog block
+    on, everything stays analog (a stage's patch merging, before its blocks, converts with the
+    stage's first block or alone); linked = unlinked. Save/load keeps timm's keys."""
+    calibration, x = inputs
+    model = build()
+    ref = ann_output(model, x)
+    expected = {
+        1: ["stages.1.blocks.0", "stages.2", "head"],
+        2: ["stages.2.blocks.0", "stages.2.blocks.1", "head"],
+        3: ["stages.2.blocks.1", "head"],
+        4: [],
+    }
+    for k, analog in expected.items():
+        snn = transpike.convert(model, calibration, blocks=k, neuron="burst", threshold="mse")
+        assert [row.path for row in snn.report().analog] == analog
+        assert relative_error(snn.simulate(x, 16)[-1], ref) < 0.01
+    assert_links_keep_outputs(transpike.convert(build().double(), calibration.double(), blocks=2), x.double())
+    spec = {"timm": "tiny_vit_5m_224", "kwargs": TINY}
+    snn = transpike.convert(model, calibration, method="sit", model_spec=spec)
+    assert set(snn.ann_state_dict()) == set(model.state_dict())
+    loaded = transpike.load(transpike.save(snn, tmp_path / "tinyvit.safetensors"))
+    assert torch.equal(loaded.simulate(x, 4), snn.simulate(x, 4))
+    with torch.no_grad():
+        assert torch.equal(rebuild_ann(loaded, build())(x), model(x))
