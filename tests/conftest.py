@@ -5,7 +5,8 @@ import timm
 import torch
 
 import transpike
-from transpike import ExpectationCompensation, SpikingLayer, SpikingProduct
+from transpike import ConversionOptions, ExpectationCompensation, SpikingLayer, SpikingProduct, prepare
+from transpike.io import rebuild_ann
 from transpike.rates import link_rates
 
 # The GPU path runs where CUDA is present (the device machine); CI has the CPU only.
@@ -62,6 +63,40 @@ def emitters(network: torch.nn.Module) -> list[torch.nn.Module]:
     """The modules of a converted network that can emit rates."""
     kinds = (SpikingLayer, ExpectationCompensation, SpikingProduct)
     return [m for m in network.modules() if isinstance(m, kinds)]
+
+
+def assert_twin_matches(model, x: torch.Tensor, original: type, twin: type, count: int) -> None:
+    """The prepared copy of ``model`` holds ``count`` explicit ``twin`` modules and computes what
+    ``model`` does, to 1e-6 relative, whether the ``original`` modules run fused attention or not."""
+    prepared = prepare(model, ConversionOptions())
+    assert sum(isinstance(m, twin) for m in prepared.modules()) == count
+    with torch.no_grad():
+        for fused in (True, False):
+            for module in model.modules():
+                if isinstance(module, original):
+                    module.fused_attn = fused
+            assert relative_error(prepared(x), model(x)) < 1e-6
+
+
+def assert_blocks(model, calibration, x, analog: dict[int, list[str]], tolerance: float = 0.01) -> None:
+    """For each k, ``blocks=k`` (burst neurons, MSE thresholds) leaves exactly the paths
+    ``analog[k]`` analog and, after 16 steps, is within ``tolerance`` of the ANN."""
+    ref = ann_output(model, x)
+    for k, paths in analog.items():
+        snn = transpike.convert(model, calibration, blocks=k, neuron="burst", threshold="mse")
+        assert [row.path for row in snn.report().analog] == paths
+        assert relative_error(snn.simulate(x, 16)[-1], ref) < tolerance
+
+
+def assert_round_trip(snn, build, x: torch.Tensor, path, by_spec: bool = False) -> None:
+    """``snn`` keeps the ANN's keys; saved and loaded (the ANN rebuilt from the file's model spec,
+    or by ``build``) it gives the same outputs bit for bit, and ``rebuild_ann`` gives the ANN."""
+    model = build()
+    assert set(snn.ann_state_dict()) == set(model.state_dict())
+    loaded = transpike.load(transpike.save(snn, path), model=None if by_spec else build())
+    assert torch.equal(loaded.simulate(x, 4), snn.simulate(x, 4))
+    with torch.no_grad():
+        assert torch.equal(rebuild_ann(loaded, build())(x), model(x))
 
 
 def assert_links_keep_outputs(linked, x: torch.Tensor, steps: int = 6):

@@ -7,18 +7,17 @@ import timm
 import torch
 from conftest import (
     CONFIGURATIONS,
-    ann_output,
+    assert_blocks,
     assert_converts,
     assert_links_keep_outputs,
+    assert_round_trip,
+    assert_twin_matches,
     emitters,
-    relative_error,
     spread,
 )
 from timm.models.cait import ClassAttn
 
 import transpike
-from transpike import ConversionOptions, prepare
-from transpike.io import rebuild_ann
 from transpike.rules.timm_cait import ExplicitClassAttn, ExplicitTalkingHeadAttn
 
 TINY = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, depth_token_only=1, num_heads=4, num_classes=5)
@@ -36,17 +35,8 @@ def build(**kwargs) -> torch.nn.Module:
 
 
 def test_the_twins_compute_what_timm_does(images):
-    model = build(global_pool="avg")
-    prepared = prepare(model, ConversionOptions())
     twins = (ExplicitTalkingHeadAttn, ExplicitClassAttn)
-    kinds = [type(m) for m in prepared.modules() if isinstance(m, twins)]
-    assert kinds == [ExplicitTalkingHeadAttn] * 2 + [ExplicitClassAttn]
-    with torch.no_grad():
-        for fused in (True, False):
-            for module in model.modules():
-                if isinstance(module, ClassAttn):
-                    module.fused_attn = fused
-            assert relative_error(prepared(images[1]), model(images[1])) < 1e-6
+    assert_twin_matches(build(global_pool="avg"), images[1], ClassAttn, twins, 2 + 1)
 
 
 @pytest.mark.parametrize("options", CONFIGURATIONS)
@@ -74,25 +64,14 @@ def test_blocks_count_self_then_class_attention_blocks(images):
     """blocks=k: the self-attention blocks, then the class-attention block, which (left analog) reads
     [class token; patches] as one tensor; linked = unlinked."""
     calibration, x = images
-    model = build()
-    ref = ann_output(model, x)
     tail = ["norm", "head_drop", "head"]
-    expected = {0: ["blocks.0", "blocks.1", "blocks_token_only.0", *tail], 2: ["blocks_token_only.0", *tail]}
-    expected[3] = []
-    for k, analog in expected.items():
-        snn = transpike.convert(model, calibration, blocks=k, neuron="burst", threshold="mse")
-        assert [row.path for row in snn.report().analog] == analog
-        assert relative_error(snn.simulate(x, 16)[-1], ref) < (1e-5 if k == 0 else 0.01)
+    assert_blocks(build(), calibration, x, {0: ["blocks.0", "blocks.1", "blocks_token_only.0", *tail]}, 1e-5)
+    assert_blocks(build(), calibration, x, {2: ["blocks_token_only.0", *tail], 3: []})
     assert_links_keep_outputs(transpike.convert(build().double(), calibration.double(), blocks=2), x.double())
 
 
 def test_round_trip_keeps_timms_keys(tmp_path, images):
     calibration, x = images
-    model = build()
     spec = {"timm": "cait_xxs24_224", "kwargs": TINY}
-    snn = transpike.convert(model, calibration, method="sit", model_spec=spec)
-    assert set(snn.ann_state_dict()) == set(model.state_dict())
-    loaded = transpike.load(transpike.save(snn, tmp_path / "cait.safetensors"))
-    assert torch.equal(loaded.simulate(x, 4), snn.simulate(x, 4))
-    with torch.no_grad():
-        assert torch.equal(rebuild_ann(loaded, build())(x), model(x))
+    snn = transpike.convert(build(), calibration, method="sit", model_spec=spec)
+    assert_round_trip(snn, build, x, tmp_path / "cait.safetensors", by_spec=True)

@@ -8,19 +8,18 @@ import timm
 import torch
 from conftest import (
     CONFIGURATIONS,
-    ann_output,
+    assert_blocks,
     assert_converts,
     assert_links_keep_outputs,
+    assert_round_trip,
+    assert_twin_matches,
     emitters,
     random_images,
-    relative_error,
     spread,
 )
 from timm.models.pvt_v2 import Attention
 
 import transpike
-from transpike import ConversionOptions, prepare
-from transpike.io import rebuild_ann
 from transpike.rules.timm_pvt import ExplicitReductionAttention
 
 #: two stages, the first with keys and values reduced 2×2
@@ -42,15 +41,7 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_the_twin_computes_what_timm_does(name, inputs):
-    model = build(name)
-    prepared = prepare(model, ConversionOptions())
-    assert sum(isinstance(m, ExplicitReductionAttention) for m in prepared.modules()) == 3
-    with torch.no_grad():
-        for fused in (True, False):
-            for module in model.modules():
-                if isinstance(module, Attention):
-                    module.fused_attn = fused
-            assert relative_error(prepared(inputs[1]), model(inputs[1])) < 1e-6
+    assert_twin_matches(build(name), inputs[1], Attention, ExplicitReductionAttention, 3)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -84,24 +75,15 @@ def test_blocks_count_the_stages_blocks_and_round_trip(tmp_path, inputs):
     on, everything stays analog (a stage's patch embedding, before its blocks, converts);
     linked = unlinked. Save/load keeps timm's keys."""
     calibration, x = inputs
-    model = build("pvt_v2_b0")
-    ref = ann_output(model, x)
     tail = ["head_drop", "head"]
     expected = {
         1: ["stages.1.blocks.0", "stages.1.blocks.1", "stages.1.norm", *tail],
         2: ["stages.1.blocks.1", "stages.1.norm", *tail],
         3: [],
     }
-    for k, analog in expected.items():
-        snn = transpike.convert(model, calibration, blocks=k, neuron="burst", threshold="mse")
-        assert [row.path for row in snn.report().analog] == analog
-        assert relative_error(snn.simulate(x, 16)[-1], ref) < 0.01
+    assert_blocks(build("pvt_v2_b0"), calibration, x, expected)
     linked = transpike.convert(build("pvt_v2_b0").double(), calibration.double(), blocks=2)
     assert_links_keep_outputs(linked, x.double())
     spec = {"timm": "pvt_v2_b0", "kwargs": TINY}
-    snn = transpike.convert(model, calibration, method="sit", model_spec=spec)
-    assert set(snn.ann_state_dict()) == set(model.state_dict())
-    loaded = transpike.load(transpike.save(snn, tmp_path / "pvt.safetensors"))
-    assert torch.equal(loaded.simulate(x, 4), snn.simulate(x, 4))
-    with torch.no_grad():
-        assert torch.equal(rebuild_ann(loaded, build("pvt_v2_b0"))(x), model(x))
+    snn = transpike.convert(build("pvt_v2_b0"), calibration, method="sit", model_spec=spec)
+    assert_round_trip(snn, lambda: build("pvt_v2_b0"), x, tmp_path / "pvt.safetensors", by_spec=True)

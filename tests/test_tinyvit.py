@@ -7,19 +7,18 @@ import timm
 import torch
 from conftest import (
     CONFIGURATIONS,
-    ann_output,
+    assert_blocks,
     assert_converts,
     assert_links_keep_outputs,
+    assert_round_trip,
+    assert_twin_matches,
     emitters,
     random_images,
-    relative_error,
     spread,
 )
 from timm.models.tiny_vit import Attention
 
 import transpike
-from transpike import ConversionOptions, prepare
-from transpike.io import rebuild_ann
 from transpike.rules.timm_tinyvit import ExplicitBiasedAttention
 
 #: an MBConv stage, then two attention stages with windows of 2 (at 36 px: 9×9 tokens, then 5×5
@@ -44,15 +43,7 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_the_twin_computes_what_timm_does(inputs):
-    model = build()
-    prepared = prepare(model, ConversionOptions())
-    assert sum(isinstance(m, ExplicitBiasedAttention) for m in prepared.modules()) == 3
-    with torch.no_grad():
-        for fused in (True, False):
-            for module in model.modules():
-                if isinstance(module, Attention):
-                    module.fused_attn = fused
-            assert relative_error(prepared(inputs[1]), model(inputs[1])) < 1e-6
+    assert_twin_matches(build(), inputs[1], Attention, ExplicitBiasedAttention, 3)
 
 
 @pytest.mark.parametrize("options", CONFIGURATIONS)
@@ -82,23 +73,14 @@ def test_blocks_count_every_stages_blocks_and_round_trip(tmp_path, inputs):
     on, everything stays analog (a stage's patch merging, before its blocks, converts with the
     stage's first block or alone); linked = unlinked. Save/load keeps timm's keys."""
     calibration, x = inputs
-    model = build()
-    ref = ann_output(model, x)
     expected = {
         1: ["stages.1.blocks.0", "stages.2", "head"],
         2: ["stages.2.blocks.0", "stages.2.blocks.1", "head"],
         3: ["stages.2.blocks.1", "head"],
         4: [],
     }
-    for k, analog in expected.items():
-        snn = transpike.convert(model, calibration, blocks=k, neuron="burst", threshold="mse")
-        assert [row.path for row in snn.report().analog] == analog
-        assert relative_error(snn.simulate(x, 16)[-1], ref) < 0.01
+    assert_blocks(build(), calibration, x, expected)
     assert_links_keep_outputs(transpike.convert(build().double(), calibration.double(), blocks=2), x.double())
     spec = {"timm": "tiny_vit_5m_224", "kwargs": TINY}
-    snn = transpike.convert(model, calibration, method="sit", model_spec=spec)
-    assert set(snn.ann_state_dict()) == set(model.state_dict())
-    loaded = transpike.load(transpike.save(snn, tmp_path / "tinyvit.safetensors"))
-    assert torch.equal(loaded.simulate(x, 4), snn.simulate(x, 4))
-    with torch.no_grad():
-        assert torch.equal(rebuild_ann(loaded, build())(x), model(x))
+    snn = transpike.convert(build(), calibration, method="sit", model_spec=spec)
+    assert_round_trip(snn, build, x, tmp_path / "tinyvit.safetensors", by_spec=True)

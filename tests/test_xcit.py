@@ -7,19 +7,18 @@ import timm
 import torch
 from conftest import (
     CONFIGURATIONS,
-    ann_output,
+    assert_blocks,
     assert_converts,
     assert_links_keep_outputs,
+    assert_round_trip,
+    assert_twin_matches,
     emitters,
     random_images,
-    relative_error,
     spread,
 )
 from timm.models.xcit import XCA, ClassAttn
 
 import transpike
-from transpike import ConversionOptions, prepare
-from transpike.io import rebuild_ann
 from transpike.rules.timm_cait import ExplicitClassAttn
 from transpike.rules.timm_edgenext import ExplicitCrossCovarianceAttn
 
@@ -46,15 +45,8 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("tokens_norm", [False, True])
 def test_the_twins_compute_what_timm_does(tokens_norm, inputs):
     model = build(tokens_norm=tokens_norm, global_pool="avg" if tokens_norm else "token")
-    prepared = prepare(model, ConversionOptions())
     twins = (ExplicitCrossCovarianceAttn, ExplicitClassAttn)
-    assert [type(m) for m in prepared.modules() if isinstance(m, twins)] == [twins[0]] * 2 + [twins[1]]
-    with torch.no_grad():
-        for fused in (True, False):
-            for module in model.modules():
-                if isinstance(module, (XCA, ClassAttn)):
-                    module.fused_attn = fused
-            assert relative_error(prepared(inputs[1]), model(inputs[1])) < 1e-6
+    assert_twin_matches(model, inputs[1], (XCA, ClassAttn), twins, 2 + 1)
 
 
 @pytest.mark.parametrize("options", CONFIGURATIONS)
@@ -81,23 +73,13 @@ def test_blocks_count_xca_then_class_attention_blocks(inputs):
     """blocks=k: the XCA blocks (one left analog takes the grid size as a constant), then the
     class-attention block; the stem converts at every k; linked = unlinked."""
     calibration, x = inputs
-    model = build()
-    ref = ann_output(model, x)
     tail = ["norm", "head_drop", "head"]
     expected = {1: ["blocks.1", "cls_attn_blocks.0", *tail], 2: ["cls_attn_blocks.0", *tail], 3: []}
-    for k, analog in expected.items():
-        snn = transpike.convert(model, calibration, blocks=k, neuron="burst", threshold="mse")
-        assert [row.path for row in snn.report().analog] == analog
-        assert relative_error(snn.simulate(x, 16)[-1], ref) < 0.01
+    assert_blocks(build(), calibration, x, expected)
     assert_links_keep_outputs(transpike.convert(build().double(), calibration.double(), blocks=1), x.double())
 
 
 def test_round_trip_keeps_timms_keys(tmp_path, inputs):
     calibration, x = inputs
-    model = build()
-    snn = transpike.convert(model, calibration, model_spec={"timm": "xcit_nano_12_p8_224", "kwargs": TINY})
-    assert set(snn.ann_state_dict()) == set(model.state_dict())
-    loaded = transpike.load(transpike.save(snn, tmp_path / "xcit.safetensors"))
-    assert torch.equal(loaded.simulate(x, 4), snn.simulate(x, 4))
-    with torch.no_grad():
-        assert torch.equal(rebuild_ann(loaded, build())(x), model(x))
+    snn = transpike.convert(build(), calibration, model_spec={"timm": "xcit_nano_12_p8_224", "kwargs": TINY})
+    assert_round_trip(snn, build, x, tmp_path / "xcit.safetensors", by_spec=True)
