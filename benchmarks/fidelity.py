@@ -47,12 +47,13 @@ CONFIGS = {
 }
 
 
-def create(name: str, img_size: int, kwargs: dict) -> torch.nn.Module:
+def create(name: str, img_size: int, kwargs: dict, batchnorm_at_one: bool = False) -> torch.nn.Module:
     """The random-init model for img_size: timm's ViTs take the size as an argument, hybrids of
     convolutions and attention (EdgeNeXt, Next-ViT) any size as it is; ``torchvision:NAME`` is
     torchvision's model, ``torchvision:VisionTransformer`` its ViT class at any shape (ViT-Tiny's:
     ``{"patch_size": 16, "num_layers": 12, "num_heads": 3, "hidden_dim": 192, "mlp_dim": 768}``).
-    Zero-weight norms start at 1 and zero-weight heads (torchvision's) at timm's head init."""
+    Zero-weight norms start at 1 (BatchNorms too with ``batchnorm_at_one``: LeViT ends every
+    residual branch in one) and zero-weight heads (torchvision's) at timm's head init."""
     if name == "torchvision:VisionTransformer":
         model = torchvision.models.VisionTransformer(image_size=img_size, **kwargs).eval()
     elif name.startswith("torchvision:"):
@@ -65,10 +66,11 @@ def create(name: str, img_size: int, kwargs: dict) -> torch.nn.Module:
             model = timm.create_model(name, img_size=img_size, **kwargs).eval()
         except TypeError:
             model = timm.create_model(name, **kwargs).eval()
+    norms = (torch.nn.LayerNorm, *((torch.nn.BatchNorm1d, torch.nn.BatchNorm2d) if batchnorm_at_one else ()))
     with torch.no_grad():
         for module in model.modules():
             zero = getattr(module, "weight", None) is not None and not module.weight.any()
-            if isinstance(module, torch.nn.LayerNorm) and zero:
+            if isinstance(module, norms) and zero:
                 module.weight.fill_(1.0)
             if isinstance(module, torch.nn.Linear) and zero:
                 torch.nn.init.trunc_normal_(module.weight, std=0.02)
@@ -84,11 +86,12 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--model-kwargs", type=json.loads, default={}, help="JSON, for timm.create_model")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--batchnorm-at-one", action="store_true", help="zero-weight BatchNorms start at 1")
     args = parser.parse_args()
     out = args.out or Path(f"benchmarks/out/fidelity-{args.model}.json")
 
     torch.manual_seed(0)
-    model = create(args.model, args.img_size, args.model_kwargs)
+    model = create(args.model, args.img_size, args.model_kwargs, args.batchnorm_at_one)
     gen = torch.Generator().manual_seed(1)
     shape = (args.batch, 3, args.img_size, args.img_size)
     calibration = [torch.randn(shape, generator=gen) for _ in range(args.calib_batches)]

@@ -21,8 +21,9 @@ from ..synapses import SpikingLayer
 from . import Link
 
 
-def link_all(module: nn.Module, output: str) -> list[Link]:
-    """The one link inside ``module`` whose output layer is at path ``output``."""
+def link_all(module: nn.Module, *outputs: str) -> list[Link]:
+    """The one link inside ``module`` whose output layers are at the paths ``outputs`` (one, or a
+    distilled model's two heads)."""
     producers, readers, inside = [], [], None
     for path, child in module.named_modules():
         if inside is not None and path.startswith(inside):
@@ -30,7 +31,7 @@ def link_all(module: nn.Module, output: str) -> list[Link]:
         if isinstance(child, SpikingProduct):  # emits; its operand neurons read, below
             producers.append(path)
         elif isinstance(child, (SpikingLayer, ExpectationCompensation)):
-            producers += [path] if path != output else []
+            producers += [path] if path not in outputs else []
             readers.append(path)
             inside = f"{path}."
         elif isinstance(child, MTNeuron):
