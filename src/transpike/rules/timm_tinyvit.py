@@ -28,7 +28,7 @@ from timm.models.tiny_vit import (
     TinyVitBlock,
     TinyVitStage,
 )
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import Role, register
 from .links import whole_network
@@ -36,15 +36,18 @@ from .timm_twins import SoftmaxHeads
 
 
 class ExplicitBiasedAttention(SoftmaxHeads):
-    """timm's TinyViT ``Attention`` with Q·Kᵀ, softmax and attn·V as modules (timm may call one
-    fused kernel). Shares the original's norm, qkv, proj and attention biases under their names."""
+    """timm's TinyViT or EfficientFormer ``Attention`` with Q·Kᵀ, softmax and attn·V as modules
+    (timm may call one fused kernel). Shares the original's norm (TinyViT's; EfficientFormer's
+    attention has none), qkv, proj and attention biases under their names."""
 
-    def __init__(self, attn: Attention) -> None:
+    def __init__(self, attn: nn.Module) -> None:
         super().__init__()
         self.num_heads, self.key_dim, self.val_dim = attn.num_heads, attn.key_dim, attn.val_dim
-        self.norm, self.qkv, self.proj = attn.norm, attn.qkv, attn.proj
+        self.norm, self.qkv, self.proj = getattr(attn, "norm", nn.Identity()), attn.qkv, attn.proj
         self.attention_biases = attn.attention_biases
-        self.register_buffer("attention_bias_idxs", attn.attention_bias_idxs, persistent=False)
+        # saved where the original saves it (EfficientFormer), so that the keys stay the ANN's
+        persistent = "attention_bias_idxs" in attn.state_dict()
+        self.register_buffer("attention_bias_idxs", attn.attention_bias_idxs, persistent=persistent)
         self._init_heads(attn)
 
     def forward(self, x: Tensor) -> Tensor:
