@@ -121,6 +121,7 @@ from . import (  # noqa: E402, F401
     timm_efficientformer,
     timm_levit,
     timm_nextvit,
+    timm_pcpvt_svt,
     timm_pvt,
     timm_swin,
     timm_swinv2,

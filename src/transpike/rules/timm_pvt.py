@@ -24,7 +24,7 @@ from timm.models.pvt_v2 import (
     PyramidVisionTransformerStage,
     PyramidVisionTransformerV2,
 )
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import Role, register
 from .links import to_head
@@ -32,15 +32,18 @@ from .timm_twins import SoftmaxHeads
 
 
 class ExplicitReductionAttention(SoftmaxHeads):
-    """timm's PVT v2 ``Attention`` with Q·Kᵀ, softmax and attn·V as modules (timm may call one fused
-    kernel). Shares the original's q, kv, proj and the reduction's pool, sr, norm and act."""
+    """timm's PVT v2 ``Attention`` (and Twins' ``GlobalSubSampleAttn``) with Q·Kᵀ, softmax and attn·V
+    as modules (timm may call one fused kernel). Shares the original's q, kv, proj and the
+    reduction's pool, sr, norm and act."""
 
-    def __init__(self, attn: Attention) -> None:
+    def __init__(self, attn: nn.Module) -> None:
         super().__init__()
-        self.num_heads, self.head_dim = attn.num_heads, attn.head_dim
+        self.num_heads, self.head_dim = attn.num_heads, attn.q.out_features // attn.num_heads
         self.q, self.kv = attn.q, attn.kv
         # the reduction of the keys' and values' tokens, in order; parts a variant lacks are None
-        self.pool, self.sr, self.norm, self.act = attn.pool, attn.sr, attn.norm, attn.act
+        # (Twins' global sub-sampled attention has neither pool nor act)
+        self.sr, self.norm = attn.sr, attn.norm
+        self.pool, self.act = getattr(attn, "pool", None), getattr(attn, "act", None)
         self._init_heads(attn)
         self.proj, self.proj_drop = attn.proj, attn.proj_drop
 
