@@ -99,6 +99,17 @@ def assert_round_trip(snn, build, x: torch.Tensor, path, by_spec: bool = False) 
         assert torch.equal(rebuild_ann(loaded, build())(x), model(x))
 
 
+def assert_rates_up_to(model, calibration, x: torch.Tensor, outputs: tuple[str, ...] = ("head",)) -> None:
+    """``model`` converted in float64: every module that can emit a rate does, but the output
+    layers at the paths ``outputs``, which emit the increments the simulation averages; and
+    linked = unlinked."""
+    linked = transpike.convert(model.double(), calibration.double())
+    ends = [linked.network.get_submodule(path) for path in outputs]
+    assert all(m.emits_rate for m in emitters(linked.network) if m not in ends)
+    assert not any(m.emits_rate for m in ends)
+    assert_links_keep_outputs(linked, x.double())
+
+
 def assert_links_keep_outputs(linked, x: torch.Tensor, steps: int = 6):
     """A converted network (float64) whose modules pass rates along their links gives the outputs
     of its copy with every link undone (increments everywhere); returns that copy."""

@@ -10,8 +10,8 @@ from conftest import (
     assert_blocks,
     assert_converts,
     assert_links_keep_outputs,
+    assert_rates_up_to,
     assert_round_trip,
-    emitters,
     random_images,
     relative_error,
     spread,
@@ -58,12 +58,7 @@ def test_efficientformer_converts(options, inputs):
 
 
 def test_both_heads_read_rates_and_emit_increments(inputs):
-    calibration, x = inputs
-    linked = transpike.convert(build().double(), calibration.double())
-    heads = [linked.network.head, linked.network.head_dist]
-    assert all(m.emits_rate for m in emitters(linked.network) if m not in heads)
-    assert not any(m.emits_rate for m in heads)
-    assert_links_keep_outputs(linked, x.double())
+    assert_rates_up_to(build(), *inputs, outputs=("head", "head_dist"))
 
 
 def test_blocks_and_round_trip(inputs, tmp_path):

@@ -11,9 +11,9 @@ from conftest import (
     assert_blocks,
     assert_converts,
     assert_links_keep_outputs,
+    assert_rates_up_to,
     assert_round_trip,
     assert_twin_matches,
-    emitters,
     random_images,
     spread,
 )
@@ -63,11 +63,7 @@ def test_pvt_converts(name, options, inputs):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_every_module_passes_rates_like_increments(name, inputs):
-    calibration, x = inputs
-    linked = transpike.convert(build(name).double(), calibration.double())
-    head = linked.network.head
-    assert all(m.emits_rate for m in emitters(linked.network) if m is not head) and not head.emits_rate
-    assert_links_keep_outputs(linked, x.double())
+    assert_rates_up_to(build(name), *inputs)
 
 
 def test_blocks_count_the_stages_blocks_and_round_trip(tmp_path, inputs):

@@ -10,9 +10,9 @@ from conftest import (
     assert_blocks,
     assert_converts,
     assert_links_keep_outputs,
+    assert_rates_up_to,
     assert_round_trip,
     assert_twin_matches,
-    emitters,
     random_images,
     spread,
 )
@@ -61,11 +61,7 @@ def test_tinyvit_converts(options, inputs):
 
 
 def test_every_module_passes_rates_like_increments(inputs):
-    calibration, x = inputs
-    linked = transpike.convert(build().double(), calibration.double())
-    fc = linked.network.head.fc
-    assert all(m.emits_rate for m in emitters(linked.network) if m is not fc) and not fc.emits_rate
-    assert_links_keep_outputs(linked, x.double())
+    assert_rates_up_to(build(), *inputs, outputs=("head.fc",))
 
 
 def test_blocks_count_every_stages_blocks_and_round_trip(tmp_path, inputs):

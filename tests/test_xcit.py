@@ -10,9 +10,9 @@ from conftest import (
     assert_blocks,
     assert_converts,
     assert_links_keep_outputs,
+    assert_rates_up_to,
     assert_round_trip,
     assert_twin_matches,
-    emitters,
     random_images,
     spread,
 )
@@ -62,11 +62,7 @@ def test_xcit_converts(options, inputs):
 
 
 def test_every_module_passes_rates_like_increments(inputs):
-    calibration, x = inputs
-    linked = transpike.convert(build().double(), calibration.double())
-    head = linked.network.head
-    assert all(m.emits_rate for m in emitters(linked.network) if m is not head) and not head.emits_rate
-    assert_links_keep_outputs(linked, x.double())
+    assert_rates_up_to(build(), *inputs)
 
 
 def test_blocks_count_xca_then_class_attention_blocks(inputs):
