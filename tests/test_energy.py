@@ -72,6 +72,13 @@ def test_product_operations_match_brute_force():
     pairs += ((sum_a[1, :3, :4] != 0) & (d != 0)).sum()
     nnz = operand_nonzeros(sum_a[1, :3, :4], sum_a[0, :3, :4], "mul")
     assert product_operations(c, d, *nnz, "mul") == pairs + 3 * 12
+    # a broadcast operand (squeeze-and-excitation's scale): one update per element of the output
+    e, sum_e = sparse(3, 1), sparse(3, 1)
+    pairs = ((c != 0) & (e != 0)).sum() + ((c != 0) & (sum_e != 0)).sum()
+    pairs += ((sum_a[1, :3, :4] != 0) & (e != 0)).sum()
+    nnz = operand_nonzeros(sum_a[1, :3, :4], sum_e, "mul")
+    assert product_operations(c, e, *nnz, "mul") == pairs + 3 * 12
+    assert product_operations(e, c, *reversed(nnz), "mul") == pairs + 3 * 12
 
 
 @pytest.mark.parametrize("neuron", ["mt", "burst"])

@@ -77,18 +77,29 @@ def _npz(path: str) -> TensorDataset:
     return TensorDataset(images, torch.from_numpy(y).long())
 
 
+def _input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The one image size ``model`` accepts, where it has one: a timm patch embedding's, torchvision's
+    ViT's ``image_size``, torchvision's MaxViT's (4× the grid of its first stage, after the stem's
+    and the first layer's strides of 2)."""
+    if isinstance(getattr(model, "image_size", None), int):
+        return (model.image_size, model.image_size)
+    from torchvision.models import MaxVit
+
+    if isinstance(model, MaxVit):
+        return tuple(4 * side for side in model.blocks[0].grid_size)
+    return getattr(getattr(model, "patch_embed", None), "img_size", None)
+
+
 def _timm_transform(model: nn.Module | None, spec: str):
     if model is None:
         raise ValueError(f"data spec {spec!r}: preprocessing needs the model's data config")
     import timm.data
 
     # The pretrained config keeps the default resolution even when the model was built with another
-    # img_size; the model's own patch embedding knows the size it accepts (torchvision's ViT: the
-    # model itself; it has no pretrained config, and timm's defaults, ImageNet's mean and std and a
-    # crop of 0.875, are torchvision's preset but for the interpolation).
-    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if isinstance(getattr(model, "image_size", None), int):
-        size = (model.image_size, model.image_size)
+    # img_size; the model itself knows the size it accepts (a torchvision model has no pretrained
+    # config, and timm's defaults, ImageNet's mean and std and a crop of 0.875, are torchvision's
+    # preset but for the interpolation).
+    size = _input_size(model)
     overrides = {"input_size": (getattr(model, "in_chans", 3), *size)} if size else {}
     if not hasattr(model, "pretrained_cfg"):  # torchvision's classification preset: bilinear
         overrides["interpolation"] = "bilinear"

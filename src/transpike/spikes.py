@@ -155,7 +155,8 @@ def product_operations(a: Tensor, b: Tensor, nnz_sum_a: Tensor, nnz_sum_b: Tenso
     if op == "mul":
         nz_a, nz_b = a.bool(), b.bool()  # non-zero masks; a cast is faster than a != 0 on CPU
         pairs = (nz_a & nz_b).sum() + (nz_a & nnz_sum_b).sum() + (nnz_sum_a & nz_b).sum()
-        return (pairs + 3 * a.numel()).double()
+        # an operand may be broadcast (squeeze-and-excitation's scale): one update per output
+        return (pairs + 3 * torch.broadcast_shapes(a.shape, b.shape).numel()).double()
     cols_a, rows_b = _nonzeros(a, -2), _nonzeros(b, -1)
     pairs = (cols_a * (rows_b + nnz_sum_b)).sum() + (nnz_sum_a * rows_b).sum()
     return pairs + 3 * a.shape[-2] * b.shape[-1] * a[..., 0, 0].numel()

@@ -130,6 +130,7 @@ from . import (  # noqa: E402, F401
     timm_xcit,
     torch_nn,
     torch_transformer,
+    torchvision_maxvit,
     torchvision_swin,
     torchvision_vit,
 )
