@@ -65,9 +65,10 @@ def emitters(network: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in network.modules() if isinstance(m, kinds)]
 
 
-def assert_twin_matches(model, x: torch.Tensor, original: type, twin: type, count: int) -> None:
+def assert_twin_matches(model, x: torch.Tensor, original: type | tuple, twin: type, count: int) -> None:
     """The prepared copy of ``model`` holds ``count`` explicit ``twin`` modules and computes what
-    ``model`` does, to 1e-6 relative, whether the ``original`` modules run fused attention or not."""
+    ``model`` does, to 1e-6 relative, whether the ``original`` modules (of a type or of types) run
+    fused attention or not."""
     prepared = prepare(model, ConversionOptions())
     assert sum(isinstance(m, twin) for m in prepared.modules()) == count
     with torch.no_grad():

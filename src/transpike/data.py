@@ -78,16 +78,19 @@ def _npz(path: str) -> TensorDataset:
 
 
 def _input_size(model: nn.Module) -> tuple[int, int] | None:
-    """The one image size ``model`` accepts, where it has one: a timm patch embedding's, torchvision's
-    ViT's ``image_size``, torchvision's MaxViT's (4× the grid of its first stage, after the stem's
-    and the first layer's strides of 2)."""
-    if isinstance(getattr(model, "image_size", None), int):
-        return (model.image_size, model.image_size)
+    """The one image size ``model`` accepts, where it has one: a timm model's ``img_size`` (MaxViT,
+    CoAtNet) or its patch embedding's, torchvision's ViT's ``image_size``, torchvision's MaxViT's
+    (4× the grid of its first stage, after the stem's and the first layer's strides of 2)."""
     from torchvision.models import MaxVit
 
     if isinstance(model, MaxVit):
         return tuple(4 * side for side in model.blocks[0].grid_size)
-    return getattr(getattr(model, "patch_embed", None), "img_size", None)
+    embed = getattr(model, "patch_embed", None)
+    for owner, name in ((model, "image_size"), (model, "img_size"), (embed, "img_size")):
+        size = getattr(owner, name, None)
+        if size is not None:
+            return (size, size) if isinstance(size, int) else tuple(size)
+    return None
 
 
 def _timm_transform(model: nn.Module | None, spec: str):

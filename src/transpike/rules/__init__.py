@@ -120,6 +120,7 @@ from . import (  # noqa: E402, F401
     timm_edgenext,
     timm_efficientformer,
     timm_levit,
+    timm_maxxvit,
     timm_nextvit,
     timm_pcpvt_svt,
     timm_pvt,
