@@ -23,7 +23,8 @@ from torchvision.models.maxvit import MaxVit, RelativePositionalMultiHeadAttenti
 import transpike
 from transpike.data import load_dataset
 from transpike.models import create_model
-from transpike.rules.torchvision_maxvit import ExplicitRelativeAttention, ExplicitSqueezeExcitation
+from transpike.rules.squeeze_excite import ExplicitSqueezeExcite
+from transpike.rules.torchvision_maxvit import ExplicitRelativeAttention
 
 #: at 32 px: a 16×16 stem, then stages of one layer on 8×8 and two on 4×4, partitions of 2×2
 TINY = dict(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16, 32])
@@ -52,7 +53,7 @@ def test_the_twins_compute_what_torchvision_does(inputs):
     model = build()
     assert_twin_matches(model, inputs[1], RelativePositionalMultiHeadAttention, ExplicitRelativeAttention, 6)
     prepared = transpike.prepare(model, transpike.ConversionOptions())
-    assert sum(isinstance(m, ExplicitSqueezeExcitation) for m in prepared.modules()) == 3
+    assert sum(isinstance(m, ExplicitSqueezeExcite) for m in prepared.modules()) == 3
 
 
 @pytest.mark.parametrize("options", CONFIGURATIONS)

@@ -24,7 +24,8 @@ from timm.models.maxxvit import Attention2d, AttentionCl
 import transpike
 from transpike import ConversionError, ConversionOptions, prepare
 from transpike.data import load_dataset
-from transpike.rules.timm_maxxvit import ExplicitMaxxAttention, ExplicitSqueezeExcite
+from transpike.rules.squeeze_excite import ExplicitSqueezeExcite
+from transpike.rules.timm_maxxvit import ExplicitMaxxAttention
 
 #: two stages at 32 px (8×8, then 4×4 maps), partitions of 2×2; the keyword arguments overlay the
 #: named model's configuration (timm's ``transformer_`` and ``conv_`` prefixes)

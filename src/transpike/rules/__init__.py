@@ -114,6 +114,7 @@ def rule_for(module: nn.Module) -> Rule | None:
 
 # registers the built-in rules
 from . import (  # noqa: E402, F401
+    squeeze_excite,
     timm_beit,
     timm_cait,
     timm_cnn,

@@ -1,19 +1,19 @@
-"""Rules for timm's ``MaxxVit`` class: MaxViT (Tu et al. 2022, the ``_tf`` ports and timm's
-``_rw`` models), CoAtNet (Dai et al. 2021) and timm's MaxxViT and CoAtNeXt variants.
+"""Rules for timm's ``MaxxVit`` class: MaxViT (Tu et al. 2022, the ``_tf`` ports and timm's ``_rw``
+models), CoAtNet (Dai et al. 2021) and timm's MaxxViT and CoAtNeXt variants.
 
 Every stage is a sequence of blocks of four kinds: convolution blocks (MBConv: BatchNorm, 1×1 and
-depthwise convolutions with BatchNorm and activation, squeeze-and-excitation; or ConvNeXt
-blocks), CoAtNet's Transformer blocks (attention over the whole feature map, with a pooled
-shortcut where they downsample), MaxViT blocks (a convolution block, then attention inside
-windows and attention on a dilated grid, each followed by an MLP) and the parallel variant that
-attends in windows and on the grid side by side. Partitions and their reverses are linear; each
-attention adds a relative position bias (a table gathered by an index, the TensorFlow ports' lookup
-einsum, or an MLP of constant log-coordinates: all computed from parameters, so a ``constant``)
-to its scores; squeeze-and-excitation multiplies the features by a sigmoid of their channel
-means, a product of two spiking operands. Convolutions and Linears are weight layers with MT
-neurons but for the stem's first convolution, which reads the image; norms, activations and the
-head's Tanh become EC modules, BatchNorm in evaluation is affine, average pools are linear. One rate
-link runs from the stem to the head's classifier. ``blocks=k`` counts every stage's blocks,
+depthwise convolutions with BatchNorm and activation, squeeze-and-excitation; or ConvNeXt blocks),
+CoAtNet's Transformer blocks (attention over the whole feature map, with a pooled shortcut where
+they downsample), MaxViT blocks (a convolution block, then attention inside windows and attention
+on a dilated grid, each followed by an MLP) and the parallel variant that attends in windows and on
+the grid side by side. Partitions and their reverses are linear; each attention adds a relative
+position bias (a table gathered by an index, the TensorFlow ports' lookup einsum, or an MLP of
+constant log-coordinates: all computed from parameters, so a ``constant``) to its scores;
+squeeze-and-excitation (:mod:`.squeeze_excite`) multiplies the features by a sigmoid of their
+channel means, a product of two spiking operands. Convolutions and Linears are weight layers with
+MT neurons but for the stem's first convolution, which reads the image; norms, activations and the
+head's Tanh become EC modules, BatchNorm in evaluation is affine, average pools are linear. One
+rate link runs from the stem to the head's classifier. ``blocks=k`` counts every stage's blocks,
 convolution blocks included.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from timm.layers import activations as timm_act
 from timm.layers.pos_embed_rel import RelPosBias, RelPosBiasTf, RelPosMlp
-from timm.layers.squeeze_excite import EffectiveSEModule, SEModule
 from timm.models.maxxvit import (
     Attention2d,
     AttentionCl,
@@ -38,35 +37,11 @@ from timm.models.maxxvit import (
     Stem,
     TransformerBlock2d,
 )
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..sites import Product
 from . import Role, register
 from .links import whole_network
 from .timm_twins import SoftmaxHeads
-
-
-class ExplicitSqueezeExcite(nn.Module):
-    """timm's ``SEModule`` (fc1, norm, activation, fc2, gate) or ``EffectiveSEModule`` (fc, gate):
-    x·gate(...(mean(x))) (Hu et al. 2018), with the product a module: both x and the gate are
-    spiking operands, the gate broadcast over the pixels. Shares the original's children under
-    their names."""
-
-    def __init__(self, se: nn.Module) -> None:
-        super().__init__()
-        for name, child in se.named_children():
-            self.add_module(name, child)
-        self.effective = isinstance(se, EffectiveSEModule)
-        self.gating = Product("mul", 1.0, channels_a=(-3,), channels_b=(-3,))
-
-    def forward(self, x: Tensor) -> Tensor:
-        squeezed = x.mean((2, 3), keepdim=True)
-        excited = self.fc(squeezed) if self.effective else self.fc2(self.act(self.bn(self.fc1(squeezed))))
-        return self.gating(x, self.gate(excited))
-
-
-def _refuse_max_squeeze(se: nn.Module) -> str | None:
-    return "add_maxpool (a max over the pixels inside the block) is not supported" if se.add_maxpool else None
 
 
 class ExplicitMaxxAttention(SoftmaxHeads):
@@ -103,14 +78,11 @@ class ExplicitMaxxAttention(SoftmaxHeads):
         return self.proj_drop(self.proj(out))
 
 
-for cls in (SEModule, EffectiveSEModule):
-    register(cls, Role.CONTAINER, twin=ExplicitSqueezeExcite, check=_refuse_max_squeeze)
 for cls in (AttentionCl, Attention2d):
     register(cls, Role.CONTAINER, twin=ExplicitMaxxAttention)
 # the stem's first convolution reads the image
 register(MaxxVit, Role.INPUT, links=whole_network)
 for cls in (
-    ExplicitSqueezeExcite,
     ExplicitMaxxAttention,
     Stem,
     MbConvBlock,

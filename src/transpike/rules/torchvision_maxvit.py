@@ -1,23 +1,23 @@
 """Rules for torchvision's MaxViT (``torchvision.models.MaxVit``: ``maxvit_t``; Tu et al. 2022,
 "MaxViT: Multi-Axis Vision Transformer").
 
-A MaxViT layer is an MBConv block (BatchNorm, 1×1 and depthwise 3×3 convolutions with BatchNorm
-and GELU, squeeze-and-excitation, a 1×1 convolution; a pooled 1×1 projection on the residual path
-where it downsamples), then attention inside non-overlapping windows (block attention), then
-attention across the image on a dilated grid (grid attention), each followed by an MLP. Partition,
-the grid's axis swap and their reverses are linear; the attention adds a learned bias per head and
-relative offset, gathered from parameters by a constant index, to the scores: a constant. The
-squeeze-and-excitation multiplies the features by a sigmoid of their channel means, a product of
-two spiking operands. Convolutions and Linears are weight layers with MT neurons but for the
-stem's first convolution, which reads the image; GELU, SiLU, the sigmoid, LayerNorm and the
-classifier's Tanh become EC modules, BatchNorm in evaluation is affine. One rate link runs from the
-stem to the classifier's last Linear. ``blocks=k`` counts MaxViT layers (the paper's MaxViT
-blocks: MBConv, block and grid attention) stage by stage.
+A MaxViT layer is an MBConv block (BatchNorm, 1×1 and depthwise 3×3 convolutions with BatchNorm and
+GELU, squeeze-and-excitation, a 1×1 convolution; a pooled 1×1 projection on the residual path where
+it downsamples), then attention inside non-overlapping windows (block attention), then attention
+across the image on a dilated grid (grid attention), each followed by an MLP. Partition, the grid's
+axis swap and their reverses are linear; the attention adds a learned bias per head and relative
+offset, gathered from parameters by a constant index, to the scores: a constant. The
+squeeze-and-excitation (:mod:`.squeeze_excite`) multiplies the features by a sigmoid of their
+channel means, a product of two spiking operands. Convolutions and Linears are weight layers with
+MT neurons but for the stem's first convolution, which reads the image; GELU, SiLU, the sigmoid,
+LayerNorm and the classifier's Tanh become EC modules, BatchNorm in evaluation is affine. One rate
+link runs from the stem to the classifier's last Linear. ``blocks=k`` counts MaxViT layers (the
+paper's MaxViT blocks: MBConv, block and grid attention) stage by stage.
 """
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models.maxvit import (
     MaxVit,
     MaxVitBlock,
@@ -29,29 +29,11 @@ from torchvision.models.maxvit import (
     WindowDepartition,
     WindowPartition,
 )
-from torchvision.ops.misc import SqueezeExcitation
 
 from ..compensation import ExpectationCompensation
-from ..sites import Product
 from . import Link, Role, register
 from .links import link_all
 from .timm_twins import SoftmaxHeads, split_qkv
-
-
-class ExplicitSqueezeExcitation(nn.Module):
-    """torchvision's ``SqueezeExcitation``, x·σ(fc2(δ(fc1(mean(x))))) (Hu et al. 2018, eq. 2-4),
-    with the product a module: both x and the scale are spiking operands, the scale broadcast over
-    the pixels. Shares the original's children under their names."""
-
-    def __init__(self, se: SqueezeExcitation) -> None:
-        super().__init__()
-        self.avgpool, self.fc1, self.activation = se.avgpool, se.fc1, se.activation
-        self.fc2, self.scale_activation = se.fc2, se.scale_activation
-        self.gating = Product("mul", 1.0, channels_a=(-3,), channels_b=(-3,))
-
-    def forward(self, x: Tensor) -> Tensor:
-        scale = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
-        return self.gating(x, scale)
 
 
 class ExplicitRelativeAttention(SoftmaxHeads):
@@ -89,12 +71,10 @@ def _blocks(maxvit: MaxVit) -> list[str]:
     return [path for path, module in maxvit.named_modules() if isinstance(module, MaxVitLayer)]
 
 
-register(SqueezeExcitation, Role.CONTAINER, twin=ExplicitSqueezeExcitation)
 register(RelativePositionalMultiHeadAttention, Role.CONTAINER, twin=ExplicitRelativeAttention)
 # the stem's first convolution reads the image
 register(MaxVit, Role.INPUT, links=_network_links, blocks=_blocks)
 for cls in (
-    ExplicitSqueezeExcitation,
     ExplicitRelativeAttention,
     MBConv,
     PartitionAttentionLayer,
