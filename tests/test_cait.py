@@ -61,7 +61,7 @@ def test_blocks_count_self_then_class_attention_blocks(images):
     """blocks=k: the self-attention blocks, then the class-attention block, which (left analog) reads
     [class token; patches] as one tensor; linked = unlinked."""
     calibration, x = images
-    tail = ["norm", "head_drop", "head"]
+    tail = ["norm", "head"]
     assert_blocks(build(), calibration, x, {0: ["blocks.0", "blocks.1", "blocks_token_only.0", *tail]}, 1e-5)
     assert_blocks(build(), calibration, x, {2: ["blocks_token_only.0", *tail], 3: []})
     assert_links_keep_outputs(transpike.convert(build().double(), calibration.double(), blocks=2), x.double())

@@ -65,7 +65,7 @@ def test_blocks_and_round_trip(inputs, tmp_path):
     """blocks=k counts every stage's blocks (the last stage's flattening is one); linked = unlinked;
     save/load keeps timm's keys, the attention's bias index among them."""
     calibration, x = inputs
-    tail = ["norm", "head_drop", "head", "head_dist"]
+    tail = ["norm", "head", "head_dist"]
     expected = {1: ["stages.1.blocks.0", "stages.2", *tail], 5: []}
     expected[3] = ["stages.2.blocks.1", "stages.2.blocks.2", *tail]
     assert_blocks(build(), calibration, x, expected)

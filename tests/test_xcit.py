@@ -69,7 +69,7 @@ def test_blocks_count_xca_then_class_attention_blocks(inputs):
     """blocks=k: the XCA blocks (one left analog takes the grid size as a constant), then the
     class-attention block; the stem converts at every k; linked = unlinked."""
     calibration, x = inputs
-    tail = ["norm", "head_drop", "head"]
+    tail = ["norm", "head"]
     expected = {1: ["blocks.1", "cls_attn_blocks.0", *tail], 2: ["cls_attn_blocks.0", *tail], 3: []}
     assert_blocks(build(), calibration, x, expected)
     assert_links_keep_outputs(transpike.convert(build().double(), calibration.double(), blocks=1), x.double())

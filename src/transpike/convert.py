@@ -173,7 +173,7 @@ def _submodule(network: nn.Module, path: str) -> nn.Module | None:
 def _after_blocks(network: nn.Module, count: int) -> dict[str, str]:
     """Modules left analog by ``blocks=count``: from the first block not converted on, every
     module that holds no converted block (later blocks and stages, final norm, heads; timm
-    registers modules in forward order)."""
+    registers modules in forward order) but the linear, stateless ones, kept as they are."""
     try:
         blocks = block_paths(network)
     except ValueError as error:
@@ -190,9 +190,14 @@ def _after_blocks(network: nn.Module, count: int) -> dict[str, str]:
     reason = f"after the first {count} blocks"
     analog: dict[str, str] = {}
     for path in paths[paths.index(blocks[count]) :]:
-        # a ModuleList is never called (its owner iterates it): its children are left analog instead
-        listed = isinstance(modules[path], (nn.ModuleList, nn.ModuleDict))
-        if path not in holders and not listed and not any(path.startswith(f"{done}.") for done in analog):
+        # a ModuleList is never called (its owner iterates it): its children are left analog instead;
+        # a linear, stateless module (dropout, flatten, a pool) stays as it is, whatever it reads, and
+        # so may run more than once a step (CrossViT's head dropout, once per branch)
+        rule = rule_for(modules[path])
+        kept = isinstance(modules[path], (nn.ModuleList, nn.ModuleDict)) or (
+            rule is not None and rule.role is Role.PASSTHROUGH
+        )
+        if path not in holders and not kept and not any(path.startswith(f"{done}.") for done in analog):
             analog[path] = reason
     return analog
 
