@@ -163,6 +163,30 @@ def test_a_part_left_analog_takes_constants_besides_its_input_but_not_another_te
         transpike.convert(Outer(other_is_a_tensor=True), torch.randn(64, 4), strict=False)
 
 
+class Reusing(nn.Module):
+    """A container that runs one of its stateful modules twice: ``shared`` is "act" (a GELU),
+    "fc" (a weight layer) or "part" (a module left analog)."""
+
+    def __init__(self, shared: str):
+        super().__init__()
+        self.fc, self.act, self.part, self.shared = nn.Linear(4, 4), nn.GELU(), Swish(), shared
+
+    def forward(self, x):
+        use = getattr(self, self.shared)
+        return use(self.fc(use(x) if self.shared != "fc" else x))
+
+
+register(Reusing, Role.CONTAINER)
+
+
+@pytest.mark.parametrize("shared, kind", [("act", "GELU"), ("fc", "Linear"), ("part", "Swish")])
+def test_a_stateful_module_called_twice_is_refused_by_path(shared, kind):
+    """Converted, a module keeps state per call site (a membrane, running means); two calls in one
+    step would share it and go silently wrong, whether the module converts or stays analog."""
+    with pytest.raises(ConversionError, match=rf"^{shared} \(.*\.{kind}\): called 2 times in one forward"):
+        transpike.convert(Reusing(shared), torch.randn(16, 4), strict=False)
+
+
 def test_timm_vits_pass_the_audit(images):
     """Strict conversion (the default) raises on any functional call the audit finds."""
     models = [tiny_vit(name, reg_tokens=0 if "deit" in name else 2)

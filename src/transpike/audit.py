@@ -17,9 +17,10 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .errors import ConversionError
 from .observers import HistogramObserver
 from .rules import Role, rule_for
-from .sites import Unconverted
+from .sites import Observed, Product, Unconverted
 
 aten = torch.ops.aten
 NONLINEAR_OPS = {
@@ -86,17 +87,38 @@ class _Recorder(TorchDispatchMode):
                 self.constants.add(tensor.untyped_storage().data_ptr())
 
 
+def _stateful(module: nn.Module) -> bool:
+    """Whether the module's converted form keeps state from step to step (an MT neuron's membrane,
+    an EC module's running means): a weight layer's site, a product, a nonlinear module, a module
+    left analog."""
+    if isinstance(module, (Observed, Product, Unconverted)):
+        return True
+    rule = rule_for(module)
+    return rule is not None and rule.role is Role.NONLINEAR
+
+
 def audit(network: nn.Module, x: Tensor) -> list[Finding]:
-    """Run ``network`` on x and list the nonlinear ops its containers run themselves."""
+    """Run ``network`` on x and list the nonlinear ops its containers run themselves.
+
+    Raises:
+        ConversionError: a module that keeps state once converted is called more than once in one
+            forward pass: its calls would share one state (a membrane, running means), so each
+            use needs a module of its own.
+    """
     constants = {t.untyped_storage().data_ptr() for t in [*network.parameters(), *network.buffers()]}
     # transpike's own observers and modules already left analog are not audited
     exempt = {m for m in network.modules() if isinstance(m, HistogramObserver)}
     exempt |= {m for u in network.modules() if isinstance(u, Unconverted) for m in u.modules()}
     recorder = _Recorder(constants, exempt)
     names = {module: path for path, module in network.named_modules()}
+    # an analog module's parts are its own business; the analog module itself keeps state
+    counted = (m for m in names if _stateful(m) and (m not in exempt or isinstance(m, Unconverted)))
+    calls = dict.fromkeys(counted, 0)
 
     def enter(module: nn.Module, inputs: tuple) -> None:
         recorder.stack.append((names[module], module))
+        if module in calls:
+            calls[module] += 1
 
     def leave(module: nn.Module, inputs: tuple, output: object) -> None:
         recorder.stack.pop()
@@ -110,4 +132,15 @@ def audit(network: nn.Module, x: Tensor) -> list[Finding]:
     finally:
         for hook in hooks:
             hook.remove()
+    for module, count in calls.items():
+        if count > 1:
+            # named by the user's module, not the site or wrapper transpike put around it
+            user = module.layer if isinstance(module, Observed) else module
+            raise ConversionError(
+                names[module],
+                user.module if isinstance(user, Unconverted) else user,
+                f"called {count} times in one forward pass; converted, it keeps state from step to "
+                "step (a membrane, running means) that its calls would share: give each use a module "
+                "of its own",
+            )
     return list(recorder.findings.values())
