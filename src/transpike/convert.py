@@ -63,7 +63,8 @@ class ConversionOptions:
             about 256 × each softmax's row length (:func:`~transpike.sit.default_norm_spikes`).
         blocks: convert only the first k Transformer blocks (``model.blocks``, or Swin's blocks
             stage by stage); later blocks and everything after them stay analog, computed on rates
-            (SIT-conversion's Tables 2-4).
+            (SIT-conversion's Tables 2-4), but for linear, stateless modules (dropout, pools),
+            kept as they are.
     """
 
     method: str = "ecmt"
