@@ -41,16 +41,17 @@ CONFIGURATIONS = [{}, dict(neuron="burst", threshold="mse"), dict(method="sit")]
 
 
 def assert_converts(
-    model, calibration, x, options: dict, direct: str, products: int, tolerance=0.15, burst=0.01
+    model, calibration, x, options: dict, direct: str | tuple, products: int, tolerance=0.15, burst=0.01
 ):
-    """``model`` converted with ``options``: its direct-input layer at path ``direct``,
-    ``products`` products of two spiking operands, nothing analog; after 32 steps within
-    ``tolerance`` of the ANN and closer than after 4 (within ``burst`` with burst neurons).
-    Returns the network."""
+    """``model`` converted with ``options``: its direct-input layer at path ``direct`` (or layers
+    at a tuple of paths), ``products`` products of two spiking operands, nothing analog; after 32
+    steps within ``tolerance`` of the ANN and closer than after 4 (within ``burst`` with burst
+    neurons). Returns the network."""
     ref = ann_output(model, x)
     snn = transpike.convert(model, calibration, **options)
     report = snn.report()
-    assert [r.path for r in report.by_role("direct-input")] == [direct]
+    direct = [direct] if isinstance(direct, str) else list(direct)
+    assert [r.path for r in report.by_role("direct-input")] == direct
     assert report.counts()["mt×mt+product-ec"] == products and not report.analog
     y = snn.simulate(x, 32)
     assert_converges(y, ref, tolerance)

@@ -59,22 +59,24 @@ class ExplicitTalkingHeadAttn(SoftmaxHeads):
 
 
 class ExplicitClassAttn(SoftmaxHeads):
-    """timm ``ClassAttn`` with Q·Kᵀ, softmax and attn·V as modules (timm may call one fused
-    kernel): the class token's query against every token's key. Shares the original's q, k, v and
-    proj."""
+    """timm ``ClassAttn`` (CaiT, XCiT) or CrossViT's ``CrossAttention`` with Q·Kᵀ, softmax and
+    attn·V as modules (timm may call one fused kernel): the first token's query against every
+    token's key. Shares the original's q, k and v projections (named ``names``) and proj."""
 
-    def __init__(self, attn: ClassAttn) -> None:
+    def __init__(self, attn: nn.Module, names: tuple[str, str, str] = ("q", "k", "v")) -> None:
         super().__init__()
-        self.num_heads = attn.num_heads
-        self.q, self.k, self.v = attn.q, attn.k, attn.v
+        self.num_heads, self.names = attn.num_heads, names
+        for name in names:
+            setattr(self, name, getattr(attn, name))
         self._init_heads(attn)
         self.proj, self.proj_drop = attn.proj, attn.proj_drop
 
     def forward(self, x: Tensor) -> Tensor:
         batch, _, channels = x.shape
+        width = channels // self.num_heads
         q, k, v = (
-            projection(part).reshape(batch, -1, self.num_heads, channels // self.num_heads).transpose(1, 2)
-            for projection, part in ((self.q, x[:, :1]), (self.k, x), (self.v, x))
+            getattr(self, name)(part).reshape(batch, -1, self.num_heads, width).transpose(1, 2)
+            for name, part in zip(self.names, (x[:, :1], x, x), strict=True)
         )
         out = self.heads(q, k, v).transpose(1, 2).reshape(batch, 1, channels)
         return self.proj_drop(self.proj(out))
