@@ -409,3 +409,17 @@ def test_graphed_steps_equal_eager_steps(options, device, images):
     with SpikeMonitor(snn), pytest.raises(transpike.GraphError, match="forward hooks"):
         snn.simulate(x, 2)
     assert torch.equal(snn.graph(False).fuse(False).simulate(x, 7), eager)
+
+
+def test_a_module_shared_by_two_paths_gets_a_copy_for_each():
+    """Converted, a module keeps state per call: one held at two paths (a GELU and a Linear used
+    twice here) gets its own copy at each, with the ANN's values under the ANN's keys."""
+    torch.manual_seed(0)
+    act, fc = nn.GELU(), nn.Linear(8, 8)
+    model = nn.Sequential(nn.Linear(4, 8), act, fc, act, fc, nn.Linear(8, 3)).eval()
+    x = torch.randn(16, 4)
+    snn = transpike.convert(model, torch.randn(64, 4), neuron="burst", threshold="mse")
+    network = snn.network
+    assert network[1] is not network[3] and network[2] is not network[4]
+    assert set(snn.ann_state_dict()) == set(model.state_dict())
+    assert relative_error(snn.simulate(x, 32)[-1], ann_output(model, x)) < 0.01

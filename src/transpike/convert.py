@@ -131,13 +131,30 @@ def prepare(model: nn.Module, options: ConversionOptions, analog: dict[str, str]
         options: the conversion options.
         analog: module paths to leave analog, with the reason (see :func:`convert`).
     """
-    network = copy.deepcopy(model).eval()
+    network = _untie(copy.deepcopy(model).eval())
     for p in network.parameters():
         p.requires_grad_(False)
     analog = dict(analog or {})
     if options.blocks is not None:
         analog |= _after_blocks(network, options.blocks)
     return _prepare(network, "", options, direct=None, analog=analog)
+
+
+def _untie(module: nn.Module, seen: set[int] | None = None) -> nn.Module:
+    """``module`` with every submodule held at more than one path (CoaT's position encodings, shared
+    by a stage's blocks) copied for each path after the first. Converted, a module keeps state per
+    call (a membrane, running means), so each use needs its own; the copies hold the same values
+    under the paths the ANN's state dict already lists them at."""
+    seen = set() if seen is None else seen
+    for name, child in list(module._modules.items()):  # named_children() skips a repeated module
+        if child is None:
+            continue
+        if id(child) in seen:
+            child = copy.deepcopy(child)
+            setattr(module, name, child)
+        seen.add(id(child))
+        _untie(child, seen)
+    return module
 
 
 def block_paths(network: nn.Module) -> list[str]:
