@@ -118,6 +118,7 @@ from . import (  # noqa: E402, F401
     timm_beit,
     timm_cait,
     timm_cnn,
+    timm_coat,
     timm_crossvit,
     timm_edgenext,
     timm_efficientformer,
