@@ -137,7 +137,7 @@ def prepare(model: nn.Module, options: ConversionOptions, analog: dict[str, str]
     analog = dict(analog or {})
     if options.blocks is not None:
         analog |= _after_blocks(network, options.blocks)
-    return _prepare(network, "", options, direct=None, analog=analog)
+    return _prepare(network, "", options, direct=frozenset(), analog=analog)
 
 
 def _untie(module: nn.Module, seen: set[int] | None = None) -> nn.Module:
@@ -220,12 +220,12 @@ def _after_blocks(network: nn.Module, count: int) -> dict[str, str]:
     return analog
 
 
-def _first_weight_layer(module: nn.Module, path: str) -> str | None:
-    """The path of the first weight layer inside ``module``, in module order."""
+def _first_weight_layer(module: nn.Module) -> str | None:
+    """The path of the first weight layer inside ``module`` (relative to it), in module order."""
     for name, child in module.named_modules():
         rule = rule_for(child)
         if rule is not None and rule.role is Role.WEIGHT:
-            return _join(path, name)
+            return name
     return None
 
 
@@ -238,9 +238,9 @@ def _missing_rules(module: nn.Module) -> str:
 
 
 def _prepare(
-    module: nn.Module, path: str, options: ConversionOptions, direct: str | None, analog: dict[str, str]
+    module: nn.Module, path: str, options: ConversionOptions, direct: frozenset[str], analog: dict[str, str]
 ) -> nn.Module:
-    """``module`` prepared; ``direct`` is the path of the weight layer that reads the model input."""
+    """``module`` prepared; ``direct`` holds the paths of the weight layers that read the model input."""
     if path in analog:
         return Unconverted(module, analog[path])
     rule = rule_for(module)
@@ -260,7 +260,7 @@ def _prepare(
             return _prepare(twin, path, options, direct, analog)
     per_channel = options.granularity == "channel"
     if rule.role is Role.WEIGHT:
-        if path == direct:  # direct coding: it sees the input at every step, no neuron before it
+        if path in direct:  # direct coding: it sees the input at every step, no neuron before it
             return module
         return Observed(module, HistogramObserver(rule.channel_dims if per_channel else (), path))
     if rule.role is Role.PRODUCT:
@@ -268,7 +268,8 @@ def _prepare(
         module.site_b = HistogramObserver(module.channels_b if per_channel else (), _join(path, "site_b"))
     elif rule.role in (Role.CONTAINER, Role.INPUT):
         if rule.role is Role.INPUT:
-            direct = _first_weight_layer(module, path)
+            inside = rule.inputs(module) if rule.inputs is not None else [_first_weight_layer(module)]
+            direct = frozenset(_join(path, name) for name in inside if name is not None)
         for name, child in list(module.named_children()):
             setattr(module, name, _prepare(child, _join(path, name), options, direct, analog))
     return module

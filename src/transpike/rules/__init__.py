@@ -9,9 +9,10 @@ instead). Roles:
   output goes only to which children, so that once converted they pass rates instead of
   increments (:mod:`transpike.rates`).
 - ``INPUT``: like a container, but it reads the model input, and its first weight layer (in module
-  order, the order timm's embeddings run them) sees that input at every step (direct coding) and
-  gets no MT neuron: the ViT patch embedding's projection, the first convolution of a hybrid ViT's
-  CNN stem, whose later layers are converted like any others.
+  order, the order timm's embeddings run them; or the layers its rule's ``inputs`` names) sees that
+  input at every step (direct coding) and gets no MT neuron: the ViT patch embedding's projection,
+  the first convolution of a hybrid ViT's CNN stem, whose later layers are converted like any
+  others.
 - ``PASSTHROUGH``: linear and stateless in eval mode (Identity, Dropout, LayerScale); kept as is.
 - ``CONSTANT``: its output does not depend on the model input (EdgeNeXt's Fourier position
   encoding, a function of the grid's size; Swin V2's position-bias MLP): kept as is, whatever it
@@ -63,6 +64,7 @@ class Rule:
     links: Callable[[nn.Module], Iterable[Link]] | None = None
     plain: Callable[[nn.Module], nn.Module] | None = None
     blocks: Callable[[nn.Module], list[str]] | None = None
+    inputs: Callable[[nn.Module], list[str]] | None = None
 
 
 _RULES: dict[type, Rule] = {}
@@ -78,6 +80,7 @@ def register(
     links: Callable[[nn.Module], Iterable[Link]] | None = None,
     plain: Callable[[nn.Module], nn.Module] | None = None,
     blocks: Callable[[nn.Module], list[str]] | None = None,
+    inputs: Callable[[nn.Module], list[str]] | None = None,
 ) -> None:
     """Tell the converter how to treat modules of type ``cls`` (exact type).
 
@@ -96,8 +99,11 @@ def register(
         blocks: for a model, the paths of its Transformer blocks in forward order, which
             ``blocks=k`` counts, where they are not a ``blocks`` sequence or stages of them
             (:func:`transpike.convert.block_paths`).
+        inputs: for ``INPUT``, the paths (inside the module) of the weight layers that read its
+            input, where there are several (a re-parameterizable block's parallel branches); by
+            default its first weight layer.
     """
-    _RULES[cls] = Rule(Role(role), tuple(channel_dims), twin, check, links, plain, blocks)
+    _RULES[cls] = Rule(Role(role), tuple(channel_dims), twin, check, links, plain, blocks, inputs)
 
 
 def rule_for(module: nn.Module) -> Rule | None:
@@ -122,6 +128,7 @@ from . import (  # noqa: E402, F401
     timm_crossvit,
     timm_edgenext,
     timm_efficientformer,
+    timm_fastvit,
     timm_levit,
     timm_maxxvit,
     timm_nextvit,
