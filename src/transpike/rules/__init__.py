@@ -136,6 +136,7 @@ from . import (  # noqa: E402, F401
     timm_pvt,
     timm_swin,
     timm_swinv2,
+    timm_swinv2_cr,
     timm_tinyvit,
     timm_vit,
     timm_xcit,
