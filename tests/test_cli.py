@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import transpike
 from transpike import cli, digits
 from transpike.data import load_dataset
 
@@ -128,6 +129,67 @@ def test_torchvision_model_by_name(tmp_path):
     assert a["snn_top1"] == b["snn_top1"] and a["energy"] == b["energy"]
 
 
+def image_folder(root, size=(20, 24)):
+    """Two classes of two random RGB images each."""
+    gen = np.random.default_rng(2)
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(gen.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return f"imagefolder:{root}"
+
+
+def test_torchvision_weights_give_their_preset_and_come_from_the_hub_cache(tmp_path, monkeypatch):
+    """``--weights`` names torchvision weights: images get their preset (ViT-B/32: bilinear, 256
+    then 224), the weights come from torch.hub's cache (never downloaded), and a saved network
+    keeps the preset for ``eval --snn``."""
+    from torchvision.models import get_model, get_weight
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    data = image_folder(tmp_path / "images", size=(40, 60))
+    model = ["--model", "torchvision:vit_b_32", "--weights", "IMAGENET1K_V1"]
+    convert = ["convert", *model, "--calib", data, "--calib-batches", 1, "--batch-size", 4]
+    assert run(*convert, "--out", tmp_path / "net.safetensors") == 2  # not in the cache: refused
+
+    state = get_model("vit_b_32").state_dict()
+    state["heads.head.bias"].fill_(0.25)
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(state, cache / "vit_b_32-d86f8d99.pth")
+    presets = []
+    monkeypatch.setattr(cli, "load_dataset", lambda *a: presets.append(a[3]) or load_dataset(*a))
+    assert run(*convert, "--out", tmp_path / "net.safetensors") == 0
+    snn = transpike.load(tmp_path / "net.safetensors")
+    assert snn.model_spec["weights"] == "ViT_B_32_Weights.IMAGENET1K_V1"
+    assert torch.equal(snn.ann_state_dict()["heads.head.bias"], state["heads.head.bias"])
+    evaluate = ["--data", data, "--time-steps", 1, "--out", tmp_path / "r"]
+    assert run("eval", "--snn", tmp_path / "net.safetensors", *evaluate) == 0
+    assert presets == ["ViT_B_32_Weights.IMAGENET1K_V1"] * 2
+
+    dataset = load_dataset(data, "test", get_model("vit_b_32"), presets[0])
+    image = Image.open(sorted((tmp_path / "images" / "cat").iterdir())[0]).convert("RGB")
+    assert torch.equal(dataset[0][0], get_weight(presets[0]).transforms()(image))
+
+
+@pytest.mark.parametrize(
+    "model, weights, message",
+    [
+        (MODEL, "IMAGENET1K_V1", "only torchvision models take named weights, not the timm model"),
+        (["--model", "torchvision:vit_b_32"], "IMAGENET1K_V9", "unknown weights 'IMAGENET1K_V9' for"),
+        (["--model", "torchvision:vit_b_32", "--model-kwargs", "image_size=64"], "DEFAULT",
+         "their preset makes 224x224 images, the model takes 64x64; build it for theirs"),
+        (["--model", "torchvision:swin_t"], "Swin_T_Weights.IMAGENET1K_V1", "not on disk at"),
+    ],
+)  # fmt: skip
+def test_bad_weights_are_named(model, weights, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    data = image_folder(tmp_path / "images")
+    argv = ["convert", *model, "--weights", weights, "--calib", data, "--out", tmp_path / "net.safetensors"]
+    assert run(*argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "net.safetensors").exists()
+
+
 def make_cifar(root, hundred: bool, samples: int = 6):
     folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
     folder.mkdir(parents=True)
@@ -154,13 +216,7 @@ def test_every_data_spec(kind, tmp_path):
         np.savez(tmp_path / "d.npz", x=np.random.rand(5, 9, 9).astype(np.float32), y=np.arange(5))
         spec, expected = f"npz:{tmp_path / 'd.npz'}", (5, (1, 9, 9))
     elif kind == "imagefolder":
-        for cls in ("cat", "dog"):
-            (tmp_path / cls).mkdir()
-            for i in range(2):
-                Image.fromarray(np.full((20, 24, 3), 40 * i, dtype=np.uint8)).save(
-                    tmp_path / cls / f"{i}.png"
-                )
-        spec, expected = f"imagefolder:{tmp_path}", (4, (3, 16, 16))
+        spec, expected = image_folder(tmp_path), (4, (3, 16, 16))
     else:
         make_cifar(tmp_path, kind == "cifar100")
         spec, expected = f"{kind}:{tmp_path}", (6, (3, 16, 16))
@@ -204,6 +260,7 @@ CALIB = ["--calib", "digits"]
         (["eval", "--snn", "x", "--levels", "4", "--no-compensation", *EVAL], "--levels, --no-compensation:"),
         (["eval", "--snn", "x", "--method", "sit", "--non-strict", *EVAL], "--method, --non-strict:"),
         (["eval", "--snn", "x", *MODEL, *CALIB, *EVAL], "--model, --model-kwargs, --calib: x is a converted"),
+        (["eval", "--snn", "x", "--weights", "DEFAULT", *EVAL], "--weights: x is a converted"),
     ],
 )
 def test_errors_are_one_line_with_status_2(argv, message, tmp_path, capsys, monkeypatch):

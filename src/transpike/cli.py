@@ -1,7 +1,8 @@
 """The ``transpike`` command: demo, convert, eval.
 
     transpike demo [--out DIR] [--time-steps 8]
-    transpike convert --model NAME [--model-kwargs k=v ...] [--checkpoint FILE] --calib DATA --out SNN_FILE
+    transpike convert --model NAME [--model-kwargs k=v ...] [--checkpoint FILE] [--weights NAME] --calib DATA
+        --out SNN_FILE
     transpike eval (--snn SNN_FILE | --model NAME ... --calib DATA) --data DATA --time-steps T --out DIR
 
 Errors in what the user gave (a missing file, an unknown model, a bad option) print one line and
@@ -31,7 +32,7 @@ from .errors import ConversionError, FusionError, GraphError
 from .evaluate import World, evaluate, init_world
 from .io import load, rebuild_ann, save
 from .model import SpikingModel
-from .models import create_model, load_checkpoint, model_spec, spec_name
+from .models import cached_weights, create_model, load_checkpoint, model_spec, spec_name, torchvision_weights
 from .neurons import NEURONS, ROUNDINGS
 from .results import check_output_dir, format_blocks_table, format_table, write_results
 from .sit import MODES as SIT_MODES
@@ -124,6 +125,11 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
         help="passed to timm.create_model (or torchvision.models.get_model)",
     )
     group.add_argument("--checkpoint", help="safetensors or torch file (read with weights_only=True)")
+    group.add_argument(
+        "--weights", metavar="NAME",
+        help="torchvision weights the model was trained as (e.g. IMAGENET1K_V1): images get their preset; "
+        "without --checkpoint, the weights are read from torch.hub's cache",
+    )  # fmt: skip
     group.add_argument("--calib", help=f"calibration data: {SPEC_HELP} (default split: train)")
     group.add_argument("--calib-batches", type=int, default=16, help="calibration batches (default 16)")
 
@@ -158,11 +164,14 @@ def model_and_calibration(args: argparse.Namespace) -> tuple[torch.nn.Module, li
     positive("--calib-batches", args.calib_batches)
     kwargs = parse_kwargs(args.model_kwargs)
     ann = create_model(args.model, kwargs)
-    if args.checkpoint:
-        load_checkpoint(ann, args.checkpoint)
-    calibration = load_dataset(args.calib, "train", ann)
+    weights = torchvision_weights(args.model, args.weights) if args.weights else None
+    spec = model_spec(args.model, kwargs, weights)
+    calibration = load_dataset(args.calib, "train", ann, spec.get("weights"))  # checks the preset's size
+    checkpoint = args.checkpoint or (weights and cached_weights(weights))
+    if checkpoint:
+        load_checkpoint(ann, checkpoint)
     batches = calibration_batches(calibration, args.calib_batches, args.batch_size)
-    return ann, batches, model_spec(args.model, kwargs)
+    return ann, batches, spec
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -266,8 +275,8 @@ def check_snn_args(args: argparse.Namespace) -> None:
         for name, value in conversion_options(args).items()
         if value != getattr(defaults, name)
     ]
-    given += [flag for flag in ("--model", "--model-kwargs", "--checkpoint", "--calib", "--blocks")
-              if getattr(args, flag[2:].replace("-", "_"))]  # fmt: skip
+    building = ("--model", "--model-kwargs", "--checkpoint", "--weights", "--calib", "--blocks")
+    given += [flag for flag in building if getattr(args, flag[2:].replace("-", "_"))]
     if given:
         raise UsageError(
             f"{', '.join(given)}: {args.snn} is a converted network; to convert again, "
@@ -305,7 +314,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         snn = load(args.snn)
         ann = rebuild_ann(snn)
         name = spec_name(snn.model_spec) if snn.model_spec else str(args.snn)
-        dataset = load_dataset(args.data, "test", ann)
+        dataset = load_dataset(args.data, "test", ann, (snn.model_spec or {}).get("weights"))
         run_evaluation(
             snn, ann, dataset, settings, dict(model=name, data=args.data, snn_file=args.snn), world
         )
@@ -313,7 +322,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.model:
         raise UsageError("give --snn FILE, or --model NAME with --calib DATA")
     ann, batches, spec = model_and_calibration(args)
-    dataset = load_dataset(args.data, "test", ann)
+    dataset = load_dataset(args.data, "test", ann, spec.get("weights"))
     meta = dict(model=args.model, data=args.data, snn_file=None)
     sweep = []
     for blocks in args.blocks or [None]:

@@ -8,9 +8,10 @@
     cifar100:PATH[:train|:test]      CIFAR-100, python version, already on disk (PATH/cifar-100-python)
 
 Image folders and CIFAR are preprocessed with the model's timm data config (resize, crop,
-normalization), as timm's own validation does. Nothing is ever downloaded. CIFAR's python version is
-a pickle; it is read with an unpickler that can only build numpy arrays and plain containers, so a
-tampered file cannot run code.
+normalization), as timm's own validation does, or with the preset of the torchvision weights the
+model was trained as (``Swin_T_Weights.IMAGENET1K_V1``: bicubic, 232 then 224). Nothing is ever
+downloaded. CIFAR's python version is a pickle; it is read with an unpickler that can only build
+numpy arrays and plain containers, so a tampered file cannot run code.
 """
 
 from __future__ import annotations
@@ -110,20 +111,42 @@ def _timm_transform(model: nn.Module | None, spec: str):
     return timm.data.create_transform(**config, is_training=False)
 
 
-def load_dataset(spec: str, default_split: str = "test", model: nn.Module | None = None) -> Dataset:
+def _preset(model: nn.Module | None, weights: str):
+    """The classification preset of torchvision's ``weights``, refused by name when ``model`` takes
+    images of another size (torchvision builds the model for its weights; we build what was asked)."""
+    from torchvision.models import get_weight
+
+    preset = get_weight(weights).transforms()
+    crop = tuple(preset.crop_size)
+    crop = crop * 2 if len(crop) == 1 else crop
+    size = _input_size(model) if model is not None else None
+    if size is not None and size != crop:
+        raise ValueError(
+            f"weights {weights}: their preset makes {crop[0]}x{crop[1]} images, the model takes "
+            f"{size[0]}x{size[1]}; build it for theirs (torchvision's ViT: --model-kwargs "
+            f"image_size={crop[0]}; MaxViT: input_size={list(crop)})"
+        )
+    return preset
+
+
+def load_dataset(
+    spec: str, default_split: str = "test", model: nn.Module | None = None, weights: str | None = None
+) -> Dataset:
     """The dataset a spec names; images come out as float tensors ready for the model.
 
     Args:
         spec: see the module docstring.
         default_split: the split of digits / CIFAR when the spec gives none.
         model: the ANN, whose timm data config preprocesses image folders and CIFAR.
+        weights: torchvision weights (``Swin_T_Weights.IMAGENET1K_V1``) whose preset preprocesses
+            them instead.
     """
     kind, path, split = parse_spec(spec, default_split)
     if kind == "digits":
         return TensorDataset(*load_digits_split(split))
     if kind == "npz":
         return _npz(path)
-    transform = _timm_transform(model, spec)
+    transform = _preset(model, weights) if weights else _timm_transform(model, spec)
     if kind == "imagefolder":
         from torchvision.datasets import ImageFolder
 

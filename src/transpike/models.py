@@ -2,13 +2,15 @@
 checkpoint.
 
 Models are always created with random weights (``pretrained=False``, ``weights=None``: nothing is
-downloaded); real weights come from a checkpoint file the user gives, read without unpickling.
+downloaded); real weights come from a checkpoint file the user gives, read without unpickling, or
+for torchvision weights named by the user, from torch.hub's cache where an earlier download left them.
 A name ``torchvision:NAME`` means ``torchvision.models.get_model(NAME)``; any other is timm's.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -51,11 +53,44 @@ def create_model(name: str, kwargs: dict | None = None, seed: int = 0) -> nn.Mod
         raise ValueError(f"model {name!r} with kwargs {kwargs}: {error}") from None
 
 
-def model_spec(name: str, kwargs: dict | None = None) -> dict:
+def torchvision_weights(name: str, weights: str) -> torchvision.models.WeightsEnum:
+    """The torchvision weights ``weights`` of the model ``name`` (``torchvision:NAME``), given as
+    ``IMAGENET1K_V1``, ``DEFAULT`` or ``Swin_T_Weights.IMAGENET1K_V1``; a clear error otherwise."""
+    if not name.startswith(TORCHVISION):
+        raise ValueError(
+            f"weights {weights!r}: only torchvision models take named weights, not the timm model {name!r} "
+            "(a timm model's preprocessing follows the pretrained tag in its name, e.g. "
+            "vit_base_patch16_224.augreg_in21k_ft_in1k)"
+        )
+    enum = torchvision.models.get_model_weights(name.removeprefix(TORCHVISION))
+    try:
+        return enum[weights.removeprefix(enum.__name__ + ".")]
+    except KeyError:
+        known = ", ".join(enum.__members__)
+        raise ValueError(f"unknown weights {weights!r} for {name}; known: {known}") from None
+
+
+def cached_weights(weights: torchvision.models.WeightsEnum) -> Path:
+    """The file torch.hub keeps ``weights`` in once downloaded; it must be there: nothing is downloaded."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    if not path.is_file():
+        raise ValueError(
+            f"weights {weights}: not on disk at {path}, and transpike never downloads; pass "
+            f'--checkpoint FILE, or fetch them once where there is network: python -c "import torchvision; '
+            f"torchvision.models.get_weight('{weights}').get_state_dict()\""
+        )
+    return path
+
+
+def model_spec(
+    name: str, kwargs: dict | None = None, weights: torchvision.models.WeightsEnum | None = None
+) -> dict:
     """How a saved network says which architecture to rebuild: ``{"timm": name, "kwargs": ...}``
-    or ``{"torchvision": NAME, "kwargs": ...}``."""
+    or ``{"torchvision": NAME, "kwargs": ...}``, with ``"weights"`` naming the torchvision weights
+    whose preprocessing preset its images get."""
     if name.startswith(TORCHVISION):
-        return {"torchvision": name.removeprefix(TORCHVISION), "kwargs": kwargs or {}}
+        spec = {"torchvision": name.removeprefix(TORCHVISION), "kwargs": kwargs or {}}
+        return {**spec, "weights": str(weights)} if weights is not None else spec
     return {"timm": name, "kwargs": kwargs or {}}
 
 
