@@ -131,6 +131,7 @@ from . import (  # noqa: E402, F401
     timm_fastvit,
     timm_levit,
     timm_maxxvit,
+    timm_metaformer,
     timm_nextvit,
     timm_pcpvt_svt,
     timm_pvt,
