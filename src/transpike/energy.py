@@ -50,8 +50,9 @@ from .spikes import SpikeMonitor
 from .synapses import SpikingLayer
 
 E_MAC, E_AC = 4.6, 0.9  # pJ per operation, 45 nm CMOS
-# Dense products that stay dense in the SNN: the direct-input layer and whatever EC modules compute.
-ANALOG_MAC_ROLES = ("direct-input", "analog", "ann-nonlinear", "ec")
+# Dense products that stay dense in the SNN: the direct-input layer, whatever EC modules compute and
+# linear work between modules on their outputs (ConViT's constant positional attention times V).
+ANALOG_MAC_ROLES = ("direct-input", "analog", "ann-nonlinear", "ec", "other")
 
 aten = torch.ops.aten
 # Ops that move or allocate memory without arithmetic.
@@ -72,7 +73,8 @@ class DenseWork:
     ``ann-replaced`` (the ANN's softmax where a spiking softmax replaces it: ANN work only),
     ``analog`` (a module left analog), ``direct-input`` (the patch embedding), ``neuron`` (neuron
     dynamics, a spiking softmax's included: not counted), ``constant`` (a module independent of the
-    input, computed once per input size: not counted), ``other`` (residual sums, token handling).
+    input, computed once per input size: not counted), ``other`` (residual sums, token handling,
+    a constant matrix applied to a layer's output).
     """
 
     macs: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))

@@ -125,6 +125,7 @@ from . import (  # noqa: E402, F401
     timm_cait,
     timm_cnn,
     timm_coat,
+    timm_convit,
     timm_crossvit,
     timm_edgenext,
     timm_efficientformer,
