@@ -135,6 +135,7 @@ from . import (  # noqa: E402, F401
     timm_metaformer,
     timm_nextvit,
     timm_pcpvt_svt,
+    timm_pit,
     timm_pvt,
     timm_swin,
     timm_swinv2,
