@@ -141,6 +141,7 @@ from . import (  # noqa: E402, F401
     timm_swinv2,
     timm_swinv2_cr,
     timm_tinyvit,
+    timm_visformer,
     timm_vit,
     timm_xcit,
     torch_nn,
