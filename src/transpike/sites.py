@@ -15,8 +15,24 @@ from torch import Tensor, nn
 
 from .compensation import PRODUCT_OPS
 
+#: What a model may read of its own weight layers in its forward (DaViT pads a map by its
+#: downsampling convolution's kernel size): a wrapper that stands in for the layer answers for it.
+LAYER_SHAPE = frozenset(
+    ["kernel_size", "stride", "padding", "dilation", "groups", "padding_mode", "in_channels",
+     "out_channels", "in_features", "out_features"]
+)  # fmt: skip
 
-class Observed(nn.Module):
+
+class StandsInForLayer(nn.Module):
+    """A module that wraps a weight layer ``layer`` and answers for its shape (:data:`LAYER_SHAPE`)."""
+
+    def __getattr__(self, name: str) -> object:
+        if name in LAYER_SHAPE:
+            return getattr(self._modules["layer"], name)
+        return super().__getattr__(name)
+
+
+class Observed(StandsInForLayer):
     """A weight layer whose input is an MT site: ``layer(observer(x))``."""
 
     def __init__(self, layer: nn.Module, observer: nn.Module) -> None:

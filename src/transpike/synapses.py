@@ -17,9 +17,10 @@ from torch import Tensor, nn
 
 from .neurons import MTNeuron, spike_planes
 from .rules import rule_for
+from .sites import StandsInForLayer
 
 
-class SpikingLayer(nn.Module):
+class SpikingLayer(StandsInForLayer):
     """MT neurons before a weight layer: ``layer(neuron(I))``.
 
     ``emits_rate`` (set by :func:`transpike.rates.link_rates`): the output is the rate of the

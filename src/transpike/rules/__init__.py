@@ -127,6 +127,7 @@ from . import (  # noqa: E402, F401
     timm_coat,
     timm_convit,
     timm_crossvit,
+    timm_davit,
     timm_edgenext,
     timm_efficientformer,
     timm_fastvit,

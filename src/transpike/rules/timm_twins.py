@@ -126,7 +126,7 @@ class ExplicitAttention(SoftmaxHeads):
             self.gate_act = nn.Sigmoid()
             self.gating = Product("mul", 1.0, channels_a=(-1,), channels_b=(-1,))
         self.proj = attn.proj
-        self.proj_drop = attn.proj_drop
+        self.proj_drop = getattr(attn, "proj_drop", nn.Identity())  # DaViT's window attention has none
         # the children that read the attention's input x
         self.input_layers = ("qkv",) if self.gate is None else ("qkv", "gate")
 
