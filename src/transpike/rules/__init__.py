@@ -131,6 +131,7 @@ from . import (  # noqa: E402, F401
     timm_edgenext,
     timm_efficientformer,
     timm_fastvit,
+    timm_gcvit,
     timm_levit,
     timm_maxxvit,
     timm_metaformer,
