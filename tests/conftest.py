@@ -80,6 +80,16 @@ def assert_twin_matches(model, x: torch.Tensor, original: type | tuple, twin: ty
             assert relative_error(prepared(x), model(x)) < 1e-6
 
 
+def assert_prepared_matches_in_float64(model, x: torch.Tensor) -> torch.nn.Module:
+    """``model`` and its prepared copy, both in float64, agree to 1e-12 relative on x (in float32
+    the twins' reordered operations round differently, up to about 1e-6); returns the copy."""
+    model = model.double()
+    prepared = prepare(model, ConversionOptions())
+    with torch.no_grad():
+        assert relative_error(prepared(x.double()), model(x.double())) < 1e-12
+    return prepared
+
+
 def assert_blocks(model, calibration, x, analog: dict[int, list[str]], tolerance: float = 0.01) -> None:
     """For each k, ``blocks=k`` (burst neurons, MSE thresholds) leaves exactly the paths
     ``analog[k]`` analog and, after 16 steps, is within ``tolerance`` of the ANN."""

@@ -10,16 +10,15 @@ from conftest import (
     assert_blocks,
     assert_converts,
     assert_links_keep_outputs,
+    assert_prepared_matches_in_float64,
     assert_rates_up_to,
     assert_round_trip,
     random_images,
-    relative_error,
     spread,
 )
 from timm.models.gcvit import GlobalContextVit
 
 import transpike
-from transpike import ConversionOptions, prepare
 from transpike.rules.timm_gcvit import ExplicitGlobalWindowAttention, JoinedBlock
 
 #: at 64 px: maps of 16×16 to 2×2 in windows of 4×4 (2×2 in the last stage), the global queries
@@ -48,14 +47,11 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_the_twin_and_the_joined_blocks_compute_what_timm_does(inputs):
-    model = build().double()  # float32 rounding of the reordered operations aside
-    prepared = prepare(model, ConversionOptions())
+    prepared = assert_prepared_matches_in_float64(build(), inputs[1])
     assert sum(isinstance(m, ExplicitGlobalWindowAttention) for m in prepared.modules()) == 5
     assert [block.grid for block in prepared.modules() if isinstance(block, JoinedBlock)] == [
         (16, 16), (8, 8), (8, 8), (4, 4), (2, 2)
     ]  # fmt: skip
-    with torch.no_grad():
-        assert relative_error(prepared(inputs[1].double()), model(inputs[1].double())) < 1e-12
 
 
 @pytest.mark.parametrize("options", CONFIGURATIONS)
