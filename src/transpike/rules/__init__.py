@@ -135,6 +135,7 @@ from . import (  # noqa: E402, F401
     timm_levit,
     timm_maxxvit,
     timm_metaformer,
+    timm_mvitv2,
     timm_nextvit,
     timm_pcpvt_svt,
     timm_pit,
