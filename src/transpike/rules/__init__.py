@@ -136,6 +136,7 @@ from . import (  # noqa: E402, F401
     timm_maxxvit,
     timm_metaformer,
     timm_mvitv2,
+    timm_nest,
     timm_nextvit,
     timm_pcpvt_svt,
     timm_pit,
