@@ -141,6 +141,7 @@ from . import (  # noqa: E402, F401
     timm_pcpvt_svt,
     timm_pit,
     timm_pvt,
+    timm_samvit,
     timm_swin,
     timm_swinv2,
     timm_swinv2_cr,
