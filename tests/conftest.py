@@ -137,6 +137,16 @@ def random_images(size: int, counts: tuple[int, int] = (32, 6), seed: int = 5) -
     return tuple(torch.randn(count, 3, size, size, generator=gen) for count in counts)
 
 
+def draw(model: torch.nn.Module, suffixes: str | tuple[str, ...], std: float) -> torch.nn.Module:
+    """The parameters whose names end in ``suffixes`` drawn from N(0, std²), in the model's order:
+    position biases timm starts at or near zero, which would hide what the twins do with them."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(suffixes):
+                parameter.normal_(0, std)
+    return model
+
+
 def spread(model: torch.nn.Module, drawn: tuple[str, ...], scaled=("qkv.weight", ".q.weight", ".k.weight")):
     """Make a small random-init model's attention and branches matter: the weights whose names end
     in ``scaled`` ×3 (scores spread over the keys), those ending in ``drawn`` drawn with std 0.3
@@ -145,9 +155,7 @@ def spread(model: torch.nn.Module, drawn: tuple[str, ...], scaled=("qkv.weight",
         for name, parameter in model.named_parameters():
             if name.endswith(scaled):
                 parameter.mul_(3)
-            if name.endswith(drawn):
-                parameter.normal_(0, 0.3)
-    return model
+    return draw(model, drawn, 0.3)
 
 
 @pytest.fixture

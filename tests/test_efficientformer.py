@@ -12,6 +12,7 @@ from conftest import (
     assert_links_keep_outputs,
     assert_rates_up_to,
     assert_round_trip,
+    draw,
     random_images,
     relative_error,
     spread,
@@ -27,11 +28,9 @@ TINY = dict(depths=(1, 1, 2), embed_dims=(8, 16, 32), num_vit=1, num_classes=5, 
 
 def build() -> torch.nn.Module:
     torch.manual_seed(0)
-    model = timm.create_model("efficientformer_l1", **TINY).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("attention_biases"):  # timm starts them at zero
-                parameter.normal_(0, 1.0)
+    model = draw(
+        timm.create_model("efficientformer_l1", **TINY).eval(), "attention_biases", 1.0
+    )  # timm: zeros
     return spread(model, ("attn.proj.weight", "fc2.weight", "head.weight", "head_dist.weight"))
 
 

@@ -12,6 +12,7 @@ from conftest import (
     assert_links_keep_outputs,
     assert_rates_up_to,
     assert_round_trip,
+    draw,
     random_images,
     relative_error,
     spread,
@@ -37,9 +38,7 @@ def build(kind: str) -> torch.nn.Module:
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d) and not module.weight.any():
                 module.weight.fill_(1.0)
-        for name, parameter in model.named_parameters():
-            if name.endswith("attention_biases"):
-                parameter.normal_(0, 1.0)
+    draw(model, "attention_biases", 1.0)
     scaled = ("qkv.linear.weight", "q.ln.linear.weight", "kv.linear.weight")
     return spread(model, ("head.linear.weight", "head_dist.linear.weight"), scaled=scaled)
 

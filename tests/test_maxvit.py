@@ -14,6 +14,7 @@ from conftest import (
     assert_rates_up_to,
     assert_round_trip,
     assert_twin_matches,
+    draw,
     random_images,
     spread,
 )
@@ -36,10 +37,7 @@ def build() -> MaxVit:
     scaled up, the branches' last layers drawn large."""
     torch.manual_seed(0)
     model = MaxVit(**TINY, head_dim=4, stochastic_depth_prob=0.0, num_classes=5).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("relative_position_bias_table"):
-                parameter.normal_(0, 1.0)
+    draw(model, "relative_position_bias_table", 1.0)
     return spread(model, ("merge.weight", "mlp_layer.3.weight", "conv_c.weight", "classifier.5.weight"))
 
 

@@ -15,6 +15,7 @@ from conftest import (
     assert_rates_up_to,
     assert_round_trip,
     assert_twin_matches,
+    draw,
     random_images,
     spread,
 )
@@ -79,11 +80,7 @@ def build(kind: str) -> torch.nn.Module:
     scaled up, some branches' last layers drawn large."""
     name, overlay, drawn, _ = KINDS[kind]
     torch.manual_seed(0)
-    model = timm.create_model(name, **SMALL, **overlay).eval()
-    with torch.no_grad():
-        for path, parameter in model.named_parameters():
-            if path.endswith("relative_position_bias_table"):
-                parameter.normal_(0, 1.0)
+    model = draw(timm.create_model(name, **SMALL, **overlay).eval(), "relative_position_bias_table", 1.0)
     return spread(model, drawn)
 
 

@@ -13,6 +13,7 @@ from conftest import (
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
     assert_round_trip,
+    draw,
     random_images,
     spread,
 )
@@ -30,11 +31,7 @@ TOKENS = {"no class token": False, "class token": True}
 def build(tokens: str = "no class token") -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = MultiScaleVitCfg(depths=DEPTHS, embed_dim=8, num_heads=1, use_cls_token=TOKENS[tokens])
-    model = MultiScaleVit(cfg, img_size=64, num_classes=5).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith(("rel_pos_h", "rel_pos_w")):  # timm starts them near zero
-                parameter.normal_(0, 0.1)
+    model = draw(MultiScaleVit(cfg, img_size=64, num_classes=5).eval(), ("rel_pos_h", "rel_pos_w"), 0.1)
     return spread(model, ("attn.proj.weight", "mlp.fc2.weight", "head.fc.weight"))
 
 

@@ -13,6 +13,7 @@ from conftest import (
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
     assert_round_trip,
+    draw,
     random_images,
     spread,
 )
@@ -36,10 +37,7 @@ def build(positions: str = "relative", num_classes: int = 5) -> torch.nn.Module:
     model = timm.create_model(
         "samvit_base_patch16_224", **TINY, **POSITIONS[positions], num_classes=num_classes
     )
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith(("rel_pos_h", "rel_pos_w")):  # timm starts them at zero
-                parameter.normal_(0, 0.1)
+    draw(model, ("rel_pos_h", "rel_pos_w"), 0.1)  # timm starts them at zero
     return spread(model.eval(), ("attn.proj.weight", "mlp.fc2.weight", "head.fc.weight"))
 
 

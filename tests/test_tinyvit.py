@@ -13,6 +13,7 @@ from conftest import (
     assert_rates_up_to,
     assert_round_trip,
     assert_twin_matches,
+    draw,
     random_images,
     spread,
 )
@@ -29,11 +30,7 @@ TINY["num_classes"] = 5
 
 def build() -> torch.nn.Module:
     torch.manual_seed(0)
-    model = timm.create_model("tiny_vit_5m_224", **TINY).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("attention_biases"):  # timm starts them at zero
-                parameter.normal_(0, 1.0)
+    model = draw(timm.create_model("tiny_vit_5m_224", **TINY).eval(), "attention_biases", 1.0)  # timm: zeros
     return spread(model, ("attn.proj.weight", "fc2.weight", "head.fc.weight"))
 
 
