@@ -148,6 +148,7 @@ from . import (  # noqa: E402, F401
     timm_tinyvit,
     timm_visformer,
     timm_vit,
+    timm_vit_relpos,
     timm_xcit,
     torch_nn,
     torch_transformer,
