@@ -135,6 +135,7 @@ from . import (  # noqa: E402, F401
     timm_levit,
     timm_maxxvit,
     timm_metaformer,
+    timm_mobilevit,
     timm_mvitv2,
     timm_nest,
     timm_nextvit,
