@@ -130,6 +130,7 @@ from . import (  # noqa: E402, F401
     timm_davit,
     timm_edgenext,
     timm_efficientformer,
+    timm_efficientvit_mit,
     timm_fastvit,
     timm_gcvit,
     timm_levit,

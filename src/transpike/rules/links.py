@@ -39,11 +39,11 @@ def link_all(module: nn.Module, *outputs: str) -> list[Link]:
     return [(tuple(producers), tuple(readers))]
 
 
-def whole_network(network: nn.Module) -> list[Link]:
-    """The one link of a network whose output layer is its classifier head's ``fc`` (timm's heads),
-    or the head itself when ``blocks=k`` leaves it analog; none for a headless model, whose output
-    is a sum of producers."""
-    output = "head" if isinstance(network.head, ExpectationCompensation) else "head.fc"
+def whole_network(network: nn.Module, classifier: str = "head.fc") -> list[Link]:
+    """The one link of a network whose output layer is its classifier head's ``fc`` (timm's heads;
+    else the Linear at the path ``classifier``), or the head itself when ``blocks=k`` leaves it
+    analog; none for a headless model, whose output is a sum of producers."""
+    output = "head" if isinstance(network.head, ExpectationCompensation) else classifier
     return [] if isinstance(network.get_submodule(output), nn.Identity) else link_all(network, output)
 
 
