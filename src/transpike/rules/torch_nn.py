@@ -11,7 +11,7 @@ for cls in (nn.Sequential, nn.ModuleList, nn.ModuleDict):
     register(cls, Role.CONTAINER)
 
 # Linear (affine) and stateless in eval mode: kept as they are. BatchNorm in eval is a per-channel
-# affine map.
+# affine map; Upsample's interpolation, in every mode, a fixed weighted sum of input pixels.
 for cls in (
     nn.Identity,
     nn.Dropout,
@@ -27,6 +27,7 @@ for cls in (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
     nn.BatchNorm3d,
+    nn.Upsample,
 ):
     register(cls, Role.PASSTHROUGH)
 
