@@ -135,6 +135,7 @@ from . import (  # noqa: E402, F401
     timm_efficientvit_msra,
     timm_fastvit,
     timm_gcvit,
+    timm_hiera,
     timm_levit,
     timm_maxxvit,
     timm_metaformer,
