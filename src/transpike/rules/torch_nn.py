@@ -11,7 +11,8 @@ for cls in (nn.Sequential, nn.ModuleList, nn.ModuleDict):
     register(cls, Role.CONTAINER)
 
 # Linear (affine) and stateless in eval mode: kept as they are. BatchNorm in eval is a per-channel
-# affine map; Upsample's interpolation, in every mode, a fixed weighted sum of input pixels.
+# affine map; Upsample's interpolation, in every mode, a fixed weighted sum of input pixels;
+# Unfold and Fold copy and sum pixels.
 for cls in (
     nn.Identity,
     nn.Dropout,
@@ -28,6 +29,8 @@ for cls in (
     nn.BatchNorm2d,
     nn.BatchNorm3d,
     nn.Upsample,
+    nn.Unfold,
+    nn.Fold,
 ):
     register(cls, Role.PASSTHROUGH)
 
