@@ -226,6 +226,13 @@ def test_every_data_spec(kind, tmp_path):
     assert x.dtype == torch.float32 and int(y) >= 0
 
 
+def test_npz_without_x_and_y_names_the_arrays_it_holds(tmp_path):
+    np.savez(tmp_path / "d.npz", images=np.zeros((2, 3, 8, 8), np.float32), labels=np.zeros(2, np.int64))
+    message = r"d\.npz: needs arrays 'x' \(images\) and 'y' \(labels\), found 'images', 'labels'"
+    with pytest.raises(ValueError, match=message):
+        load_dataset(f"npz:{tmp_path / 'd.npz'}", "test", torch.nn.Identity())
+
+
 def test_cifar_pickle_payload_is_refused(tmp_path):
     make_cifar(tmp_path, hundred=False)
     marker = tmp_path / "pwned"

@@ -59,11 +59,13 @@ def parse_spec(spec: str, default_split: str) -> tuple[str, str, str]:
 def _npz(path: str) -> TensorDataset:
     try:
         with np.load(path, allow_pickle=False) as arrays:
-            x, y = arrays["x"], arrays["y"]
-    except KeyError as missing:
-        raise ValueError(f"npz data {path}: needs arrays 'x' and 'y', missing {missing}") from None
+            names = arrays.files
+            x, y = (arrays["x"], arrays["y"]) if {"x", "y"} <= set(names) else (None, None)
     except (OSError, ValueError) as error:
         raise ValueError(f"npz data {path}: cannot be read as .npz without pickle ({error})") from None
+    if x is None:
+        found = ", ".join(map(repr, names)) or "none"
+        raise ValueError(f"npz data {path}: needs arrays 'x' (images) and 'y' (labels), found {found}")
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
