@@ -155,6 +155,7 @@ from . import (  # noqa: E402, F401
     timm_visformer,
     timm_vit,
     timm_vit_relpos,
+    timm_vitamin,
     timm_volo,
     timm_xcit,
     torch_nn,

@@ -35,6 +35,7 @@ from timm.layers.adaptive_avgmax_pool import (
 from timm.models import resnet, resnetv2
 from timm.models._features import FeatureListNet
 from timm.models.vision_transformer_hybrid import ConvStem
+from timm.models.vitamin import MbConvStages
 from torch import nn
 
 from ..synapses import SpikingLayer
@@ -69,11 +70,25 @@ def plain_convolution(conv: StdConv2d | StdConv2dSame) -> nn.Conv2d:
     return plain
 
 
+def embed_output(embed: nn.Module) -> str | None:
+    """The path of the weight layer inside a patch embedding whose output the ViT's residual
+    stream starts from: the patch projection, or, where that is an Identity, ViTamin's last
+    convolution (its MBConv stages end in a LayerNorm and a strided convolution); None when the
+    stem's own last convolution is the projection (``proj=False``, ``vit_base_mci``)."""
+    if isinstance(getattr(embed, "proj", None), SpikingLayer):
+        return "proj"
+    backbone = getattr(embed, "backbone", None)
+    if isinstance(backbone, MbConvStages) and isinstance(backbone.pool.proj, SpikingLayer):
+        return "backbone.pool.proj"
+    return None
+
+
 def _embed_links(embed: HybridEmbed) -> list[Link]:
     """Inside the stem every converted module passes rates (:func:`~transpike.rules.links.link_all`),
-    up to the patch projection, which hands the ViT's residual stream its own. None when the stem's
-    last convolution is the projection (``proj=False``, ``vit_base_mci``): its output is the stream."""
-    return link_all(embed, "proj") if isinstance(embed.proj, SpikingLayer) else []
+    up to the layer whose output starts the ViT's residual stream (:func:`embed_output`), which
+    hands the stream its own; none when there is no such layer."""
+    output = embed_output(embed)
+    return link_all(embed, output) if output is not None else []
 
 
 register(HybridEmbed, Role.INPUT, links=_embed_links)

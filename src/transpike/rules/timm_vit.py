@@ -62,8 +62,8 @@ from torch import nn
 
 from ..compensation import ExpectationCompensation
 from ..neurons import MTNeuron
-from ..synapses import SpikingLayer
 from . import Link, Role, register, rule_for
+from .timm_cnn import embed_output
 from .timm_twins import (
     ExplicitAttention,
     ExplicitAttentionPool,
@@ -161,10 +161,17 @@ def _parallel_links(block: ExplicitParallelBlock) -> list[Link]:
 
 
 def _mlp_inputs(mlp: nn.Module) -> tuple[str, ...] | None:
-    """The children of a block's MLP that read its input; None for an MLP of another kind."""
+    """The children of a block's MLP that read its input (a twin names them: GLU MLPs, ViTamin's
+    GeGLU); None for an MLP of another kind."""
     if isinstance(mlp, Mlp):
         return ("fc1",)
-    return mlp.input_layers if isinstance(mlp, ExplicitGluMlp) else None
+    return getattr(mlp, "input_layers", None)
+
+
+def _mlp_output(mlp: nn.Module) -> str:
+    """The child of a block's MLP whose output is the MLP's: fc2, or the one a twin names
+    (ViTamin's GeGLU: w2)."""
+    return getattr(mlp, "output_layer", "fc2")
 
 
 def feeds(norm: str, path: str, module: nn.Module) -> list[Link]:
@@ -236,7 +243,7 @@ def _stream_ends(block: nn.Module) -> tuple[list[str], list[str]] | None:
     parts)."""
     if rule_for(block).links is block_links:  # x + attn(norm1(x)), then x + mlp(norm2(x))
         if isinstance(block.attn, ExplicitAttention) and _mlp_inputs(block.mlp) is not None:
-            return ["attn.proj", "mlp.fc2"], ["norm1", "norm2"]
+            return ["attn.proj", f"mlp.{_mlp_output(block.mlp)}"], ["norm1", "norm2"]
     elif isinstance(block, ExplicitParallelBlock):
         writers = ["out_proj"] if block.out_proj is not None else ["attn_out_proj", "mlp_out_proj"]
         return writers, ["in_norm"]
@@ -245,7 +252,8 @@ def _stream_ends(block: nn.Module) -> tuple[list[str], list[str]] | None:
         if all(isinstance(branch.attn, ExplicitAttention) for branch in block.attns) and all(
             _mlp_inputs(branch.mlp) is not None for branch in block.ffns
         ):
-            writers = [f"attns.{i}.attn.proj" for i in attns] + [f"ffns.{i}.mlp.fc2" for i in ffns]
+            writers = [f"attns.{i}.attn.proj" for i in attns]
+            writers += [f"ffns.{i}.mlp.{_mlp_output(block.ffns[i].mlp)}" for i in ffns]
             return writers, [f"attns.{i}.norm" for i in attns] + [f"ffns.{i}.norm" for i in ffns]
     return None
 
@@ -278,14 +286,15 @@ def _stream_links(vit: VisionTransformer) -> list[Link]:
 
 def _embedding_writers(vit: VisionTransformer) -> list[str] | None:
     """Who writes the stream before the blocks: norm_pre when present; else nobody when the patch
-    embedding is direct coding alone (the same at every step: its own rate); else its projection,
-    fed by a hybrid's spiking CNN stem, or None when the embedding ends in a layer that cannot hand
-    on a rate."""
+    embedding is direct coding alone (the same at every step: its own rate); else the
+    embedding's output layer, fed by a hybrid's spiking CNN stem (:func:`~.timm_cnn.embed_output`), or
+    None when the embedding ends in a layer that cannot hand on a rate."""
     if _present(getattr(vit, "norm_pre", None)):  # BEiT has none
         return ["norm_pre"]
     if not any(isinstance(module, MTNeuron) for module in vit.patch_embed.modules()):
         return []
-    return ["patch_embed.proj"] if isinstance(getattr(vit.patch_embed, "proj", None), SpikingLayer) else None
+    output = embed_output(vit.patch_embed)
+    return [f"patch_embed.{output}"] if output is not None else None
 
 
 def _stream_readers_after_blocks(vit: VisionTransformer, converted: int) -> list[str]:
