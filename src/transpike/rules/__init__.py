@@ -147,6 +147,7 @@ from . import (  # noqa: E402, F401
     timm_pit,
     timm_pvt,
     timm_samvit,
+    timm_shvit,
     timm_swiftformer,
     timm_swin,
     timm_swinv2,
