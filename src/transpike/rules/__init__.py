@@ -153,6 +153,7 @@ from . import (  # noqa: E402, F401
     timm_swinv2,
     timm_swinv2_cr,
     timm_tinyvit,
+    timm_tnt,
     timm_visformer,
     timm_vit,
     timm_vit_relpos,
