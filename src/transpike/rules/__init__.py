@@ -141,6 +141,7 @@ from . import (  # noqa: E402, F401
     timm_metaformer,
     timm_mobilevit,
     timm_mvitv2,
+    timm_naflexvit,
     timm_nest,
     timm_nextvit,
     timm_pcpvt_svt,

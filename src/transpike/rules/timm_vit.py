@@ -291,10 +291,12 @@ def _embedding_writers(vit: VisionTransformer) -> list[str] | None:
     None when the embedding ends in a layer that cannot hand on a rate."""
     if _present(getattr(vit, "norm_pre", None)):  # BEiT has none
         return ["norm_pre"]
-    if not any(isinstance(module, MTNeuron) for module in vit.patch_embed.modules()):
+    name = "patch_embed" if hasattr(vit, "patch_embed") else "embeds"  # NaFlexVit's is ``embeds``
+    embed = getattr(vit, name)
+    if not any(isinstance(module, MTNeuron) for module in embed.modules()):
         return []
-    output = embed_output(vit.patch_embed)
-    return [f"patch_embed.{output}"] if output is not None else None
+    output = embed_output(embed)
+    return [f"{name}.{output}"] if output is not None else None
 
 
 def _stream_readers_after_blocks(vit: VisionTransformer, converted: int) -> list[str]:
