@@ -136,6 +136,7 @@ from . import (  # noqa: E402, F401
     timm_fastvit,
     timm_gcvit,
     timm_hiera,
+    timm_hieradet,
     timm_levit,
     timm_maxxvit,
     timm_metaformer,
