@@ -111,6 +111,18 @@ def assert_round_trip(snn, build, x: torch.Tensor, path, by_spec: bool = False) 
         assert torch.equal(rebuild_ann(loaded, build())(x), model(x))
 
 
+def assert_blocks_and_round_trip(
+    build, inputs, analog: dict[int, list[str]], path, spec=None, tolerance=0.01
+):
+    """``blocks=k`` leaves the paths ``analog[k]`` analog (:func:`assert_blocks`), and the model
+    converted by SIT and saved at ``path`` round-trips (:func:`assert_round_trip`), its ANN rebuilt
+    from the model ``spec`` when given, else by ``build``."""
+    calibration, x = inputs
+    assert_blocks(build(), calibration, x, analog, tolerance)
+    snn = transpike.convert(build(), calibration, method="sit", model_spec=spec)
+    assert_round_trip(snn, build, x, path, by_spec=spec is not None)
+
+
 def assert_rates_up_to(model, calibration, x: torch.Tensor, outputs: tuple[str, ...] = ("head",)) -> None:
     """``model`` converted in float64: every module that can emit a rate does, but the output
     layers at the paths ``outputs``, which emit the increments the simulation averages; and

@@ -7,11 +7,10 @@ import timm
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_links_keep_outputs,
     assert_rates_up_to,
-    assert_round_trip,
     assert_twin_matches,
     random_images,
     spread,
@@ -75,8 +74,6 @@ def test_blocks_and_round_trip(tmp_path, inputs):
     network keeps timm's keys."""
     calibration, x = inputs
     expected = {1: ["blocks.1", "blocks.2", "norm", "head"], 2: ["blocks.2", "norm", "head"], 3: []}
-    assert_blocks(build(), calibration, x, expected)
     assert_links_keep_outputs(transpike.convert(build().double(), calibration.double(), blocks=2), x.double())
     spec = {"timm": "convit_tiny", "kwargs": TINY}
-    snn = transpike.convert(build(), calibration, method="sit", model_spec=spec)
-    assert_round_trip(snn, build, x, tmp_path / "convit.safetensors", by_spec=True)
+    assert_blocks_and_round_trip(build, inputs, expected, tmp_path / "convit.safetensors", spec)

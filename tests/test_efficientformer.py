@@ -7,11 +7,10 @@ import timm
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_links_keep_outputs,
     assert_rates_up_to,
-    assert_round_trip,
     draw,
     random_images,
     relative_error,
@@ -67,8 +66,6 @@ def test_blocks_and_round_trip(inputs, tmp_path):
     tail = ["norm", "head", "head_dist"]
     expected = {1: ["stages.1.blocks.0", "stages.2", *tail], 5: []}
     expected[3] = ["stages.2.blocks.1", "stages.2.blocks.2", *tail]
-    assert_blocks(build(), calibration, x, expected)
     assert_links_keep_outputs(transpike.convert(build().double(), calibration.double(), blocks=4), x.double())
     spec = {"timm": "efficientformer_l1", "kwargs": TINY}
-    snn = transpike.convert(build(), calibration, method="sit", model_spec=spec)
-    assert_round_trip(snn, build, x, tmp_path / "efficientformer.safetensors", by_spec=True)
+    assert_blocks_and_round_trip(build, inputs, expected, tmp_path / "efficientformer.safetensors", spec)

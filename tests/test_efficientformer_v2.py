@@ -6,17 +6,15 @@ import pytest
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
-    assert_round_trip,
     draw,
     random_images,
 )
 from timm.models.efficientformer_v2 import EfficientFormerV2
 
-import transpike
 from transpike.rules.timm_efficientformer_v2 import ExplicitAttention2d
 
 #: at 64 px: a stem to 16 × 16, then 8 × 8, then 4 × 4 (its last block attends on the map halved
@@ -60,9 +58,7 @@ def test_every_module_passes_rates_like_increments(distillation, inputs):
 
 
 def test_blocks_and_round_trip(tmp_path, inputs):
-    calibration, x = inputs
-    model = build()
     after = ["head", "head_dist"]  # the final BatchNorm, affine, stays as it is
-    assert_blocks(model, calibration, x, {3: ["stages.2.blocks.1", "stages.3", *after]})
-    snn = transpike.convert(model, calibration, method="sit")
-    assert_round_trip(snn, build, x, tmp_path / "net.safetensors")
+    assert_blocks_and_round_trip(
+        build, inputs, {3: ["stages.2.blocks.1", "stages.3", *after]}, tmp_path / "net.safetensors"
+    )

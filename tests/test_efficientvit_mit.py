@@ -6,17 +6,15 @@ import pytest
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_rates_up_to,
-    assert_round_trip,
     assert_twin_matches,
     random_images,
     spread,
 )
 from timm.models.efficientvit_mit import EfficientVit, EfficientVitLarge
 
-import transpike
 from transpike.rules.timm_efficientvit_mit import ExplicitLiteMLA
 
 #: at 64 px: a stem at 32 × 32, then stages at 16, 8, 4 and 2 pixels, the last two with attention
@@ -65,8 +63,9 @@ def test_every_module_passes_rates_like_increments(variant, inputs):
 
 
 def test_blocks_and_round_trip(tmp_path, inputs):
-    calibration, x = inputs
-    model = build("B")
-    assert_blocks(model, calibration, x, {3: ["stages.2.blocks.1", "stages.3", "head"]})
-    snn = transpike.convert(model, calibration, method="sit")
-    assert_round_trip(snn, lambda: build("B"), x, tmp_path / "net.safetensors")
+    assert_blocks_and_round_trip(
+        lambda: build("B"),
+        inputs,
+        {3: ["stages.2.blocks.1", "stages.3", "head"]},
+        tmp_path / "net.safetensors",
+    )

@@ -6,24 +6,20 @@ import pytest
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
-    assert_round_trip,
     draw,
     random_images,
 )
 from timm.models.efficientvit_msra import EfficientVitMsra
 
-import transpike
 from transpike.rules.timm_efficientvit_msra import ExplicitCascadedGroupAttention, ExplicitPatchMerging
 
 #: at 96 px: maps of 6 × 6 (cut into four padded windows of 4 × 4), then 3 × 3 and 2 × 2 (one
 #: window each); two heads of key width 4 per attention
-TINY = dict(
-    img_size=96, embed_dim=(16, 24, 32), key_dim=(4, 4, 4), depth=(1, 1, 1), num_heads=(2, 2, 2)
-)
+TINY = dict(img_size=96, embed_dim=(16, 24, 32), key_dim=(4, 4, 4), depth=(1, 1, 1), num_heads=(2, 2, 2))
 TINY.update(window_size=(4, 4, 4), kernels=(3, 3), num_classes=5)
 
 
@@ -61,11 +57,7 @@ def test_every_module_passes_rates_like_increments(inputs):
 
 
 def test_blocks_and_round_trip(tmp_path, inputs):
-    calibration, x = inputs
-    model = build()
     # a stage's downsampling runs before its blocks, and converts with the blocks before it
     after = ["global_pool", "head"]
     analog = {1: ["stages.1.blocks.0", "stages.2", *after], 2: ["stages.2.blocks.0", *after]}
-    assert_blocks(model, calibration, x, analog)
-    snn = transpike.convert(model, calibration, method="sit")
-    assert_round_trip(snn, build, x, tmp_path / "net.safetensors")
+    assert_blocks_and_round_trip(build, inputs, analog, tmp_path / "net.safetensors")

@@ -6,11 +6,10 @@ import pytest
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
-    assert_round_trip,
     random_images,
     spread,
 )
@@ -65,11 +64,12 @@ def test_every_module_passes_rates_like_increments(variant, inputs):
 
 
 def test_blocks_and_round_trip(tmp_path, inputs):
-    calibration, x = inputs
-    model = build("expanding projection")
-    assert_blocks(model, calibration, x, {k: [f"blocks.{i}" for i in range(k, 4)] + ["head"] for k in (1, 2)})
-    snn = transpike.convert(model, calibration, method="sit")
-    assert_round_trip(snn, lambda: build("expanding projection"), x, tmp_path / "net.safetensors")
+    assert_blocks_and_round_trip(
+        lambda: build("expanding projection"),
+        inputs,
+        {k: [f"blocks.{i}" for i in range(k, 4)] + ["head"] for k in (1, 2)},
+        tmp_path / "net.safetensors",
+    )
 
 
 def test_a_max_pooled_head_is_refused_by_name():

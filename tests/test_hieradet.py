@@ -7,18 +7,16 @@ import pytest
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
-    assert_round_trip,
     assert_twin_matches,
     random_images,
     spread,
 )
 from timm.models.hieradet_sam2 import HieraDet, MultiScaleAttention
 
-import transpike
 from transpike.rules.timm_hieradet import ExplicitMultiScaleAttention
 
 #: 32 px images, an 8×8 map: windows of 4, then of 2 on the pooled 4×4 map, where the second block is global
@@ -69,8 +67,9 @@ def test_every_module_passes_rates_like_increments(variant, inputs):
 
 
 def test_blocks_and_round_trip(tmp_path, inputs):
-    calibration, x = inputs
-    model = build("convolution")
-    assert_blocks(model, calibration, x, {k: [f"blocks.{i}" for i in range(k, 4)] + ["head"] for k in (1, 3)})
-    snn = transpike.convert(model, calibration, method="sit")
-    assert_round_trip(snn, lambda: build("convolution"), x, tmp_path / "net.safetensors")
+    assert_blocks_and_round_trip(
+        lambda: build("convolution"),
+        inputs,
+        {k: [f"blocks.{i}" for i in range(k, 4)] + ["head"] for k in (1, 3)},
+        tmp_path / "net.safetensors",
+    )

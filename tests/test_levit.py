@@ -7,11 +7,10 @@ import pytest
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_links_keep_outputs,
     assert_rates_up_to,
-    assert_round_trip,
     draw,
     random_images,
     relative_error,
@@ -82,8 +81,6 @@ def test_blocks_and_round_trip(kind, inputs, tmp_path):
     calibration, x = inputs
     heads = ["head", "head_dist"] if kind == "distilled" else ["head"]
     expected = {0: ["stages.0.blocks.0", "stages.1", *heads], 1: ["stages.1.blocks.0", *heads], 2: []}
-    assert_blocks(build(kind), calibration, x, expected)
     linked = transpike.convert(build(kind).double(), calibration.double(), blocks=1)
     assert_links_keep_outputs(linked, x.double())
-    snn = transpike.convert(build(kind), calibration, method="sit")
-    assert_round_trip(snn, lambda: build(kind), x, tmp_path / "levit.safetensors")
+    assert_blocks_and_round_trip(lambda: build(kind), inputs, expected, tmp_path / "levit.safetensors")

@@ -7,11 +7,10 @@ import pytest
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_links_keep_outputs,
     assert_rates_up_to,
-    assert_round_trip,
     assert_twin_matches,
     random_images,
     spread,
@@ -89,7 +88,5 @@ def test_blocks_and_round_trip(tmp_path, inputs):
     calibration, x = inputs
     expected = {1: ["stages.1.blocks.0", "stages.2", "stages.3", "head"], 3: ["stages.3.blocks.0", "head"]}
     expected[4] = []
-    assert_blocks(build(), calibration, x, expected)
     assert_links_keep_outputs(transpike.convert(build().double(), calibration.double(), blocks=3), x.double())
-    snn = transpike.convert(build(), calibration, method="sit")
-    assert_round_trip(snn, build, x, tmp_path / "caformer.safetensors")
+    assert_blocks_and_round_trip(build, inputs, expected, tmp_path / "caformer.safetensors")

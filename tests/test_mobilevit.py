@@ -6,18 +6,16 @@ import pytest
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
-    assert_round_trip,
     random_images,
     spread,
 )
 from timm.models.byobnet import ByobNet, ByoModelCfg
 from timm.models.mobilevit import _inverted_residual_block, _mobilevit_block, _mobilevitv2_block
 
-import transpike
 from transpike.rules.timm_mobilevit import ExplicitLinearSelfAttention
 
 STEM = dict(stem_chs=8, stem_type="3x3", stem_pool="", downsample="", act_layer="silu")
@@ -86,10 +84,7 @@ def test_every_module_passes_rates_like_increments(variant, inputs):
 
 
 def test_blocks_and_round_trip(tmp_path):
-    calibration, x = random_images(32, (16, 4))
-    model = build("v2")
     # a later stage none of whose blocks is converted is left analog whole
     analog = {1: ["stages.1.0", "stages.1.1", "stages.2", "head"], 3: ["stages.2.0", "stages.2.1", "head"]}
-    assert_blocks(model, calibration, x, analog)
-    snn = transpike.convert(model, calibration, method="sit")
-    assert_round_trip(snn, lambda: build("v2"), x, tmp_path / "net.safetensors")
+    images = random_images(32, (16, 4))
+    assert_blocks_and_round_trip(lambda: build("v2"), images, analog, tmp_path / "net.safetensors")

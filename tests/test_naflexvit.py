@@ -9,11 +9,10 @@ import torch
 from conftest import (
     CONFIGURATIONS,
     TINY,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
-    assert_round_trip,
     spread,
 )
 
@@ -99,13 +98,14 @@ def test_naflex_mode_is_refused(images):
 
 
 def test_blocks_and_round_trip(tmp_path, images):
-    calibration, x = images
     variant = "max pool, registers"
     after = ["fc_norm", "head"]  # the pool, a module only once prepared, is an EC module either way
-    assert_blocks(
-        build(variant), calibration, x, {k: [f"blocks.{i}" for i in range(k, 2)] + after for k in (0, 1)}
-    )
     kwargs = {**TINY, "pos_embed_grid_size": (4, 4), "init_values": 0.5, **VARIANTS[variant]}
     spec = {"timm": "naflexvit_base_patch16_gap", "kwargs": kwargs}
-    snn = transpike.convert(build(variant), calibration, method="sit", model_spec=spec)
-    assert_round_trip(snn, lambda: build(variant), x, tmp_path / "net.safetensors", by_spec=True)
+    assert_blocks_and_round_trip(
+        lambda: build(variant),
+        images,
+        {k: [f"blocks.{i}" for i in range(k, 2)] + after for k in (0, 1)},
+        tmp_path / "net.safetensors",
+        spec,
+    )

@@ -6,12 +6,11 @@ import pytest
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_links_keep_outputs,
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
-    assert_round_trip,
     random_images,
     spread,
 )
@@ -69,7 +68,5 @@ def test_blocks_and_round_trip(tmp_path, inputs):
         3: ["levels.2.transformer_encoder.1", *tail],
     }
     expected[4] = []
-    assert_blocks(build(), calibration, x, expected)
     assert_links_keep_outputs(transpike.convert(build().double(), calibration.double(), blocks=2), x.double())
-    snn = transpike.convert(build(), calibration, method="sit")
-    assert_round_trip(snn, build, x, tmp_path / "nest.safetensors")
+    assert_blocks_and_round_trip(build, inputs, expected, tmp_path / "nest.safetensors")

@@ -7,12 +7,11 @@ import timm
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_links_keep_outputs,
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
-    assert_round_trip,
     random_images,
     spread,
 )
@@ -76,9 +75,8 @@ def test_blocks_and_round_trip(tmp_path, inputs):
         3: ["transformers.2.blocks.0", *tail],
         4: [],
     }
-    assert_blocks(build("distilled"), calibration, x, expected, tolerance=0.02)  # see test_pit_converts
     linked = transpike.convert(build("distilled").double(), calibration.double(), blocks=2)
     assert_links_keep_outputs(linked, x.double())
     spec = {"timm": KINDS["distilled"], "kwargs": TINY}
-    snn = transpike.convert(build("distilled"), calibration, method="sit", model_spec=spec)
-    assert_round_trip(snn, lambda: build("distilled"), x, tmp_path / "pit.safetensors", by_spec=True)
+    path = tmp_path / "pit.safetensors"  # tolerance: see test_pit_converts
+    assert_blocks_and_round_trip(lambda: build("distilled"), inputs, expected, path, spec, tolerance=0.02)

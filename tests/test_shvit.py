@@ -5,17 +5,15 @@ import pytest
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
-    assert_round_trip,
     draw,
     random_images,
 )
 from timm.models.shvit import SHViT
 
-import transpike
 from transpike.rules.timm_shvit import ExplicitSingleHeadAttention
 
 #: at 64 px: a stem to 4 × 4, then 2 × 2 and 1 × 1; one block per stage, each attending with 8 of
@@ -55,8 +53,9 @@ def test_every_module_passes_rates_like_increments(inputs):
 
 
 def test_blocks_and_round_trip(tmp_path, inputs):
-    calibration, x = inputs
-    model = build()
-    assert_blocks(model, calibration, x, {1: ["stages.1.blocks.0", "stages.2", "global_pool", "head"]})
-    snn = transpike.convert(model, calibration, method="sit")
-    assert_round_trip(snn, build, x, tmp_path / "net.safetensors")
+    assert_blocks_and_round_trip(
+        build,
+        inputs,
+        {1: ["stages.1.blocks.0", "stages.2", "global_pool", "head"]},
+        tmp_path / "net.safetensors",
+    )

@@ -2,7 +2,6 @@
 and Transformer blocks, with cross-covariance attention (EdgeNeXt) and spatially reduced
 attention normalized by BatchNorm (Next-ViT)."""
 
-
 import pytest
 import timm
 import torch

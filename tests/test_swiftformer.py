@@ -6,17 +6,15 @@ import pytest
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
-    assert_round_trip,
     random_images,
     spread,
 )
 from timm.models.swiftformer import SwiftFormer
 
-import transpike
 from transpike.rules.timm_swiftformer import ExplicitAdditiveAttention
 
 #: at 32 px: a stem to 8 × 8, a convolution encoder and the attention block, then a downsampling
@@ -54,9 +52,7 @@ def test_every_module_passes_rates_like_increments(inputs):
 
 
 def test_blocks_and_round_trip(tmp_path, inputs):
-    calibration, x = inputs
-    model = build()
     after = ["head", "head_dist"]  # the final BatchNorm, affine, stays as it is
-    assert_blocks(model, calibration, x, {1: ["stages.0.blocks.1", "stages.1", *after]})
-    snn = transpike.convert(model, calibration, method="sit")
-    assert_round_trip(snn, build, x, tmp_path / "net.safetensors")
+    assert_blocks_and_round_trip(
+        build, inputs, {1: ["stages.0.blocks.1", "stages.1", *after]}, tmp_path / "net.safetensors"
+    )

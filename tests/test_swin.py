@@ -2,7 +2,6 @@
 shifted windows with their mask, padding, patch merging; and Swin V2 (``SwinTransformerV2``):
 cosine attention, a position-bias MLP, residual post-norm."""
 
-
 import pytest
 import timm
 import torch

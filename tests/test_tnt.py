@@ -6,18 +6,16 @@ import pytest
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
-    assert_round_trip,
     draw,
     random_images,
     spread,
 )
 from timm.models.tnt import TNT
 
-import transpike
 from transpike.rules.timm_tnt import ExplicitTntAttention, JoinedTnt
 
 #: at 32 px: 16 patches of 8 × 8 pixels, each seen as 2 × 2 inner pixels (a stride-4 convolution),
@@ -59,9 +57,5 @@ def test_every_module_passes_rates_like_increments(inputs):
 
 
 def test_blocks_and_round_trip(tmp_path, inputs):
-    calibration, x = inputs
-    model = build()
     analog = {k: [f"blocks.{i}" for i in range(k, 2)] + ["norm", "head"] for k in (0, 1)}
-    assert_blocks(model, calibration, x, analog)
-    snn = transpike.convert(model, calibration, method="sit")
-    assert_round_trip(snn, build, x, tmp_path / "net.safetensors")
+    assert_blocks_and_round_trip(build, inputs, analog, tmp_path / "net.safetensors")

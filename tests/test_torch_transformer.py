@@ -1,7 +1,6 @@
 """torch's own Transformer layers, ``nn.TransformerEncoderLayer`` and ``nn.TransformerEncoder``, in
 a ViT written with them: the explicit twins, conversion, rate links and ``blocks=k``."""
 
-
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,7 +1,6 @@
 """torchvision's Vision Transformer and Swin Transformer (V1 and V2), and torch's ``nn.MultiheadAttention``:
 the explicit attention twins, conversion, rate links, ``blocks=k``, files and the command line."""
 
-
 import pytest
 import torch
 from conftest import (
@@ -197,7 +196,6 @@ def test_models_by_name():
         create_model("torchvision:vit_b_32", {"image_size": "x"})
 
 
-
 SWIN_BLOCKS = {"v1": {}, "v2": dict(block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2)}
 
 
@@ -206,7 +204,12 @@ def build_swin(version: str = "v1") -> SwinTransformer:
     and v biases (torchvision drops k's), temperatures and position-bias MLPs spread out."""
     torch.manual_seed(0)
     model = SwinTransformer(
-        patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4], num_classes=5,
+        patch_size=[4, 4],
+        embed_dim=16,
+        depths=[2, 2],
+        num_heads=[2, 4],
+        window_size=[4, 4],
+        num_classes=5,
         **SWIN_BLOCKS[version],
     ).eval()
     with torch.no_grad():

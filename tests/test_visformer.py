@@ -7,12 +7,11 @@ import timm
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_links_keep_outputs,
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
-    assert_round_trip,
     random_images,
     spread,
 )
@@ -70,8 +69,6 @@ def test_blocks_and_round_trip(tmp_path, inputs):
     calibration, x = inputs
     tail = ["global_pool", "head"]
     expected = {1: ["stage2.0", "patch_embed3", "stage3", *tail], 2: ["stage3.0", *tail], 3: []}
-    assert_blocks(build(), calibration, x, expected)
     assert_links_keep_outputs(transpike.convert(build().double(), calibration.double(), blocks=2), x.double())
     spec = {"timm": "visformer_tiny", "kwargs": TINY}
-    snn = transpike.convert(build(), calibration, method="sit", model_spec=spec)
-    assert_round_trip(snn, build, x, tmp_path / "visformer.safetensors", by_spec=True)
+    assert_blocks_and_round_trip(build, inputs, expected, tmp_path / "visformer.safetensors", spec)

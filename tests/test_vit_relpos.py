@@ -9,18 +9,16 @@ import torch
 from conftest import (
     CONFIGURATIONS,
     TINY,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
-    assert_round_trip,
     assert_twin_matches,
     draw,
     spread,
 )
 from timm.models.vision_transformer_relpos import RelPosAttention, ResPostRelPosBlock
 
-import transpike
 from transpike.rules.timm_vit_relpos import ExplicitRelPosAttention
 
 VARIANTS = {
@@ -66,11 +64,13 @@ def test_every_module_passes_rates_like_increments(variant, images):
 
 
 def test_blocks_and_round_trip(tmp_path, images):
-    calibration, x = images
-    model = build("shared bias")
     after = ["fc_norm", "head"]  # the small model sets fc_norm: norm is an Identity
-    assert_blocks(model, calibration, x, {k: [f"blocks.{i}" for i in range(k, 2)] + after for k in (0, 1)})
     kwargs = {**TINY, "init_values": 0.5, **VARIANTS["shared bias"]}
     spec = {"timm": "vit_relpos_small_patch16_224", "kwargs": kwargs}
-    snn = transpike.convert(model, calibration, method="sit", model_spec=spec)
-    assert_round_trip(snn, lambda: build("shared bias"), x, tmp_path / "net.safetensors", by_spec=True)
+    assert_blocks_and_round_trip(
+        lambda: build("shared bias"),
+        images,
+        {k: [f"blocks.{i}" for i in range(k, 2)] + after for k in (0, 1)},
+        tmp_path / "net.safetensors",
+        spec,
+    )

@@ -6,17 +6,15 @@ import timm
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
-    assert_round_trip,
     random_images,
     spread,
 )
 from timm.models.vitamin import VitCfg, VitConvCfg
 
-import transpike
 from transpike.rules.timm_vitamin import ExplicitGeGluMlp
 
 #: at 64 px: a stem and two MBConv stages of one block to a 4 × 4 map (16 tokens), two ViT blocks
@@ -55,8 +53,5 @@ def test_every_module_passes_rates_like_increments(inputs):
 
 
 def test_blocks_and_round_trip(tmp_path, inputs):
-    calibration, x = inputs
-    model = build()
-    assert_blocks(model, calibration, x, {1: ["blocks.1", "fc_norm", "head"]})  # mean pooling: fc_norm
-    snn = transpike.convert(model, calibration, method="sit")
-    assert_round_trip(snn, build, x, tmp_path / "net.safetensors")
+    analog = {1: ["blocks.1", "fc_norm", "head"]}  # mean pooling: fc_norm
+    assert_blocks_and_round_trip(build, inputs, analog, tmp_path / "net.safetensors")

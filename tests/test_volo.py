@@ -7,17 +7,15 @@ import pytest
 import torch
 from conftest import (
     CONFIGURATIONS,
-    assert_blocks,
+    assert_blocks_and_round_trip,
     assert_converts,
     assert_prepared_matches_in_float64,
     assert_rates_up_to,
-    assert_round_trip,
     random_images,
     spread,
 )
 from timm.models.volo import VOLO
 
-import transpike
 from transpike.rules.timm_volo import AuxPooledVolo, ExplicitOutlookAttention
 
 #: at 32 px: an outlooker on the 4 × 4 map (3 × 3 neighborhoods, weights from the map pooled to
@@ -63,10 +61,6 @@ def test_every_module_passes_rates_like_increments(variant, inputs):
 
 
 def test_blocks_and_round_trip(tmp_path, inputs):
-    calibration, x = inputs
-    model = build()
     after = ["aux_head", "norm", "head"]  # in module order; the maximum, a twin's module, is EC anyway
     analog = {1: ["network.2.0", "post_network.0", *after], 2: ["post_network.0", *after]}
-    assert_blocks(model, calibration, x, analog)
-    snn = transpike.convert(model, calibration, method="sit")
-    assert_round_trip(snn, build, x, tmp_path / "net.safetensors")
+    assert_blocks_and_round_trip(build, inputs, analog, tmp_path / "net.safetensors")
