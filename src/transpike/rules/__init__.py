@@ -140,6 +140,7 @@ from . import (  # noqa: E402, F401
     timm_levit,
     timm_maxxvit,
     timm_metaformer,
+    timm_mlp_mixer,
     timm_mobilevit,
     timm_mvitv2,
     timm_naflexvit,
