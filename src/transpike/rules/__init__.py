@@ -134,6 +134,7 @@ from . import (  # noqa: E402, F401
     timm_efficientvit_mit,
     timm_efficientvit_msra,
     timm_fastvit,
+    timm_focalnet,
     timm_gcvit,
     timm_hiera,
     timm_hieradet,
