@@ -138,6 +138,7 @@ from . import (  # noqa: E402, F401
     timm_gcvit,
     timm_hiera,
     timm_hieradet,
+    timm_iformer,
     timm_levit,
     timm_maxxvit,
     timm_metaformer,
