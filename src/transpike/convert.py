@@ -209,15 +209,23 @@ def _after_blocks(network: nn.Module, count: int) -> dict[str, str]:
     analog: dict[str, str] = {}
     for path in paths[paths.index(blocks[count]) :]:
         # a ModuleList is never called (its owner iterates it): its children are left analog instead;
-        # a linear, stateless module (dropout, flatten, a pool) stays as it is, whatever it reads, and
-        # so may run more than once a step (CrossViT's head dropout, once per branch)
-        rule = rule_for(modules[path])
-        kept = isinstance(modules[path], (nn.ModuleList, nn.ModuleDict)) or (
-            rule is not None and rule.role is Role.PASSTHROUGH
-        )
+        # a linear, stateless module (dropout, flatten, a pool, or a container of nothing else: timm's
+        # average pool) stays as it is, whatever it reads, and so may run more than once a step
+        # (CrossViT's head dropout, once per branch), and keeps the methods its owner calls
+        kept = isinstance(modules[path], (nn.ModuleList, nn.ModuleDict)) or _linear_stateless(modules[path])
         if path not in holders and not kept and not any(path.startswith(f"{done}.") for done in analog):
             analog[path] = reason
     return analog
+
+
+def _linear_stateless(module: nn.Module) -> bool:
+    """Whether ``module`` is passthrough, or a container whose every module is (timm's
+    ``SelectAdaptivePool2d`` of an average pool)."""
+    rule = rule_for(module)
+    if rule is None or rule.role not in (Role.PASSTHROUGH, Role.CONTAINER):
+        return False
+    children = list(module.children())
+    return rule.role is Role.PASSTHROUGH or (bool(children) and all(map(_linear_stateless, children)))
 
 
 def _first_weight_layer(module: nn.Module) -> str | None:
