@@ -104,10 +104,16 @@ class ParallelLayer(nn.Module):
         )
         self.register_buffer("input_gain", 1.0 / theta_pos)
         self.channel_dim = channel_dim
-        copies = parallel_weights(layer.weight.detach(), theta_pos, theta_neg, neuron.levels)
+        # a transposed convolution's weight is [in, out, ...]: the copies are made as [out, in, ...]
+        transposed = getattr(layer, "transposed", False)
+        weight = layer.weight.detach()
+        weight = weight.transpose(0, 1) if transposed else weight
+        copies = parallel_weights(weight, theta_pos, theta_neg, neuron.levels)
         self.layer = copy.deepcopy(layer)
         # [2n, out, in, ...] -> [out, 2n*in, ...]: plane-major, matching how spikes are concatenated.
-        self.layer.weight = nn.Parameter(copies.transpose(0, 1).flatten(1, 2), requires_grad=False)
+        copies = copies.transpose(0, 1).flatten(1, 2)
+        copies = copies.transpose(0, 1) if transposed else copies
+        self.layer.weight = nn.Parameter(copies, requires_grad=False)
 
     def forward(self, current: Tensor) -> Tensor:
         spikes = self.neuron(current * self.input_gain)

@@ -140,6 +140,7 @@ from . import (  # noqa: E402, F401
     timm_hieradet,
     timm_iformer,
     timm_levit,
+    timm_lowformer,
     timm_maxxvit,
     timm_metaformer,
     timm_mlp_mixer,

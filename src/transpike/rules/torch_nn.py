@@ -38,6 +38,9 @@ register(nn.Linear, Role.WEIGHT, channel_dims=(-1,))
 register(nn.Conv1d, Role.WEIGHT, channel_dims=(-2,))
 register(nn.Conv2d, Role.WEIGHT, channel_dims=(-3,))
 register(nn.Conv3d, Role.WEIGHT, channel_dims=(-4,))
+register(nn.ConvTranspose1d, Role.WEIGHT, channel_dims=(-2,))
+register(nn.ConvTranspose2d, Role.WEIGHT, channel_dims=(-3,))
+register(nn.ConvTranspose3d, Role.WEIGHT, channel_dims=(-4,))
 
 for cls in (
     nn.GELU,
