@@ -19,6 +19,7 @@ from torch import Tensor
 
 from . import Link, Role, register
 from .links import link_all
+from .timm_mobilevit import stage_blocks
 from .timm_twins import SoftmaxHeads
 
 
@@ -29,12 +30,8 @@ class ExplicitConvAttention(SoftmaxHeads):
     def __init__(self, attn: lowformer.ConvAttention) -> None:
         super().__init__()
         self.num_heads, self.head_dim, self.o_proj_inpdim = attn.num_heads, attn.head_dim, attn.o_proj_inpdim
-        self.conv_proj, self.pwise, self.o_proj, self.upsampling = (
-            attn.conv_proj,
-            attn.pwise,
-            attn.o_proj,
-            attn.upsampling,
-        )
+        self.conv_proj, self.pwise = attn.conv_proj, attn.pwise
+        self.o_proj, self.upsampling = attn.o_proj, attn.upsampling
         self._init_heads(attn)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -48,11 +45,6 @@ class ExplicitConvAttention(SoftmaxHeads):
         return self.upsampling(self.o_proj(out))[..., :height, :width]
 
 
-def _block_paths(model: lowformer.LowFormer) -> list[str]:
-    """Every stage's blocks in turn, the MBConv ones included."""
-    return [f"stages.{s}.{b}" for s, stage in enumerate(model.stages) for b in range(len(stage))]
-
-
 def _links(model: lowformer.LowFormer) -> list[Link]:
     """One link from the stem to the classifier (a Linear, or an EC module when ``blocks=k``
     leaves the head analog)."""
@@ -61,7 +53,7 @@ def _links(model: lowformer.LowFormer) -> list[Link]:
 
 register(lowformer.ConvAttention, Role.CONTAINER, twin=ExplicitConvAttention)
 # the stem's first convolution reads the image
-register(lowformer.LowFormer, Role.INPUT, links=_links, blocks=_block_paths)
+register(lowformer.LowFormer, Role.INPUT, links=_links, blocks=stage_blocks)
 for cls in (
     ExplicitConvAttention,
     lowformer.ResidualBlock,

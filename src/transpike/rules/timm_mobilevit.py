@@ -55,14 +55,15 @@ class ExplicitLinearSelfAttention(nn.Module):
         return self.out_drop(self.out_proj(self.gating(self.value_act(value), context)))
 
 
-def _block_paths(model: ByobNet) -> list[str]:
-    """Every stage's blocks in turn, the inverted-residual ones included."""
+def stage_blocks(model: nn.Module) -> list[str]:
+    """Every block of every stage in turn (``stages`` a sequence of block sequences), the
+    convolution ones included: MobileViT's inverted residuals, LowFormer's MBConvs."""
     return [f"stages.{s}.{b}" for s, stage in enumerate(model.stages) for b in range(len(stage))]
 
 
 register(LinearSelfAttention, Role.CONTAINER, twin=ExplicitLinearSelfAttention)
 # the stem's first convolution reads the image
-register(ByobNet, Role.INPUT, links=whole_network, blocks=_block_paths)
+register(ByobNet, Role.INPUT, links=whole_network, blocks=stage_blocks)
 for cls in (ExplicitLinearSelfAttention, LinearTransformerBlock, MobileVitBlock, MobileVitV2Block):
     register(cls, Role.CONTAINER)
 register(BottleneckBlock, Role.CONTAINER)  # the inverted residuals
