@@ -13,7 +13,9 @@ Models whose constructor takes no ``img_size`` (convolutional hybrids: EdgeNeXt,
 any size without it. Norms that timm initializes with zero weights (Swin V2's residual post-norms,
 which make every block the identity until trained) start at weight 1 instead. torchvision's ViTs:
 ``--model torchvision:vit_b_16``, or ``--model torchvision:VisionTransformer`` with its shape in
-``--model-kwargs``; their zero-initialized head gets timm's head init.
+``--model-kwargs``; their zero-initialized head gets timm's head init. Hugging Face transformers'
+classifiers: ``--model hf:ViTForImageClassification`` (or DeiT's, DINOv2's) with their configuration
+in ``--model-kwargs``.
 """
 
 from __future__ import annotations
@@ -50,12 +52,15 @@ CONFIGS = {
 def create(name: str, img_size: int, kwargs: dict, batchnorm_at_one: bool = False) -> torch.nn.Module:
     """The random-init model for img_size: timm's ViTs take the size as an argument, hybrids of
     convolutions and attention (EdgeNeXt, Next-ViT) any size as it is; ``torchvision:NAME`` is
-    torchvision's model, ``torchvision:VisionTransformer`` its ViT class at any shape (ViT-Tiny's:
+    torchvision's model, ``hf:CLASS`` a transformers classifier (its configuration in ``kwargs``),
+    ``torchvision:VisionTransformer`` its ViT class at any shape (ViT-Tiny's:
     ``{"patch_size": 16, "num_layers": 12, "num_heads": 3, "hidden_dim": 192, "mlp_dim": 768}``).
     Zero-weight norms start at 1 (BatchNorms too with ``batchnorm_at_one``: LeViT ends every
     residual branch in one) and zero-weight heads (torchvision's) at timm's head init."""
     if name == "torchvision:VisionTransformer":
         model = torchvision.models.VisionTransformer(image_size=img_size, **kwargs).eval()
+    elif name.startswith("hf:"):  # a transformers classifier, its configuration in kwargs
+        model = create_model(name, {"image_size": img_size, **kwargs})
     elif name.startswith("torchvision:"):
         try:
             model = create_model(name, {"image_size": img_size, **kwargs})

@@ -115,14 +115,17 @@ def add_energy_args(parser: argparse.ArgumentParser) -> None:
 def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
-        "--model", required=required, help="timm model name, or torchvision:NAME for a torchvision model"
+        "--model",
+        required=required,
+        help="timm model name, torchvision:NAME for a torchvision model, hf:CLASS or hf:DIR for a "
+        "Hugging Face transformers image classifier (ViT, DeiT, DINOv2)",
     )
     group.add_argument(
         "--model-kwargs",
         nargs="*",
         default=[],
         metavar="K=V",
-        help="passed to timm.create_model (or torchvision.models.get_model)",
+        help="passed to timm.create_model (or torchvision.models.get_model; for hf:, to its configuration)",
     )
     group.add_argument("--checkpoint", help="safetensors or torch file (read with weights_only=True)")
     group.add_argument(
@@ -165,7 +168,7 @@ def model_and_calibration(args: argparse.Namespace) -> tuple[torch.nn.Module, li
     kwargs = parse_kwargs(args.model_kwargs)
     ann = create_model(args.model, kwargs)
     weights = torchvision_weights(args.model, args.weights) if args.weights else None
-    spec = model_spec(args.model, kwargs, weights)
+    spec = model_spec(args.model, kwargs, weights, ann)
     calibration = load_dataset(args.calib, "train", ann, spec.get("weights"))  # checks the preset's size
     checkpoint = args.checkpoint or (weights and cached_weights(weights))
     if checkpoint:

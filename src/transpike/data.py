@@ -9,7 +9,9 @@
 
 Image folders and CIFAR are preprocessed with the model's timm data config (resize, crop,
 normalization), as timm's own validation does, or with the preset of the torchvision weights the
-model was trained as (``Swin_T_Weights.IMAGENET1K_V1``: bicubic, 232 then 224). Nothing is ever
+model was trained as (``Swin_T_Weights.IMAGENET1K_V1``: bicubic, 232 then 224), or for a transformers
+model read from a directory that holds a ``preprocessor_config.json``, with its image processor
+(which that file configures; nothing in it is executed). Nothing is ever
 downloaded. CIFAR's python version is a pickle; it is read with an unpickler that can only build
 numpy arrays and plain containers, so a tampered file cannot run code.
 """
@@ -82,14 +84,16 @@ def _npz(path: str) -> TensorDataset:
 
 def _input_size(model: nn.Module) -> tuple[int, int] | None:
     """The one image size ``model`` accepts, where it has one: a timm model's ``img_size`` (MaxViT,
-    CoAtNet) or its patch embedding's, torchvision's ViT's ``image_size``, torchvision's MaxViT's
-    (4× the grid of its first stage, after the stem's and the first layer's strides of 2)."""
+    CoAtNet) or its patch embedding's, torchvision's ViT's ``image_size``, a transformers model's
+    configuration's, torchvision's MaxViT's (4× the grid of its first stage, after the stem's and
+    the first layer's strides of 2)."""
     from torchvision.models import MaxVit
 
     if isinstance(model, MaxVit):
         return tuple(4 * side for side in model.blocks[0].grid_size)
-    embed = getattr(model, "patch_embed", None)
-    for owner, name in ((model, "image_size"), (model, "img_size"), (embed, "img_size")):
+    embed, config = getattr(model, "patch_embed", None), getattr(model, "config", None)
+    owners = ((model, "image_size"), (model, "img_size"), (embed, "img_size"), (config, "image_size"))
+    for owner, name in owners:
         size = getattr(owner, name, None)
         if size is not None:
             return (size, size) if isinstance(size, int) else tuple(size)
@@ -111,6 +115,28 @@ def _timm_transform(model: nn.Module | None, spec: str):
         overrides["interpolation"] = "bilinear"
     config = timm.data.resolve_data_config(overrides, model=model)
     return timm.data.create_transform(**config, is_training=False)
+
+
+class _ImageProcessor:
+    """A transformers image processor as a transform: one PIL image to one image tensor."""
+
+    def __init__(self, processor) -> None:
+        self.processor = processor
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+def _hf_processor(model: nn.Module | None) -> _ImageProcessor | None:
+    """The image processor of a transformers model read from a directory with a
+    ``preprocessor_config.json`` (its ``config._name_or_path``, kept in a saved network's spec);
+    None for any other model."""
+    directory = Path(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
+    if not (str(directory) and (directory / "preprocessor_config.json").is_file()):
+        return None
+    from transformers import AutoImageProcessor
+
+    return _ImageProcessor(AutoImageProcessor.from_pretrained(directory, local_files_only=True))
 
 
 def _preset(model: nn.Module | None, weights: str):
@@ -148,7 +174,7 @@ def load_dataset(
         return TensorDataset(*load_digits_split(split))
     if kind == "npz":
         return _npz(path)
-    transform = _preset(model, weights) if weights else _timm_transform(model, spec)
+    transform = _preset(model, weights) if weights else _hf_processor(model) or _timm_transform(model, spec)
     if kind == "imagefolder":
         from torchvision.datasets import ImageFolder
 

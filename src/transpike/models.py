@@ -1,10 +1,14 @@
-"""Building the ANN to convert: a timm or torchvision model by name, with keyword arguments and a
-checkpoint.
+"""Building the ANN to convert: a timm, torchvision or Hugging Face transformers model by name,
+with keyword arguments and a checkpoint.
 
 Models are always created with random weights (``pretrained=False``, ``weights=None``: nothing is
 downloaded); real weights come from a checkpoint file the user gives, read without unpickling, or
-for torchvision weights named by the user, from torch.hub's cache where an earlier download left them.
-A name ``torchvision:NAME`` means ``torchvision.models.get_model(NAME)``; any other is timm's.
+for torchvision weights named by the user, from torch.hub's cache where an earlier download left them,
+or from the safetensors weights in a transformers model's directory. A name ``torchvision:NAME``
+means ``torchvision.models.get_model(NAME)``; ``hf:CLASS`` a transformers image classifier
+(``hf:ViTForImageClassification``, its configuration from the keyword arguments) and ``hf:DIR``
+the one saved in a directory (``config.json``, and ``model.safetensors`` if there are weights);
+any other is timm's.
 """
 
 from __future__ import annotations
@@ -19,10 +23,56 @@ from safetensors.torch import load_file
 from torch import nn
 
 TORCHVISION = "torchvision:"
+HF = "hf:"
+
+
+def _hf_builder(target: str):
+    """The function that builds the transformers model ``target`` (a class name or a directory),
+    in the form whose forward returns logits (:func:`transpike.rules.hf_vit.logits_model`)."""
+    try:
+        from transformers import AutoConfig
+        from transformers.utils import logging
+
+        from .rules.hf_vit import LOGITS, logits_model
+    except ImportError as error:  # not installed, or older than the layout the rules know
+        raise ValueError(f"model {HF}{target}: {error} (pip install 'transpike[hf]')") from None
+    classes = {cls.__name__: cls for cls in LOGITS}
+    directory = Path(target)
+    if directory.is_dir():
+        if not (directory / "config.json").is_file():
+            raise ValueError(f"model {HF}{target}: the directory holds no config.json")
+
+        def build(**kwargs):
+            config = AutoConfig.from_pretrained(directory, local_files_only=True, **kwargs)
+            cls = _hf_class(classes, (config.architectures or ["(none)"])[0], f"{directory}/config.json")
+            if not any(directory.glob("*.safetensors")):
+                pickled = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+                if pickled:
+                    raise ValueError(
+                        f"model {HF}{target}: holds only pickled weights ({', '.join(pickled)}), which "
+                        "transpike never reads; save them as safetensors (model.save_pretrained(DIR))"
+                    )
+                return logits_model(cls(config))  # a configuration alone: random weights
+            logging.disable_progress_bar()
+            model = cls.from_pretrained(directory, config=config, local_files_only=True, use_safetensors=True)
+            return logits_model(model)
+
+        return build
+    cls = _hf_class(classes, target, "")
+    return lambda **kwargs: logits_model(cls(cls.config_class(**kwargs)))
+
+
+def _hf_class(classes: dict[str, type], name: str, where: str) -> type:
+    if name not in classes:
+        source = f" (architectures in {where})" if where else " (nor a directory)"
+        raise ValueError(f"transformers model {name!r}{source}: supported: {', '.join(sorted(classes))}")
+    return classes[name]
 
 
 def _builder(name: str):
     """The function that builds the model ``name``, or a clear error naming similar models."""
+    if name.startswith(HF):
+        return _hf_builder(name.removeprefix(HF))
     if name.startswith(TORCHVISION):
         known, short = torchvision.models.list_models(), name.removeprefix(TORCHVISION)
         if short in known:
@@ -39,7 +89,8 @@ def _builder(name: str):
 
 def create_model(name: str, kwargs: dict | None = None, seed: int = 0) -> nn.Module:
     """``timm.create_model(name, pretrained=False, **kwargs)``, or for ``torchvision:NAME``
-    ``torchvision.models.get_model(NAME, weights=None, **kwargs)``, in eval mode, with clear errors.
+    ``torchvision.models.get_model(NAME, weights=None, **kwargs)``, or for ``hf:CLASS`` and
+    ``hf:DIR`` a transformers image classifier (module docstring), in eval mode, with clear errors.
 
     The random initial weights come from ``seed`` (without touching the global RNG), so a model
     without a checkpoint is the same in every run and every process.
@@ -49,7 +100,7 @@ def create_model(name: str, kwargs: dict | None = None, seed: int = 0) -> nn.Mod
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return build(**(kwargs or {})).eval()
-    except (TypeError, ValueError, AssertionError) as error:
+    except (TypeError, ValueError, AssertionError, OSError) as error:  # OSError: a transformers directory
         raise ValueError(f"model {name!r} with kwargs {kwargs}: {error}") from None
 
 
@@ -83,11 +134,20 @@ def cached_weights(weights: torchvision.models.WeightsEnum) -> Path:
 
 
 def model_spec(
-    name: str, kwargs: dict | None = None, weights: torchvision.models.WeightsEnum | None = None
+    name: str,
+    kwargs: dict | None = None,
+    weights: torchvision.models.WeightsEnum | None = None,
+    model: nn.Module | None = None,
 ) -> dict:
     """How a saved network says which architecture to rebuild: ``{"timm": name, "kwargs": ...}``
     or ``{"torchvision": NAME, "kwargs": ...}``, with ``"weights"`` naming the torchvision weights
-    whose preprocessing preset its images get."""
+    whose preprocessing preset its images get; for a transformers model (``model``, built from
+    ``name``), ``{"hf": CLASS, "kwargs": its whole configuration}``."""
+    if name.startswith(HF):
+        from .rules.hf_vit import LOGITS
+
+        original = next(cls for cls, logits in LOGITS.items() if isinstance(model, logits))
+        return {"hf": original.__name__, "kwargs": model.config.to_dict()}
     if name.startswith(TORCHVISION):
         spec = {"torchvision": name.removeprefix(TORCHVISION), "kwargs": kwargs or {}}
         return {**spec, "weights": str(weights)} if weights is not None else spec
@@ -96,7 +156,10 @@ def model_spec(
 
 def spec_name(spec: dict) -> str:
     """The model name a spec stands for, as :func:`create_model` takes it."""
-    return TORCHVISION + spec["torchvision"] if "torchvision" in spec else spec["timm"]
+    for kind, prefix in (("torchvision", TORCHVISION), ("hf", HF)):
+        if kind in spec:
+            return prefix + spec[kind]
+    return spec["timm"]
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -137,7 +200,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
 
 def build_model(spec: dict | None, where: str = "") -> nn.Module:
     """The ANN described by a model spec (:func:`model_spec`), with random weights."""
-    if not spec or not ({"timm", "torchvision"} & set(spec)):
+    if not spec or not ({"timm", "torchvision", "hf"} & set(spec)):
         raise ValueError(
             f"{where}: the network does not say how to build its model; pass the architecture: "
             "transpike.load(path, model=...)"

@@ -1,0 +1,237 @@
+"""Rules for the Vision Transformers of Hugging Face transformers (version 5): ViT
+(``ViTForImageClassification``), DeiT (``DeiTForImageClassification`` and the distilled
+``DeiTForImageClassificationWithTeacher``) and DINOv2, with or without registers
+(``Dinov2ForImageClassification``, ``Dinov2WithRegistersForImageClassification``).
+
+transformers hides two things from a converter: its attention runs a function chosen by the
+configuration (eager, SDPA, flash), and its models return output objects through decorators that
+record hidden states. So each attention is swapped for a twin with Q·Kᵀ, softmax and attn·V as
+modules, DINOv2's SwiGLU feed-forward for one with its gating product as a module, and the
+classifier for the same object under a subclass (:data:`LOGITS`) whose forward runs the embeddings,
+the layers, the final norm and the readout and returns the logits, with every submodule under its
+own name (the ANN's state dict keys). transformers' activation modules become EC modules; DINOv2's
+LayerScale and DropPath are linear in evaluation.
+
+The patch projection sees the image at every step (direct coding). The class token (and DeiT's
+distillation token, DINOv2's registers), the position embeddings, the residual sums, LayerScale,
+the token selection and DINOv2's mean of the patch tokens are linear and the same at every step, so
+the whole network is one rate link from the patch projection to the classifiers
+(:mod:`transpike.rules.links`). ``blocks=k`` counts the layers.
+
+This module imports transformers, which takes seconds, so :func:`transpike.rules.rule_for` loads it
+only when it first meets a module of transformers.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import transformers
+from packaging.version import Version
+from torch import Tensor, nn
+from transformers import activations
+from transformers.models.deit import modeling_deit as deit
+from transformers.models.dinov2 import modeling_dinov2 as dinov2
+from transformers.models.dinov2_with_registers import modeling_dinov2_with_registers as dinov2_registers
+from transformers.models.vit import modeling_vit as vit
+
+from ..sites import Product
+from . import Link, Role, register
+from .links import link_all
+from .timm_twins import SoftmaxHeads, refuse_mask
+
+#: the first release with these models' present layout (q_proj ... o_proj, DINOv2's included)
+MINIMUM = "5.18"
+if Version(transformers.__version__) < Version(MINIMUM):
+    raise ImportError(
+        f"transformers {transformers.__version__}: transpike converts the models of transformers "
+        f">= {MINIMUM} (pip install 'transformers>={MINIMUM}')"
+    )
+
+
+class ExplicitHFAttention(SoftmaxHeads):
+    """transformers' ViT, DeiT and DINOv2 attention with Q·Kᵀ, softmax and attn·V as modules: q, k
+    and v from ``q_proj``, ``k_proj`` and ``v_proj``, each head softmax(q·kᵀ·scaling)·v, then
+    ``o_proj`` (eager_attention_forward in ``modeling_vit``). Returns (output, None): no attention
+    weights are kept, as the layers ask for none."""
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.head_dim = attn.head_dim
+        self.q_proj, self.k_proj, self.v_proj = attn.q_proj, attn.k_proj, attn.v_proj
+        self._init_heads(attn, scale=attn.scaling)
+        self.o_proj = attn.o_proj
+
+    def forward(self, x: Tensor, attention_mask: Tensor | None = None, **_) -> tuple[Tensor, None]:
+        refuse_mask(attention_mask)
+        tokens = x.shape[:-1]
+        q, k, v = (
+            proj(x).view(*tokens, -1, self.head_dim).transpose(1, 2)
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        return self.o_proj(self.heads(q, k, v).transpose(1, 2).reshape(*tokens, -1)), None
+
+
+class ExplicitSwiGLUFFN(nn.Module):
+    """DINOv2's SwiGLU feed-forward, down_proj(SiLU(gate_proj(x)) · up_proj(x)), with the product
+    as a module, so that both factors get MT neurons and the product its EC (ECMT Theorem 4.2)."""
+
+    def __init__(self, ffn: nn.Module) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj, self.act_fn = ffn.gate_proj, ffn.up_proj, ffn.act_fn
+        self.down_proj = ffn.down_proj
+        self.gating = Product("mul", 1.0, channels_a=(-1,), channels_b=(-1,))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(self.gating(self.act_fn(self.gate_proj(x)), self.up_proj(x)))
+
+
+def _layers(classifier: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The path and the list of a classifier's Transformer layers (``layers`` in ViT and DeiT,
+    ``encoder.layer`` in DINOv2)."""
+    backbone = classifier.base_model_prefix
+    inside = "layers" if hasattr(getattr(classifier, backbone), "layers") else "encoder.layer"
+    path = f"{backbone}.{inside}"
+    return path, classifier.get_submodule(path)
+
+
+class _Logits:
+    """An image classifier of transformers whose forward returns the logits, computed explicitly:
+    embeddings, layers, final LayerNorm, then the readout of the normed tokens."""
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        backbone = getattr(self, self.base_model_prefix)
+        hidden = backbone.embeddings(pixel_values)
+        for layer in _layers(self)[1]:
+            hidden = layer(hidden)
+        return self.readout(backbone.layernorm(hidden))
+
+    def readout(self, tokens: Tensor) -> Tensor:
+        """ViT, DeiT: the classifier on the class token."""
+        return self.classifier(tokens[:, 0])
+
+
+class ViTLogits(_Logits, vit.ViTForImageClassification):
+    pass
+
+
+class DeiTLogits(_Logits, deit.DeiTForImageClassification):
+    pass
+
+
+class DeiTWithTeacherLogits(_Logits, deit.DeiTForImageClassificationWithTeacher):
+    def readout(self, tokens: Tensor) -> Tensor:
+        """The mean of the class token's and the distillation token's classifiers."""
+        return (self.cls_classifier(tokens[:, 0]) + self.distillation_classifier(tokens[:, 1])) / 2
+
+
+class _ClassAndPatchMean(_Logits):
+    def readout(self, tokens: Tensor) -> Tensor:
+        """DINOv2: the classifier on the class token next to the mean of the patch tokens (the
+        register tokens, where there are some, in neither)."""
+        patches = tokens[:, 1 + getattr(self.config, "num_register_tokens", 0) :]
+        return self.classifier(torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=1))
+
+
+class Dinov2Logits(_ClassAndPatchMean, dinov2.Dinov2ForImageClassification):
+    pass
+
+
+class Dinov2WithRegistersLogits(
+    _ClassAndPatchMean, dinov2_registers.Dinov2WithRegistersForImageClassification
+):
+    pass
+
+
+#: each supported classifier of transformers and its subclass that returns the logits
+LOGITS: dict[type, type] = {
+    vit.ViTForImageClassification: ViTLogits,
+    deit.DeiTForImageClassification: DeiTLogits,
+    deit.DeiTForImageClassificationWithTeacher: DeiTWithTeacherLogits,
+    dinov2.Dinov2ForImageClassification: Dinov2Logits,
+    dinov2_registers.Dinov2WithRegistersForImageClassification: Dinov2WithRegistersLogits,
+}
+
+
+def logits_model(model: nn.Module) -> nn.Module:
+    """``model`` (a supported transformers image classifier) as a module whose forward takes the
+    images and returns the logits: a shallow copy under the :data:`LOGITS` subclass, sharing every
+    submodule and parameter with ``model``, which is left as it is. Its ANN accuracy, and the ANN
+    that ``transpike.evaluate`` compares the SNN with, come from this form."""
+    if type(model) not in LOGITS:
+        known = ", ".join(sorted(cls.__name__ for cls in LOGITS))
+        raise ValueError(f"{type(model).__name__}: not a supported transformers image classifier ({known})")
+    view = copy.copy(model)
+    view.__class__ = LOGITS[type(model)]
+    return view
+
+
+def _as_logits(model: nn.Module) -> nn.Module:
+    """The classifier itself (``prepare`` works on a copy) under its logits subclass, its backbone
+    marked as run by it (:func:`_headless`)."""
+    model.__class__ = LOGITS.get(type(model), type(model))
+    getattr(model, model.base_model_prefix).in_classifier = True
+    return model
+
+
+def _headless(backbone: nn.Module) -> str | None:
+    """Why a backbone cannot convert on its own: its forward returns an output object, not a
+    tensor. Inside a classifier's logits form only its parts run."""
+    if getattr(backbone, "in_classifier", False):
+        return None
+    known = ", ".join(sorted(cls.__name__ for cls in LOGITS))
+    return f"a transformers backbone without its classifier is not converted; convert one of {known}"
+
+
+def _network_links(model: _Logits) -> list[Link]:
+    """One link from the patch projection to the classifiers, which emit the increments the
+    simulation averages; none when they are identities (no labels), as the output is then a sum of
+    producers."""
+    outputs = [path for path, child in model.named_children() if "classifier" in path]
+    outputs = [path for path in outputs if not isinstance(model.get_submodule(path), nn.Identity)]
+    return link_all(model, *outputs) if outputs else []
+
+
+def _block_paths(model: _Logits) -> list[str]:
+    path, layers = _layers(model)
+    return [f"{path}.{index}" for index in range(len(layers))]
+
+
+for original in LOGITS:
+    register(original, Role.INPUT, twin=_as_logits)
+for cls in LOGITS.values():
+    # the patch projection, its first weight layer, reads the image
+    register(cls, Role.INPUT, twin=_as_logits, links=_network_links, blocks=_block_paths)
+for family in (vit, deit, dinov2, dinov2_registers):
+    for name, cls in vars(family).items():
+        if not isinstance(cls, type) or cls.__module__ != family.__name__ or not issubclass(cls, nn.Module):
+            continue  # imported names, functions
+        if name.endswith("Attention"):
+            register(cls, Role.CONTAINER, twin=ExplicitHFAttention)
+        elif name.endswith("Model") and not name.endswith("PreTrainedModel"):
+            register(cls, Role.CONTAINER, check=_headless)
+        elif name.endswith(("Encoder", "Embeddings", "Layer", "MLP")):
+            register(cls, Role.CONTAINER)
+        elif name.endswith(("LayerScale", "DropPath")):
+            register(cls, Role.PASSTHROUGH)
+        elif name.endswith("SwiGLUFFN"):
+            register(cls, Role.CONTAINER, twin=ExplicitSwiGLUFFN)
+register(ExplicitHFAttention, Role.CONTAINER)
+register(ExplicitSwiGLUFFN, Role.CONTAINER)
+for name in (
+    "GELUActivation",
+    "GELUTanh",
+    "NewGELUActivation",
+    "FastGELUActivation",
+    "QuickGELUActivation",
+    "ClippedGELUActivation",
+    "AccurateGELUActivation",
+    "SiLUActivation",
+    "MishActivation",
+    "LaplaceActivation",
+    "ReLUSquaredActivation",
+    "SqrtSoftplusActivation",
+):
+    register(getattr(activations, name), Role.NONLINEAR)  # elementwise functions: EC(F)
+register(activations.LinearActivation, Role.PASSTHROUGH)

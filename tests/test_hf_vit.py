@@ -1,0 +1,203 @@
+"""Hugging Face transformers' ViT, DeiT (plain and distilled) and DINOv2 (MLP or SwiGLU, with or
+without registers): the logits form and the twins against transformers, conversion, the one rate
+link, ``blocks=k``, save/load from the model spec, ``hf:`` models on the command line (from a class
+and its configuration, or a directory with safetensors weights and an image processor), and the
+errors for what is not converted."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import (
+    CONFIGURATIONS,
+    assert_blocks_and_round_trip,
+    assert_converts,
+    assert_rates_up_to,
+    random_images,
+    relative_error,
+)
+from PIL import Image
+from transformers import (
+    DeiTForImageClassification,
+    DeiTForImageClassificationWithTeacher,
+    Dinov2ForImageClassification,
+    Dinov2WithRegistersForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+    ViTModel,
+)
+
+import transpike
+from transpike import ConversionError, ConversionOptions, prepare
+from transpike.cli import main
+from transpike.models import build_model, create_model, model_spec
+from transpike.rules.hf_vit import ExplicitHFAttention, ExplicitSwiGLUFFN, logits_model
+
+#: 16 px images, 16 patches of 4 px, two layers of 3 heads; weights drawn with std 0.3 (transformers'
+#: 0.02 leaves the scores nearly equal over the keys)
+SMALL = dict(
+    image_size=16,
+    patch_size=4,
+    hidden_size=24,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    num_labels=5,
+    initializer_range=0.3,
+)
+DINO = dict(mlp_ratio=2, layerscale_value=0.5)
+#: family: (class, configuration, products per layer, classifiers)
+FAMILIES = {
+    "vit": (ViTForImageClassification, dict(intermediate_size=48), 2, ("classifier",)),
+    "deit": (DeiTForImageClassification, dict(intermediate_size=48), 2, ("classifier",)),
+    "deit-distilled": (
+        DeiTForImageClassificationWithTeacher,
+        dict(intermediate_size=48),
+        2,
+        ("cls_classifier", "distillation_classifier"),
+    ),
+    "dinov2": (Dinov2ForImageClassification, DINO, 2, ("classifier",)),
+    "dinov2-swiglu": (Dinov2ForImageClassification, dict(**DINO, use_swiglu_ffn=True), 3, ("classifier",)),
+    "dinov2-registers": (
+        Dinov2WithRegistersForImageClassification,
+        dict(**DINO, num_register_tokens=2),
+        2,
+        ("classifier",),
+    ),
+}
+
+
+def build(family: str, logits: bool = True) -> torch.nn.Module:
+    """A small random-init transformers classifier, in its logits form unless ``logits`` is False."""
+    cls, config, _, _ = FAMILIES[family]
+    torch.manual_seed(0)
+    model = cls(cls.config_class(**SMALL, **config)).eval()
+    return logits_model(model) if logits else model
+
+
+@pytest.fixture
+def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    return random_images(16)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("implementation", "tolerance"), [("sdpa", 1e-12), ("eager", 1e-6)])
+def test_the_logits_form_and_twins_compute_what_transformers_does(family, implementation, tolerance, inputs):
+    """In float64, the prepared model (from the classifier itself) and the logits form give
+    transformers' logits, whichever attention function transformers runs (its eager one takes the
+    softmax in float32 whatever the dtype)."""
+    model = build(family, logits=False).double()
+    model.set_attn_implementation(implementation)
+    x = inputs[1].double()
+    prepared = prepare(model, ConversionOptions())
+    twins = [m for m in prepared.modules() if isinstance(m, (ExplicitHFAttention, ExplicitSwiGLUFFN))]
+    assert len(twins) == SMALL["num_hidden_layers"] * (1 + family.endswith("swiglu"))
+    with torch.no_grad():
+        reference = model(pixel_values=x).logits
+        assert relative_error(prepared(x), reference) < tolerance
+        assert torch.equal(logits_model(model)(x), reference)
+    assert type(model) is FAMILIES[family][0]  # untouched
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("options", CONFIGURATIONS)
+def test_transformers_models_convert(family, options, inputs):
+    """The patch projection reads the image; Q·Kᵀ and attn·V in every layer (and the SwiGLU gate)."""
+    products = FAMILIES[family][2] * SMALL["num_hidden_layers"]
+    direct = f"{build(family).base_model_prefix}.embeddings.patch_embeddings.projection"
+    assert_converts(build(family), *inputs, options, direct=direct, products=products)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_module_passes_rates_like_increments(family, inputs):
+    """One link from the patch projection to the classifiers (both of distilled DeiT)."""
+    assert_rates_up_to(build(family), *inputs, outputs=FAMILIES[family][3])
+
+
+@pytest.mark.parametrize("family", ["vit", "dinov2-registers"])
+def test_blocks_and_round_trip(family, tmp_path, inputs):
+    """blocks=k counts the layers; the network saved and loaded is rebuilt from its model spec
+    (the class and its whole configuration)."""
+    name = f"hf:{FAMILIES[family][0].__name__}"
+    kwargs = {**SMALL, **FAMILIES[family][1]}
+    backbone = build(family).base_model_prefix
+    layers = f"{backbone}.layers" if family == "vit" else f"{backbone}.encoder.layer"
+    analog = {1: [f"{layers}.1", f"{backbone}.layernorm", "classifier"]}
+    spec = model_spec(name, kwargs, model=create_model(name, kwargs))
+    assert spec["hf"] == FAMILIES[family][0].__name__
+    assert_blocks_and_round_trip(lambda: build(family), inputs, analog, tmp_path / "net.safetensors", spec)
+
+
+def _image_folder(root, size: int = 20) -> str:
+    """Two classes of three random RGB images each, as PNG files."""
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for index in range(3):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{index}.png")
+    return f"imagefolder:{root}"
+
+
+def test_a_saved_transformers_model_converts_from_the_command_line(tmp_path, inputs):
+    """hf:DIR reads the directory's configuration and safetensors weights, and preprocesses image
+    folders with its image processor; the ANN and the converted network are the saved model's."""
+    model = build("vit", logits=False)
+    model.save_pretrained(tmp_path / "vit")
+    processor = ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.2] * 3)
+    processor.save_pretrained(tmp_path / "vit")
+    built = create_model(f"hf:{tmp_path / 'vit'}")
+    with torch.no_grad():
+        assert torch.equal(built(inputs[1]), model(pixel_values=inputs[1]).logits)
+    data = _image_folder(tmp_path / "images")
+    out = tmp_path / "results"
+    args = ["eval", "--model", f"hf:{tmp_path / 'vit'}", "--calib", data, "--data", data]
+    assert main([*args, "--time-steps", "3", "--neuron", "burst", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_samples"] == 6 and len(results["snn_top1"]) == 3
+    # the processor's size, mean and std are the ones used (up to its rounding of the resized image)
+    image = Image.open(tmp_path / "images" / "a" / "0.png").convert("RGB").resize((16, 16), Image.BILINEAR)
+    expected = (torch.from_numpy(np.array(image)).permute(2, 0, 1) / 255 - 0.2) / 0.5
+    loaded = transpike.data.load_dataset(data, model=built)[0][0]
+    assert torch.allclose(loaded, expected, atol=0.01)
+    # a network saved from it keeps the directory in its spec: eval --snn preprocesses the same way
+    rebuilt = build_model(model_spec(f"hf:{tmp_path / 'vit'}", model=built))
+    assert torch.equal(transpike.data.load_dataset(data, model=rebuilt)[0][0], loaded)
+
+
+def test_a_transformers_model_from_its_class_converts_from_the_command_line(tmp_path):
+    """hf:CLASS builds the classifier from --model-kwargs (its configuration); the network saved
+    by convert evaluates from the file alone."""
+    kwargs = ["image_size=16", "patch_size=4", "hidden_size=24", "num_hidden_layers=2"]
+    kwargs += ["num_attention_heads=3", "intermediate_size=48", "num_labels=10"]
+    snn = tmp_path / "net.safetensors"
+    build_args = ["--model", "hf:DeiTForImageClassificationWithTeacher", "--model-kwargs", *kwargs]
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=rng.normal(size=(8, 3, 16, 16)).astype(np.float32), y=rng.integers(0, 10, 8))
+    assert main(["convert", *build_args, "--calib", f"npz:{data}", "--out", str(snn)]) == 0
+    out = tmp_path / "results"
+    args = ["eval", "--snn", str(snn), "--data", f"npz:{data}", "--time-steps", "2", "--out", str(out)]
+    assert main(args) == 0
+    assert json.loads((out / "results.json").read_text())["num_samples"] == 8
+
+
+def test_what_is_not_converted_is_refused_by_name(tmp_path):
+    config = ViTConfig(**SMALL, intermediate_size=48)
+    with pytest.raises(ConversionError, match="backbone without its classifier"):
+        transpike.convert(ViTModel(config, add_pooling_layer=False).eval(), torch.randn(4, 3, 16, 16))
+    with pytest.raises(ValueError, match="not a supported transformers image classifier"):
+        logits_model(ViTModel(config))
+    with pytest.raises(ValueError, match=r"'ViTModel' .*supported: DeiTForImageClassification"):
+        create_model("hf:ViTModel")
+    with pytest.raises(ValueError, match=r"holds no config\.json"):
+        create_model(f"hf:{tmp_path}")
+    config.save_pretrained(tmp_path / "pickled")  # no architectures: which class is not known
+    with pytest.raises(ValueError, match=r"'\(none\)' \(architectures in"):
+        create_model(f"hf:{tmp_path / 'pickled'}")
+    config.architectures = ["ViTForImageClassification"]
+    config.save_pretrained(tmp_path / "pickled")  # with the pickled weights transformers 4 wrote
+    torch.save(ViTForImageClassification(config).state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="pickled weights"):
+        create_model(f"hf:{tmp_path / 'pickled'}")
