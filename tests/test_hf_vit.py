@@ -1,8 +1,8 @@
-"""Hugging Face transformers' ViT, DeiT (plain and distilled) and DINOv2 (MLP or SwiGLU, with or
-without registers): the logits form and the twins against transformers, conversion, the one rate
-link, ``blocks=k``, save/load from the model spec, ``hf:`` models on the command line (from a class
-and its configuration, or a directory with safetensors weights and an image processor), and the
-errors for what is not converted."""
+"""Hugging Face transformers' ViT, DeiT (plain and distilled), DINOv2 (MLP or SwiGLU, with or
+without registers), ViT-MSN, I-JEPA, CLIP and SigLIP classifiers: the logits form and the twins
+against transformers, conversion, the one rate link, ``blocks=k``, save/load from the model spec,
+``hf:`` models on the command line (from a class and its configuration, or a directory with
+safetensors weights and an image processor), and the errors for what is not converted."""
 
 import json
 
@@ -19,14 +19,18 @@ from conftest import (
 )
 from PIL import Image
 from transformers import (
+    CLIPForImageClassification,
     DeiTForImageClassification,
     DeiTForImageClassificationWithTeacher,
     Dinov2ForImageClassification,
     Dinov2WithRegistersForImageClassification,
+    IJepaForImageClassification,
+    SiglipForImageClassification,
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessor,
     ViTModel,
+    ViTMSNForImageClassification,
 )
 
 import transpike
@@ -37,16 +41,18 @@ from transpike.rules.hf_vit import ExplicitHFAttention, ExplicitSwiGLUFFN, logit
 
 #: 16 px images, 16 patches of 4 px, two layers of 3 heads; weights drawn with std 0.3 (transformers'
 #: 0.02 leaves the scores nearly equal over the keys)
-SMALL = dict(
+VISION = dict(
     image_size=16,
     patch_size=4,
     hidden_size=24,
     num_hidden_layers=2,
     num_attention_heads=3,
-    num_labels=5,
     initializer_range=0.3,
 )
+SMALL = dict(**VISION, num_labels=5)
 DINO = dict(mlp_ratio=2, layerscale_value=0.5)
+#: CLIP's and SigLIP's configurations hold the vision model's as vision_config (and a text model's)
+DUAL = (CLIPForImageClassification, SiglipForImageClassification)
 #: family: (class, configuration, products per layer, classifiers)
 FAMILIES = {
     "vit": (ViTForImageClassification, dict(intermediate_size=48), 2, ("classifier",)),
@@ -65,14 +71,24 @@ FAMILIES = {
         2,
         ("classifier",),
     ),
+    "vit-msn": (ViTMSNForImageClassification, dict(intermediate_size=48), 2, ("classifier",)),
+    "ijepa": (IJepaForImageClassification, dict(intermediate_size=48), 2, ("classifier",)),
+    "clip": (CLIPForImageClassification, dict(intermediate_size=48), 2, ("classifier",)),
+    "siglip": (SiglipForImageClassification, dict(intermediate_size=48), 2, ("classifier",)),
 }
+
+
+def configuration(family: str) -> dict:
+    """The keyword arguments of a family's configuration class."""
+    cls, config, _, _ = FAMILIES[family]
+    return dict(vision_config={**VISION, **config}, num_labels=5) if cls in DUAL else {**SMALL, **config}
 
 
 def build(family: str, logits: bool = True) -> torch.nn.Module:
     """A small random-init transformers classifier, in its logits form unless ``logits`` is False."""
-    cls, config, _, _ = FAMILIES[family]
+    cls = FAMILIES[family][0]
     torch.manual_seed(0)
-    model = cls(cls.config_class(**SMALL, **config)).eval()
+    model = cls(cls.config_class(**configuration(family))).eval()
     return logits_model(model) if logits else model
 
 
@@ -97,6 +113,7 @@ def test_the_logits_form_and_twins_compute_what_transformers_does(family, implem
         reference = model(pixel_values=x).logits
         assert relative_error(prepared(x), reference) < tolerance
         assert torch.equal(logits_model(model)(x), reference)
+        assert logits_model(logits_model(model))(x).equal(reference)
     assert type(model) is FAMILIES[family][0]  # untouched
 
 
@@ -105,8 +122,10 @@ def test_the_logits_form_and_twins_compute_what_transformers_does(family, implem
 def test_transformers_models_convert(family, options, inputs):
     """The patch projection reads the image; Q·Kᵀ and attn·V in every layer (and the SwiGLU gate)."""
     products = FAMILIES[family][2] * SMALL["num_hidden_layers"]
-    direct = f"{build(family).base_model_prefix}.embeddings.patch_embeddings.projection"
-    assert_converts(build(family), *inputs, options, direct=direct, products=products)
+    model = build(family)
+    patches = "patch_embedding" if isinstance(model, DUAL) else "patch_embeddings.projection"
+    direct = f"{model.backbone_name}.embeddings.{patches}"
+    assert_converts(model, *inputs, options, direct=direct, products=products)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -115,15 +134,20 @@ def test_every_module_passes_rates_like_increments(family, inputs):
     assert_rates_up_to(build(family), *inputs, outputs=FAMILIES[family][3])
 
 
-@pytest.mark.parametrize("family", ["vit", "dinov2-registers"])
-def test_blocks_and_round_trip(family, tmp_path, inputs):
+@pytest.mark.parametrize(
+    ("family", "layers", "after"),
+    [
+        ("vit", "vit.layers", ["vit.layernorm"]),
+        ("dinov2-registers", "dinov2_with_registers.encoder.layer", ["dinov2_with_registers.layernorm"]),
+        # the attention-pooling head, never run by the classifier, is listed too
+        ("siglip", "vision_model.encoder.layers", ["vision_model.post_layernorm", "vision_model.head"]),
+    ],
+)
+def test_blocks_and_round_trip(family, layers, after, tmp_path, inputs):
     """blocks=k counts the layers; the network saved and loaded is rebuilt from its model spec
     (the class and its whole configuration)."""
-    name = f"hf:{FAMILIES[family][0].__name__}"
-    kwargs = {**SMALL, **FAMILIES[family][1]}
-    backbone = build(family).base_model_prefix
-    layers = f"{backbone}.layers" if family == "vit" else f"{backbone}.encoder.layer"
-    analog = {1: [f"{layers}.1", f"{backbone}.layernorm", "classifier"]}
+    name, kwargs = f"hf:{FAMILIES[family][0].__name__}", configuration(family)
+    analog = {1: [f"{layers}.1", *after, "classifier"]}
     spec = model_spec(name, kwargs, model=create_model(name, kwargs))
     assert spec["hf"] == FAMILIES[family][0].__name__
     assert_blocks_and_round_trip(lambda: build(family), inputs, analog, tmp_path / "net.safetensors", spec)
@@ -189,7 +213,7 @@ def test_what_is_not_converted_is_refused_by_name(tmp_path):
         transpike.convert(ViTModel(config, add_pooling_layer=False).eval(), torch.randn(4, 3, 16, 16))
     with pytest.raises(ValueError, match="not a supported transformers image classifier"):
         logits_model(ViTModel(config))
-    with pytest.raises(ValueError, match=r"'ViTModel' .*supported: DeiTForImageClassification"):
+    with pytest.raises(ValueError, match=r"'ViTModel' .*supported: CLIPForImageClassification, DeiT"):
         create_model("hf:ViTModel")
     with pytest.raises(ValueError, match=r"holds no config\.json"):
         create_model(f"hf:{tmp_path}")

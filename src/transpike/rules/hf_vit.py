@@ -1,22 +1,24 @@
-"""Rules for the Vision Transformers of Hugging Face transformers (version 5): ViT
+"""Rules for the Vision Transformers of Hugging Face transformers (version 5.18 on): ViT
 (``ViTForImageClassification``), DeiT (``DeiTForImageClassification`` and the distilled
-``DeiTForImageClassificationWithTeacher``) and DINOv2, with or without registers
-(``Dinov2ForImageClassification``, ``Dinov2WithRegistersForImageClassification``).
+``DeiTForImageClassificationWithTeacher``), DINOv2, with or without registers
+(``Dinov2ForImageClassification``, ``Dinov2WithRegistersForImageClassification``), ViT-MSN,
+I-JEPA, CLIP and SigLIP (``ViTMSNForImageClassification``, ``IJepaForImageClassification``,
+``CLIPForImageClassification``, ``SiglipForImageClassification``).
 
 transformers hides two things from a converter: its attention runs a function chosen by the
 configuration (eager, SDPA, flash), and its models return output objects through decorators that
 record hidden states. So each attention is swapped for a twin with Q·Kᵀ, softmax and attn·V as
 modules, DINOv2's SwiGLU feed-forward for one with its gating product as a module, and the
 classifier for the same object under a subclass (:data:`LOGITS`) whose forward runs the embeddings,
-the layers, the final norm and the readout and returns the logits, with every submodule under its
-own name (the ANN's state dict keys). transformers' activation modules become EC modules; DINOv2's
+the layers, the norms and the readout and returns the logits, with every submodule under its own
+name (the ANN's state dict keys). transformers' activation modules become EC modules; DINOv2's
 LayerScale and DropPath are linear in evaluation.
 
 The patch projection sees the image at every step (direct coding). The class token (and DeiT's
-distillation token, DINOv2's registers), the position embeddings, the residual sums, LayerScale,
-the token selection and DINOv2's mean of the patch tokens are linear and the same at every step, so
-the whole network is one rate link from the patch projection to the classifiers
-(:mod:`transpike.rules.links`). ``blocks=k`` counts the layers.
+distillation token, DINOv2's registers), the position embeddings (CLIP's and SigLIP's looked up
+from constant ids), the residual sums, LayerScale, the token selection and the means over tokens
+are linear and the same at every step, so the whole network is one rate link from the patch
+projection to the classifiers (:mod:`transpike.rules.links`). ``blocks=k`` counts the layers.
 
 This module imports transformers, which takes seconds, so :func:`transpike.rules.rule_for` loads it
 only when it first meets a module of transformers.
@@ -31,10 +33,14 @@ import transformers
 from packaging.version import Version
 from torch import Tensor, nn
 from transformers import activations
+from transformers.models.clip import modeling_clip as clip
 from transformers.models.deit import modeling_deit as deit
 from transformers.models.dinov2 import modeling_dinov2 as dinov2
 from transformers.models.dinov2_with_registers import modeling_dinov2_with_registers as dinov2_registers
+from transformers.models.ijepa import modeling_ijepa as ijepa
+from transformers.models.siglip import modeling_siglip as siglip
 from transformers.models.vit import modeling_vit as vit
+from transformers.models.vit_msn import modeling_vit_msn as vit_msn
 
 from ..sites import Product
 from . import Link, Role, register
@@ -51,26 +57,31 @@ if Version(transformers.__version__) < Version(MINIMUM):
 
 
 class ExplicitHFAttention(SoftmaxHeads):
-    """transformers' ViT, DeiT and DINOv2 attention with Q·Kᵀ, softmax and attn·V as modules: q, k
-    and v from ``q_proj``, ``k_proj`` and ``v_proj``, each head softmax(q·kᵀ·scaling)·v, then
-    ``o_proj`` (eager_attention_forward in ``modeling_vit``). Returns (output, None): no attention
-    weights are kept, as the layers ask for none."""
+    """transformers' ViT, DeiT, DINOv2, CLIP and SigLIP attention with Q·Kᵀ, softmax and attn·V as
+    modules: q, k and v from ``q_proj``, ``k_proj`` and ``v_proj``, each head
+    softmax(q·kᵀ·scale)·v, then the output projection, ``o_proj`` (``out_proj`` in CLIP and
+    SigLIP), under its own name (eager_attention_forward in ``modeling_vit``). Returns (output,
+    None): no attention weights are kept, as the layers ask for none."""
 
     def __init__(self, attn: nn.Module) -> None:
         super().__init__()
         self.head_dim = attn.head_dim
         self.q_proj, self.k_proj, self.v_proj = attn.q_proj, attn.k_proj, attn.v_proj
-        self._init_heads(attn, scale=attn.scaling)
-        self.o_proj = attn.o_proj
+        self._init_heads(attn, scale=getattr(attn, "scaling", None) or attn.scale)
+        self.output_name = "o_proj" if hasattr(attn, "o_proj") else "out_proj"
+        setattr(self, self.output_name, getattr(attn, self.output_name))
 
-    def forward(self, x: Tensor, attention_mask: Tensor | None = None, **_) -> tuple[Tensor, None]:
+    def forward(
+        self, hidden_states: Tensor, attention_mask: Tensor | None = None, **_
+    ) -> tuple[Tensor, None]:  # CLIP's and SigLIP's layers pass hidden_states by name
         refuse_mask(attention_mask)
-        tokens = x.shape[:-1]
+        tokens = hidden_states.shape[:-1]
         q, k, v = (
-            proj(x).view(*tokens, -1, self.head_dim).transpose(1, 2)
+            proj(hidden_states).view(*tokens, -1, self.head_dim).transpose(1, 2)
             for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
-        return self.o_proj(self.heads(q, k, v).transpose(1, 2).reshape(*tokens, -1)), None
+        output = getattr(self, self.output_name)
+        return output(self.heads(q, k, v).transpose(1, 2).reshape(*tokens, -1)), None
 
 
 class ExplicitSwiGLUFFN(nn.Module):
@@ -87,29 +98,51 @@ class ExplicitSwiGLUFFN(nn.Module):
         return self.down_proj(self.gating(self.act_fn(self.gate_proj(x)), self.up_proj(x)))
 
 
-def _layers(classifier: nn.Module) -> tuple[str, nn.ModuleList]:
+def _layers(classifier: _Logits) -> tuple[str, nn.ModuleList]:
     """The path and the list of a classifier's Transformer layers (``layers`` in ViT and DeiT,
-    ``encoder.layer`` in DINOv2)."""
-    backbone = classifier.base_model_prefix
-    inside = "layers" if hasattr(getattr(classifier, backbone), "layers") else "encoder.layer"
-    path = f"{backbone}.{inside}"
-    return path, classifier.get_submodule(path)
+    ``encoder.layer`` in DINOv2, ``encoder.layers`` in CLIP and SigLIP)."""
+    for inside in ("layers", "encoder.layer", "encoder.layers"):
+        path = f"{classifier.backbone_name}.{inside}"
+        try:
+            layers = classifier.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(layers, nn.ModuleList):
+            return path, layers
+    raise ValueError(f"{type(classifier).__name__}: no list of Transformer layers found")
 
 
 class _Logits:
     """An image classifier of transformers whose forward returns the logits, computed explicitly:
-    embeddings, layers, final LayerNorm, then the readout of the normed tokens."""
+    the tokens its readout reads (:meth:`tokens`), then the readout."""
+
+    @property
+    def backbone_name(self) -> str:
+        """The attribute holding the Transformer (``vit``, ``deit``, ``dinov2``, ...)."""
+        return self.base_model_prefix
 
     def forward(self, pixel_values: Tensor) -> Tensor:
-        backbone = getattr(self, self.base_model_prefix)
-        hidden = backbone.embeddings(pixel_values)
+        return self.readout(self.tokens(pixel_values))
+
+    def tokens(self, pixel_values: Tensor) -> Tensor:
+        """ViT, DeiT, DINOv2, ViT-MSN, I-JEPA: embeddings, layers, the final LayerNorm."""
+        backbone = getattr(self, self.backbone_name)
+        return backbone.layernorm(self.layers(backbone.embeddings(pixel_values)))
+
+    def layers(self, hidden: Tensor) -> Tensor:
         for layer in _layers(self)[1]:
-            hidden = layer(hidden)
-        return self.readout(backbone.layernorm(hidden))
+            hidden = layer(hidden, None)  # no attention mask (CLIP's layers require the argument)
+        return hidden
 
     def readout(self, tokens: Tensor) -> Tensor:
-        """ViT, DeiT: the classifier on the class token."""
+        """ViT, DeiT, ViT-MSN: the classifier on the class token."""
         return self.classifier(tokens[:, 0])
+
+
+class _TokenMean(_Logits):
+    def readout(self, tokens: Tensor) -> Tensor:
+        """I-JEPA, SigLIP: the classifier on the mean of the tokens."""
+        return self.classifier(tokens.mean(dim=1))
 
 
 class ViTLogits(_Logits, vit.ViTForImageClassification):
@@ -138,6 +171,38 @@ class Dinov2Logits(_ClassAndPatchMean, dinov2.Dinov2ForImageClassification):
     pass
 
 
+class ViTMSNLogits(_Logits, vit_msn.ViTMSNForImageClassification):
+    pass
+
+
+class IJepaLogits(_TokenMean, ijepa.IJepaForImageClassification):
+    pass
+
+
+class CLIPLogits(_Logits, clip.CLIPForImageClassification):
+    backbone_name = "vision_model"
+
+    def tokens(self, pixel_values: Tensor) -> Tensor:
+        """Embeddings, the LayerNorm before the layers, the layers (the vision model's last
+        LayerNorm only norms its pooled output, which the classifier does not read)."""
+        backbone = self.vision_model
+        return self.layers(backbone.pre_layrnorm(backbone.embeddings(pixel_values)))
+
+    def readout(self, tokens: Tensor) -> Tensor:
+        """The classifier on the mean of the patch tokens."""
+        return self.classifier(tokens[:, 1:].mean(dim=1))
+
+
+class SiglipLogits(_TokenMean, siglip.SiglipForImageClassification):
+    backbone_name = "vision_model"
+
+    def tokens(self, pixel_values: Tensor) -> Tensor:
+        """Embeddings, layers, the last LayerNorm (the attention-pooling head, which the vision
+        model computes, the classifier does not read)."""
+        backbone = self.vision_model
+        return backbone.post_layernorm(self.layers(backbone.embeddings(pixel_values)))
+
+
 class Dinov2WithRegistersLogits(
     _ClassAndPatchMean, dinov2_registers.Dinov2WithRegistersForImageClassification
 ):
@@ -151,6 +216,10 @@ LOGITS: dict[type, type] = {
     deit.DeiTForImageClassificationWithTeacher: DeiTWithTeacherLogits,
     dinov2.Dinov2ForImageClassification: Dinov2Logits,
     dinov2_registers.Dinov2WithRegistersForImageClassification: Dinov2WithRegistersLogits,
+    vit_msn.ViTMSNForImageClassification: ViTMSNLogits,
+    ijepa.IJepaForImageClassification: IJepaLogits,
+    clip.CLIPForImageClassification: CLIPLogits,
+    siglip.SiglipForImageClassification: SiglipLogits,
 }
 
 
@@ -159,6 +228,8 @@ def logits_model(model: nn.Module) -> nn.Module:
     images and returns the logits: a shallow copy under the :data:`LOGITS` subclass, sharing every
     submodule and parameter with ``model``, which is left as it is. Its ANN accuracy, and the ANN
     that ``transpike.evaluate`` compares the SNN with, come from this form."""
+    if isinstance(model, _Logits):
+        return model
     if type(model) not in LOGITS:
         known = ", ".join(sorted(cls.__name__ for cls in LOGITS))
         raise ValueError(f"{type(model).__name__}: not a supported transformers image classifier ({known})")
@@ -171,7 +242,7 @@ def _as_logits(model: nn.Module) -> nn.Module:
     """The classifier itself (``prepare`` works on a copy) under its logits subclass, its backbone
     marked as run by it (:func:`_headless`)."""
     model.__class__ = LOGITS.get(type(model), type(model))
-    getattr(model, model.base_model_prefix).in_classifier = True
+    getattr(model, model.backbone_name).in_classifier = True
     return model
 
 
@@ -203,7 +274,7 @@ for original in LOGITS:
 for cls in LOGITS.values():
     # the patch projection, its first weight layer, reads the image
     register(cls, Role.INPUT, twin=_as_logits, links=_network_links, blocks=_block_paths)
-for family in (vit, deit, dinov2, dinov2_registers):
+for family in (vit, deit, dinov2, dinov2_registers, vit_msn, ijepa, clip, siglip):
     for name, cls in vars(family).items():
         if not isinstance(cls, type) or cls.__module__ != family.__name__ or not issubclass(cls, nn.Module):
             continue  # imported names, functions
@@ -217,6 +288,8 @@ for family in (vit, deit, dinov2, dinov2_registers):
             register(cls, Role.PASSTHROUGH)
         elif name.endswith("SwiGLUFFN"):
             register(cls, Role.CONTAINER, twin=ExplicitSwiGLUFFN)
+# never run by the classifier (the vision model computes it for its pooled output): kept as it is
+register(siglip.SiglipMultiheadAttentionPoolingHead, Role.CONSTANT)
 register(ExplicitHFAttention, Role.CONTAINER)
 register(ExplicitSwiGLUFFN, Role.CONTAINER)
 for name in (

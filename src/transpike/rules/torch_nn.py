@@ -72,3 +72,6 @@ for cls in (
     register(cls, Role.NONLINEAR)
 
 register(Product, Role.PRODUCT)
+# a table lookup, no arithmetic: the same rows at every step for the same indices (the position
+# ids of transformers' CLIP and SigLIP embeddings, a constant buffer)
+register(nn.Embedding, Role.CONSTANT)
