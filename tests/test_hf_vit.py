@@ -1,8 +1,9 @@
 """Hugging Face transformers' ViT, DeiT (plain and distilled), DINOv2 (MLP or SwiGLU, with or
-without registers), ViT-MSN, I-JEPA, CLIP and SigLIP classifiers: the logits form and the twins
-against transformers, conversion, the one rate link, ``blocks=k``, save/load from the model spec,
-``hf:`` models on the command line (from a class and its configuration, or a directory with
-safetensors weights and an image processor), and the errors for what is not converted."""
+without registers), ViT-MSN, I-JEPA, CLIP, SigLIP and Swin (windows that divide the grid or not)
+classifiers: the logits form and the twins against transformers, conversion, the one rate link,
+``blocks=k``, save/load from the model spec, ``hf:`` models on the command line (from a class and
+its configuration, or a directory with safetensors weights and an image processor), and the errors
+for what is not converted."""
 
 import json
 
@@ -14,6 +15,7 @@ from conftest import (
     assert_blocks_and_round_trip,
     assert_converts,
     assert_rates_up_to,
+    draw,
     random_images,
     relative_error,
 )
@@ -26,6 +28,7 @@ from transformers import (
     Dinov2WithRegistersForImageClassification,
     IJepaForImageClassification,
     SiglipForImageClassification,
+    SwinForImageClassification,
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessor,
@@ -53,42 +56,58 @@ SMALL = dict(**VISION, num_labels=5)
 DINO = dict(mlp_ratio=2, layerscale_value=0.5)
 #: CLIP's and SigLIP's configurations hold the vision model's as vision_config (and a text model's)
 DUAL = (CLIPForImageClassification, SiglipForImageClassification)
-#: family: (class, configuration, products per layer, classifiers)
+#: Swin on 16 px: patches of 2 px, two stages of two layers (the second of each in shifted windows)
+#: on grids of 8 and 4; windows of 4 divide them, windows of 3 need padding
+SWIN = dict(
+    image_size=16,
+    patch_size=2,
+    embed_dim=12,
+    depths=[2, 2],
+    num_heads=[2, 4],
+    num_labels=5,
+    initializer_range=0.3,
+)
+#: family: (class, configuration, products of two spiking operands, classifiers)
 FAMILIES = {
-    "vit": (ViTForImageClassification, dict(intermediate_size=48), 2, ("classifier",)),
-    "deit": (DeiTForImageClassification, dict(intermediate_size=48), 2, ("classifier",)),
+    "vit": (ViTForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
+    "deit": (DeiTForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
     "deit-distilled": (
         DeiTForImageClassificationWithTeacher,
         dict(intermediate_size=48),
-        2,
+        4,
         ("cls_classifier", "distillation_classifier"),
     ),
-    "dinov2": (Dinov2ForImageClassification, DINO, 2, ("classifier",)),
-    "dinov2-swiglu": (Dinov2ForImageClassification, dict(**DINO, use_swiglu_ffn=True), 3, ("classifier",)),
+    "dinov2": (Dinov2ForImageClassification, DINO, 4, ("classifier",)),
+    "dinov2-swiglu": (Dinov2ForImageClassification, dict(**DINO, use_swiglu_ffn=True), 6, ("classifier",)),
     "dinov2-registers": (
         Dinov2WithRegistersForImageClassification,
         dict(**DINO, num_register_tokens=2),
-        2,
+        4,
         ("classifier",),
     ),
-    "vit-msn": (ViTMSNForImageClassification, dict(intermediate_size=48), 2, ("classifier",)),
-    "ijepa": (IJepaForImageClassification, dict(intermediate_size=48), 2, ("classifier",)),
-    "clip": (CLIPForImageClassification, dict(intermediate_size=48), 2, ("classifier",)),
-    "siglip": (SiglipForImageClassification, dict(intermediate_size=48), 2, ("classifier",)),
+    "vit-msn": (ViTMSNForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
+    "ijepa": (IJepaForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
+    "clip": (CLIPForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
+    "siglip": (SiglipForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
+    "swin": (SwinForImageClassification, dict(window_size=4), 8, ("classifier",)),
+    "swin-padded": (SwinForImageClassification, dict(window_size=3), 8, ("classifier",)),
 }
 
 
 def configuration(family: str) -> dict:
     """The keyword arguments of a family's configuration class."""
     cls, config, _, _ = FAMILIES[family]
-    return dict(vision_config={**VISION, **config}, num_labels=5) if cls in DUAL else {**SMALL, **config}
+    if cls in DUAL:
+        return dict(vision_config={**VISION, **config}, num_labels=5)
+    return {**(SWIN if cls is SwinForImageClassification else SMALL), **config}
 
 
 def build(family: str, logits: bool = True) -> torch.nn.Module:
-    """A small random-init transformers classifier, in its logits form unless ``logits`` is False."""
+    """A small random-init transformers classifier, in its logits form unless ``logits`` is False;
+    Swin's relative position biases drawn (transformers starts them at zero)."""
     cls = FAMILIES[family][0]
     torch.manual_seed(0)
-    model = cls(cls.config_class(**configuration(family))).eval()
+    model = draw(cls(cls.config_class(**configuration(family))).eval(), "relative_position_bias_table", 0.5)
     return logits_model(model) if logits else model
 
 
@@ -108,7 +127,8 @@ def test_the_logits_form_and_twins_compute_what_transformers_does(family, implem
     x = inputs[1].double()
     prepared = prepare(model, ConversionOptions())
     twins = [m for m in prepared.modules() if isinstance(m, (ExplicitHFAttention, ExplicitSwiGLUFFN))]
-    assert len(twins) == SMALL["num_hidden_layers"] * (1 + family.endswith("swiglu"))
+    originals = [m for m in model.modules() if type(m).__module__.startswith("transformers.")]
+    assert len(twins) == sum(type(m).__name__.endswith(("Attention", "SwiGLUFFN")) for m in originals)
     with torch.no_grad():
         reference = model(pixel_values=x).logits
         assert relative_error(prepared(x), reference) < tolerance
@@ -121,7 +141,7 @@ def test_the_logits_form_and_twins_compute_what_transformers_does(family, implem
 @pytest.mark.parametrize("options", CONFIGURATIONS)
 def test_transformers_models_convert(family, options, inputs):
     """The patch projection reads the image; Q·Kᵀ and attn·V in every layer (and the SwiGLU gate)."""
-    products = FAMILIES[family][2] * SMALL["num_hidden_layers"]
+    products = FAMILIES[family][2]
     model = build(family)
     patches = "patch_embedding" if isinstance(model, DUAL) else "patch_embeddings.projection"
     direct = f"{model.backbone_name}.embeddings.{patches}"
@@ -135,19 +155,24 @@ def test_every_module_passes_rates_like_increments(family, inputs):
 
 
 @pytest.mark.parametrize(
-    ("family", "layers", "after"),
+    ("family", "analog"),
     [
-        ("vit", "vit.layers", ["vit.layernorm"]),
-        ("dinov2-registers", "dinov2_with_registers.encoder.layer", ["dinov2_with_registers.layernorm"]),
+        ("vit", ["vit.layers.1", "vit.layernorm"]),
+        ("dinov2-registers", ["dinov2_with_registers.encoder.layer.1", "dinov2_with_registers.layernorm"]),
         # the attention-pooling head, never run by the classifier, is listed too
-        ("siglip", "vision_model.encoder.layers", ["vision_model.post_layernorm", "vision_model.head"]),
+        ("siglip", ["vision_model.encoder.layers.1", "vision_model.post_layernorm", "vision_model.head"]),
+        # stage by stage: the first stage's second layer and its patch merging, then the second stage
+        (
+            "swin",
+            [*(f"swin.encoder.layers.{p}" for p in ("0.blocks.1", "0.downsample", "1")), "swin.layernorm"],
+        ),
     ],
 )
-def test_blocks_and_round_trip(family, layers, after, tmp_path, inputs):
+def test_blocks_and_round_trip(family, analog, tmp_path, inputs):
     """blocks=k counts the layers; the network saved and loaded is rebuilt from its model spec
     (the class and its whole configuration)."""
     name, kwargs = f"hf:{FAMILIES[family][0].__name__}", configuration(family)
-    analog = {1: [f"{layers}.1", *after, "classifier"]}
+    analog = {1: [*analog, "classifier"]}
     spec = model_spec(name, kwargs, model=create_model(name, kwargs))
     assert spec["hf"] == FAMILIES[family][0].__name__
     assert_blocks_and_round_trip(lambda: build(family), inputs, analog, tmp_path / "net.safetensors", spec)

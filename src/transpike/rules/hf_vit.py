@@ -2,8 +2,8 @@
 (``ViTForImageClassification``), DeiT (``DeiTForImageClassification`` and the distilled
 ``DeiTForImageClassificationWithTeacher``), DINOv2, with or without registers
 (``Dinov2ForImageClassification``, ``Dinov2WithRegistersForImageClassification``), ViT-MSN,
-I-JEPA, CLIP and SigLIP (``ViTMSNForImageClassification``, ``IJepaForImageClassification``,
-``CLIPForImageClassification``, ``SiglipForImageClassification``).
+I-JEPA, CLIP, SigLIP and Swin (``ViTMSNForImageClassification``, ``IJepaForImageClassification``,
+``CLIPForImageClassification``, ``SiglipForImageClassification``, ``SwinForImageClassification``).
 
 transformers hides two things from a converter: its attention runs a function chosen by the
 configuration (eager, SDPA, flash), and its models return output objects through decorators that
@@ -18,7 +18,10 @@ The patch projection sees the image at every step (direct coding). The class tok
 distillation token, DINOv2's registers), the position embeddings (CLIP's and SigLIP's looked up
 from constant ids), the residual sums, LayerScale, the token selection and the means over tokens
 are linear and the same at every step, so the whole network is one rate link from the patch
-projection to the classifiers (:mod:`transpike.rules.links`). ``blocks=k`` counts the layers.
+projection to the classifiers (:mod:`transpike.rules.links`); in Swin, so are the padding, the
+cyclic shift, the window partition and patch merging, and the relative position bias and the shifted
+windows' mask are constants added to the scores. ``blocks=k`` counts the layers (Swin's stage by
+stage).
 
 This module imports transformers, which takes seconds, so :func:`transpike.rules.rule_for` loads it
 only when it first meets a module of transformers.
@@ -39,6 +42,7 @@ from transformers.models.dinov2 import modeling_dinov2 as dinov2
 from transformers.models.dinov2_with_registers import modeling_dinov2_with_registers as dinov2_registers
 from transformers.models.ijepa import modeling_ijepa as ijepa
 from transformers.models.siglip import modeling_siglip as siglip
+from transformers.models.swin import modeling_swin as swin
 from transformers.models.vit import modeling_vit as vit
 from transformers.models.vit_msn import modeling_vit_msn as vit_msn
 
@@ -82,6 +86,31 @@ class ExplicitHFAttention(SoftmaxHeads):
         )
         output = getattr(self, self.output_name)
         return output(self.heads(q, k, v).transpose(1, 2).reshape(*tokens, -1)), None
+
+
+class ExplicitSwinAttention(ExplicitHFAttention):
+    """transformers' Swin window attention: the heads of :class:`ExplicitHFAttention` with two
+    constants added to the scores, the relative position bias (``relative_position_bias``, a
+    module that reads only its table) and, in shifted windows, the mask the layer builds from the
+    windows' geometry (``attention_mask``, one per window, repeated over the batch)."""
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__(attn)
+        self.relative_position_bias = attn.relative_position_bias
+
+    def forward(
+        self, hidden_states: Tensor, attention_mask: Tensor | None = None, **_
+    ) -> tuple[Tensor, None]:
+        windows, area = hidden_states.shape[:-1]
+        q, k, v = (
+            proj(hidden_states).view(windows, area, -1, self.head_dim).transpose(1, 2)
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        bias = self.relative_position_bias()  # [1, heads, area, area]
+        if attention_mask is not None:  # [windows per image, area, area]
+            masks = attention_mask.unsqueeze(1).repeat(windows // attention_mask.shape[0], 1, 1, 1)
+            bias = bias + masks
+        return self.o_proj(self.heads(q, k, v, bias).transpose(1, 2).reshape(windows, area, -1)), None
 
 
 class ExplicitSwiGLUFFN(nn.Module):
@@ -193,6 +222,21 @@ class CLIPLogits(_Logits, clip.CLIPForImageClassification):
         return self.classifier(tokens[:, 1:].mean(dim=1))
 
 
+class SwinLogits(_Logits, swin.SwinForImageClassification):
+    def tokens(self, pixel_values: Tensor) -> Tensor:
+        """Embeddings (patches and their LayerNorm), the stages (each a list of layers, then patch
+        merging but in the last, which halves the grid), the final LayerNorm."""
+        hidden, grid = self.swin.embeddings(pixel_values)
+        for stage in self.swin.encoder.layers:
+            hidden, spatial, _ = stage(hidden, grid)  # spatial: the stage's output as a [B, C, H, W] map
+            grid = tuple(spatial.shape[-2:])
+        return self.swin.layernorm(hidden)
+
+    def readout(self, tokens: Tensor) -> Tensor:
+        """The classifier on the mean of the tokens (the model's pooler, an average pool)."""
+        return self.classifier(self.swin.pooler(tokens.transpose(1, 2)).flatten(1))
+
+
 class SiglipLogits(_TokenMean, siglip.SiglipForImageClassification):
     backbone_name = "vision_model"
 
@@ -220,6 +264,7 @@ LOGITS: dict[type, type] = {
     ijepa.IJepaForImageClassification: IJepaLogits,
     clip.CLIPForImageClassification: CLIPLogits,
     siglip.SiglipForImageClassification: SiglipLogits,
+    swin.SwinForImageClassification: SwinLogits,
 }
 
 
@@ -265,7 +310,10 @@ def _network_links(model: _Logits) -> list[Link]:
 
 
 def _block_paths(model: _Logits) -> list[str]:
+    """The layers, or in Swin each stage's layers in turn."""
     path, layers = _layers(model)
+    if isinstance(model, SwinLogits):
+        return [f"{path}.{s}.blocks.{b}" for s, stage in enumerate(layers) for b in range(len(stage.blocks))]
     return [f"{path}.{index}" for index in range(len(layers))]
 
 
@@ -274,15 +322,16 @@ for original in LOGITS:
 for cls in LOGITS.values():
     # the patch projection, its first weight layer, reads the image
     register(cls, Role.INPUT, twin=_as_logits, links=_network_links, blocks=_block_paths)
-for family in (vit, deit, dinov2, dinov2_registers, vit_msn, ijepa, clip, siglip):
+for family in (vit, deit, dinov2, dinov2_registers, vit_msn, ijepa, clip, siglip, swin):
     for name, cls in vars(family).items():
         if not isinstance(cls, type) or cls.__module__ != family.__name__ or not issubclass(cls, nn.Module):
             continue  # imported names, functions
         if name.endswith("Attention"):
-            register(cls, Role.CONTAINER, twin=ExplicitHFAttention)
+            twin = ExplicitSwinAttention if family is swin else ExplicitHFAttention
+            register(cls, Role.CONTAINER, twin=twin)
         elif name.endswith("Model") and not name.endswith("PreTrainedModel"):
             register(cls, Role.CONTAINER, check=_headless)
-        elif name.endswith(("Encoder", "Embeddings", "Layer", "MLP")):
+        elif name.endswith(("Encoder", "Embeddings", "Layer", "Stage", "PatchMerging", "MLP")):
             register(cls, Role.CONTAINER)
         elif name.endswith(("LayerScale", "DropPath")):
             register(cls, Role.PASSTHROUGH)
@@ -290,7 +339,9 @@ for family in (vit, deit, dinov2, dinov2_registers, vit_msn, ijepa, clip, siglip
             register(cls, Role.CONTAINER, twin=ExplicitSwiGLUFFN)
 # never run by the classifier (the vision model computes it for its pooled output): kept as it is
 register(siglip.SiglipMultiheadAttentionPoolingHead, Role.CONSTANT)
+register(swin.SwinRelativePositionBias, Role.CONSTANT)  # reads its table only
 register(ExplicitHFAttention, Role.CONTAINER)
+register(ExplicitSwinAttention, Role.CONTAINER)
 register(ExplicitSwiGLUFFN, Role.CONTAINER)
 for name in (
     "GELUActivation",
