@@ -78,14 +78,19 @@ class ExplicitHFAttention(SoftmaxHeads):
     def forward(
         self, hidden_states: Tensor, attention_mask: Tensor | None = None, **_
     ) -> tuple[Tensor, None]:  # CLIP's and SigLIP's layers pass hidden_states by name
-        refuse_mask(attention_mask)
         tokens = hidden_states.shape[:-1]
         q, k, v = (
             proj(hidden_states).view(*tokens, -1, self.head_dim).transpose(1, 2)
             for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
+        heads = self.heads(q, k, v, self.scores_bias(attention_mask, tokens[0]))
         output = getattr(self, self.output_name)
-        return output(self.heads(q, k, v).transpose(1, 2).reshape(*tokens, -1)), None
+        return output(heads.transpose(1, 2).reshape(*tokens, -1)), None
+
+    def scores_bias(self, attention_mask: Tensor | None, batch: int) -> Tensor | None:
+        """The constant added to the scores: none (a ViT's classifier passes no attention mask)."""
+        refuse_mask(attention_mask)
+        return None
 
 
 class ExplicitSwinAttention(ExplicitHFAttention):
@@ -98,19 +103,12 @@ class ExplicitSwinAttention(ExplicitHFAttention):
         super().__init__(attn)
         self.relative_position_bias = attn.relative_position_bias
 
-    def forward(
-        self, hidden_states: Tensor, attention_mask: Tensor | None = None, **_
-    ) -> tuple[Tensor, None]:
-        windows, area = hidden_states.shape[:-1]
-        q, k, v = (
-            proj(hidden_states).view(windows, area, -1, self.head_dim).transpose(1, 2)
-            for proj in (self.q_proj, self.k_proj, self.v_proj)
-        )
+    def scores_bias(self, attention_mask: Tensor | None, windows: int) -> Tensor:
         bias = self.relative_position_bias()  # [1, heads, area, area]
-        if attention_mask is not None:  # [windows per image, area, area]
-            masks = attention_mask.unsqueeze(1).repeat(windows // attention_mask.shape[0], 1, 1, 1)
-            bias = bias + masks
-        return self.o_proj(self.heads(q, k, v, bias).transpose(1, 2).reshape(windows, area, -1)), None
+        if attention_mask is None:
+            return bias
+        # [windows per image, area, area], the same for every image of the batch
+        return bias + attention_mask.unsqueeze(1).repeat(windows // attention_mask.shape[0], 1, 1, 1)
 
 
 class ExplicitSwiGLUFFN(nn.Module):
