@@ -31,7 +31,6 @@ def _hf_builder(target: str):
     in the form whose forward returns logits (:func:`transpike.rules.hf_vit.logits_model`)."""
     try:
         from transformers import AutoConfig
-        from transformers.utils import logging
 
         from .rules.hf_vit import LOGITS, logits_model
     except ImportError as error:  # not installed, or older than the layout the rules know
@@ -53,7 +52,6 @@ def _hf_builder(target: str):
                         "transpike never reads; save them as safetensors (model.save_pretrained(DIR))"
                     )
                 return logits_model(cls(config))  # a configuration alone: random weights
-            logging.disable_progress_bar()
             model = cls.from_pretrained(directory, config=config, local_files_only=True, use_safetensors=True)
             return logits_model(model)
 
