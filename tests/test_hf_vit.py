@@ -1,5 +1,6 @@
 """Hugging Face transformers' ViT, DeiT (plain and distilled), DINOv2 (MLP or SwiGLU, with or
-without registers), ViT-MSN, I-JEPA, CLIP, SigLIP and Swin (windows that divide the grid or not)
+without registers), ViT-MSN, I-JEPA, CLIP, MetaCLIP 2, SigLIP, BEiT and Data2Vec-vision (relative
+position bias per layer or shared), Swin and Swin V2 (windows that divide the grid or not)
 classifiers: the logits form and the twins against transformers, conversion, the one rate link,
 ``blocks=k``, save/load from the model spec, ``hf:`` models on the command line (from a class and
 its configuration, or a directory with safetensors weights and an image processor), and the errors
@@ -21,14 +22,18 @@ from conftest import (
 )
 from PIL import Image
 from transformers import (
+    BeitForImageClassification,
     CLIPForImageClassification,
+    Data2VecVisionForImageClassification,
     DeiTForImageClassification,
     DeiTForImageClassificationWithTeacher,
     Dinov2ForImageClassification,
     Dinov2WithRegistersForImageClassification,
     IJepaForImageClassification,
+    MetaClip2ForImageClassification,
     SiglipForImageClassification,
     SwinForImageClassification,
+    Swinv2ForImageClassification,
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessor,
@@ -54,8 +59,9 @@ VISION = dict(
 )
 SMALL = dict(**VISION, num_labels=5)
 DINO = dict(mlp_ratio=2, layerscale_value=0.5)
-#: CLIP's and SigLIP's configurations hold the vision model's as vision_config (and a text model's)
-DUAL = (CLIPForImageClassification, SiglipForImageClassification)
+#: CLIP's, MetaCLIP 2's and SigLIP's configurations hold the vision model's as vision_config (and a
+#: text model's)
+DUAL = (CLIPForImageClassification, MetaClip2ForImageClassification, SiglipForImageClassification)
 #: Swin on 16 px: patches of 2 px, two stages of two layers (the second of each in shifted windows)
 #: on grids of 8 and 4; windows of 4 divide them, windows of 3 need padding
 SWIN = dict(
@@ -67,6 +73,12 @@ SWIN = dict(
     num_labels=5,
     initializer_range=0.3,
 )
+#: BEiT's relative position bias in each layer, or one shared by the layers with the class token read
+BEIT = dict(intermediate_size=48, use_relative_position_bias=True)
+BEIT_SHARED = dict(intermediate_size=48, use_shared_relative_position_bias=True, use_mean_pooling=False)
+#: the families in transformers' earlier layout, where set_attn_implementation does not apply:
+#: Data2Vec's attention function is chosen by class when the model is built, Swin V2 has one
+BY_CLASS, ONE_IMPLEMENTATION = ("data2vec", "data2vec-shared"), ("swinv2", "swinv2-padded")
 #: family: (class, configuration, products of two spiking operands, classifiers)
 FAMILIES = {
     "vit": (ViTForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
@@ -88,9 +100,21 @@ FAMILIES = {
     "vit-msn": (ViTMSNForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
     "ijepa": (IJepaForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
     "clip": (CLIPForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
+    "metaclip2": (MetaClip2ForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
     "siglip": (SiglipForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
     "swin": (SwinForImageClassification, dict(window_size=4), 8, ("classifier",)),
     "swin-padded": (SwinForImageClassification, dict(window_size=3), 8, ("classifier",)),
+    "beit": (BeitForImageClassification, BEIT, 4, ("classifier",)),
+    "beit-shared": (
+        BeitForImageClassification,
+        dict(**BEIT_SHARED, use_absolute_position_embeddings=True, layer_scale_init_value=0.0),
+        4,
+        ("classifier",),
+    ),
+    "data2vec": (Data2VecVisionForImageClassification, BEIT, 4, ("classifier",)),
+    "data2vec-shared": (Data2VecVisionForImageClassification, BEIT_SHARED, 4, ("classifier",)),
+    "swinv2": (Swinv2ForImageClassification, dict(window_size=4), 8, ("classifier",)),
+    "swinv2-padded": (Swinv2ForImageClassification, dict(window_size=3), 8, ("classifier",)),
 }
 
 
@@ -99,15 +123,21 @@ def configuration(family: str) -> dict:
     cls, config, _, _ = FAMILIES[family]
     if cls in DUAL:
         return dict(vision_config={**VISION, **config}, num_labels=5)
-    return {**(SWIN if cls is SwinForImageClassification else SMALL), **config}
+    swins = (SwinForImageClassification, Swinv2ForImageClassification)
+    return {**(SWIN if cls in swins else SMALL), **config}
 
 
-def build(family: str, logits: bool = True) -> torch.nn.Module:
-    """A small random-init transformers classifier, in its logits form unless ``logits`` is False;
-    Swin's relative position biases drawn (transformers starts them at zero)."""
-    cls = FAMILIES[family][0]
+def build(family: str, logits: bool = True, implementation: str = "sdpa") -> torch.nn.Module:
+    """A small random-init transformers classifier running the attention ``implementation``, in its
+    logits form unless ``logits`` is False; the relative position biases of Swin, BEiT and
+    Data2Vec drawn (transformers starts them at zero)."""
+    cls, kwargs = FAMILIES[family][0], configuration(family)
+    if family in BY_CLASS:
+        kwargs["attn_implementation"] = implementation
     torch.manual_seed(0)
-    model = draw(cls(cls.config_class(**configuration(family))).eval(), "relative_position_bias_table", 0.5)
+    model = draw(cls(cls.config_class(**kwargs)).eval(), "relative_position_bias_table", 0.5)
+    if family not in BY_CLASS + ONE_IMPLEMENTATION:
+        model.set_attn_implementation(implementation)
     return logits_model(model) if logits else model
 
 
@@ -122,13 +152,16 @@ def test_the_logits_form_and_twins_compute_what_transformers_does(family, implem
     """In float64, the prepared model (from the classifier itself) and the logits form give
     transformers' logits, whichever attention function transformers runs (its eager one takes the
     softmax in float32 whatever the dtype)."""
-    model = build(family, logits=False).double()
-    model.set_attn_implementation(implementation)
+    model = build(family, logits=False, implementation=implementation).double()
     x = inputs[1].double()
     prepared = prepare(model, ConversionOptions())
     twins = [m for m in prepared.modules() if isinstance(m, (ExplicitHFAttention, ExplicitSwiGLUFFN))]
     originals = [m for m in model.modules() if type(m).__module__.startswith("transformers.")]
-    assert len(twins) == sum(type(m).__name__.endswith(("Attention", "SwiGLUFFN")) for m in originals)
+    hidden = [m for m in originals if type(m).__name__.endswith(("Attention", "SwiGLUFFN"))]
+    # the innermost: the earlier layout's attention holds its self-attention
+    assert len(twins) == sum(
+        not any(type(c).__name__.endswith("Attention") for c in m.children()) for m in hidden
+    )
     with torch.no_grad():
         reference = model(pixel_values=x).logits
         assert relative_error(prepared(x), reference) < tolerance
@@ -166,6 +199,18 @@ def test_every_module_passes_rates_like_increments(family, inputs):
             "swin",
             [*(f"swin.encoder.layers.{p}" for p in ("0.blocks.1", "0.downsample", "1")), "swin.layernorm"],
         ),
+        (
+            "swinv2",
+            [
+                *(f"swinv2.encoder.layers.{p}" for p in ("0.blocks.1", "0.downsample", "1")),
+                "swinv2.layernorm",
+            ],
+        ),
+        # the shared relative position bias, a constant, is not listed; the final norm and the pooler
+        # that takes the class token are
+        ("beit-shared", ["beit.layers.1", "beit.layernorm", "beit.pooler"]),
+        # the pooler's LayerNorm of the patch tokens' mean
+        ("data2vec", ["data2vec_vision.encoder.layer.1", "data2vec_vision.pooler"]),
     ],
 )
 def test_blocks_and_round_trip(family, analog, tmp_path, inputs):
@@ -238,7 +283,10 @@ def test_what_is_not_converted_is_refused_by_name(tmp_path):
         transpike.convert(ViTModel(config, add_pooling_layer=False).eval(), torch.randn(4, 3, 16, 16))
     with pytest.raises(ValueError, match="not a supported transformers image classifier"):
         logits_model(ViTModel(config))
-    with pytest.raises(ValueError, match=r"'ViTModel' .*supported: CLIPForImageClassification, DeiT"):
+    with pytest.raises(
+        ValueError,
+        match=r"'ViTModel' .*supported: BeitForImageClassification, CLIPFor.*, Data2Vec",
+    ):
         create_model("hf:ViTModel")
     with pytest.raises(ValueError, match=r"holds no config\.json"):
         create_model(f"hf:{tmp_path}")

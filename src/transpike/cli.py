@@ -118,7 +118,8 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
         "--model",
         required=required,
         help="timm model name, torchvision:NAME for a torchvision model, hf:CLASS or hf:DIR for a "
-        "Hugging Face transformers image classifier (ViT, DeiT, DINOv2, ViT-MSN, I-JEPA, CLIP, SigLIP, Swin)",
+        "Hugging Face transformers image classifier (ViT, DeiT, DINOv2, ViT-MSN, I-JEPA, CLIP, MetaCLIP 2, "
+        "SigLIP, BEiT, Data2Vec-vision, Swin, Swin V2)",
     )
     group.add_argument(
         "--model-kwargs",

@@ -2,8 +2,10 @@
 (``ViTForImageClassification``), DeiT (``DeiTForImageClassification`` and the distilled
 ``DeiTForImageClassificationWithTeacher``), DINOv2, with or without registers
 (``Dinov2ForImageClassification``, ``Dinov2WithRegistersForImageClassification``), ViT-MSN,
-I-JEPA, CLIP, SigLIP and Swin (``ViTMSNForImageClassification``, ``IJepaForImageClassification``,
-``CLIPForImageClassification``, ``SiglipForImageClassification``, ``SwinForImageClassification``).
+I-JEPA, CLIP, MetaCLIP 2, SigLIP and Swin (``ViTMSNForImageClassification``,
+``IJepaForImageClassification``, ``CLIPForImageClassification``,
+``MetaClip2ForImageClassification``, ``SiglipForImageClassification``,
+``SwinForImageClassification``).
 
 transformers hides two things from a converter: its attention runs a function chosen by the
 configuration (eager, SDPA, flash), and its models return output objects through decorators that
@@ -23,13 +25,17 @@ cyclic shift, the window partition and patch merging, and the relative position 
 windows' mask are constants added to the scores. ``blocks=k`` counts the layers (Swin's stage by
 stage).
 
-This module imports transformers, which takes seconds, so :func:`transpike.rules.rule_for` loads it
-only when it first meets a module of transformers.
+The twins, the logits form and the registration here serve the families in :mod:`.hf_beit` (BEiT,
+Data2Vec-vision) and :mod:`.hf_swinv2` (Swin V2) too, which this module imports at its end: whoever
+imports it has every rule for transformers and every classifier in :data:`LOGITS`. It imports
+transformers, which takes seconds, so :func:`transpike.rules.rule_for` loads it only when it first
+meets a module of transformers.
 """
 
 from __future__ import annotations
 
 import copy
+from types import ModuleType
 
 import torch
 import transformers
@@ -41,6 +47,7 @@ from transformers.models.deit import modeling_deit as deit
 from transformers.models.dinov2 import modeling_dinov2 as dinov2
 from transformers.models.dinov2_with_registers import modeling_dinov2_with_registers as dinov2_registers
 from transformers.models.ijepa import modeling_ijepa as ijepa
+from transformers.models.metaclip_2 import modeling_metaclip_2 as metaclip_2
 from transformers.models.siglip import modeling_siglip as siglip
 from transformers.models.swin import modeling_swin as swin
 from transformers.models.vit import modeling_vit as vit
@@ -49,6 +56,7 @@ from transformers.models.vit_msn import modeling_vit_msn as vit_msn
 from ..sites import Product
 from . import Link, Role, register
 from .links import link_all
+from .timm_swin import with_mask
 from .timm_twins import SoftmaxHeads, refuse_mask
 
 #: the first release with these models' present layout (q_proj ... o_proj, DINOv2's included)
@@ -62,30 +70,45 @@ if Version(transformers.__version__) < Version(MINIMUM):
 
 class ExplicitHFAttention(SoftmaxHeads):
     """transformers' ViT, DeiT, DINOv2, CLIP and SigLIP attention with Q·Kᵀ, softmax and attn·V as
-    modules: q, k and v from ``q_proj``, ``k_proj`` and ``v_proj``, each head
+    modules: q, k and v from ``q_proj``, ``k_proj`` and ``v_proj`` (:attr:`projections`), each head
     softmax(q·kᵀ·scale)·v, then the output projection, ``o_proj`` (``out_proj`` in CLIP and
     SigLIP), under its own name (eager_attention_forward in ``modeling_vit``). Returns (output,
     None): no attention weights are kept, as the layers ask for none."""
 
-    def __init__(self, attn: nn.Module) -> None:
+    #: the names of the q, k and v projections (the earlier layout's are ``query``, ``key``, ``value``)
+    projections = ("q_proj", "k_proj", "v_proj")
+
+    def __init__(self, attn: nn.Module, scale: float | None = None) -> None:
         super().__init__()
-        self.head_dim = attn.head_dim
-        self.q_proj, self.k_proj, self.v_proj = attn.q_proj, attn.k_proj, attn.v_proj
-        self._init_heads(attn, scale=getattr(attn, "scaling", None) or attn.scale)
-        self.output_name = "o_proj" if hasattr(attn, "o_proj") else "out_proj"
-        setattr(self, self.output_name, getattr(attn, self.output_name))
+        self.head_dim = getattr(attn, "head_dim", None) or attn.attention_head_size
+        for name in self.projections:
+            setattr(self, name, getattr(attn, name))
+        self._init_heads(attn, scale=scale or getattr(attn, "scaling", None) or attn.scale)
+        # the earlier layout's self-attention has none: its output projection is a sibling module
+        self.output_name = next((name for name in ("o_proj", "out_proj") if hasattr(attn, name)), None)
+        if self.output_name is not None:
+            setattr(self, self.output_name, getattr(attn, self.output_name))
 
     def forward(
         self, hidden_states: Tensor, attention_mask: Tensor | None = None, **_
     ) -> tuple[Tensor, None]:  # CLIP's and SigLIP's layers pass hidden_states by name
+        heads = self.attend(hidden_states, self.scores_bias(attention_mask, hidden_states.shape[0]))
+        return getattr(self, self.output_name)(heads), None
+
+    def attend(self, hidden_states: Tensor, bias: Tensor | None) -> Tensor:
+        """The heads' outputs side by side, [..., tokens, heads·head_dim], for the tokens
+        ``hidden_states`` and the constant ``bias`` added to the scores."""
         tokens = hidden_states.shape[:-1]
         q, k, v = (
-            proj(hidden_states).view(*tokens, -1, self.head_dim).transpose(1, 2)
-            for proj in (self.q_proj, self.k_proj, self.v_proj)
+            getattr(self, name)(hidden_states).view(*tokens, -1, self.head_dim).transpose(1, 2)
+            for name in self.projections
         )
-        heads = self.heads(q, k, v, self.scores_bias(attention_mask, tokens[0]))
-        output = getattr(self, self.output_name)
-        return output(heads.transpose(1, 2).reshape(*tokens, -1)), None
+        q, k = self.normed(q, k)
+        return self.heads(q, k, v, bias).transpose(1, 2).reshape(*tokens, -1)
+
+    def normed(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """q and k as the scores read them: through ``q_norm`` and ``k_norm`` (identities here)."""
+        return self.q_norm(q), self.k_norm(k)
 
     def scores_bias(self, attention_mask: Tensor | None, batch: int) -> Tensor | None:
         """The constant added to the scores: none (a ViT's classifier passes no attention mask)."""
@@ -104,11 +127,9 @@ class ExplicitSwinAttention(ExplicitHFAttention):
         self.relative_position_bias = attn.relative_position_bias
 
     def scores_bias(self, attention_mask: Tensor | None, windows: int) -> Tensor:
-        bias = self.relative_position_bias()  # [1, heads, area, area]
-        if attention_mask is None:
-            return bias
-        # [windows per image, area, area], the same for every image of the batch
-        return bias + attention_mask.unsqueeze(1).repeat(windows // attention_mask.shape[0], 1, 1, 1)
+        # the bias [1, heads, area, area]; the mask [windows per image, area, area], the same for every
+        # image of the batch
+        return with_mask(self.relative_position_bias(), attention_mask, windows)
 
 
 class ExplicitSwiGLUFFN(nn.Module):
@@ -142,6 +163,9 @@ def _layers(classifier: _Logits) -> tuple[str, nn.ModuleList]:
 class _Logits:
     """An image classifier of transformers whose forward returns the logits, computed explicitly:
     the tokens its readout reads (:meth:`tokens`), then the readout."""
+
+    #: whether the layers come in stages (lists of ``blocks``), which ``blocks=k`` counts in turn
+    staged = False
 
     @property
     def backbone_name(self) -> str:
@@ -206,12 +230,12 @@ class IJepaLogits(_TokenMean, ijepa.IJepaForImageClassification):
     pass
 
 
-class CLIPLogits(_Logits, clip.CLIPForImageClassification):
+class _CLIPForm(_Logits):
     backbone_name = "vision_model"
 
     def tokens(self, pixel_values: Tensor) -> Tensor:
-        """Embeddings, the LayerNorm before the layers, the layers (the vision model's last
-        LayerNorm only norms its pooled output, which the classifier does not read)."""
+        """CLIP, MetaCLIP 2: embeddings, the LayerNorm before the layers, the layers (the vision
+        model's last LayerNorm only norms its pooled output, which the classifier does not read)."""
         backbone = self.vision_model
         return self.layers(backbone.pre_layrnorm(backbone.embeddings(pixel_values)))
 
@@ -220,7 +244,26 @@ class CLIPLogits(_Logits, clip.CLIPForImageClassification):
         return self.classifier(tokens[:, 1:].mean(dim=1))
 
 
-class SwinLogits(_Logits, swin.SwinForImageClassification):
+class CLIPLogits(_CLIPForm, clip.CLIPForImageClassification):
+    pass
+
+
+class MetaClip2Logits(_CLIPForm, metaclip_2.MetaClip2ForImageClassification):
+    pass
+
+
+class _Pooled(_Logits):
+    #: ``blocks=k`` counts the layers stage by stage
+    staged = True
+
+    def readout(self, tokens: Tensor) -> Tensor:
+        """Swin, Swin V2: the classifier on the mean of the tokens (the model's pooler, an average
+        pool)."""
+        pooler = getattr(self, self.backbone_name).pooler
+        return self.classifier(pooler(tokens.transpose(1, 2)).flatten(1))
+
+
+class SwinLogits(_Pooled, swin.SwinForImageClassification):
     def tokens(self, pixel_values: Tensor) -> Tensor:
         """Embeddings (patches and their LayerNorm), the stages (each a list of layers, then patch
         merging but in the last, which halves the grid), the final LayerNorm."""
@@ -229,10 +272,6 @@ class SwinLogits(_Logits, swin.SwinForImageClassification):
             hidden, spatial, _ = stage(hidden, grid)  # spatial: the stage's output as a [B, C, H, W] map
             grid = tuple(spatial.shape[-2:])
         return self.swin.layernorm(hidden)
-
-    def readout(self, tokens: Tensor) -> Tensor:
-        """The classifier on the mean of the tokens (the model's pooler, an average pool)."""
-        return self.classifier(self.swin.pooler(tokens.transpose(1, 2)).flatten(1))
 
 
 class SiglipLogits(_TokenMean, siglip.SiglipForImageClassification):
@@ -252,18 +291,7 @@ class Dinov2WithRegistersLogits(
 
 
 #: each supported classifier of transformers and its subclass that returns the logits
-LOGITS: dict[type, type] = {
-    vit.ViTForImageClassification: ViTLogits,
-    deit.DeiTForImageClassification: DeiTLogits,
-    deit.DeiTForImageClassificationWithTeacher: DeiTWithTeacherLogits,
-    dinov2.Dinov2ForImageClassification: Dinov2Logits,
-    dinov2_registers.Dinov2WithRegistersForImageClassification: Dinov2WithRegistersLogits,
-    vit_msn.ViTMSNForImageClassification: ViTMSNLogits,
-    ijepa.IJepaForImageClassification: IJepaLogits,
-    clip.CLIPForImageClassification: CLIPLogits,
-    siglip.SiglipForImageClassification: SiglipLogits,
-    swin.SwinForImageClassification: SwinLogits,
-}
+LOGITS: dict[type, type] = {}
 
 
 def logits_model(model: nn.Module) -> nn.Module:
@@ -310,31 +338,64 @@ def _network_links(model: _Logits) -> list[Link]:
 def _block_paths(model: _Logits) -> list[str]:
     """The layers, or in Swin each stage's layers in turn."""
     path, layers = _layers(model)
-    if isinstance(model, SwinLogits):
+    if model.staged:
         return [f"{path}.{s}.blocks.{b}" for s, stage in enumerate(layers) for b in range(len(stage.blocks))]
     return [f"{path}.{index}" for index in range(len(layers))]
 
 
-for original in LOGITS:
-    register(original, Role.INPUT, twin=_as_logits)
-for cls in LOGITS.values():
-    # the patch projection, its first weight layer, reads the image
-    register(cls, Role.INPUT, twin=_as_logits, links=_network_links, blocks=_block_paths)
-for family in (vit, deit, dinov2, dinov2_registers, vit_msn, ijepa, clip, siglip, swin):
+def register_classifiers(logits: dict[type, type]) -> None:
+    """Add transformers classifiers and their logits subclasses to :data:`LOGITS` and register
+    both: the classifier becomes its logits form, whose patch projection, its first weight layer,
+    reads the image."""
+    LOGITS.update(logits)
+    for original, cls in logits.items():
+        register(original, Role.INPUT, twin=_as_logits)
+        register(cls, Role.INPUT, twin=_as_logits, links=_network_links, blocks=_block_paths)
+
+
+register_classifiers(
+    {
+        vit.ViTForImageClassification: ViTLogits,
+        deit.DeiTForImageClassification: DeiTLogits,
+        deit.DeiTForImageClassificationWithTeacher: DeiTWithTeacherLogits,
+        dinov2.Dinov2ForImageClassification: Dinov2Logits,
+        dinov2_registers.Dinov2WithRegistersForImageClassification: Dinov2WithRegistersLogits,
+        vit_msn.ViTMSNForImageClassification: ViTMSNLogits,
+        ijepa.IJepaForImageClassification: IJepaLogits,
+        clip.CLIPForImageClassification: CLIPLogits,
+        metaclip_2.MetaClip2ForImageClassification: MetaClip2Logits,
+        siglip.SiglipForImageClassification: SiglipLogits,
+        swin.SwinForImageClassification: SwinLogits,
+    }
+)
+#: transformers' module classes by the end of their names: containers, and LayerScale and
+#: DropPath, linear in evaluation
+CONTAINERS = ("Encoder", "Embeddings", "Layer", "Stage", "PatchMerging", "MLP", "Attention", "Pooler")
+CONTAINERS += ("SelfOutput", "Intermediate", "Output")  # the earlier layout's attention and MLP parts
+PASSTHROUGHS = ("LayerScale", "DropPath")
+
+
+def register_family(family: ModuleType, twins: dict[str, type]) -> None:
+    """Register the module classes a transformers model file defines, by the end of their names:
+    those ending in a key of ``twins`` get its twin, the model (the backbone) a refusal when met
+    outside its classifier, :data:`CONTAINERS` and :data:`PASSTHROUGHS` their roles."""
     for name, cls in vars(family).items():
         if not isinstance(cls, type) or cls.__module__ != family.__name__ or not issubclass(cls, nn.Module):
             continue  # imported names, functions
-        if name.endswith("Attention"):
-            twin = ExplicitSwinAttention if family is swin else ExplicitHFAttention
+        twin = next((twin for suffix, twin in twins.items() if name.endswith(suffix)), None)
+        if twin is not None:
             register(cls, Role.CONTAINER, twin=twin)
         elif name.endswith("Model") and not name.endswith("PreTrainedModel"):
             register(cls, Role.CONTAINER, check=_headless)
-        elif name.endswith(("Encoder", "Embeddings", "Layer", "Stage", "PatchMerging", "MLP")):
+        elif name.endswith(CONTAINERS):
             register(cls, Role.CONTAINER)
-        elif name.endswith(("LayerScale", "DropPath")):
+        elif name.endswith(PASSTHROUGHS):
             register(cls, Role.PASSTHROUGH)
-        elif name.endswith("SwiGLUFFN"):
-            register(cls, Role.CONTAINER, twin=ExplicitSwiGLUFFN)
+
+
+for family in (vit, deit, dinov2, dinov2_registers, vit_msn, ijepa, clip, metaclip_2, siglip):
+    register_family(family, {"Attention": ExplicitHFAttention, "SwiGLUFFN": ExplicitSwiGLUFFN})
+register_family(swin, {"Attention": ExplicitSwinAttention})
 # never run by the classifier (the vision model computes it for its pooled output): kept as it is
 register(siglip.SiglipMultiheadAttentionPoolingHead, Role.CONSTANT)
 register(swin.SwinRelativePositionBias, Role.CONSTANT)  # reads its table only
@@ -357,3 +418,7 @@ for name in (
 ):
     register(getattr(activations, name), Role.NONLINEAR)  # elementwise functions: EC(F)
 register(activations.LinearActivation, Role.PASSTHROUGH)
+
+# families whose twins build on this module's: importing them adds their classifiers to LOGITS, so
+# that whoever imports this module has every rule for transformers
+from . import hf_beit, hf_swinv2  # noqa: E402, F401

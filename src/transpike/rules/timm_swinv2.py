@@ -44,6 +44,13 @@ def continuous_bias(mlp_output: Tensor) -> Tensor:
     return 16 * torch.sigmoid(mlp_output)
 
 
+def position_bias(mlp: nn.Module, coordinates: Tensor, index: Tensor, heads: int) -> Tensor:
+    """Swin V2's continuous bias 16·σ(mlp(coordinates)) gathered for each pair of a window's
+    tokens by their relative position ``index`` ([tokens, tokens]): [heads, tokens, tokens]."""
+    table = mlp(coordinates).view(-1, heads)
+    return continuous_bias(table[index.view(-1)].view(*index.shape, heads).permute(2, 0, 1))
+
+
 class ConstantMlp(nn.Sequential):
     """Swin V2's position-bias MLP (``cpb_mlp``), which reads a constant coordinate table: what it
     computes is the same at every step, so it stays as it is (:attr:`Role.CONSTANT`)."""
@@ -68,19 +75,18 @@ class ExplicitCosineWindowAttention(SoftmaxHeads):
         self.norm, self.gate = nn.Identity(), None  # as ExplicitAttention has them, for its links
         self.proj, self.proj_drop = attn.proj, attn.proj_drop
 
+    def _position_bias(self) -> Tensor:
+        return position_bias(
+            self.cpb_mlp, self.relative_coords_table, self.relative_position_index, self.num_heads
+        )
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: [windows·B, tokens, C]; mask: [windows, tokens, tokens] (0 or -100) or None."""
         batch, tokens, _ = x.shape
         q, k, v = packed_qkv(self, x)
         q, k = self.q_norm(q) * temperature(self.logit_scale), self.k_norm(k)
-        out = self.heads(q, k, v, with_mask(self._position_bias(tokens), mask, batch))
+        out = self.heads(q, k, v, with_mask(self._position_bias(), mask, batch))
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, -1)))
-
-    def _position_bias(self, tokens: int) -> Tensor:
-        """16·σ(cpb_mlp(coordinates)) gathered for each pair of tokens: [heads, tokens, tokens]."""
-        table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
-        gathered = table[self.relative_position_index.view(-1)].view(tokens, tokens, -1)
-        return continuous_bias(gathered.permute(2, 0, 1))
 
 
 def _block_links(block: SwinTransformerV2Block) -> list[Link]:
