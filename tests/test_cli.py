@@ -129,6 +129,43 @@ def test_torchvision_model_by_name(tmp_path):
     assert a["snn_top1"] == b["snn_top1"] and a["energy"] == b["energy"]
 
 
+def test_a_timm_model_saved_in_a_directory(tmp_path, npz_data):
+    """``--model local-dir:DIR`` (timm's scheme, the layout of the Hub's timm repositories) builds
+    the architecture from its config.json with the weights of its model.safetensors and the
+    preprocessing it records; ``eval --snn`` rebuilds it from the spec. A directory with pickled
+    weights only, one without a timm architecture, and a Hub name are refused by name."""
+    from timm.models import save_for_hf
+
+    from transpike.models import create_model
+
+    kwargs = cli.parse_kwargs(MODEL[3:])
+    torch.manual_seed(5)
+    model = create_model("vit_tiny_patch16_224", kwargs, seed=5)
+    model.pretrained_cfg = {**model.pretrained_cfg, "mean": (0.2, 0.3, 0.4)}
+    save_for_hf(model, tmp_path / "timm", model_args=kwargs, safe_serialization=True)
+    name = f"local-dir:{tmp_path / 'timm'}"
+    built = create_model(name)
+    assert built.pretrained_cfg["mean"] == [0.2, 0.3, 0.4]
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(built(x), model(x))
+    data = ["--calib", npz_data, "--data", npz_data, "--time-steps", 2]
+    assert run("convert", "--model", name, "--calib", npz_data, "--out", tmp_path / "net.safetensors") == 0
+    assert run("eval", "--model", name, *data, "--out", tmp_path / "a") == 0
+    assert run("eval", "--snn", tmp_path / "net.safetensors", *data[2:], "--out", tmp_path / "b") == 0
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
+    assert a["model"] == b["model"] == name and a["snn_top1"] == b["snn_top1"]
+    save_for_hf(model, tmp_path / "pickled", model_args=kwargs, safe_serialization=False)
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin\), which transpike never reads"):
+        create_model(f"local-dir:{tmp_path / 'pickled'}")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text('{"architectures": ["ViTForImageClassification"]}')
+    with pytest.raises(ValueError, match=r"names no timm architecture .*read by hf:DIR"):
+        create_model(f"local-dir:{tmp_path / 'hf'}")
+    with pytest.raises(ValueError, match=r"never downloads.*--local-dir DIR"):
+        create_model("hf-hub:timm/vit_tiny_patch16_224.augreg_in21k")
+
+
 def image_folder(root, size=(20, 24)):
     """Two classes of two random RGB images each."""
     gen = np.random.default_rng(2)

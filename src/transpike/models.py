@@ -4,15 +4,18 @@ with keyword arguments and a checkpoint.
 Models are always created with random weights (``pretrained=False``, ``weights=None``: nothing is
 downloaded); real weights come from a checkpoint file the user gives, read without unpickling, or
 for torchvision weights named by the user, from torch.hub's cache where an earlier download left them,
-or from the safetensors weights in a transformers model's directory. A name ``torchvision:NAME``
+or from the safetensors weights in a transformers or timm model's directory. A name ``torchvision:NAME``
 means ``torchvision.models.get_model(NAME)``; ``hf:CLASS`` a transformers image classifier
 (``hf:ViTForImageClassification``, its configuration from the keyword arguments) and ``hf:DIR``
 the one saved in a directory (``config.json``, and ``model.safetensors`` if there are weights);
-any other is timm's.
+``local-dir:DIR`` the timm model saved in a directory (timm's scheme: ``config.json``, and
+``model.safetensors`` if there are weights, as the Hub's timm repositories hold them); any other is
+timm's.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,6 +27,8 @@ from torch import nn
 
 TORCHVISION = "torchvision:"
 HF = "hf:"
+#: timm's schemes for a model saved in a directory, and on the Hugging Face Hub
+LOCAL_DIR, HUB = "local-dir:", "hf-hub:"
 
 
 def _hf_builder(target: str):
@@ -44,13 +49,7 @@ def _hf_builder(target: str):
         def build(**kwargs):
             config = AutoConfig.from_pretrained(directory, local_files_only=True, **kwargs)
             cls = _hf_class(classes, (config.architectures or ["(none)"])[0], f"{directory}/config.json")
-            if not any(directory.glob("*.safetensors")):
-                pickled = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
-                if pickled:
-                    raise ValueError(
-                        f"model {HF}{target}: holds only pickled weights ({', '.join(pickled)}), which "
-                        "transpike never reads; save them as safetensors (model.save_pretrained(DIR))"
-                    )
+            if not _holds_safetensors(directory, f"{HF}{target}", "model.save_pretrained(DIR)"):
                 return logits_model(cls(config))  # a configuration alone: random weights
             model = cls.from_pretrained(directory, config=config, local_files_only=True, use_safetensors=True)
             return logits_model(model)
@@ -58,6 +57,43 @@ def _hf_builder(target: str):
         return build
     cls = _hf_class(classes, target, "")
     return lambda **kwargs: logits_model(cls(cls.config_class(**kwargs)))
+
+
+def _holds_safetensors(directory: Path, name: str, how: str) -> bool:
+    """Whether the model directory holds safetensors weights; a clear error where it holds only
+    pickled ones, which transpike never reads (``how``: how to save them as safetensors)."""
+    if any(directory.glob("*.safetensors")):
+        return True
+    pickled = sorted(path.name for path in directory.iterdir() if path.suffix in (".bin", ".pt", ".pth"))
+    if pickled:
+        raise ValueError(
+            f"model {name}: holds only pickled weights ({', '.join(pickled)}), which transpike never "
+            f"reads; save them as safetensors ({how})"
+        )
+    return False
+
+
+def _timm_dir_builder(name: str):
+    """The function that builds the timm model saved in the directory of ``local-dir:DIR`` (timm's
+    own scheme: ``config.json`` with the architecture, its arguments and its preprocessing, as
+    ``timm.models.push_to_hf_hub`` and the Hub's timm repositories have it), with the weights of its
+    ``model.safetensors`` where there are some."""
+    directory = Path(name.removeprefix(LOCAL_DIR))
+    config = directory / "config.json"
+    if not config.is_file():
+        raise ValueError(f"model {name}: {directory} holds no config.json")
+    architecture = json.loads(config.read_text()).get("architecture")
+    if not isinstance(architecture, str) or not timm.is_model(architecture):
+        hint = "; a transformers model's directory is read by hf:DIR" if architecture is None else ""
+        raise ValueError(f"model {name}: {config} names no timm architecture ({architecture!r}){hint}")
+
+    def build(**kwargs):
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        if _holds_safetensors(directory, name, "timm.models.save_for_hf(model, DIR)"):
+            load_checkpoint(model, directory / "model.safetensors")
+        return model
+
+    return build
 
 
 def _hf_class(classes: dict[str, type], name: str, where: str) -> type:
@@ -78,6 +114,14 @@ def _builder(name: str):
         close = [TORCHVISION + m for m in known if m.startswith(short.split("_")[0])][:5]
         what = "torchvision model"
     else:
+        if name.startswith(LOCAL_DIR):
+            return _timm_dir_builder(name)
+        if name.startswith(HUB):
+            raise ValueError(
+                f"model {name!r}: transpike never downloads; fetch the repository once where there is "
+                f"network (huggingface-cli download {name.removeprefix(HUB)} --local-dir DIR) and pass "
+                f"{LOCAL_DIR}DIR"
+            )
         if timm.is_model(name):
             return lambda **kwargs: timm.create_model(name, pretrained=False, **kwargs)
         close, what = timm.list_models(f"*{name.split('_')[0]}*")[:5], "timm model"
