@@ -15,7 +15,8 @@ which make every block the identity until trained) start at weight 1 instead. to
 ``--model torchvision:vit_b_16``, or ``--model torchvision:VisionTransformer`` with its shape in
 ``--model-kwargs``; their zero-initialized head gets timm's head init. Hugging Face transformers'
 classifiers: ``--model hf:ViTForImageClassification`` (or DeiT's, DINOv2's) with their configuration
-in ``--model-kwargs``.
+in ``--model-kwargs``. ``--checkpoint FILE`` loads weights into the model (after the init above), as
+``benchmarks/timm_to_hf_swinv2.py`` writes timm's Swin V2 weights in transformers' layout.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 import torchvision
 
 import transpike
-from transpike.models import create_model
+from transpike.models import create_model, load_checkpoint
 
 STEPS = (1, 2, 4, 8, 16)
 CONFIGS = {
@@ -92,11 +93,16 @@ def main() -> None:
     parser.add_argument("--model-kwargs", type=json.loads, default={}, help="JSON, for timm.create_model")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--batchnorm-at-one", action="store_true", help="zero-weight BatchNorms start at 1")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="weights to load (safetensors, or torch read weights only)"
+    )
     args = parser.parse_args()
     out = args.out or Path(f"benchmarks/out/fidelity-{args.model}.json")
 
     torch.manual_seed(0)
     model = create(args.model, args.img_size, args.model_kwargs, args.batchnorm_at_one)
+    if args.checkpoint is not None:
+        load_checkpoint(model, args.checkpoint)
     gen = torch.Generator().manual_seed(1)
     shape = (args.batch, 3, args.img_size, args.img_size)
     calibration = [torch.randn(shape, generator=gen) for _ in range(args.calib_batches)]
