@@ -1,10 +1,10 @@
 """Hugging Face transformers' ViT, DeiT (plain and distilled), DINOv2 (MLP or SwiGLU, with or
 without registers), ViT-MSN, I-JEPA, CLIP, MetaCLIP 2, SigLIP, BEiT and Data2Vec-vision (relative
-position bias per layer or shared), Swin and Swin V2 (windows that divide the grid or not)
-classifiers: the logits form and the twins against transformers, conversion, the one rate link,
-``blocks=k``, save/load from the model spec, ``hf:`` models on the command line (from a class and
-its configuration, or a directory with safetensors weights and an image processor), and the errors
-for what is not converted."""
+position bias per layer or shared), Swin and Swin V2 (windows that divide the grid or not), PVT v2
+(spatial-reduction or linear attention) and SegFormer classifiers: the logits form and the twins
+against transformers, conversion, the one rate link, ``blocks=k``, save/load from the model spec,
+``hf:`` models on the command line (from a class and its configuration, or a directory with
+safetensors weights and an image processor), and the errors for what is not converted."""
 
 import json
 
@@ -31,6 +31,8 @@ from transformers import (
     Dinov2WithRegistersForImageClassification,
     IJepaForImageClassification,
     MetaClip2ForImageClassification,
+    PvtV2ForImageClassification,
+    SegformerForImageClassification,
     SiglipForImageClassification,
     SwinForImageClassification,
     Swinv2ForImageClassification,
@@ -76,9 +78,31 @@ SWIN = dict(
 #: BEiT's relative position bias in each layer, or one shared by the layers with the class token read
 BEIT = dict(intermediate_size=48, use_relative_position_bias=True)
 BEIT_SHARED = dict(intermediate_size=48, use_shared_relative_position_bias=True, use_mean_pooling=False)
+#: PVT v2 and SegFormer on 16 px: two stages of 1 and 2 layers on grids of 8 and 4, the first's keys
+#: and values reduced to a grid of 4 (PVT v2's linear variant: pooled to 7×7)
+PYRAMID = dict(
+    image_size=16,
+    num_encoder_blocks=2,
+    depths=[1, 2],
+    sr_ratios=[2, 1],
+    hidden_sizes=[8, 16],
+    patch_sizes=[3, 3],
+    strides=[2, 2],
+    num_attention_heads=[1, 2],
+    mlp_ratios=[2, 2],
+    num_labels=5,
+    initializer_range=0.3,
+)
+#: where their first stage's patch projection is
+PYRAMID_PATCHES = {
+    PvtV2ForImageClassification: "encoder.layers.0.patch_embedding.proj",
+    SegformerForImageClassification: "stages.0.patch_embeddings.proj",
+}
 #: the families in transformers' earlier layout, where set_attn_implementation does not apply:
-#: Data2Vec's attention function is chosen by class when the model is built, Swin V2 has one
-BY_CLASS, ONE_IMPLEMENTATION = ("data2vec", "data2vec-shared"), ("swinv2", "swinv2-padded")
+#: Data2Vec's attention function is chosen by class when the model is built, Swin V2 and PVT v2
+#: have one
+BY_CLASS = ("data2vec", "data2vec-shared")
+ONE_IMPLEMENTATION = ("swinv2", "swinv2-padded", "pvt_v2", "pvt_v2-linear")
 #: family: (class, configuration, products of two spiking operands, classifiers)
 FAMILIES = {
     "vit": (ViTForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
@@ -115,6 +139,9 @@ FAMILIES = {
     "data2vec-shared": (Data2VecVisionForImageClassification, BEIT_SHARED, 4, ("classifier",)),
     "swinv2": (Swinv2ForImageClassification, dict(window_size=4), 8, ("classifier",)),
     "swinv2-padded": (Swinv2ForImageClassification, dict(window_size=3), 8, ("classifier",)),
+    "pvt_v2": (PvtV2ForImageClassification, {}, 6, ("classifier",)),
+    "pvt_v2-linear": (PvtV2ForImageClassification, dict(linear_attention=True), 6, ("classifier",)),
+    "segformer": (SegformerForImageClassification, {}, 6, ("classifier",)),
 }
 
 
@@ -123,8 +150,8 @@ def configuration(family: str) -> dict:
     cls, config, _, _ = FAMILIES[family]
     if cls in DUAL:
         return dict(vision_config={**VISION, **config}, num_labels=5)
-    swins = (SwinForImageClassification, Swinv2ForImageClassification)
-    return {**(SWIN if cls in swins else SMALL), **config}
+    base = SWIN if cls in (SwinForImageClassification, Swinv2ForImageClassification) else SMALL
+    return {**(PYRAMID if cls in PYRAMID_PATCHES else base), **config}
 
 
 def build(family: str, logits: bool = True, implementation: str = "sdpa") -> torch.nn.Module:
@@ -176,9 +203,11 @@ def test_transformers_models_convert(family, options, inputs):
     """The patch projection reads the image; Q·Kᵀ and attn·V in every layer (and the SwiGLU gate)."""
     products = FAMILIES[family][2]
     model = build(family)
-    patches = "patch_embedding" if isinstance(model, DUAL) else "patch_embeddings.projection"
-    direct = f"{model.backbone_name}.embeddings.{patches}"
-    assert_converts(model, *inputs, options, direct=direct, products=products)
+    patches = (
+        "embeddings.patch_embedding" if isinstance(model, DUAL) else "embeddings.patch_embeddings.projection"
+    )
+    patches = PYRAMID_PATCHES.get(FAMILIES[family][0], patches)
+    assert_converts(model, *inputs, options, direct=f"{model.backbone_name}.{patches}", products=products)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -211,6 +240,13 @@ def test_every_module_passes_rates_like_increments(family, inputs):
         ("beit-shared", ["beit.layers.1", "beit.layernorm", "beit.pooler"]),
         # the pooler's LayerNorm of the patch tokens' mean
         ("data2vec", ["data2vec_vision.encoder.layer.1", "data2vec_vision.pooler"]),
+        # the first stage's only layer, its norm and the second stage's patch embedding, which run
+        # before the second stage's first layer, converted
+        (
+            "pvt_v2-linear",
+            [*(f"pvt_v2.encoder.layers.1.{p}" for p in ("blocks.0", "blocks.1", "layer_norm"))],
+        ),
+        ("segformer", [*(f"segformer.stages.1.{p}" for p in ("blocks.0", "blocks.1", "layer_norm"))]),
     ],
 )
 def test_blocks_and_round_trip(family, analog, tmp_path, inputs):

@@ -26,10 +26,10 @@ windows' mask are constants added to the scores. ``blocks=k`` counts the layers 
 stage).
 
 The twins, the logits form and the registration here serve the families in :mod:`.hf_beit` (BEiT,
-Data2Vec-vision) and :mod:`.hf_swinv2` (Swin V2) too, which this module imports at its end: whoever
-imports it has every rule for transformers and every classifier in :data:`LOGITS`. It imports
-transformers, which takes seconds, so :func:`transpike.rules.rule_for` loads it only when it first
-meets a module of transformers.
+Data2Vec-vision), :mod:`.hf_pvt` (PVT v2, SegFormer) and :mod:`.hf_swinv2` (Swin V2) too, which this
+module imports at its end: whoever imports it has every rule for transformers and every classifier
+in :data:`LOGITS`. It imports transformers, which takes seconds, so :func:`transpike.rules.rule_for`
+loads it only when it first meets a module of transformers.
 """
 
 from __future__ import annotations
@@ -95,16 +95,17 @@ class ExplicitHFAttention(SoftmaxHeads):
         heads = self.attend(hidden_states, self.scores_bias(attention_mask, hidden_states.shape[0]))
         return getattr(self, self.output_name)(heads), None
 
-    def attend(self, hidden_states: Tensor, bias: Tensor | None) -> Tensor:
+    def attend(self, hidden_states: Tensor, bias: Tensor | None, keys_from: Tensor | None = None) -> Tensor:
         """The heads' outputs side by side, [..., tokens, heads·head_dim], for the tokens
-        ``hidden_states`` and the constant ``bias`` added to the scores."""
-        tokens = hidden_states.shape[:-1]
+        ``hidden_states``, the constant ``bias`` added to the scores, and k and v from the tokens
+        ``keys_from`` (PVT v2's and SegFormer's spatially reduced ones) or from ``hidden_states``."""
+        keys_from = hidden_states if keys_from is None else keys_from
         q, k, v = (
-            getattr(self, name)(hidden_states).view(*tokens, -1, self.head_dim).transpose(1, 2)
-            for name in self.projections
+            getattr(self, name)(tokens).unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
+            for name, tokens in zip(self.projections, (hidden_states, keys_from, keys_from), strict=True)
         )
         q, k = self.normed(q, k)
-        return self.heads(q, k, v, bias).transpose(1, 2).reshape(*tokens, -1)
+        return self.heads(q, k, v, bias).transpose(1, 2).flatten(-2)
 
     def normed(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """q and k as the scores read them: through ``q_norm`` and ``k_norm`` (identities here)."""
@@ -148,8 +149,9 @@ class ExplicitSwiGLUFFN(nn.Module):
 
 def _layers(classifier: _Logits) -> tuple[str, nn.ModuleList]:
     """The path and the list of a classifier's Transformer layers (``layers`` in ViT and DeiT,
-    ``encoder.layer`` in DINOv2, ``encoder.layers`` in CLIP and SigLIP)."""
-    for inside in ("layers", "encoder.layer", "encoder.layers"):
+    ``encoder.layer`` in DINOv2, ``encoder.layers`` in CLIP and SigLIP; the stages in Swin, PVT v2
+    and SegFormer)."""
+    for inside in ("layers", "encoder.layer", "encoder.layers", "stages"):
         path = f"{classifier.backbone_name}.{inside}"
         try:
             layers = classifier.get_submodule(path)
@@ -372,6 +374,7 @@ register_classifiers(
 #: DropPath, linear in evaluation
 CONTAINERS = ("Encoder", "Embeddings", "Layer", "Stage", "PatchMerging", "MLP", "Attention", "Pooler")
 CONTAINERS += ("SelfOutput", "Intermediate", "Output")  # the earlier layout's attention and MLP parts
+CONTAINERS += ("Reduction", "FeedForwardNetwork", "DepthWiseConv")  # PVT v2's and SegFormer's
 PASSTHROUGHS = ("LayerScale", "DropPath")
 
 
@@ -421,4 +424,4 @@ register(activations.LinearActivation, Role.PASSTHROUGH)
 
 # families whose twins build on this module's: importing them adds their classifiers to LOGITS, so
 # that whoever imports this module has every rule for transformers
-from . import hf_beit, hf_swinv2  # noqa: E402, F401
+from . import hf_beit, hf_pvt, hf_swinv2  # noqa: E402, F401
