@@ -1,10 +1,11 @@
-"""Hugging Face transformers' ViT, DeiT (plain and distilled), DINOv2 (MLP or SwiGLU, with or
-without registers), ViT-MSN, I-JEPA, CLIP, MetaCLIP 2, SigLIP, BEiT and Data2Vec-vision (relative
-position bias per layer or shared), Swin and Swin V2 (windows that divide the grid or not), PVT v2
-(spatial-reduction or linear attention) and SegFormer classifiers: the logits form and the twins
-against transformers, conversion, the one rate link, ``blocks=k``, save/load from the model spec,
-``hf:`` models on the command line (from a class and its configuration, or a directory with
-safetensors weights and an image processor), and the errors for what is not converted."""
+"""Hugging Face transformers' ViT, DeiT (plain and distilled), DINOv2 (MLP or SwiGLU, with or without
+registers), ViT-MSN, I-JEPA, CLIP, MetaCLIP 2, SigLIP, BEiT and Data2Vec-vision (relative position
+bias per layer or shared), Swin and Swin V2 (windows that divide the grid or not), PVT v2
+(spatial-reduction or linear attention), SegFormer and LeViT (plain and distilled) classifiers: the
+logits form and the twins against transformers, conversion, the one rate link, ``blocks=k``,
+save/load from the model spec, ``hf:`` models on the command line (from a class and its
+configuration, or a directory with safetensors weights and an image processor), and the errors for
+what is not converted."""
 
 import json
 
@@ -30,6 +31,9 @@ from transformers import (
     Dinov2ForImageClassification,
     Dinov2WithRegistersForImageClassification,
     IJepaForImageClassification,
+    LevitConfig,
+    LevitForImageClassification,
+    LevitForImageClassificationWithTeacher,
     MetaClip2ForImageClassification,
     PvtV2ForImageClassification,
     SegformerForImageClassification,
@@ -47,6 +51,7 @@ import transpike
 from transpike import ConversionError, ConversionOptions, prepare
 from transpike.cli import main
 from transpike.models import build_model, create_model, model_spec
+from transpike.rules.hf_levit import ExplicitHFLevitAttention
 from transpike.rules.hf_vit import ExplicitHFAttention, ExplicitSwiGLUFFN, logits_model
 
 #: 16 px images, 16 patches of 4 px, two layers of 3 heads; weights drawn with std 0.3 (transformers'
@@ -257,6 +262,95 @@ def test_blocks_and_round_trip(family, analog, tmp_path, inputs):
     spec = model_spec(name, kwargs, model=create_model(name, kwargs))
     assert spec["hf"] == FAMILIES[family][0].__name__
     assert_blocks_and_round_trip(lambda: build(family), inputs, analog, tmp_path / "net.safetensors", spec)
+
+
+#: LeViT at 64 px: the stem's four stride-2 convolutions leave 4×4 tokens for two attention layers,
+#: the subsampling attention leaves 2×2 for the last
+LEVIT = dict(
+    image_size=64,
+    hidden_sizes=[16, 24],
+    num_attention_heads=[2, 3],
+    depths=[2, 1],
+    key_dim=[4, 4],
+    mlp_ratio=[2, 2],
+    attention_ratio=[2, 2],
+    down_ops=[["Subsample", 4, 2, 2, 2, 2]],
+    num_labels=5,
+)
+#: kind: (class, the Linears that emit the logits)
+LEVITS = {
+    "levit": (LevitForImageClassification, ("classifier.linear",)),
+    "levit-distilled": (
+        LevitForImageClassificationWithTeacher,
+        ("classifier.linear", "classifier_distill.linear"),
+    ),
+}
+
+
+def build_levit(kind: str, logits: bool = True) -> torch.nn.Module:
+    """A small LeViT with transformers' init (its BatchNorms' statistics are their defaults, so
+    larger weights would only blow up the activations) and its attention biases drawn."""
+    cls = LEVITS[kind][0]
+    torch.manual_seed(0)
+    model = draw(cls(LevitConfig(**LEVIT)).eval(), "attention_biases", 1.0)
+    return logits_model(model) if logits else model
+
+
+@pytest.fixture
+def levit_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    return random_images(64, (16, 4))
+
+
+@pytest.mark.parametrize("kind", LEVITS)
+def test_levit_twins_compute_what_transformers_does(kind, levit_inputs):
+    """Also after a forward with gradients, which leaves tensors of the autograd graph in LeViT's
+    attention-bias caches (a deep copy refuses those)."""
+    model = build_levit(kind, logits=False).double()
+    x = levit_inputs[1].double()
+    model(pixel_values=x)
+    prepared = prepare(model, ConversionOptions())
+    assert sum(isinstance(m, ExplicitHFLevitAttention) for m in prepared.modules()) == 4
+    with torch.no_grad():
+        reference = model(pixel_values=x).logits
+        assert relative_error(prepared(x), reference) < 1e-12
+        assert torch.equal(logits_model(model)(x), reference)
+
+
+@pytest.mark.parametrize("kind", LEVITS)
+@pytest.mark.parametrize("options", CONFIGURATIONS)
+def test_levit_converts(kind, options, levit_inputs):
+    """The stem's first convolution reads the image; Q·Kᵀ and attn·V in the three attention layers
+    and the subsampling one; Hardswish before each projection is an EC module."""
+    direct = "levit.patch_embeddings.embedding_layer_1.convolution"
+    snn = assert_converts(build_levit(kind), *levit_inputs, options, direct=direct, products=4 * 2)
+    ec = {row.path for row in snn.report().by_role("ec")}
+    assert "levit.encoder.stages.0.layers.4.activation" in ec  # the subsampling attention's
+
+
+@pytest.mark.parametrize("kind", LEVITS)
+def test_levit_passes_rates_like_increments(kind, levit_inputs):
+    """One link from the stem to the classifiers' Linears (after their BatchNorms)."""
+    assert_rates_up_to(build_levit(kind), *levit_inputs, outputs=LEVITS[kind][1])
+
+
+def test_levit_blocks_and_round_trip(tmp_path, levit_inputs):
+    """blocks=k counts the attention layers but the subsampling one, each with the MLP after it;
+    the distilled network saved and loaded is rebuilt from its model spec."""
+    name = "hf:LevitForImageClassificationWithTeacher"
+    spec = model_spec(name, LEVIT, model=create_model(name, LEVIT))
+    stage = "levit.encoder.stages"
+    analog = {
+        1: [
+            *(f"{stage}.0.layers.{i}" for i in (2, 3, 4, 5)),
+            f"{stage}.1",
+            "classifier",
+            "classifier_distill",
+        ],
+        2: [f"{stage}.1.layers.0", f"{stage}.1.layers.1", "classifier", "classifier_distill"],
+        3: [],
+    }
+    path = tmp_path / "net.safetensors"
+    assert_blocks_and_round_trip(lambda: build_levit("levit-distilled"), levit_inputs, analog, path, spec)
 
 
 def _image_folder(root, size: int = 20) -> str:

@@ -120,7 +120,7 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
         help="timm model name, local-dir:DIR for a timm model saved in a directory (config.json, "
         "model.safetensors), torchvision:NAME for a torchvision model, hf:CLASS or hf:DIR for a "
         "Hugging Face transformers image classifier (ViT, DeiT, DINOv2, ViT-MSN, I-JEPA, CLIP, MetaCLIP 2, "
-        "SigLIP, BEiT, Data2Vec-vision, Swin, Swin V2, PVT v2, SegFormer)",
+        "SigLIP, BEiT, Data2Vec-vision, Swin, Swin V2, PVT v2, SegFormer, LeViT)",
     )
     group.add_argument(
         "--model-kwargs",

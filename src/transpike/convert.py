@@ -131,13 +131,26 @@ def prepare(model: nn.Module, options: ConversionOptions, analog: dict[str, str]
         options: the conversion options.
         analog: module paths to leave analog, with the reason (see :func:`convert`).
     """
-    network = _untie(copy.deepcopy(model).eval())
+    network = _untie(copied(model).eval())
     for p in network.parameters():
         p.requires_grad_(False)
     analog = dict(analog or {})
     if options.blocks is not None:
         analog |= _after_blocks(network, options.blocks)
     return _prepare(network, "", options, direct=frozenset(), analog=analog)
+
+
+def copied(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``. Tensors its modules keep in plain attributes as results of autograd
+    (caches: transformers' LeViT keeps its gathered attention biases from a forward run with
+    gradients) are copied detached, as ``copy.deepcopy`` copies only tensors that are graph leaves."""
+    memo = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            for item in value.values() if isinstance(value, dict) else (value,):
+                if isinstance(item, Tensor) and item.grad_fn is not None:
+                    memo[id(item)] = item.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def _untie(module: nn.Module, seen: set[int] | None = None) -> nn.Module:

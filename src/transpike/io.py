@@ -10,7 +10,6 @@ the file.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -20,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._version import __version__
-from .convert import ConversionOptions, prepare, to_spiking
+from .convert import ConversionOptions, copied, prepare, to_spiking
 from .model import SpikingModel
 from .models import build_model
 
@@ -91,7 +90,7 @@ def read_header(path: str | os.PathLike) -> dict:
 
 def rebuild_ann(snn: SpikingModel, model: nn.Module | None = None) -> nn.Module:
     """The ANN a network was converted from: its architecture with the network's own weights."""
-    ann = copy.deepcopy(model) if model is not None else build_model(snn.model_spec, "network")
+    ann = copied(model) if model is not None else build_model(snn.model_spec, "network")
     ann.load_state_dict(snn.ann_state_dict())
     return ann.eval()
 

@@ -26,10 +26,11 @@ windows' mask are constants added to the scores. ``blocks=k`` counts the layers 
 stage).
 
 The twins, the logits form and the registration here serve the families in :mod:`.hf_beit` (BEiT,
-Data2Vec-vision), :mod:`.hf_pvt` (PVT v2, SegFormer) and :mod:`.hf_swinv2` (Swin V2) too, which this
-module imports at its end: whoever imports it has every rule for transformers and every classifier
-in :data:`LOGITS`. It imports transformers, which takes seconds, so :func:`transpike.rules.rule_for`
-loads it only when it first meets a module of transformers.
+Data2Vec-vision), :mod:`.hf_levit` (LeViT), :mod:`.hf_pvt` (PVT v2, SegFormer) and
+:mod:`.hf_swinv2` (Swin V2) too, which this module imports at its end: whoever imports it has every
+rule for transformers and every classifier in :data:`LOGITS`. It imports transformers, which takes
+seconds, so :func:`transpike.rules.rule_for` loads it only when it first meets a module of
+transformers.
 """
 
 from __future__ import annotations
@@ -191,6 +192,15 @@ class _Logits:
         """ViT, DeiT, ViT-MSN: the classifier on the class token."""
         return self.classifier(tokens[:, 0])
 
+    def block_paths(self) -> list[str]:
+        """The Transformer blocks ``blocks=k`` counts: the layers, or each stage's layers in turn."""
+        path, layers = _layers(self)
+        if self.staged:
+            return [
+                f"{path}.{s}.blocks.{b}" for s, stage in enumerate(layers) for b in range(len(stage.blocks))
+            ]
+        return [f"{path}.{index}" for index in range(len(layers))]
+
 
 class _TokenMean(_Logits):
     def readout(self, tokens: Tensor) -> Tensor:
@@ -330,19 +340,15 @@ def _headless(backbone: nn.Module) -> str | None:
 
 def _network_links(model: _Logits) -> list[Link]:
     """One link from the patch projection to the classifiers, which emit the increments the
-    simulation averages; none when they are identities (no labels), as the output is then a sum of
+    simulation averages (LeViT's Linear after its BatchNorm, unless ``blocks=k`` leaves its
+    classifier analog); none when they are identities (no labels), as the output is then a sum of
     producers."""
-    outputs = [path for path, child in model.named_children() if "classifier" in path]
-    outputs = [path for path in outputs if not isinstance(model.get_submodule(path), nn.Identity)]
+    outputs = [
+        f"{path}.linear" if hasattr(child, "linear") else path
+        for path, child in model.named_children()
+        if "classifier" in path and not isinstance(child, nn.Identity)
+    ]
     return link_all(model, *outputs) if outputs else []
-
-
-def _block_paths(model: _Logits) -> list[str]:
-    """The layers, or in Swin each stage's layers in turn."""
-    path, layers = _layers(model)
-    if model.staged:
-        return [f"{path}.{s}.blocks.{b}" for s, stage in enumerate(layers) for b in range(len(stage.blocks))]
-    return [f"{path}.{index}" for index in range(len(layers))]
 
 
 def register_classifiers(logits: dict[type, type]) -> None:
@@ -352,7 +358,7 @@ def register_classifiers(logits: dict[type, type]) -> None:
     LOGITS.update(logits)
     for original, cls in logits.items():
         register(original, Role.INPUT, twin=_as_logits)
-        register(cls, Role.INPUT, twin=_as_logits, links=_network_links, blocks=_block_paths)
+        register(cls, Role.INPUT, twin=_as_logits, links=_network_links, blocks=cls.block_paths)
 
 
 register_classifiers(
@@ -375,6 +381,7 @@ register_classifiers(
 CONTAINERS = ("Encoder", "Embeddings", "Layer", "Stage", "PatchMerging", "MLP", "Attention", "Pooler")
 CONTAINERS += ("SelfOutput", "Intermediate", "Output")  # the earlier layout's attention and MLP parts
 CONTAINERS += ("Reduction", "FeedForwardNetwork", "DepthWiseConv")  # PVT v2's and SegFormer's
+CONTAINERS += ("Subsample", "LayerWithBN")  # LeViT's strided selection, its Linear and BatchNorm
 PASSTHROUGHS = ("LayerScale", "DropPath")
 
 
@@ -424,4 +431,4 @@ register(activations.LinearActivation, Role.PASSTHROUGH)
 
 # families whose twins build on this module's: importing them adds their classifiers to LOGITS, so
 # that whoever imports this module has every rule for transformers
-from . import hf_beit, hf_pvt, hf_swinv2  # noqa: E402, F401
+from . import hf_beit, hf_levit, hf_pvt, hf_swinv2  # noqa: E402, F401
