@@ -166,6 +166,28 @@ def test_a_timm_model_saved_in_a_directory(tmp_path, npz_data):
         create_model("hf-hub:timm/vit_tiny_patch16_224.augreg_in21k")
 
 
+def test_a_timm_model_saved_by_transformers_reads_from_its_directory(tmp_path):
+    """transformers' TimmWrapperForImageClassification saves a timm model with its arguments under
+    model_args and its weights under timm_model.: local-dir:DIR builds it with those weights (its
+    logits are the wrapper's), hf:DIR says so."""
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    from transpike.models import create_model
+
+    config = TimmWrapperConfig(architecture="vit_tiny_patch16_224", num_labels=4, model_args={"img_size": 32})
+    torch.manual_seed(1)
+    wrapper = TimmWrapperForImageClassification(config).eval()
+    wrapper.save_pretrained(tmp_path / "wrapped")
+    built = create_model(f"local-dir:{tmp_path / 'wrapped'}")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(built(x), wrapper(pixel_values=x).logits)
+    with pytest.raises(
+        ValueError, match="a timm model saved by transformers; read its directory with local-dir:"
+    ):
+        create_model(f"hf:{tmp_path / 'wrapped'}")
+
+
 def image_folder(root, size=(20, 24)):
     """Two classes of two random RGB images each."""
     gen = np.random.default_rng(2)

@@ -29,6 +29,8 @@ TORCHVISION = "torchvision:"
 HF = "hf:"
 #: timm's schemes for a model saved in a directory, and on the Hugging Face Hub
 LOCAL_DIR, HUB = "local-dir:", "hf-hub:"
+#: transformers' class that holds a timm model (``timm_model``), as a saved configuration names it
+TIMM_WRAPPER = "TimmWrapperForImageClassification"
 
 
 def _hf_builder(target: str):
@@ -76,19 +78,30 @@ def _holds_safetensors(directory: Path, name: str, how: str) -> bool:
 def _timm_dir_builder(name: str):
     """The function that builds the timm model saved in the directory of ``local-dir:DIR`` (timm's
     own scheme: ``config.json`` with the architecture, its arguments and its preprocessing, as
-    ``timm.models.push_to_hf_hub`` and the Hub's timm repositories have it), with the weights of its
-    ``model.safetensors`` where there are some."""
+    ``timm.models.push_to_hf_hub`` and the Hub's timm repositories have it; or as transformers'
+    ``TimmWrapperForImageClassification`` saves one, its arguments under ``model_args``), with the
+    weights of its ``model.safetensors`` where there are some."""
     directory = Path(name.removeprefix(LOCAL_DIR))
     config = directory / "config.json"
     if not config.is_file():
         raise ValueError(f"model {name}: {directory} holds no config.json")
-    architecture = json.loads(config.read_text()).get("architecture")
+    saved = json.loads(config.read_text())
+    architecture = saved.get("architecture")
     if not isinstance(architecture, str) or not timm.is_model(architecture):
         hint = "; a transformers model's directory is read by hf:DIR" if architecture is None else ""
         raise ValueError(f"model {name}: {config} names no timm architecture ({architecture!r}){hint}")
 
     def build(**kwargs):
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        if TIMM_WRAPPER in (
+            saved.get("architectures") or []
+        ):  # transformers' keys: timm's loader refuses them
+            kwargs = {"num_classes": saved["num_classes"], **(saved.get("model_args") or {}), **kwargs}
+            overlay = saved.get("pretrained_cfg") or {}
+            model = timm.create_model(
+                architecture, pretrained=False, pretrained_cfg_overlay=overlay, **kwargs
+            )
+        else:
+            model = timm.create_model(name, pretrained=False, **kwargs)
         if _holds_safetensors(directory, name, "timm.models.save_for_hf(model, DIR)"):
             load_checkpoint(model, directory / "model.safetensors")
         return model
@@ -97,6 +110,10 @@ def _timm_dir_builder(name: str):
 
 
 def _hf_class(classes: dict[str, type], name: str, where: str) -> type:
+    if name == TIMM_WRAPPER and where:
+        raise ValueError(
+            f"{where}: a timm model saved by transformers; read its directory with {LOCAL_DIR}DIR"
+        )
     if name not in classes:
         source = f" (architectures in {where})" if where else " (nor a directory)"
         raise ValueError(f"transformers model {name!r}{source}: supported: {', '.join(sorted(classes))}")
@@ -208,7 +225,8 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a safetensors file, or a torch file read with ``weights_only=True``.
 
     The state dict may be the file's top level or sit under ``model`` or ``state_dict``;
-    a ``module.`` prefix (DistributedDataParallel) is removed.
+    a ``module.`` prefix (DistributedDataParallel) and a ``timm_model.`` prefix (transformers'
+    ``TimmWrapperForImageClassification``) are removed.
     """
     path = Path(path)
     if not path.is_file():
@@ -228,7 +246,8 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"checkpoint {path}: holds no state dict of tensors")
-    return {key.removeprefix("module."): value for key, value in state.items()}
+    # DistributedDataParallel's prefix, and transformers' TimmWrapper's
+    return {key.removeprefix("module.").removeprefix("timm_model."): value for key, value in state.items()}
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
