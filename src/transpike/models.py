@@ -91,10 +91,11 @@ def _timm_dir_builder(name: str):
         hint = "; a transformers model's directory is read by hf:DIR" if architecture is None else ""
         raise ValueError(f"model {name}: {config} names no timm architecture ({architecture!r}){hint}")
 
+    # saved by transformers: its configuration holds keys that timm's own loader refuses
+    wrapped = TIMM_WRAPPER in (saved.get("architectures") or [])
+
     def build(**kwargs):
-        if TIMM_WRAPPER in (
-            saved.get("architectures") or []
-        ):  # transformers' keys: timm's loader refuses them
+        if wrapped:
             kwargs = {"num_classes": saved["num_classes"], **(saved.get("model_args") or {}), **kwargs}
             overlay = saved.get("pretrained_cfg") or {}
             model = timm.create_model(
