@@ -1,13 +1,14 @@
 """Hugging Face transformers' ViT, DeiT (plain and distilled), DINOv2 (MLP or SwiGLU, with or without
-registers), ViT-MSN, I-JEPA, CLIP, MetaCLIP 2, SigLIP, BEiT and Data2Vec-vision (relative position
-bias per layer or shared), Swin and Swin V2 (windows that divide the grid or not), PVT v2
-(spatial-reduction or linear attention), SegFormer and LeViT (plain and distilled) classifiers: the
-logits form and the twins against transformers, conversion, the one rate link, ``blocks=k``,
-save/load from the model spec, ``hf:`` models on the command line (from a class and its
-configuration, or a directory with safetensors weights and an image processor), and the errors for
-what is not converted."""
+registers), ViT-MSN, I-JEPA, CLIP, MetaCLIP 2, SigLIP, SigLIP 2, BEiT and Data2Vec-vision (relative
+position bias per layer or shared), Swin, Donut's Swin and Swin V2 (windows that divide the grid or
+not), PVT, PVT v2 (spatial-reduction or linear attention), SegFormer, CvT, MobileViT (v1 and v2)
+and LeViT (plain and distilled) classifiers: the logits form and the twins against transformers,
+conversion, the one rate link, ``blocks=k``, save/load from the model spec, ``hf:`` models on the
+command line (from a class and its configuration, or a directory with safetensors weights and an
+image processor, SigLIP 2's NaFlex one included), and the errors for what is not converted."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -25,18 +26,27 @@ from PIL import Image
 from transformers import (
     BeitForImageClassification,
     CLIPForImageClassification,
+    CvtForImageClassification,
     Data2VecVisionForImageClassification,
     DeiTForImageClassification,
     DeiTForImageClassificationWithTeacher,
     Dinov2ForImageClassification,
     Dinov2WithRegistersForImageClassification,
+    DonutSwinForImageClassification,
     IJepaForImageClassification,
     LevitConfig,
     LevitForImageClassification,
     LevitForImageClassificationWithTeacher,
     MetaClip2ForImageClassification,
+    MobileViTConfig,
+    MobileViTForImageClassification,
+    MobileViTV2Config,
+    MobileViTV2ForImageClassification,
+    PvtForImageClassification,
     PvtV2ForImageClassification,
     SegformerForImageClassification,
+    Siglip2ForImageClassification,
+    Siglip2ImageProcessor,
     SiglipForImageClassification,
     SwinForImageClassification,
     Swinv2ForImageClassification,
@@ -52,7 +62,10 @@ from transpike import ConversionError, ConversionOptions, prepare
 from transpike.cli import main
 from transpike.models import build_model, create_model, model_spec
 from transpike.rules.hf_levit import ExplicitHFLevitAttention
-from transpike.rules.hf_vit import ExplicitHFAttention, ExplicitSwiGLUFFN, logits_model
+from transpike.rules.hf_mobilevit import ExplicitMobileViTAttention
+from transpike.rules.hf_vit import ExplicitSwiGLUFFN, logits_model, patches
+from transpike.rules.timm_mobilevit import ExplicitLinearSelfAttention
+from transpike.rules.timm_twins import SoftmaxHeads
 
 #: 16 px images, 16 patches of 4 px, two layers of 3 heads; weights drawn with std 0.3 (transformers'
 #: 0.02 leaves the scores nearly equal over the keys)
@@ -66,9 +79,14 @@ VISION = dict(
 )
 SMALL = dict(**VISION, num_labels=5)
 DINO = dict(mlp_ratio=2, layerscale_value=0.5)
-#: CLIP's, MetaCLIP 2's and SigLIP's configurations hold the vision model's as vision_config (and a
-#: text model's)
-DUAL = (CLIPForImageClassification, MetaClip2ForImageClassification, SiglipForImageClassification)
+#: CLIP's, MetaCLIP 2's, SigLIP's and SigLIP 2's configurations hold the vision model's as
+#: vision_config (and a text model's)
+DUAL = (
+    CLIPForImageClassification,
+    MetaClip2ForImageClassification,
+    SiglipForImageClassification,
+    Siglip2ForImageClassification,
+)
 #: Swin on 16 px: patches of 2 px, two stages of two layers (the second of each in shifted windows)
 #: on grids of 8 and 4; windows of 4 divide them, windows of 3 need padding
 SWIN = dict(
@@ -98,16 +116,67 @@ PYRAMID = dict(
     num_labels=5,
     initializer_range=0.3,
 )
+#: PVT on 16 px: patches of 4 px, then of 2 px (its position embeddings are sized for those grids),
+#: two stages of 1 and 2 layers, the first's keys and values reduced to a grid of 2
+PVT = dict(
+    image_size=16,
+    num_encoder_blocks=2,
+    depths=[1, 2],
+    sequence_reduction_ratios=[2, 1],
+    hidden_sizes=[8, 16],
+    patch_sizes=[4, 2],
+    strides=[4, 2],
+    num_attention_heads=[1, 2],
+    mlp_ratios=[2, 2],
+    num_labels=5,
+    initializer_range=0.3,
+)
+#: CvT on 16 px: two stages of 1 and 2 layers on grids of 8 and 4, k and v at stride 2, a class
+#: token in the last stage (transformers' classifier reads only that)
+CVT = dict(
+    embed_dim=[8, 16],
+    num_heads=[1, 2],
+    depth=[1, 2],
+    patch_sizes=[3, 3],
+    patch_stride=[2, 2],
+    patch_padding=[1, 1],
+    cls_token=[False, True],
+    mlp_ratio=[2.0, 2.0],
+    drop_rate=[0.0, 0.0],
+    attention_drop_rate=[0.0, 0.0],
+    drop_path_rate=[0.0, 0.0],
+    qkv_bias=[True, True],
+    qkv_projection_method=["dw_bn", "dw_bn"],
+    kernel_qkv=[3, 3],
+    padding_kv=[1, 1],
+    stride_kv=[2, 2],
+    padding_q=[1, 1],
+    stride_q=[1, 1],
+    num_labels=5,
+    initializer_range=0.3,
+)
 #: where their first stage's patch projection is
 PYRAMID_PATCHES = {
+    PvtForImageClassification: "encoder.patch_embeddings.0.projection",
     PvtV2ForImageClassification: "encoder.layers.0.patch_embedding.proj",
     SegformerForImageClassification: "stages.0.patch_embeddings.proj",
+    CvtForImageClassification: "encoder.stages.0.embedding.convolution_embeddings.projection",
+}
+#: each class's base configuration where it is not SMALL
+BASES = {
+    SwinForImageClassification: SWIN,
+    DonutSwinForImageClassification: SWIN,
+    Swinv2ForImageClassification: SWIN,
+    PvtForImageClassification: PVT,
+    PvtV2ForImageClassification: PYRAMID,
+    SegformerForImageClassification: PYRAMID,
+    CvtForImageClassification: CVT,
 }
 #: the families in transformers' earlier layout, where set_attn_implementation does not apply:
 #: Data2Vec's attention function is chosen by class when the model is built, Swin V2 and PVT v2
 #: have one
 BY_CLASS = ("data2vec", "data2vec-shared")
-ONE_IMPLEMENTATION = ("swinv2", "swinv2-padded", "pvt_v2", "pvt_v2-linear")
+ONE_IMPLEMENTATION = ("swinv2", "swinv2-padded", "donut-swin", "pvt", "pvt_v2", "pvt_v2-linear", "cvt")
 #: family: (class, configuration, products of two spiking operands, classifiers)
 FAMILIES = {
     "vit": (ViTForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
@@ -131,8 +200,11 @@ FAMILIES = {
     "clip": (CLIPForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
     "metaclip2": (MetaClip2ForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
     "siglip": (SiglipForImageClassification, dict(intermediate_size=48), 4, ("classifier",)),
+    # the position embeddings sized for a grid of 3×3, resized to the images' 4×4
+    "siglip2": (Siglip2ForImageClassification, dict(intermediate_size=48, num_patches=9), 4, ("classifier",)),
     "swin": (SwinForImageClassification, dict(window_size=4), 8, ("classifier",)),
     "swin-padded": (SwinForImageClassification, dict(window_size=3), 8, ("classifier",)),
+    "donut-swin": (DonutSwinForImageClassification, dict(window_size=3), 8, ("classifier",)),
     "beit": (BeitForImageClassification, BEIT, 4, ("classifier",)),
     "beit-shared": (
         BeitForImageClassification,
@@ -144,9 +216,11 @@ FAMILIES = {
     "data2vec-shared": (Data2VecVisionForImageClassification, BEIT_SHARED, 4, ("classifier",)),
     "swinv2": (Swinv2ForImageClassification, dict(window_size=4), 8, ("classifier",)),
     "swinv2-padded": (Swinv2ForImageClassification, dict(window_size=3), 8, ("classifier",)),
+    "pvt": (PvtForImageClassification, {}, 6, ("classifier",)),
     "pvt_v2": (PvtV2ForImageClassification, {}, 6, ("classifier",)),
     "pvt_v2-linear": (PvtV2ForImageClassification, dict(linear_attention=True), 6, ("classifier",)),
     "segformer": (SegformerForImageClassification, {}, 6, ("classifier",)),
+    "cvt": (CvtForImageClassification, {}, 6, ("classifier",)),
 }
 
 
@@ -155,8 +229,7 @@ def configuration(family: str) -> dict:
     cls, config, _, _ = FAMILIES[family]
     if cls in DUAL:
         return dict(vision_config={**VISION, **config}, num_labels=5)
-    base = SWIN if cls in (SwinForImageClassification, Swinv2ForImageClassification) else SMALL
-    return {**(PYRAMID if cls in PYRAMID_PATCHES else base), **config}
+    return {**BASES.get(cls, SMALL), **config}
 
 
 def build(family: str, logits: bool = True, implementation: str = "sdpa") -> torch.nn.Module:
@@ -173,6 +246,17 @@ def build(family: str, logits: bool = True, implementation: str = "sdpa") -> tor
     return logits_model(model) if logits else model
 
 
+def transformers_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """transformers' logits for ``images``: SigLIP 2's from the images as its processor gives them
+    (patches, a mask that keeps all, each image's grid), the others' from the images."""
+    if not isinstance(model, Siglip2ForImageClassification):
+        return model(pixel_values=images).logits
+    size = model.config.vision_config.patch_size
+    sequence, grid = patches(images, size), torch.tensor(images.shape[-2:]) // size
+    mask, grids = torch.ones(sequence.shape[:2], dtype=torch.long), grid.expand(len(images), 2)
+    return model(pixel_values=sequence, pixel_attention_mask=mask, spatial_shapes=grids).logits
+
+
 @pytest.fixture
 def inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return random_images(16)
@@ -187,7 +271,7 @@ def test_the_logits_form_and_twins_compute_what_transformers_does(family, implem
     model = build(family, logits=False, implementation=implementation).double()
     x = inputs[1].double()
     prepared = prepare(model, ConversionOptions())
-    twins = [m for m in prepared.modules() if isinstance(m, (ExplicitHFAttention, ExplicitSwiGLUFFN))]
+    twins = [m for m in prepared.modules() if isinstance(m, (SoftmaxHeads, ExplicitSwiGLUFFN))]
     originals = [m for m in model.modules() if type(m).__module__.startswith("transformers.")]
     hidden = [m for m in originals if type(m).__name__.endswith(("Attention", "SwiGLUFFN"))]
     # the innermost: the earlier layout's attention holds its self-attention
@@ -195,7 +279,7 @@ def test_the_logits_form_and_twins_compute_what_transformers_does(family, implem
         not any(type(c).__name__.endswith("Attention") for c in m.children()) for m in hidden
     )
     with torch.no_grad():
-        reference = model(pixel_values=x).logits
+        reference = transformers_logits(model, x)
         assert relative_error(prepared(x), reference) < tolerance
         assert torch.equal(logits_model(model)(x), reference)
         assert logits_model(logits_model(model))(x).equal(reference)
@@ -228,11 +312,14 @@ def test_every_module_passes_rates_like_increments(family, inputs):
         ("dinov2-registers", ["dinov2_with_registers.encoder.layer.1", "dinov2_with_registers.layernorm"]),
         # the attention-pooling head, never run by the classifier, is listed too
         ("siglip", ["vision_model.encoder.layers.1", "vision_model.post_layernorm", "vision_model.head"]),
+        ("siglip2", ["vision_model.encoder.layers.1", "vision_model.post_layernorm", "vision_model.head"]),
         # stage by stage: the first stage's second layer and its patch merging, then the second stage
         (
             "swin",
             [*(f"swin.encoder.layers.{p}" for p in ("0.blocks.1", "0.downsample", "1")), "swin.layernorm"],
         ),
+        # no LayerNorm after the last stage
+        ("donut-swin", [f"donut.encoder.layers.{p}" for p in ("0.blocks.1", "0.downsample", "1")]),
         (
             "swinv2",
             [
@@ -252,6 +339,10 @@ def test_every_module_passes_rates_like_increments(family, inputs):
             [*(f"pvt_v2.encoder.layers.1.{p}" for p in ("blocks.0", "blocks.1", "layer_norm"))],
         ),
         ("segformer", [*(f"segformer.stages.1.{p}" for p in ("blocks.0", "blocks.1", "layer_norm"))]),
+        # a stage is a list of layers; the second stage's patch embedding runs before its first layer
+        ("pvt", ["pvt.encoder.block.1.0", "pvt.encoder.block.1.1", "pvt.encoder.layer_norm"]),
+        # the classifier's LayerNorm of the class token
+        ("cvt", ["cvt.encoder.stages.1.layers.0", "cvt.encoder.stages.1.layers.1", "layernorm"]),
     ],
 )
 def test_blocks_and_round_trip(family, analog, tmp_path, inputs):
@@ -353,13 +444,106 @@ def test_levit_blocks_and_round_trip(tmp_path, levit_inputs):
     assert_blocks_and_round_trip(lambda: build_levit("levit-distilled"), levit_inputs, analog, path, spec)
 
 
-def _image_folder(root, size: int = 20) -> str:
-    """Two classes of three random RGB images each, as PNG files."""
+#: kind: (class, configuration at 64 px (maps of 32 to 2), the twins (v1: three layers of 2, 4 and 3
+#: transformer layers; v2: one in each))
+MOBILEVITS = {
+    "mobilevit": (
+        MobileViTForImageClassification,
+        MobileViTConfig(
+            image_size=64,
+            hidden_sizes=[16, 24, 32],
+            neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64],
+            num_attention_heads=2,
+            num_labels=5,
+        ),
+        9,
+    ),
+    "mobilevitv2": (
+        MobileViTV2ForImageClassification,
+        MobileViTV2Config(image_size=64, width_multiplier=0.25, n_attn_blocks=[1, 1, 1], num_labels=5),
+        3,
+    ),
+}
+
+
+def build_mobilevit(kind: str, logits: bool = True) -> torch.nn.Module:
+    """A small MobileViT whose convolutions and Linears are drawn with std 1.5/√fan-in and whose
+    BatchNorms scale by 1 (transformers draws both with std 0.02, under which the signal vanishes
+    within a few layers of a random network)."""
+    cls, config, _ = MOBILEVITS[kind]
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                module.weight.normal_(0, 1.5 / math.sqrt(module.weight[0].numel()))
+            elif isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.fill_(1)
+    return logits_model(model) if logits else model
+
+
+@pytest.fixture
+def mobilevit_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    return random_images(64, (16, 4))
+
+
+@pytest.mark.parametrize("kind", MOBILEVITS)
+def test_mobilevit_twins_compute_what_transformers_does(kind, mobilevit_inputs):
+    model = build_mobilevit(kind, logits=False).double()
+    x = mobilevit_inputs[1].double()
+    prepared = prepare(model, ConversionOptions())
+    twin = ExplicitMobileViTAttention if kind == "mobilevit" else ExplicitLinearSelfAttention
+    assert sum(isinstance(m, twin) for m in prepared.modules()) == MOBILEVITS[kind][2]
+    with torch.no_grad():
+        reference = model(pixel_values=x).logits
+        assert relative_error(prepared(x), reference) < 1e-12
+        assert torch.equal(logits_model(model)(x), reference)
+
+
+@pytest.mark.parametrize("kind", MOBILEVITS)
+@pytest.mark.parametrize("options", CONFIGURATIONS)
+def test_mobilevit_converts(kind, options, mobilevit_inputs):
+    """The stem's convolution reads the image; two products in each transformer layer (v1: Q·Kᵀ and
+    attn·V; v2: the context and the gating)."""
+    direct = f"{kind}.conv_stem.convolution"
+    products = 2 * MOBILEVITS[kind][2]
+    assert_converts(build_mobilevit(kind), *mobilevit_inputs, options, direct=direct, products=products)
+
+
+@pytest.mark.parametrize("kind", MOBILEVITS)
+def test_mobilevit_passes_rates_like_increments(kind, mobilevit_inputs):
+    """One link from the stem to the classifier."""
+    assert_rates_up_to(build_mobilevit(kind), *mobilevit_inputs, outputs=("classifier",))
+
+
+@pytest.mark.parametrize(
+    ("kind", "analog"),
+    [
+        # the last two MobileViT layers and v1's 1×1 expansion after them
+        ("mobilevit", ["mobilevit.encoder.layer.3", "mobilevit.encoder.layer.4", "mobilevit.conv_1x1_exp"]),
+        ("mobilevitv2", ["mobilevitv2.encoder.layer.3", "mobilevitv2.encoder.layer.4"]),
+    ],
+)
+def test_mobilevit_blocks_and_round_trip(kind, analog, tmp_path, mobilevit_inputs):
+    """blocks=k counts the inverted residuals one by one and each MobileViT layer as one; the
+    network saved and loaded is rebuilt from its model spec."""
+    name = f"hf:{MOBILEVITS[kind][0].__name__}"
+    kwargs = MOBILEVITS[kind][1].to_diff_dict()
+    spec = model_spec(name, kwargs, model=create_model(name, kwargs))
+    blocks = len(build_mobilevit(kind).block_paths()) - 2
+    path = tmp_path / "net.safetensors"
+    analog = {blocks: [*analog, "classifier"]}
+    assert_blocks_and_round_trip(lambda: build_mobilevit(kind), mobilevit_inputs, analog, path, spec)
+
+
+def _image_folder(root, size: int = 20, width: int | None = None) -> str:
+    """Two classes of three random RGB images each, as PNG files, size × size pixels or size high
+    and ``width`` wide."""
     rng = np.random.default_rng(0)
     for label in ("a", "b"):
         (root / label).mkdir(parents=True)
         for index in range(3):
-            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            pixels = rng.integers(0, 256, (size, width or size, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / label / f"{index}.png")
     return f"imagefolder:{root}"
 
@@ -388,6 +572,31 @@ def test_a_saved_transformers_model_converts_from_the_command_line(tmp_path, inp
     # a network saved from it keeps the directory in its spec: eval --snn preprocesses the same way
     rebuilt = build_model(model_spec(f"hf:{tmp_path / 'vit'}", model=built))
     assert torch.equal(transpike.data.load_dataset(data, model=rebuilt)[0][0], loaded)
+
+
+def test_a_saved_siglip2_classifier_reads_images_through_its_naflex_processor(tmp_path):
+    """SigLIP 2's processor cuts each image into a padded sequence of patches at its own aspect
+    ratio; transpike gives it the image's central square and puts the patches back together, so
+    the logits form computes on those pixels what transformers computes on the processor's output."""
+    model = build("siglip2", logits=False)
+    model.config.architectures = ["Siglip2ForImageClassification"]
+    model.save_pretrained(tmp_path / "siglip2")
+    processor = Siglip2ImageProcessor(patch_size=4, max_num_patches=16)
+    processor.save_pretrained(tmp_path / "siglip2")
+    built = create_model(f"hf:{tmp_path / 'siglip2'}")
+    assert built.image_size == 12  # 3×3 position embeddings of 4 px patches
+    data = _image_folder(tmp_path / "images", size=24, width=40)
+    loaded = transpike.data.load_dataset(data, model=built)[0][0]
+    assert loaded.shape == (3, 16, 16)  # the processor's 16 patches, a 4×4 grid
+    square = Image.open(tmp_path / "images" / "a" / "0.png").convert("RGB").crop((8, 0, 32, 24))
+    inputs = processor(images=square, return_tensors="pt")
+    assert inputs["spatial_shapes"].tolist() == [[4, 4]]
+    with torch.no_grad():
+        assert torch.allclose(built(loaded[None]), model(**inputs).logits, atol=1e-5)
+    out = tmp_path / "results"
+    args = ["eval", "--model", f"hf:{tmp_path / 'siglip2'}", "--calib", data, "--data", data]
+    assert main([*args, "--time-steps", "2", "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["num_samples"] == 6
 
 
 def test_a_transformers_model_from_its_class_converts_from_the_command_line(tmp_path):

@@ -118,13 +118,26 @@ def _timm_transform(model: nn.Module | None, spec: str):
 
 
 class _ImageProcessor:
-    """A transformers image processor as a transform: one PIL image to one image tensor."""
+    """A transformers image processor as a transform: one PIL image to one image tensor.
+
+    SigLIP 2's NaFlex processor keeps each image's aspect ratio and returns a padded sequence of
+    patches; a batch of one-size images is what the SNN simulates, so it is given the image's
+    central square (resized to the largest square grid its ``max_num_patches`` allows) and its
+    patches are put back together into that image."""
 
     def __init__(self, processor) -> None:
         self.processor = processor
 
     def __call__(self, image) -> torch.Tensor:
-        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+        if not hasattr(self.processor, "max_num_patches"):
+            return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+        from .rules.hf_vit import image_from_patches
+
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        out = self.processor(images=image.crop((left, top, left + side, top + side)), return_tensors="pt")
+        grid = tuple(out["spatial_shapes"][0].tolist())
+        return image_from_patches(out["pixel_values"][0], grid, self.processor.patch_size)
 
 
 def _hf_processor(model: nn.Module | None) -> _ImageProcessor | None:

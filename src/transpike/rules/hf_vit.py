@@ -2,10 +2,11 @@
 (``ViTForImageClassification``), DeiT (``DeiTForImageClassification`` and the distilled
 ``DeiTForImageClassificationWithTeacher``), DINOv2, with or without registers
 (``Dinov2ForImageClassification``, ``Dinov2WithRegistersForImageClassification``), ViT-MSN,
-I-JEPA, CLIP, MetaCLIP 2, SigLIP and Swin (``ViTMSNForImageClassification``,
+I-JEPA, CLIP, MetaCLIP 2, SigLIP, SigLIP 2, Swin and Donut's Swin (``ViTMSNForImageClassification``,
 ``IJepaForImageClassification``, ``CLIPForImageClassification``,
 ``MetaClip2ForImageClassification``, ``SiglipForImageClassification``,
-``SwinForImageClassification``).
+``Siglip2ForImageClassification``, ``SwinForImageClassification``,
+``DonutSwinForImageClassification``).
 
 transformers hides two things from a converter: its attention runs a function chosen by the
 configuration (eager, SDPA, flash), and its models return output objects through decorators that
@@ -25,31 +26,41 @@ cyclic shift, the window partition and patch merging, and the relative position 
 windows' mask are constants added to the scores. ``blocks=k`` counts the layers (Swin's stage by
 stage).
 
+SigLIP 2's NaFlex form takes images as sequences of patches with a mask and each image's grid, so
+that images of any aspect ratio share a batch. Its logits form takes images of one size, as every
+other model here does: it cuts them into patches in the order SigLIP 2's image processor does, on
+the full grid (no padding, so no mask), and the position embeddings are resized to that grid, a
+constant.
+
 The twins, the logits form and the registration here serve the families in :mod:`.hf_beit` (BEiT,
-Data2Vec-vision), :mod:`.hf_levit` (LeViT), :mod:`.hf_pvt` (PVT v2, SegFormer) and
-:mod:`.hf_swinv2` (Swin V2) too, which this module imports at its end: whoever imports it has every
-rule for transformers and every classifier in :data:`LOGITS`. It imports transformers, which takes
-seconds, so :func:`transpike.rules.rule_for` loads it only when it first meets a module of
-transformers.
+Data2Vec-vision), :mod:`.hf_cvt` (CvT), :mod:`.hf_levit` (LeViT), :mod:`.hf_mobilevit` (MobileViT,
+MobileViT v2), :mod:`.hf_pvt` (PVT, PVT v2, SegFormer) and :mod:`.hf_swinv2` (Swin V2) too, which
+this module imports at its end: whoever imports it has every rule for transformers and every
+classifier in :data:`LOGITS`. It imports transformers, which takes seconds, so
+:func:`transpike.rules.rule_for` loads it only when it first meets a module of transformers.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from types import ModuleType
 
 import torch
 import transformers
 from packaging.version import Version
+from timm.models.swin_transformer import WindowAttention
 from torch import Tensor, nn
 from transformers import activations
 from transformers.models.clip import modeling_clip as clip
 from transformers.models.deit import modeling_deit as deit
 from transformers.models.dinov2 import modeling_dinov2 as dinov2
 from transformers.models.dinov2_with_registers import modeling_dinov2_with_registers as dinov2_registers
+from transformers.models.donut import modeling_donut_swin as donut
 from transformers.models.ijepa import modeling_ijepa as ijepa
 from transformers.models.metaclip_2 import modeling_metaclip_2 as metaclip_2
 from transformers.models.siglip import modeling_siglip as siglip
+from transformers.models.siglip2 import modeling_siglip2 as siglip2
 from transformers.models.swin import modeling_swin as swin
 from transformers.models.vit import modeling_vit as vit
 from transformers.models.vit_msn import modeling_vit_msn as vit_msn
@@ -132,6 +143,27 @@ class ExplicitSwinAttention(ExplicitHFAttention):
         # the bias [1, heads, area, area]; the mask [windows per image, area, area], the same for every
         # image of the batch
         return with_mask(self.relative_position_bias(), attention_mask, windows)
+
+
+class ExplicitDonutSwinAttention(ExplicitHFAttention):
+    """Donut's Swin window self-attention, Swin's in transformers' earlier layout: q, k, v from
+    ``query``, ``key``, ``value``, the relative position bias gathered from its table as timm's
+    Swin gathers it, plus the shifted windows' mask; returns (heads,), as the output projection is
+    the sibling ``output.dense``."""
+
+    projections = ("query", "key", "value")
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__(attn, scale=attn.attention_head_size**-0.5)
+        self.window_area = attn.window_size[0] * attn.window_size[1]
+        self.relative_position_bias_table = attn.relative_position_bias_table
+        self.register_buffer("relative_position_index", attn.relative_position_index)  # saved by Donut
+
+    def forward(
+        self, hidden_states: Tensor, attention_mask: Tensor | None = None, output_attentions: bool = False
+    ) -> tuple[Tensor]:
+        bias = with_mask(WindowAttention._get_rel_pos_bias(self), attention_mask, hidden_states.shape[0])
+        return (self.attend(hidden_states, bias),)
 
 
 class ExplicitSwiGLUFFN(nn.Module):
@@ -286,6 +318,12 @@ class SwinLogits(_Pooled, swin.SwinForImageClassification):
         return self.swin.layernorm(hidden)
 
 
+class DonutSwinLogits(_Pooled, donut.DonutSwinForImageClassification):
+    def tokens(self, pixel_values: Tensor) -> Tensor:
+        """Embeddings, the stages (Swin's; no LayerNorm after the last)."""
+        return self.donut.encoder(*self.donut.embeddings(pixel_values), return_dict=False)[0]
+
+
 class SiglipLogits(_TokenMean, siglip.SiglipForImageClassification):
     backbone_name = "vision_model"
 
@@ -294,6 +332,45 @@ class SiglipLogits(_TokenMean, siglip.SiglipForImageClassification):
         model computes, the classifier does not read)."""
         backbone = self.vision_model
         return backbone.post_layernorm(self.layers(backbone.embeddings(pixel_values)))
+
+
+def patches(images: Tensor, size: int) -> Tensor:
+    """Images [B, C, H, W] as SigLIP 2's image processor cuts them: [B, (H/size)·(W/size),
+    size·size·C], the patches row by row, each patch's pixels row by row with their channels last."""
+    batch, channels, height, width = images.shape
+    grid = images.reshape(batch, channels, height // size, size, width // size, size)
+    return grid.permute(0, 2, 4, 3, 5, 1).reshape(batch, (height // size) * (width // size), -1)
+
+
+def image_from_patches(sequence: Tensor, grid: tuple[int, int], size: int) -> Tensor:
+    """The image [C, rows·size, columns·size] whose :func:`patches` are the first rows·columns of
+    ``sequence`` [patches, size·size·C] (SigLIP 2's processor pads the sequence after them)."""
+    rows, columns = grid
+    cut = sequence[: rows * columns].reshape(rows, columns, size, size, -1)
+    return cut.permute(4, 0, 2, 1, 3).reshape(-1, rows * size, columns * size)
+
+
+class Siglip2Logits(_TokenMean, siglip2.Siglip2ForImageClassification):
+    backbone_name = "vision_model"
+
+    @property
+    def image_size(self) -> int:
+        """The square image whose grid holds the most patches the configuration has position
+        embeddings for (its processor's ``max_num_patches``: 256 patches of 16 px, 256 px)."""
+        vision = self.config.vision_config
+        return vision.patch_size * math.isqrt(vision.num_patches)
+
+    def tokens(self, pixel_values: Tensor) -> Tensor:
+        """The images as patches, their embeddings with the position embeddings resized to the
+        grid, the layers, the last LayerNorm (the attention-pooling head the classifier does not
+        read, as SigLIP's)."""
+        size, backbone = self.config.vision_config.patch_size, self.vision_model
+        # each image's grid, filled in rather than read from a list: made from no tensor, it is a
+        # constant to the audit, as are the resizing weights computed from it
+        grid = torch.empty(pixel_values.shape[0], 2, dtype=torch.long, device=pixel_values.device)
+        grid[:, 0], grid[:, 1] = (side // size for side in pixel_values.shape[-2:])
+        hidden = backbone.embeddings(patches(pixel_values, size), grid)
+        return backbone.post_layernorm(self.layers(hidden))
 
 
 class Dinov2WithRegistersLogits(
@@ -374,13 +451,15 @@ register_classifiers(
         metaclip_2.MetaClip2ForImageClassification: MetaClip2Logits,
         siglip.SiglipForImageClassification: SiglipLogits,
         swin.SwinForImageClassification: SwinLogits,
+        siglip2.Siglip2ForImageClassification: Siglip2Logits,
+        donut.DonutSwinForImageClassification: DonutSwinLogits,
     }
 )
 #: transformers' module classes by the end of their names: containers, and LayerScale and
 #: DropPath, linear in evaluation
 CONTAINERS = ("Encoder", "Embeddings", "Layer", "Stage", "PatchMerging", "MLP", "Attention", "Pooler")
 CONTAINERS += ("SelfOutput", "Intermediate", "Output")  # the earlier layout's attention and MLP parts
-CONTAINERS += ("Reduction", "FeedForwardNetwork", "DepthWiseConv")  # PVT v2's and SegFormer's
+CONTAINERS += ("Reduction", "FeedForwardNetwork", "DepthWiseConv", "FFN")  # PVT's and SegFormer's
 CONTAINERS += ("Subsample", "LayerWithBN")  # LeViT's strided selection, its Linear and BatchNorm
 PASSTHROUGHS = ("LayerScale", "DropPath")
 
@@ -403,15 +482,16 @@ def register_family(family: ModuleType, twins: dict[str, type]) -> None:
             register(cls, Role.PASSTHROUGH)
 
 
-for family in (vit, deit, dinov2, dinov2_registers, vit_msn, ijepa, clip, metaclip_2, siglip):
+for family in (vit, deit, dinov2, dinov2_registers, vit_msn, ijepa, clip, metaclip_2, siglip, siglip2):
     register_family(family, {"Attention": ExplicitHFAttention, "SwiGLUFFN": ExplicitSwiGLUFFN})
 register_family(swin, {"Attention": ExplicitSwinAttention})
+register_family(donut, {"SelfAttention": ExplicitDonutSwinAttention})
 # never run by the classifier (the vision model computes it for its pooled output): kept as it is
-register(siglip.SiglipMultiheadAttentionPoolingHead, Role.CONSTANT)
+for head in (siglip.SiglipMultiheadAttentionPoolingHead, siglip2.Siglip2MultiheadAttentionPoolingHead):
+    register(head, Role.CONSTANT)
 register(swin.SwinRelativePositionBias, Role.CONSTANT)  # reads its table only
-register(ExplicitHFAttention, Role.CONTAINER)
-register(ExplicitSwinAttention, Role.CONTAINER)
-register(ExplicitSwiGLUFFN, Role.CONTAINER)
+for twin in (ExplicitHFAttention, ExplicitSwinAttention, ExplicitDonutSwinAttention, ExplicitSwiGLUFFN):
+    register(twin, Role.CONTAINER)
 for name in (
     "GELUActivation",
     "GELUTanh",
@@ -431,4 +511,4 @@ register(activations.LinearActivation, Role.PASSTHROUGH)
 
 # families whose twins build on this module's: importing them adds their classifiers to LOGITS, so
 # that whoever imports this module has every rule for transformers
-from . import hf_beit, hf_levit, hf_pvt, hf_swinv2  # noqa: E402, F401
+from . import hf_beit, hf_cvt, hf_levit, hf_mobilevit, hf_pvt, hf_swinv2  # noqa: E402, F401

@@ -34,18 +34,21 @@ class ExplicitLinearSelfAttention(nn.Module):
     """timm's ``LinearSelfAttention`` (MobileViT v2) on [B, C, P, N] with its softmax and products
     as modules: q, k, v = W_qkv·x (1, C and C channels), context = Σ_N k ⊙ softmax_N(q) (each
     patch position P's own), out = W_out·(ReLU(v) ⊙ context). Shares the original's submodules
-    under their names; self-attention only (timm's cross-attention, ``x_prev``, is refused)."""
+    under their names; self-attention only (timm's cross-attention, ``x_prev``, is refused). Serves
+    transformers' ``MobileViTV2LinearSelfAttention`` too, the same module but for its dropouts'
+    names (``attn_dropout``, none after the projection)."""
 
-    def __init__(self, attn: LinearSelfAttention) -> None:
+    def __init__(self, attn: nn.Module) -> None:
         super().__init__()
         self.embed_dim, self.qkv_proj = attn.embed_dim, attn.qkv_proj
-        self.softmax, self.attn_drop = nn.Softmax(dim=-1), attn.attn_drop
+        self.softmax = nn.Softmax(dim=-1)
+        self.attn_drop = attn.attn_drop if hasattr(attn, "attn_drop") else attn.attn_dropout
         # operands [B, C, P, N] and [B, 1, P, N] (context), [B, C, P, N] and [B, C, P, 1] (output):
         # channels are dimension -3
         self.context = Product("mul", channels_a=(-3,), channels_b=(-3,))
         self.value_act = nn.ReLU()
         self.gating = Product("mul", channels_a=(-3,), channels_b=(-3,))
-        self.out_proj, self.out_drop = attn.out_proj, attn.out_drop
+        self.out_proj, self.out_drop = attn.out_proj, getattr(attn, "out_drop", nn.Identity())
 
     def forward(self, x: Tensor, x_prev: Tensor | None = None) -> Tensor:
         if x_prev is not None:
