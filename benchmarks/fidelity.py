@@ -16,7 +16,7 @@ which make every block the identity until trained) start at weight 1 instead. to
 ``--model-kwargs``; their zero-initialized head gets timm's head init. Hugging Face transformers'
 classifiers: ``--model hf:ViTForImageClassification`` (or DeiT's, DINOv2's) with their configuration
 in ``--model-kwargs``. ``--checkpoint FILE`` loads weights into the model (after the init above), as
-``benchmarks/timm_to_hf_swinv2.py`` writes timm's Swin V2 weights in transformers' layout.
+``benchmarks/timm_to_hf.py`` writes timm's Swin V2 and MobileViT weights in transformers' layout.
 """
 
 from __future__ import annotations
