@@ -1,8 +1,8 @@
 """Hugging Face transformers' ViT, DeiT (plain and distilled), DINOv2 (MLP or SwiGLU, with or without
 registers), ViT-MSN, I-JEPA, CLIP, MetaCLIP 2, SigLIP, SigLIP 2, BEiT and Data2Vec-vision (relative
 position bias per layer or shared), Swin, Donut's Swin and Swin V2 (windows that divide the grid or
-not), PVT, PVT v2 (spatial-reduction or linear attention), SegFormer, CvT, MobileViT (v1 and v2)
-and LeViT (plain and distilled) classifiers: the logits form and the twins against transformers,
+not), PVT, PVT v2 (spatial-reduction or linear attention), SegFormer, CvT, MobileViT (v1 and v2),
+SwiftFormer and LeViT (plain and distilled) classifiers: the logits form and the twins against transformers,
 conversion, the one rate link, ``blocks=k``, save/load from the model spec, ``hf:`` models on the
 command line (from a class and its configuration, or a directory with safetensors weights and an
 image processor, SigLIP 2's NaFlex one included), and the errors for what is not converted."""
@@ -48,6 +48,8 @@ from transformers import (
     Siglip2ForImageClassification,
     Siglip2ImageProcessor,
     SiglipForImageClassification,
+    SwiftFormerConfig,
+    SwiftFormerForImageClassification,
     SwinForImageClassification,
     Swinv2ForImageClassification,
     ViTConfig,
@@ -63,6 +65,7 @@ from transpike.cli import main
 from transpike.models import build_model, create_model, model_spec
 from transpike.rules.hf_levit import ExplicitHFLevitAttention
 from transpike.rules.hf_mobilevit import ExplicitMobileViTAttention
+from transpike.rules.hf_swiftformer import ExplicitHFAdditiveAttention
 from transpike.rules.hf_vit import ExplicitSwiGLUFFN, logits_model, patches
 from transpike.rules.timm_mobilevit import ExplicitLinearSelfAttention
 from transpike.rules.timm_twins import SoftmaxHeads
@@ -466,20 +469,24 @@ MOBILEVITS = {
 }
 
 
-def build_mobilevit(kind: str, logits: bool = True) -> torch.nn.Module:
-    """A small MobileViT whose convolutions and Linears are drawn with std 1.5/√fan-in and whose
-    BatchNorms scale by 1 (transformers draws both with std 0.02, under which the signal vanishes
-    within a few layers of a random network)."""
-    cls, config, _ = MOBILEVITS[kind]
-    torch.manual_seed(0)
-    model = cls(config).eval()
+def redrawn(model: torch.nn.Module, logits: bool) -> torch.nn.Module:
+    """``model`` (in evaluation) with its convolutions and Linears drawn with std 1.5/√fan-in and
+    its BatchNorms scaling by 1 (transformers draws both with std 0.02 in MobileViT, the first in
+    SwiftFormer, under which the signal of a random network vanishes within a few layers), in its
+    logits form unless ``logits`` is False."""
     with torch.no_grad():
-        for module in model.modules():
+        for module in model.eval().modules():
             if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
                 module.weight.normal_(0, 1.5 / math.sqrt(module.weight[0].numel()))
             elif isinstance(module, torch.nn.BatchNorm2d):
                 module.weight.fill_(1)
     return logits_model(model) if logits else model
+
+
+def build_mobilevit(kind: str, logits: bool = True) -> torch.nn.Module:
+    cls, config, _ = MOBILEVITS[kind]
+    torch.manual_seed(0)
+    return redrawn(cls(config), logits)
 
 
 @pytest.fixture
@@ -534,6 +541,47 @@ def test_mobilevit_blocks_and_round_trip(kind, analog, tmp_path, mobilevit_input
     path = tmp_path / "net.safetensors"
     analog = {blocks: [*analog, "classifier"]}
     assert_blocks_and_round_trip(lambda: build_mobilevit(kind), mobilevit_inputs, analog, path, spec)
+
+
+#: SwiftFormer at 64 px: a convolution encoder or none, then the attention block, in each of four
+#: stages of widths 8 to 32 (maps of 16 to 2)
+SWIFTFORMER = SwiftFormerConfig(depths=[1, 1, 2, 1], embed_dims=[8, 16, 24, 32], num_labels=5)
+
+
+def build_swiftformer(logits: bool = True) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return redrawn(SwiftFormerForImageClassification(SWIFTFORMER), logits)
+
+
+def test_swiftformer_twins_compute_what_transformers_does(mobilevit_inputs):
+    """transformers' scores through a softmax of one element (every score 1), as it computes them."""
+    model = build_swiftformer(logits=False).double()
+    x = mobilevit_inputs[1].double()
+    prepared = prepare(model, ConversionOptions())
+    assert sum(isinstance(m, ExplicitHFAdditiveAttention) for m in prepared.modules()) == 4
+    with torch.no_grad():
+        reference = model(pixel_values=x).logits
+        assert relative_error(prepared(x), reference) < 1e-12
+        assert torch.equal(logits_model(model)(x), reference)
+
+
+@pytest.mark.parametrize("options", CONFIGURATIONS)
+def test_swiftformer_converts(options, mobilevit_inputs):
+    """The stem's first convolution reads the image; two products in each attention block (the
+    global query and the gating), one block per stage."""
+    direct = "swiftformer.patch_embed.patch_embedding.0"
+    assert_converts(build_swiftformer(), *mobilevit_inputs, options, direct=direct, products=2 * 4)
+
+
+def test_swiftformer_passes_rates_like_increments_and_counts_its_blocks(tmp_path, mobilevit_inputs):
+    """One link from the stem to both heads; blocks=k counts every block of every stage; the
+    network saved and loaded is rebuilt from its model spec."""
+    assert_rates_up_to(build_swiftformer(), *mobilevit_inputs, outputs=("head", "dist_head"))
+    name, kwargs = "hf:SwiftFormerForImageClassification", SWIFTFORMER.to_diff_dict()
+    spec = model_spec(name, kwargs, model=create_model(name, kwargs))
+    analog = {4: ["swiftformer.encoder.network.6.blocks.0", "head", "dist_head"]}  # the BatchNorm: affine
+    path = tmp_path / "net.safetensors"
+    assert_blocks_and_round_trip(build_swiftformer, mobilevit_inputs, analog, path, spec)
 
 
 def _image_folder(root, size: int = 20, width: int | None = None) -> str:

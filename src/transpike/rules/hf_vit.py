@@ -34,10 +34,11 @@ constant.
 
 The twins, the logits form and the registration here serve the families in :mod:`.hf_beit` (BEiT,
 Data2Vec-vision), :mod:`.hf_cvt` (CvT), :mod:`.hf_levit` (LeViT), :mod:`.hf_mobilevit` (MobileViT,
-MobileViT v2), :mod:`.hf_pvt` (PVT, PVT v2, SegFormer) and :mod:`.hf_swinv2` (Swin V2) too, which
-this module imports at its end: whoever imports it has every rule for transformers and every
-classifier in :data:`LOGITS`. It imports transformers, which takes seconds, so
-:func:`transpike.rules.rule_for` loads it only when it first meets a module of transformers.
+MobileViT v2), :mod:`.hf_pvt` (PVT, PVT v2, SegFormer), :mod:`.hf_swiftformer` (SwiftFormer) and
+:mod:`.hf_swinv2` (Swin V2) too, which this module imports at its end: whoever imports it has
+every rule for transformers and every classifier in :data:`LOGITS`. It imports transformers, which
+takes seconds, so :func:`transpike.rules.rule_for` loads it only when it first meets a module of
+transformers.
 """
 
 from __future__ import annotations
@@ -416,14 +417,14 @@ def _headless(backbone: nn.Module) -> str | None:
 
 
 def _network_links(model: _Logits) -> list[Link]:
-    """One link from the patch projection to the classifiers, which emit the increments the
-    simulation averages (LeViT's Linear after its BatchNorm, unless ``blocks=k`` leaves its
-    classifier analog); none when they are identities (no labels), as the output is then a sum of
-    producers."""
+    """One link from the patch projection to the classifiers (SwiftFormer's two heads), which emit
+    the increments the simulation averages (LeViT's Linear after its BatchNorm, unless ``blocks=k``
+    leaves its classifier analog); none when they are identities (no labels), as the output is then
+    a sum of producers."""
     outputs = [
         f"{path}.linear" if hasattr(child, "linear") else path
         for path, child in model.named_children()
-        if "classifier" in path and not isinstance(child, nn.Identity)
+        if ("classifier" in path or "head" in path) and not isinstance(child, nn.Identity)
     ]
     return link_all(model, *outputs) if outputs else []
 
@@ -511,4 +512,4 @@ register(activations.LinearActivation, Role.PASSTHROUGH)
 
 # families whose twins build on this module's: importing them adds their classifiers to LOGITS, so
 # that whoever imports this module has every rule for transformers
-from . import hf_beit, hf_cvt, hf_levit, hf_mobilevit, hf_pvt, hf_swinv2  # noqa: E402, F401
+from . import hf_beit, hf_cvt, hf_levit, hf_mobilevit, hf_pvt, hf_swiftformer, hf_swinv2  # noqa: E402, F401

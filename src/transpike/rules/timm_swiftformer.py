@@ -28,7 +28,7 @@ class ExplicitAdditiveAttention(nn.Module):
     / √d); g = Σ_N α·q̂; out = final(proj(g ⊙ k̂) + q̂). Shares the original's submodules and
     parameters under their names."""
 
-    def __init__(self, attn: swift.EfficientAdditiveAttention) -> None:
+    def __init__(self, attn: nn.Module) -> None:
         super().__init__()
         self.scale_factor = attn.scale_factor
         self.to_query, self.to_key, self.w_g = attn.to_query, attn.to_key, attn.w_g
@@ -40,12 +40,15 @@ class ExplicitAdditiveAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         batch, _, height, width = x.shape
-        x = x.flatten(2).transpose(1, 2)
-        query, key = self.query_norm(self.to_query(x)), self.key_norm(self.to_key(x))
+        out = self.attend(x.flatten(2).transpose(1, 2))
+        return out.transpose(1, 2).reshape(batch, -1, height, width)
+
+    def attend(self, tokens: Tensor) -> Tensor:
+        """The attention on tokens [B, N, D]."""
+        query, key = self.query_norm(self.to_query(tokens)), self.key_norm(self.to_key(tokens))
         score = self.score_norm(query @ self.w_g * self.scale_factor)
         pooled = self.pooling(score, query).sum(dim=1, keepdim=True)
-        out = self.final(self.proj(self.gating(pooled, key)) + query)
-        return out.transpose(1, 2).reshape(batch, -1, height, width)
+        return self.final(self.proj(self.gating(pooled, key)) + query)
 
 
 def _links(model: swift.SwiftFormer) -> list:
