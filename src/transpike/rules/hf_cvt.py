@@ -41,18 +41,17 @@ class ExplicitCvtAttention(SoftmaxHeads):
         self._init_heads(attn)
 
     def forward(self, hidden_state: Tensor, height: int, width: int) -> Tensor:
-        cls_token, tokens = hidden_state[:, :1], hidden_state
-        if self.with_cls_token:
-            tokens = hidden_state[:, 1:]
+        cls_token = hidden_state[:, :1] if self.with_cls_token else None
+        tokens = hidden_state[:, 1:] if self.with_cls_token else hidden_state
         grid = tokens.transpose(1, 2).unflatten(-1, (height, width))
         q, k, v = (self.branch(name, grid, cls_token) for name in BRANCHES)
         return self.heads(q, k, v).transpose(1, 2).flatten(-2)
 
-    def branch(self, name: str, grid: Tensor, cls_token: Tensor) -> Tensor:
+    def branch(self, name: str, grid: Tensor, cls_token: Tensor | None) -> Tensor:
         """One of q, k, v as [B, heads, tokens, head_dim]: the map's convolutional projection, the
         class token in front where the stage has one, the Linear."""
         tokens = getattr(self, f"convolution_projection_{name}")(grid)
-        if self.with_cls_token:
+        if cls_token is not None:
             tokens = torch.cat((cls_token, tokens), dim=1)
         projected = getattr(self, f"projection_{name}")(tokens)
         return projected.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)

@@ -16,9 +16,10 @@ non-overlapping strided convolution, a LayerNorm and learned position embeddings
 grid, a constant), the last stage adds a class token, which the classifier reads after a final
 LayerNorm; and its feed-forward is a plain MLP.
 
-PVT's and PVT v2's self-attention is in transformers' earlier layout (``query``, ``key``, ``value``, ``proj``
-in one module); SegFormer's is in the present one (``q_proj`` … ``o_proj``, the reduction a module
-of its own, the attention function chosen by the configuration).
+PVT's and PVT v2's self-attention is in transformers' earlier layout (``query``, ``key``, ``value``;
+PVT v2's ``proj`` in the same module, PVT's output projection a sibling); SegFormer's is in the
+present one (``q_proj`` … ``o_proj``, the reduction a module of its own, the attention function
+chosen by the configuration).
 """
 
 from __future__ import annotations
