@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import timm
@@ -168,6 +169,35 @@ def spread(model: torch.nn.Module, drawn: tuple[str, ...], scaled=("qkv.weight",
             if name.endswith(scaled):
                 parameter.mul_(3)
     return draw(model, drawn, 0.3)
+
+
+def redrawn(model: torch.nn.Module, logits: bool) -> torch.nn.Module:
+    """``model`` (in evaluation) with its convolutions and Linears drawn with std 1.5/√fan-in and
+    its BatchNorms scaling by 1 (transformers draws both with std 0.02 in MobileViT, the first in
+    SwiftFormer, under which the signal of a random network vanishes within a few layers), in its
+    logits form unless ``logits`` is False."""
+    with torch.no_grad():
+        for module in model.eval().modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                module.weight.normal_(0, 1.5 / math.sqrt(module.weight[0].numel()))
+            elif isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.fill_(1)
+    from transpike.rules.hf_vit import logits_model  # imports transformers: only where needed
+
+    return logits_model(model) if logits else model
+
+
+def assert_logits_form_matches(model, x: torch.Tensor, reference: torch.Tensor, tolerance=1e-12):
+    """A transformers classifier ``model``, prepared from itself, gives ``reference`` (its logits for
+    ``x``) within ``tolerance`` (relative), and its logits form gives them exactly. Returns the
+    prepared model, whose twins the caller counts."""
+    from transpike.rules.hf_vit import logits_model  # imports transformers: only where needed
+
+    prepared = prepare(model, ConversionOptions())
+    with torch.no_grad():
+        assert relative_error(prepared(x), reference) < tolerance
+        assert torch.equal(logits_model(model)(x), reference)
+    return prepared
 
 
 @pytest.fixture

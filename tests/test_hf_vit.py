@@ -1,14 +1,14 @@
 """Hugging Face transformers' ViT, DeiT (plain and distilled), DINOv2 (MLP or SwiGLU, with or without
 registers), ViT-MSN, I-JEPA, CLIP, MetaCLIP 2, SigLIP, SigLIP 2, BEiT and Data2Vec-vision (relative
 position bias per layer or shared), Swin, Donut's Swin and Swin V2 (windows that divide the grid or
-not), PVT, PVT v2 (spatial-reduction or linear attention), SegFormer, CvT, MobileViT (v1 and v2),
-SwiftFormer and LeViT (plain and distilled) classifiers: the logits form and the twins against transformers,
-conversion, the one rate link, ``blocks=k``, save/load from the model spec, ``hf:`` models on the
-command line (from a class and its configuration, or a directory with safetensors weights and an
-image processor, SigLIP 2's NaFlex one included), and the errors for what is not converted."""
+not), PVT, PVT v2 (spatial-reduction or linear attention), SegFormer, CvT and LeViT (plain and
+distilled) classifiers: the logits form and the twins against transformers, conversion, the one
+rate link, ``blocks=k``, save/load from the model spec, ``hf:`` models on the command line (from a
+class and its configuration, or a directory with safetensors weights and an image processor, SigLIP
+2's NaFlex one included), and the errors for what is not converted. The classifiers of
+architectures timm also builds: ``test_hf_from_timm.py``."""
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -17,10 +17,10 @@ from conftest import (
     CONFIGURATIONS,
     assert_blocks_and_round_trip,
     assert_converts,
+    assert_logits_form_matches,
     assert_rates_up_to,
     draw,
     random_images,
-    relative_error,
 )
 from PIL import Image
 from transformers import (
@@ -38,18 +38,12 @@ from transformers import (
     LevitForImageClassification,
     LevitForImageClassificationWithTeacher,
     MetaClip2ForImageClassification,
-    MobileViTConfig,
-    MobileViTForImageClassification,
-    MobileViTV2Config,
-    MobileViTV2ForImageClassification,
     PvtForImageClassification,
     PvtV2ForImageClassification,
     SegformerForImageClassification,
     Siglip2ForImageClassification,
     Siglip2ImageProcessor,
     SiglipForImageClassification,
-    SwiftFormerConfig,
-    SwiftFormerForImageClassification,
     SwinForImageClassification,
     Swinv2ForImageClassification,
     ViTConfig,
@@ -60,14 +54,11 @@ from transformers import (
 )
 
 import transpike
-from transpike import ConversionError, ConversionOptions, prepare
+from transpike import ConversionError
 from transpike.cli import main
 from transpike.models import build_model, create_model, model_spec
 from transpike.rules.hf_levit import ExplicitHFLevitAttention
-from transpike.rules.hf_mobilevit import ExplicitMobileViTAttention
-from transpike.rules.hf_swiftformer import ExplicitHFAdditiveAttention
 from transpike.rules.hf_vit import ExplicitSwiGLUFFN, logits_model, patches
-from transpike.rules.timm_mobilevit import ExplicitLinearSelfAttention
 from transpike.rules.timm_twins import SoftmaxHeads
 
 #: 16 px images, 16 patches of 4 px, two layers of 3 heads; weights drawn with std 0.3 (transformers'
@@ -273,7 +264,10 @@ def test_the_logits_form_and_twins_compute_what_transformers_does(family, implem
     softmax in float32 whatever the dtype)."""
     model = build(family, logits=False, implementation=implementation).double()
     x = inputs[1].double()
-    prepared = prepare(model, ConversionOptions())
+    with torch.no_grad():
+        reference = transformers_logits(model, x)
+        prepared = assert_logits_form_matches(model, x, reference, tolerance)
+        assert logits_model(logits_model(model))(x).equal(reference)
     twins = [m for m in prepared.modules() if isinstance(m, (SoftmaxHeads, ExplicitSwiGLUFFN))]
     originals = [m for m in model.modules() if type(m).__module__.startswith("transformers.")]
     hidden = [m for m in originals if type(m).__name__.endswith(("Attention", "SwiGLUFFN"))]
@@ -281,11 +275,6 @@ def test_the_logits_form_and_twins_compute_what_transformers_does(family, implem
     assert len(twins) == sum(
         not any(type(c).__name__.endswith("Attention") for c in m.children()) for m in hidden
     )
-    with torch.no_grad():
-        reference = transformers_logits(model, x)
-        assert relative_error(prepared(x), reference) < tolerance
-        assert torch.equal(logits_model(model)(x), reference)
-        assert logits_model(logits_model(model))(x).equal(reference)
     assert type(model) is FAMILIES[family][0]  # untouched
 
 
@@ -402,12 +391,9 @@ def test_levit_twins_compute_what_transformers_does(kind, levit_inputs):
     model = build_levit(kind, logits=False).double()
     x = levit_inputs[1].double()
     model(pixel_values=x)
-    prepared = prepare(model, ConversionOptions())
-    assert sum(isinstance(m, ExplicitHFLevitAttention) for m in prepared.modules()) == 4
     with torch.no_grad():
-        reference = model(pixel_values=x).logits
-        assert relative_error(prepared(x), reference) < 1e-12
-        assert torch.equal(logits_model(model)(x), reference)
+        prepared = assert_logits_form_matches(model, x, model(pixel_values=x).logits)
+    assert sum(isinstance(m, ExplicitHFLevitAttention) for m in prepared.modules()) == 4
 
 
 @pytest.mark.parametrize("kind", LEVITS)
@@ -445,143 +431,6 @@ def test_levit_blocks_and_round_trip(tmp_path, levit_inputs):
     }
     path = tmp_path / "net.safetensors"
     assert_blocks_and_round_trip(lambda: build_levit("levit-distilled"), levit_inputs, analog, path, spec)
-
-
-#: kind: (class, configuration at 64 px (maps of 32 to 2), the twins (v1: three layers of 2, 4 and 3
-#: transformer layers; v2: one in each))
-MOBILEVITS = {
-    "mobilevit": (
-        MobileViTForImageClassification,
-        MobileViTConfig(
-            image_size=64,
-            hidden_sizes=[16, 24, 32],
-            neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64],
-            num_attention_heads=2,
-            num_labels=5,
-        ),
-        9,
-    ),
-    "mobilevitv2": (
-        MobileViTV2ForImageClassification,
-        MobileViTV2Config(image_size=64, width_multiplier=0.25, n_attn_blocks=[1, 1, 1], num_labels=5),
-        3,
-    ),
-}
-
-
-def redrawn(model: torch.nn.Module, logits: bool) -> torch.nn.Module:
-    """``model`` (in evaluation) with its convolutions and Linears drawn with std 1.5/√fan-in and
-    its BatchNorms scaling by 1 (transformers draws both with std 0.02 in MobileViT, the first in
-    SwiftFormer, under which the signal of a random network vanishes within a few layers), in its
-    logits form unless ``logits`` is False."""
-    with torch.no_grad():
-        for module in model.eval().modules():
-            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
-                module.weight.normal_(0, 1.5 / math.sqrt(module.weight[0].numel()))
-            elif isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.fill_(1)
-    return logits_model(model) if logits else model
-
-
-def build_mobilevit(kind: str, logits: bool = True) -> torch.nn.Module:
-    cls, config, _ = MOBILEVITS[kind]
-    torch.manual_seed(0)
-    return redrawn(cls(config), logits)
-
-
-@pytest.fixture
-def mobilevit_inputs() -> tuple[torch.Tensor, torch.Tensor]:
-    return random_images(64, (16, 4))
-
-
-@pytest.mark.parametrize("kind", MOBILEVITS)
-def test_mobilevit_twins_compute_what_transformers_does(kind, mobilevit_inputs):
-    model = build_mobilevit(kind, logits=False).double()
-    x = mobilevit_inputs[1].double()
-    prepared = prepare(model, ConversionOptions())
-    twin = ExplicitMobileViTAttention if kind == "mobilevit" else ExplicitLinearSelfAttention
-    assert sum(isinstance(m, twin) for m in prepared.modules()) == MOBILEVITS[kind][2]
-    with torch.no_grad():
-        reference = model(pixel_values=x).logits
-        assert relative_error(prepared(x), reference) < 1e-12
-        assert torch.equal(logits_model(model)(x), reference)
-
-
-@pytest.mark.parametrize("kind", MOBILEVITS)
-@pytest.mark.parametrize("options", CONFIGURATIONS)
-def test_mobilevit_converts(kind, options, mobilevit_inputs):
-    """The stem's convolution reads the image; two products in each transformer layer (v1: Q·Kᵀ and
-    attn·V; v2: the context and the gating)."""
-    direct = f"{kind}.conv_stem.convolution"
-    products = 2 * MOBILEVITS[kind][2]
-    assert_converts(build_mobilevit(kind), *mobilevit_inputs, options, direct=direct, products=products)
-
-
-@pytest.mark.parametrize("kind", MOBILEVITS)
-def test_mobilevit_passes_rates_like_increments(kind, mobilevit_inputs):
-    """One link from the stem to the classifier."""
-    assert_rates_up_to(build_mobilevit(kind), *mobilevit_inputs, outputs=("classifier",))
-
-
-@pytest.mark.parametrize(
-    ("kind", "analog"),
-    [
-        # the last two MobileViT layers and v1's 1×1 expansion after them
-        ("mobilevit", ["mobilevit.encoder.layer.3", "mobilevit.encoder.layer.4", "mobilevit.conv_1x1_exp"]),
-        ("mobilevitv2", ["mobilevitv2.encoder.layer.3", "mobilevitv2.encoder.layer.4"]),
-    ],
-)
-def test_mobilevit_blocks_and_round_trip(kind, analog, tmp_path, mobilevit_inputs):
-    """blocks=k counts the inverted residuals one by one and each MobileViT layer as one; the
-    network saved and loaded is rebuilt from its model spec."""
-    name = f"hf:{MOBILEVITS[kind][0].__name__}"
-    kwargs = MOBILEVITS[kind][1].to_diff_dict()
-    spec = model_spec(name, kwargs, model=create_model(name, kwargs))
-    blocks = len(build_mobilevit(kind).block_paths()) - 2
-    path = tmp_path / "net.safetensors"
-    analog = {blocks: [*analog, "classifier"]}
-    assert_blocks_and_round_trip(lambda: build_mobilevit(kind), mobilevit_inputs, analog, path, spec)
-
-
-#: SwiftFormer at 64 px: a convolution encoder or none, then the attention block, in each of four
-#: stages of widths 8 to 32 (maps of 16 to 2)
-SWIFTFORMER = SwiftFormerConfig(depths=[1, 1, 2, 1], embed_dims=[8, 16, 24, 32], num_labels=5)
-
-
-def build_swiftformer(logits: bool = True) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return redrawn(SwiftFormerForImageClassification(SWIFTFORMER), logits)
-
-
-def test_swiftformer_twins_compute_what_transformers_does(mobilevit_inputs):
-    """transformers' scores through a softmax of one element (every score 1), as it computes them."""
-    model = build_swiftformer(logits=False).double()
-    x = mobilevit_inputs[1].double()
-    prepared = prepare(model, ConversionOptions())
-    assert sum(isinstance(m, ExplicitHFAdditiveAttention) for m in prepared.modules()) == 4
-    with torch.no_grad():
-        reference = model(pixel_values=x).logits
-        assert relative_error(prepared(x), reference) < 1e-12
-        assert torch.equal(logits_model(model)(x), reference)
-
-
-@pytest.mark.parametrize("options", CONFIGURATIONS)
-def test_swiftformer_converts(options, mobilevit_inputs):
-    """The stem's first convolution reads the image; two products in each attention block (the
-    global query and the gating), one block per stage."""
-    direct = "swiftformer.patch_embed.patch_embedding.0"
-    assert_converts(build_swiftformer(), *mobilevit_inputs, options, direct=direct, products=2 * 4)
-
-
-def test_swiftformer_passes_rates_like_increments_and_counts_its_blocks(tmp_path, mobilevit_inputs):
-    """One link from the stem to both heads; blocks=k counts every block of every stage; the
-    network saved and loaded is rebuilt from its model spec."""
-    assert_rates_up_to(build_swiftformer(), *mobilevit_inputs, outputs=("head", "dist_head"))
-    name, kwargs = "hf:SwiftFormerForImageClassification", SWIFTFORMER.to_diff_dict()
-    spec = model_spec(name, kwargs, model=create_model(name, kwargs))
-    analog = {4: ["swiftformer.encoder.network.6.blocks.0", "head", "dist_head"]}  # the BatchNorm: affine
-    path = tmp_path / "net.safetensors"
-    assert_blocks_and_round_trip(build_swiftformer, mobilevit_inputs, analog, path, spec)
 
 
 def _image_folder(root, size: int = 20, width: int | None = None) -> str:

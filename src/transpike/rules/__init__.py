@@ -109,10 +109,9 @@ def register(
 def rule_for(module: nn.Module) -> Rule | None:
     """The rule for ``module``: its exact type's, or a registered nonlinear base class's.
 
-    The rules for Hugging Face transformers' models (:mod:`.hf_vit`, which loads :mod:`.hf_beit`,
-    :mod:`.hf_levit`, :mod:`.hf_pvt` and :mod:`.hf_swinv2`) are registered the first time a module
-    of transformers is met: importing transformers costs seconds that a timm user would pay for
-    nothing.
+    The rules for Hugging Face transformers' models (:mod:`.hf_vit`, which loads the other ``hf_``
+    modules) are registered the first time a module of transformers is met: importing transformers
+    costs seconds that a timm user would pay for nothing.
     """
     if type(module).__module__.startswith("transformers.") and type(module) not in _RULES:
         from . import hf_vit  # noqa: F401  (registers its rules)

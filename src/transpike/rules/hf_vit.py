@@ -33,8 +33,9 @@ the full grid (no padding, so no mask), and the position embeddings are resized 
 constant.
 
 The twins, the logits form and the registration here serve the families in :mod:`.hf_beit` (BEiT,
-Data2Vec-vision), :mod:`.hf_cvt` (CvT), :mod:`.hf_levit` (LeViT), :mod:`.hf_mobilevit` (MobileViT,
-MobileViT v2), :mod:`.hf_pvt` (PVT, PVT v2, SegFormer), :mod:`.hf_swiftformer` (SwiftFormer) and
+Data2Vec-vision), :mod:`.hf_cvt` (CvT), :mod:`.hf_focalnet` (FocalNet), :mod:`.hf_hiera` (Hiera),
+:mod:`.hf_levit` (LeViT), :mod:`.hf_mobilevit` (MobileViT, MobileViT v2), :mod:`.hf_poolformer`
+(PoolFormer), :mod:`.hf_pvt` (PVT, PVT v2, SegFormer), :mod:`.hf_swiftformer` (SwiftFormer) and
 :mod:`.hf_swinv2` (Swin V2) too, which this module imports at its end: whoever imports it has
 every rule for transformers and every classifier in :data:`LOGITS`. It imports transformers, which
 takes seconds, so :func:`transpike.rules.rule_for` loads it only when it first meets a module of
@@ -183,9 +184,9 @@ class ExplicitSwiGLUFFN(nn.Module):
 
 def _layers(classifier: _Logits) -> tuple[str, nn.ModuleList]:
     """The path and the list of a classifier's Transformer layers (``layers`` in ViT and DeiT,
-    ``encoder.layer`` in DINOv2, ``encoder.layers`` in CLIP and SigLIP; the stages in Swin, PVT v2
-    and SegFormer)."""
-    for inside in ("layers", "encoder.layer", "encoder.layers", "stages"):
+    ``encoder.layer`` in DINOv2, ``encoder.layers`` in CLIP and SigLIP; the stages in Swin, PVT v2,
+    SegFormer, FocalNet and Hiera)."""
+    for inside in ("layers", "encoder.layer", "encoder.layers", "stages", "encoder.stages"):
         path = f"{classifier.backbone_name}.{inside}"
         try:
             layers = classifier.get_submodule(path)
@@ -200,8 +201,10 @@ class _Logits:
     """An image classifier of transformers whose forward returns the logits, computed explicitly:
     the tokens its readout reads (:meth:`tokens`), then the readout."""
 
-    #: whether the layers come in stages (lists of ``blocks``), which ``blocks=k`` counts in turn
+    #: whether the layers come in stages (lists named :attr:`stage_layers`), which ``blocks=k``
+    #: counts in turn
     staged = False
+    stage_layers = "blocks"
 
     @property
     def backbone_name(self) -> str:
@@ -229,8 +232,11 @@ class _Logits:
         """The Transformer blocks ``blocks=k`` counts: the layers, or each stage's layers in turn."""
         path, layers = _layers(self)
         if self.staged:
+            name = self.stage_layers
             return [
-                f"{path}.{s}.blocks.{b}" for s, stage in enumerate(layers) for b in range(len(stage.blocks))
+                f"{path}.{s}.{name}.{b}"
+                for s, stage in enumerate(layers)
+                for b in range(len(getattr(stage, name)))
             ]
         return [f"{path}.{index}" for index in range(len(layers))]
 
@@ -512,4 +518,15 @@ register(activations.LinearActivation, Role.PASSTHROUGH)
 
 # families whose twins build on this module's: importing them adds their classifiers to LOGITS, so
 # that whoever imports this module has every rule for transformers
-from . import hf_beit, hf_cvt, hf_levit, hf_mobilevit, hf_pvt, hf_swiftformer, hf_swinv2  # noqa: E402, F401
+from . import (  # noqa: E402, F401
+    hf_beit,
+    hf_cvt,
+    hf_focalnet,
+    hf_hiera,
+    hf_levit,
+    hf_mobilevit,
+    hf_poolformer,
+    hf_pvt,
+    hf_swiftformer,
+    hf_swinv2,
+)

@@ -44,12 +44,15 @@ class ExplicitMaskUnitAttention(SoftmaxHeads):
     before windows), so that the heads' products see heads and head_dim as their channels.
     Shares the original's submodules under their names."""
 
-    def __init__(self, attn: hiera.MaskUnitAttention) -> None:
+    #: the original's names for its number of heads, their output width and q's stride
+    names = ("heads", "dim_out", "q_stride")
+
+    def __init__(self, attn: nn.Module) -> None:
         super().__init__()
-        self.num_heads, self.dim_out, self.window_size = attn.heads, attn.dim_out, attn.window_size
-        self.q_stride, self.use_mask_unit_attn = attn.q_stride, attn.use_mask_unit_attn
+        self.num_heads, self.dim_out, self.q_stride = (getattr(attn, name) for name in self.names)
+        self.window_size, self.use_mask_unit_attn = attn.window_size, attn.use_mask_unit_attn
         self.qkv, self.proj = attn.qkv, attn.proj
-        self.q_pool = StrideMax(attn.q_stride, -2) if attn.q_stride > 1 else nn.Identity()
+        self.q_pool = StrideMax(self.q_stride, -2) if self.q_stride > 1 else nn.Identity()
         self._init_heads(attn)
 
     def forward(self, x: Tensor) -> Tensor:
