@@ -1,19 +1,32 @@
 """timm's random-init weights in the layout of transformers' classifier of the same architecture
-(Swin V2: ``Swinv2ForImageClassification``; MobileViT: ``MobileViTForImageClassification``), so
-that ``fidelity.py --checkpoint`` converts one function from both libraries and any difference left
-is the conversion's, not the inits'.
+(Swin V2: ``Swinv2ForImageClassification``; MobileViT: ``MobileViTForImageClassification``;
+FocalNet, Hiera: ``FocalNetForImageClassification``, ``HieraForImageClassification``; distilled
+LeViT: ``LevitForImageClassificationWithTeacher``), so that
+``fidelity.py --checkpoint`` converts one function from both libraries and any difference left is
+the conversion's, not the inits'. (PoolFormer is not among them: timm's MetaFormer pools the last
+map before its norm, a LayerNorm over the channels, where transformers, as the original, norms the
+map with a GroupNorm first; the same weights give different functions.)
 
 The model is the one ``fidelity.py --model NAME --img-size SIZE`` builds (seed 0, zero-weight norms
 at 1). Key by key; in both, timm's packed qkv splits into ``query``, ``key`` and ``value``. Swin V2:
 q's and v's biases (k has none); each stage's leading patch merging in timm is the previous stage's
 trailing one in transformers, and both concatenate the 2×2 neighbours in the same order. MobileViT:
 timm's ByobNet stages are transformers' encoder layers, the inverted residual that opens a
-MobileViT stage its downsampling layer. The script checks that the two models give the same logits
-before it writes the file.
+MobileViT stage its downsampling layer. FocalNet: as Swin V2's, timm's leading downsampling is
+transformers' trailing patch embedding. Hiera: timm's one list of blocks is cut into transformers'
+stages. LeViT: both keep the original's modules in its order, so the keys pair up one by one.
+Where timm has a 1×1 convolution and transformers a Linear (FocalNet's modulation), the weight is
+reshaped. The script checks that the two models give the same logits before it writes the file.
 
     python benchmarks/timm_to_hf.py --model swinv2_tiny_window8_256 --img-size 128 \\
         --out benchmarks/out/swinv2_tiny_hf.safetensors
     python benchmarks/timm_to_hf.py --model mobilevit_s --out benchmarks/out/mobilevit_s_hf.safetensors
+    python benchmarks/timm_to_hf.py --model focalnet_tiny_srf --img-size 224 \\
+        --out benchmarks/out/focalnet_tiny_srf_hf.safetensors
+    python benchmarks/timm_to_hf.py --model hiera_tiny_224 --img-size 224 \\
+        --out benchmarks/out/hiera_tiny_224_hf.safetensors
+    python benchmarks/timm_to_hf.py --model levit_128s --img-size 224 --batchnorm-at-one \\
+        --out benchmarks/out/levit_128s_hf.safetensors
 """
 
 from __future__ import annotations
@@ -50,8 +63,9 @@ BLOCK = {
 }
 
 
-def swinv2_state(timm_state: dict[str, torch.Tensor], depths: list[int]) -> dict[str, torch.Tensor]:
-    """transformers' state dict for the timm state dict of a Swin V2 of ``depths`` blocks per stage."""
+def swinv2_state(timm_state: dict[str, torch.Tensor], hf_model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """transformers' state dict for the timm state dict of a Swin V2."""
+    depths = hf_model.config.depths
     out = {
         "swinv2.embeddings.patch_embeddings.projection.weight": timm_state["patch_embed.proj.weight"],
         "swinv2.embeddings.patch_embeddings.projection.bias": timm_state["patch_embed.proj.bias"],
@@ -91,6 +105,16 @@ def swinv2_kwargs(timm_model: torch.nn.Module) -> dict:
     )
 
 
+def renamed(state: dict[str, torch.Tensor], names: tuple[tuple[str, str], ...]) -> dict[str, torch.Tensor]:
+    """``state`` with each key rewritten by ``names`` (regular expressions, in order)."""
+    out = {}
+    for key, value in state.items():
+        for pattern, replacement in names:
+            key = re.sub(pattern, replacement, key)
+        out[key] = value
+    return out
+
+
 #: timm's MobileViT names (regular expressions, in this order) and transformers'
 MOBILEVIT = (
     (r"^stem\.", "conv_stem."),
@@ -119,13 +143,10 @@ MOBILEVIT = (
 def mobilevit_state(timm_state: dict[str, torch.Tensor], _) -> dict[str, torch.Tensor]:
     """transformers' state dict for the timm state dict of a MobileViT."""
     out = {}
-    for key, value in timm_state.items():
+    for key, value in renamed(timm_state, MOBILEVIT).items():
         if key.startswith("head.fc."):
             out[key.replace("head.fc.", "classifier.")] = value
-            continue
-        for pattern, replacement in MOBILEVIT:
-            key = re.sub(pattern, replacement, key)
-        if "attn.qkv." in key:  # one packed Linear in timm, three in transformers
+        elif "attn.qkv." in key:  # one packed Linear in timm, three in transformers
             for name, part in zip(("query", "key", "value"), value.chunk(3), strict=True):
                 out["mobilevit." + key.replace("attn.qkv.", f"attention.attention.{name}.")] = part
         else:
@@ -146,10 +167,116 @@ def mobilevit_kwargs(timm_model: torch.nn.Module) -> dict:
     )
 
 
+def focalnet_state(timm_state: dict[str, torch.Tensor], _) -> dict[str, torch.Tensor]:
+    """transformers' state dict for the timm state dict of a FocalNet: timm's downsampling opening
+    stage i is transformers' patch embedding closing stage i - 1."""
+    shifted = {
+        re.sub(r"^layers\.(\d)\.downsample\.", lambda m: f"layers.{int(m[1]) - 1}.downsample.", key): value
+        for key, value in timm_state.items()
+    }
+    return renamed(shifted, FOCALNET)
+
+
+#: timm's FocalNet names and transformers'
+FOCALNET = (
+    (r"^stem\.proj\.", "focalnet.embeddings.patch_embeddings.projection."),
+    (r"^stem\.norm\.", "focalnet.embeddings.norm."),
+    (r"^layers\.(\d)\.blocks\.(\d+)\.", r"focalnet.encoder.stages.\1.layers.\2."),
+    (r"^layers\.(\d)\.downsample\.proj\.", r"focalnet.encoder.stages.\1.downsample.projection."),
+    (r"^layers\.(\d)\.downsample\.", r"focalnet.encoder.stages.\1.downsample."),
+    (r"modulation\.f\.", "modulation.projection_in."),
+    (r"modulation\.h\.", "modulation.projection_context."),
+    (r"modulation\.proj\.", "modulation.projection_out."),
+    (r"modulation\.norm\.", "modulation.layernorm."),
+    (r"^norm\.", "focalnet.layernorm."),
+    (r"^head\.fc\.", "classifier."),
+)
+
+
+def focalnet_kwargs(timm_model: torch.nn.Module) -> dict:
+    """transformers' configuration of timm's FocalNet."""
+    modulations = [stage.blocks[0].modulation for stage in timm_model.layers]
+    return dict(
+        embed_dim=timm_model.layers[0].blocks[0].dim,
+        depths=[len(stage.blocks) for stage in timm_model.layers],
+        focal_levels=[m.focal_level for m in modulations],
+        focal_windows=[m.focal_layers[0][0].kernel_size[0] for m in modulations],
+        num_labels=timm_model.num_classes,
+    )
+
+
+def hiera_state(timm_state: dict[str, torch.Tensor], hf_model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """transformers' state dict for the timm state dict of a Hiera: timm's list of blocks cut into
+    stages."""
+    depths = hf_model.config.depths
+    stage_of = [(stage, layer) for stage, depth in enumerate(depths) for layer in range(depth)]
+    layer = lambda m: "hiera.encoder.stages.{}.layers.{}.".format(*stage_of[int(m[1])])  # noqa: E731
+    staged = {re.sub(r"^blocks\.(\d+)\.", layer, key): value for key, value in timm_state.items()}
+    return renamed(staged, HIERA)
+
+
+#: timm's Hiera names and transformers'
+HIERA = (
+    (r"^pos_embed$", "hiera.embeddings.position_embeddings"),
+    (r"^patch_embed\.proj\.", "hiera.embeddings.patch_embeddings.projection."),
+    (r"norm1\.", "layernorm_before."),
+    (r"norm2\.", "layernorm_after."),
+    (r"^head\.norm\.", "hiera.pooler.layernorm."),
+    (r"^head\.fc\.", "classifier."),
+)
+
+
+def hiera_kwargs(timm_model: torch.nn.Module) -> dict:
+    """transformers' configuration of timm's Hiera (its stages where q is pooled)."""
+    ends = [index for index, block in enumerate(timm_model.blocks) if block.dim != block.dim_out] + [
+        len(timm_model.blocks)
+    ]
+    depths = [b - a for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    starts = [0, *ends[:-1]]
+    return dict(
+        image_size=[timm_model.patch_embed.proj.stride[0] * timm_model.tokens_spatial_shape[0]] * 2,
+        embed_dim=timm_model.blocks[0].dim,
+        depths=depths,
+        num_heads=[timm_model.blocks[start].attn.heads for start in starts],
+        num_labels=timm_model.num_classes,
+    )
+
+
+def levit_state(timm_state: dict[str, torch.Tensor], hf_model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """transformers' state dict for the timm state dict of a LeViT: both keep the original's modules
+    in its order (stem, each stage's blocks, the subsampling between stages, the two heads), so the
+    keys pair up one by one; the shapes are checked."""
+    hf_state = hf_model.state_dict()
+    for (timm_key, value), (key, target) in zip(timm_state.items(), hf_state.items(), strict=True):
+        if value.shape != target.shape:
+            raise SystemExit(
+                f"{timm_key} {tuple(value.shape)} and {key} {tuple(target.shape)} do not pair up"
+            )
+    return dict(zip(hf_state, timm_state.values(), strict=True))
+
+
+def levit_kwargs(timm_model: torch.nn.Module) -> dict:
+    """transformers' configuration of timm's LeViT (distilled: two heads)."""
+    attns = [stage.blocks[0].attn for stage in timm_model.stages]
+    mlps = [stage.blocks[0].mlp.ln1.linear for stage in timm_model.stages]
+    return dict(
+        hidden_sizes=list(timm_model.embed_dim),
+        num_attention_heads=[attn.num_heads for attn in attns],
+        depths=[len(stage.blocks) for stage in timm_model.stages],
+        key_dim=[attn.key_dim for attn in attns],
+        attention_ratio=[attn.val_dim // attn.key_dim for attn in attns],
+        mlp_ratio=[mlp.out_features // mlp.in_features for mlp in mlps],
+        num_labels=timm_model.num_classes,
+    )
+
+
 #: architecture: (transformers' class, its configuration from timm's model, its state from timm's)
 ARCHITECTURES = {
     "swinv2": ("Swinv2ForImageClassification", swinv2_kwargs, swinv2_state),
     "mobilevit": ("MobileViTForImageClassification", mobilevit_kwargs, mobilevit_state),
+    "focalnet": ("FocalNetForImageClassification", focalnet_kwargs, focalnet_state),
+    "hiera_": ("HieraForImageClassification", hiera_kwargs, hiera_state),
+    "levit_": ("LevitForImageClassificationWithTeacher", levit_kwargs, levit_state),
 }
 
 
@@ -158,16 +285,19 @@ def main() -> None:
     parser.add_argument("--model", default="swinv2_tiny_window8_256")
     parser.add_argument("--img-size", type=int, default=256)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batchnorm-at-one", action="store_true", help="as fidelity.py's (LeViT)")
     args = parser.parse_args()
     architecture = next((name for name in ARCHITECTURES if args.model.startswith(name)), None)
     if architecture is None:
         raise SystemExit(f"{args.model}: timm models of {', '.join(ARCHITECTURES)} only")
     hf_class, kwargs_of, state_of = ARCHITECTURES[architecture]
     torch.manual_seed(0)  # as fidelity.py
-    timm_model = create(args.model, args.img_size, {})
+    timm_model = create(args.model, args.img_size, {}, args.batchnorm_at_one)
     hf_kwargs = kwargs_of(timm_model)
     hf_model = create(f"hf:{hf_class}", args.img_size, hf_kwargs)
-    state = state_of(timm_model.state_dict(), hf_kwargs.get("depths"))
+    state = state_of(timm_model.state_dict(), hf_model)
+    shapes = {key: value.shape for key, value in hf_model.state_dict().items()}
+    state = {key: value.reshape(shapes.get(key, value.shape)) for key, value in state.items()}  # 1×1 convs
     hf_model.load_state_dict(state)
     x = torch.randn(2, 3, args.img_size, args.img_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
