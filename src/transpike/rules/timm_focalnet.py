@@ -29,7 +29,8 @@ def _map_product() -> Product:
 class FocalProducts(nn.Module):
     """The products of focal modulation as modules, shared by timm's and transformers' twins:
     ``gating[l]`` weighs level l's context by its gate (l = L: the global context), ``modulation``
-    is q times the 1×1 convolution of their sum (:meth:`modulate`)."""
+    is q times the 1×1 convolution of their sum (:meth:`modulate`). Subclasses hold the model's
+    ``focal_layers``."""
 
     def __init__(self, levels: int, normalize_modulator: bool) -> None:
         super().__init__()
