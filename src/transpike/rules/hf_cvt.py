@@ -58,19 +58,12 @@ class ExplicitCvtAttention(SoftmaxHeads):
 
 
 class CvtLogits(_TokenMean, cvt.CvtForImageClassification):
+    staged, stage_layers = True, "layers"
+
     def tokens(self, pixel_values: Tensor) -> Tensor:
         """The stages, then the classifier's LayerNorm of the last stage's class token (transformers'
         classifier reads it alone: without one, its forward fails)."""
         return self.layernorm(self.cvt.encoder(pixel_values, return_dict=False)[1])
-
-    def block_paths(self) -> list[str]:
-        """Each stage's layers in turn."""
-        stages = self.cvt.encoder.stages
-        return [
-            f"cvt.encoder.stages.{s}.layers.{b}"
-            for s, stage in enumerate(stages)
-            for b in range(len(stage.layers))
-        ]
 
 
 register_classifiers({cvt.CvtForImageClassification: CvtLogits})

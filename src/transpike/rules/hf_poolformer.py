@@ -20,6 +20,8 @@ from .hf_vit import _Logits, register_classifiers, register_family
 
 
 class PoolFormerLogits(_Logits, poolformer.PoolFormerForImageClassification):
+    staged, stage_layers = True, None
+
     def tokens(self, pixel_values: Tensor) -> Tensor:
         """Each stage's patch embedding and layers: the last map."""
         return self.poolformer.encoder(pixel_values, return_dict=False)[0]
@@ -27,14 +29,6 @@ class PoolFormerLogits(_Logits, poolformer.PoolFormerForImageClassification):
     def readout(self, features: Tensor) -> Tensor:
         """The classifier on the mean of the GroupNorm of the map."""
         return self.classifier(self.norm(features).mean((-2, -1)))
-
-    def block_paths(self) -> list[str]:
-        """Every stage's layers in turn."""
-        return [
-            f"poolformer.encoder.block.{stage}.{layer}"
-            for stage, layers in enumerate(self.poolformer.encoder.block)
-            for layer in range(len(layers))
-        ]
 
 
 register_classifiers({poolformer.PoolFormerForImageClassification: PoolFormerLogits})

@@ -98,14 +98,11 @@ class _StageMean(_Logits):
 
 
 class PvtLogits(_Logits, pvt.PvtForImageClassification):
+    staged, stage_layers = True, None
+
     def tokens(self, pixel_values: Tensor) -> Tensor:
         """The stages and the final LayerNorm; the classifier reads the class token."""
         return self.pvt.encoder(pixel_values, return_dict=False)[0]
-
-    def block_paths(self) -> list[str]:
-        """Each stage's layers in turn (a stage is a plain list of them)."""
-        stages = self.pvt.encoder.block
-        return [f"pvt.encoder.block.{s}.{b}" for s, stage in enumerate(stages) for b in range(len(stage))]
 
 
 class PvtV2Logits(_StageMean, pvt_v2.PvtV2ForImageClassification):

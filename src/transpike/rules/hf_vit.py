@@ -184,9 +184,9 @@ class ExplicitSwiGLUFFN(nn.Module):
 
 def _layers(classifier: _Logits) -> tuple[str, nn.ModuleList]:
     """The path and the list of a classifier's Transformer layers (``layers`` in ViT and DeiT,
-    ``encoder.layer`` in DINOv2, ``encoder.layers`` in CLIP and SigLIP; the stages in Swin, PVT v2,
-    SegFormer, FocalNet and Hiera)."""
-    for inside in ("layers", "encoder.layer", "encoder.layers", "stages", "encoder.stages"):
+    ``encoder.layer`` in DINOv2, ``encoder.layers`` in CLIP and SigLIP; the stages in Swin, PVT,
+    PVT v2, SegFormer, CvT, PoolFormer, FocalNet and Hiera)."""
+    for inside in ("layers", "encoder.layer", "encoder.layers", "stages", "encoder.stages", "encoder.block"):
         path = f"{classifier.backbone_name}.{inside}"
         try:
             layers = classifier.get_submodule(path)
@@ -201,10 +201,10 @@ class _Logits:
     """An image classifier of transformers whose forward returns the logits, computed explicitly:
     the tokens its readout reads (:meth:`tokens`), then the readout."""
 
-    #: whether the layers come in stages (lists named :attr:`stage_layers`), which ``blocks=k``
-    #: counts in turn
+    #: whether the layers come in stages, which ``blocks=k`` counts in turn: each stage's list named
+    #: :attr:`stage_layers`, or the stage itself where that is None (PVT's, PoolFormer's)
     staged = False
-    stage_layers = "blocks"
+    stage_layers: str | None = "blocks"
 
     @property
     def backbone_name(self) -> str:
@@ -233,11 +233,9 @@ class _Logits:
         path, layers = _layers(self)
         if self.staged:
             name = self.stage_layers
-            return [
-                f"{path}.{s}.{name}.{b}"
-                for s, stage in enumerate(layers)
-                for b in range(len(getattr(stage, name)))
-            ]
+            inside = f".{name}" if name else ""
+            stages = [getattr(stage, name) if name else stage for stage in layers]
+            return [f"{path}.{s}{inside}.{b}" for s, blocks in enumerate(stages) for b in range(len(blocks))]
         return [f"{path}.{index}" for index in range(len(layers))]
 
 
