@@ -8,6 +8,7 @@ import torch
 import transpike
 from transpike import ConversionOptions, ExpectationCompensation, SpikingLayer, SpikingProduct, prepare
 from transpike.io import rebuild_ann
+from transpike.model import SpikingModel
 from transpike.rates import link_rates
 
 # The GPU path runs where CUDA is present (the device machine); CI has the CPU only.
@@ -204,3 +205,21 @@ def assert_logits_form_matches(model, x: torch.Tensor, reference: torch.Tensor, 
 def images() -> tuple[torch.Tensor, torch.Tensor]:
     """(calibration batch, evaluation batch) of random images for TINY models."""
     return random_images(16, seed=123)
+
+
+SIMULATE = SpikingModel.simulate  # what interrupt_after wraps, however often it is called
+
+
+def interrupt_after(monkeypatch, calls: int) -> list[int]:
+    """Make every SpikingModel.simulate after the first ``calls`` raise KeyboardInterrupt (Ctrl-C
+    mid-batch); returns the list of batch sizes simulated."""
+    seen = []
+
+    def counted(self, x, time_steps):
+        if len(seen) == calls:
+            raise KeyboardInterrupt
+        seen.append(len(x))
+        return SIMULATE(self, x, time_steps)
+
+    monkeypatch.setattr(SpikingModel, "simulate", counted)
+    return seen

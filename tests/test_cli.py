@@ -3,17 +3,22 @@
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import interrupt_after
 from PIL import Image
 
 import transpike
 from transpike import cli, digits
 from transpike.data import load_dataset
+from transpike.evaluate import World, evaluate
+from transpike.io import rebuild_ann
+from transpike.progress import Progress
 
 MODEL = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=24",
          "depth=2", "num_heads=3", "num_classes=4"]  # fmt: skip
@@ -431,3 +436,87 @@ def test_blocks_sweep_and_sit_method(tmp_path, npz_data, capsys):
     assert "blocks   SNN top-1 at T" in capsys.readouterr().out
     assert run("eval", "--snn", "x.safetensors", "--data", npz_data, "--time-steps", 2, "--blocks", 1,
                "--out", tmp_path / "r") == 2  # fmt: skip
+
+
+def results_of(out, resumed=0):
+    """results.json of ``out`` but for the run's own time, checking how many samples it resumed from."""
+    results = json.loads((out / "results.json").read_text())
+    assert results.pop("resumed_samples") == resumed
+    results.pop("seconds")
+    return results
+
+
+def test_eval_resume(tmp_path, npz_data, monkeypatch, capsys):
+    argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--batch-size", 4, "--time-steps", 3]
+    assert run(*argv, "--out", tmp_path / "whole") == 0
+    out = tmp_path / "stopped"
+    interrupt_after(monkeypatch, 1)
+    assert run(*argv, "--out", out) == 130
+    assert "the same command with --resume continues" in capsys.readouterr().err
+    assert (out / "progress" / "eval.rank0.safetensors").is_file() and not (out / "results.json").exists()
+    refusals = [
+        ([], "holds an interrupted evaluation .*add --resume to continue it, or --force to start over"),
+        (["--resume", "--force"], "--resume continues an interrupted evaluation, --force starts over"),
+        (["--resume", "--time-steps", 4], "time_steps 3 there, 4 here"),
+        (["--resume", "--percentile", 99.9], "network '[0-9a-f]+' there"),
+    ]
+    for extra, message in refusals:
+        assert run(*argv, "--out", out, *extra) == 2
+        assert re.search(message, capsys.readouterr().err)
+    seen = interrupt_after(monkeypatch, 100)
+    assert run(*argv, "--out", out, "--resume", "--batch-size", 8) == 0
+    assert seen == [8]  # the 8 samples after the first batch of 4
+    assert results_of(out, 4) == results_of(tmp_path / "whole") and not (out / "progress").exists()
+    assert "12 samples (4 of them counted by the interrupted run)" in capsys.readouterr().out
+    assert run(*argv, "--out", tmp_path / "empty", "--resume") == 2
+    assert "holds no interrupted evaluation" in capsys.readouterr().err
+
+    def stopped_converting(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "convert", stopped_converting)
+    assert run(*argv, "--out", tmp_path / "early") == 130
+    assert "interrupted before any sample was evaluated" in capsys.readouterr().err
+
+
+def test_a_resumed_blocks_sweep_skips_the_finished_evaluations(tmp_path, npz_data, monkeypatch):
+    argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--batch-size", 4, "--time-steps", 2,
+            "--blocks", 1, 2]  # fmt: skip
+    assert run(*argv, "--out", tmp_path / "whole") == 0
+    out = tmp_path / "stopped"
+    interrupt_after(monkeypatch, 4)  # blocks=1 done (3 batches), one batch of blocks=2
+    assert run(*argv, "--out", out) == 130
+    assert sorted(p.name for p in (out / "progress").iterdir()) == [
+        "blocks-1.rank0.safetensors", "blocks-2.rank0.safetensors"
+    ]  # fmt: skip
+    seen = interrupt_after(monkeypatch, 100)
+    assert run(*argv, "--out", out, "--resume") == 0
+    assert seen == [4, 4]  # blocks=2's last two batches only
+    assert results_of(out, 4) == results_of(tmp_path / "whole")
+
+
+def test_torchrun_resumes_each_process_from_its_own_totals(tmp_path, npz_data, monkeypatch):
+    snn_file = tmp_path / "net.safetensors"
+    assert run("convert", *MODEL, "--calib", npz_data, "--out", snn_file) == 0
+    argv = ["eval", "--snn", snn_file, "--data", npz_data, "--batch-size", 2, "--time-steps", 3]
+    assert run(*argv, "--out", tmp_path / "whole") == 0
+    # two processes stopped after their first batch: each process's totals, as torchrun's would be
+    out = tmp_path / "stopped"
+    snn = transpike.load(snn_file)
+    ann = rebuild_ann(snn)
+    dataset = load_dataset(npz_data, "test", ann)
+    for rank in (0, 1):
+        interrupt_after(monkeypatch, 1)
+        store = Progress(out / "progress", "eval", dict(data=npz_data), resume=False)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(snn, ann, dataset, 3, batch_size=2, world=World(rank, 2), progress=False, store=store)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518"]
+    subprocess.run([*launch, "-m", "transpike", *map(str, argv), "--out", str(out), "--resume"],
+                   check=True, env=env, capture_output=True, timeout=300)  # fmt: skip
+    resumed, whole = results_of(out, 4), results_of(tmp_path / "whole")  # 2 + 2 samples in the totals
+    assert resumed["processes"] == 2 and resumed["num_samples"] == 12
+    assert resumed["snn_top1"] == whole["snn_top1"] and resumed["ann_top1"] == whole["ann_top1"]
+    assert resumed["energy"]["level_histogram"] == whole["energy"]["level_histogram"]
+    assert resumed["energy"]["snn_acs"] == pytest.approx(whole["energy"]["snn_acs"])
+    assert not (out / "progress").exists()

@@ -4,6 +4,7 @@
     transpike convert --model NAME [--model-kwargs k=v ...] [--checkpoint FILE] [--weights NAME] --calib DATA
         --out SNN_FILE
     transpike eval (--snn SNN_FILE | --model NAME ... --calib DATA) --data DATA --time-steps T --out DIR
+        [--resume]
 
 Errors in what the user gave (a missing file, an unknown model, a bad option) print one line and
 exit with status 2; ``--debug`` shows the traceback.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +36,8 @@ from .io import load, rebuild_ann, save
 from .model import SpikingModel
 from .models import cached_weights, create_model, load_checkpoint, model_spec, spec_name, torchvision_weights
 from .neurons import NEURONS, ROUNDINGS
+from .progress import FOLDER as PROGRESS_FOLDER
+from .progress import Progress
 from .results import check_output_dir, format_blocks_table, format_table, write_results
 from .sit import MODES as SIT_MODES
 
@@ -119,8 +123,7 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
         required=required,
         help="timm model name, local-dir:DIR for a timm model saved in a directory (config.json, "
         "model.safetensors), torchvision:NAME for a torchvision model, hf:CLASS or hf:DIR for a "
-        "Hugging Face transformers image classifier (ViT, DeiT, DINOv2, ViT-MSN, I-JEPA, CLIP, MetaCLIP 2, "
-        "SigLIP, BEiT, Data2Vec-vision, Swin, Swin V2, PVT v2, SegFormer, LeViT)",
+        "Hugging Face transformers image classifier (the families README.md's Supported models lists)",
     )
     group.add_argument(
         "--model-kwargs",
@@ -205,6 +208,7 @@ class EvalSettings:
     energy: bool
     e_mac: float
     e_ac: float
+    resume: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides) -> EvalSettings:
@@ -223,13 +227,20 @@ def run_evaluation(
     meta: dict,
     world: World,
     write: bool = True,
+    name: str | None = None,
 ) -> dict:
-    """Evaluate, print the table and (on rank 0, if ``write``) write the result files."""
+    """Evaluate, print the table and (on rank 0, if ``write``) write the result files; with a
+    ``name``, keep the running totals under it in ``OUT/progress`` (:mod:`transpike.progress`)."""
     start = time.perf_counter()
     snn.fuse(settings.fuse).to(settings.device).graph(settings.graphs)
+    store = (
+        Progress(settings.out / PROGRESS_FOLDER, name, dict(data=meta["data"]), settings.resume)
+        if name
+        else None
+    )
     counts = evaluate(
         snn, ann, dataset, settings.time_steps, settings.batch_size, settings.limit, settings.device, world,
-        energy=settings.energy, e_mac=settings.e_mac, e_ac=settings.e_ac,
+        energy=settings.energy, e_mac=settings.e_mac, e_ac=settings.e_ac, store=store,
     )  # fmt: skip
     report = counts.pop("energy", None)
     if report is not None:
@@ -262,6 +273,8 @@ def check_eval_args(args: argparse.Namespace) -> None:
     positive("--batch-size", args.batch_size)
     if args.limit is not None:
         positive("--limit", args.limit)
+    if args.resume and args.force:
+        raise UsageError("--resume continues an interrupted evaluation, --force starts over: give one")
     if args.graphs and not args.device.startswith("cuda"):
         raise UsageError(f"--graphs: CUDA graphs need --device cuda, not {args.device}")
     if args.graphs and not args.no_energy:
@@ -304,6 +317,23 @@ def process_device(device: str) -> str:
     return f"cuda:{local_rank}"
 
 
+def prepare_output(out: Path, resume: bool, force: bool) -> None:
+    """Check ``--out`` for this evaluation: with ``resume``, it must hold an interrupted one's totals;
+    otherwise it must be empty (or ``force``), and totals left there are cleared."""
+    progress = out / PROGRESS_FOLDER
+    if resume:
+        if not any(progress.glob("*.safetensors")):
+            raise UsageError(f"--resume: {out} holds no interrupted evaluation (nothing in {progress})")
+        return
+    if progress.is_dir() and not force:
+        raise UsageError(
+            f"--out {out}: holds an interrupted evaluation ({progress}); add --resume to continue it, "
+            "or --force to start over"
+        )
+    check_output_dir(out, force)
+    shutil.rmtree(progress, ignore_errors=True)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     check_eval_args(args)
     parse_spec(args.data, "test")  # fail on a bad spec before any slow work
@@ -312,18 +342,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.snn:
         check_snn_args(args)
     world = init_world(args.device)
-    if world.is_main:
-        check_output_dir(args.out, args.force)
     settings = EvalSettings.from_args(args, device=process_device(args.device))
+    if world.is_main:
+        prepare_output(settings.out, args.resume, args.force)
+    world.barrier()  # no process saves totals before stale ones are cleared
+    try:
+        evaluate_from_args(args, settings, world)
+    except KeyboardInterrupt:
+        folder = settings.out / PROGRESS_FOLDER
+        if world.is_main and any(folder.glob("*.safetensors")):
+            print(f"transpike: interrupted; the totals of the samples done are in {folder}: the same "
+                  "command with --resume continues from them", file=sys.stderr)  # fmt: skip
+        elif world.is_main:
+            print("transpike: interrupted before any sample was evaluated", file=sys.stderr)
+        return 130
+    world.barrier()  # every process has read and written its totals
+    if world.is_main:
+        shutil.rmtree(settings.out / PROGRESS_FOLDER, ignore_errors=True)
+    return 0
+
+
+def evaluate_from_args(args: argparse.Namespace, settings: EvalSettings, world: World) -> None:
+    """The evaluations ``eval`` asks for: of a saved network, or of conversions (one per --blocks K)."""
     if args.snn:
         snn = load(args.snn)
         ann = rebuild_ann(snn)
         name = spec_name(snn.model_spec) if snn.model_spec else str(args.snn)
         dataset = load_dataset(args.data, "test", ann, (snn.model_spec or {}).get("weights"))
-        run_evaluation(
-            snn, ann, dataset, settings, dict(model=name, data=args.data, snn_file=args.snn), world
-        )
-        return 0
+        meta = dict(model=name, data=args.data, snn_file=args.snn)
+        run_evaluation(snn, ann, dataset, settings, meta, world, name="eval")
+        return
     if not args.model:
         raise UsageError("give --snn FILE, or --model NAME with --calib DATA")
     ann, batches, spec = model_and_calibration(args)
@@ -333,7 +381,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for blocks in args.blocks or [None]:
         snn = convert(ann, batches, **conversion_options(args), blocks=blocks, model_spec=spec)
         quiet = len(args.blocks or []) > 1 and blocks != args.blocks[-1]
-        results = run_evaluation(snn, ann, dataset, settings, meta, world, write=not quiet)
+        name = "eval" if blocks is None else f"blocks-{blocks}"
+        results = run_evaluation(snn, ann, dataset, settings, meta, world, write=not quiet, name=name)
         sweep.append(
             dict(
                 blocks=blocks,
@@ -344,7 +393,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if len(sweep) > 1 and world.is_main:
         print(format_blocks_table(results["ann_top1"], sweep))
         write_results({**results, "blocks_sweep": sweep}, settings.out)
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -418,6 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ev.add_argument("--out", required=True, help="results directory")
     ev.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
+    ev.add_argument(
+        "--resume", action="store_true",
+        help="continue the interrupted evaluation whose totals are in --out (the same arguments; "
+        "--batch-size and --device may change)",
+    )  # fmt: skip
     ev.add_argument(
         "--blocks", type=int, nargs="+", metavar="K",
         help="convert only the first K Transformer blocks; several K: accuracy as K grows",

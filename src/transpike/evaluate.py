@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from .energy import E_AC, E_MAC, count_dense_work, energy_report
 from .model import SpikingModel
+from .progress import Progress
 from .spikes import SpikeMonitor
 
 
@@ -32,6 +33,11 @@ class World:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every process (nothing to wait for in one)."""
+        if self.size > 1:
+            dist.barrier()
 
 
 def init_world(device: str) -> World:
@@ -57,44 +63,79 @@ def evaluate(
     energy: bool = True,
     e_mac: float = E_MAC,
     e_ac: float = E_AC,
+    store: Progress | None = None,
 ) -> dict:
     """Top-1 accuracy (percent) of the ANN and of the SNN after each t = 1..T, and what it cost.
 
+    With ``store``, the running totals are saved as the evaluation goes (and when it stops on an
+    exception), and a resumed evaluation continues from the saved ones (:mod:`transpike.progress`).
+
     Returns:
-        dict with ``num_samples``, ``ann_top1``, ``snn_top1`` (list, index t-1 = after t steps) and,
-        with ``energy``, the :class:`~transpike.energy.EnergyReport` of all samples as ``energy``.
+        dict with ``num_samples``, ``ann_top1``, ``snn_top1`` (list, index t-1 = after t steps),
+        ``resumed_samples`` (those counted before this run, from ``store``) and, with ``energy``,
+        the :class:`~transpike.energy.EnergyReport` of all samples as ``energy``.
     """
     world = world or World()
     total = len(dataset) if limit is None else min(limit, len(dataset))
     if total == 0:
         raise ValueError("the evaluation data is empty")
-    shard = Subset(dataset, range(world.rank, total, world.size))
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
     snn.to(device)
     ann.to(device).eval()
     # counts: [samples, ANN correct, SNN correct after t = 1..T]
     counts = torch.zeros(2 + time_steps, dtype=torch.float64, device=device)
-    bar = tqdm(total=len(shard), desc="evaluate", unit="img", disable=not (progress and world.is_main))
     # Dense work is the same for every sample: count it on one sample, before spikes are monitored.
     dense = count_dense_work(snn, dataset[0][0].unsqueeze(0).to(device)) if energy else None
+    shard = range(world.rank, total, world.size)
     with torch.inference_mode(), SpikeMonitor(snn) if energy else nullcontext() as monitor:
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            counts[0] += len(y)
-            counts[1] += (ann(x).argmax(-1) == y).sum()
-            counts[2:] += (snn.simulate(x, time_steps).argmax(-1) == y).sum(-1)
-            bar.update(len(y))
-    bar.close()
+
+        def totals(done: int) -> dict[str, Tensor]:
+            return dict(
+                counts=counts.clone(),
+                done=torch.tensor(done),
+                **(monitor.state(time_steps) if monitor else {}),
+            )
+
+        key = saved = None
+        if store:  # what a resumed evaluation must share with the interrupted one
+            key = dict(network=snn.digest(), samples=total, time_steps=time_steps, processes=world.size,
+                       energy=energy)  # fmt: skip
+            saved = store.restore(key, world.rank)
+        if saved is not None:
+            counts.copy_(saved["counts"])
+            if monitor:
+                monitor.load_state({name: saved[name].to(device) for name in ("sums", "maxima")}, time_steps)
+        done = 0 if saved is None else int(saved["done"])
+        last = totals(done) if store else None  # the totals of the last whole batch
+        loader = DataLoader(Subset(dataset, shard[done:]), batch_size=batch_size, shuffle=False)
+        bar = tqdm(total=len(shard), initial=done, desc="evaluate", unit="img",
+                   disable=not (progress and world.is_main))  # fmt: skip
+        try:
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                counts[0] += len(y)
+                counts[1] += (ann(x).argmax(-1) == y).sum()
+                counts[2:] += (snn.simulate(x, time_steps).argmax(-1) == y).sum(-1)
+                done += len(y)
+                if store:
+                    last = totals(done)
+                    store.save(key, world.rank, last)
+                bar.update(len(y))
+        finally:  # finished or not, keep the last whole batch's totals (a resumed sweep skips a finished K)
+            bar.close()
+            if store:
+                store.save(key, world.rank, last, now=True)
+    counts = torch.cat([counts, counts.new_tensor([0 if saved is None else int(saved["done"])])])
     if world.size > 1:
         dist.all_reduce(counts)
         if monitor is not None:
             monitor.all_reduce(time_steps)
-    counts = counts.cpu()
+    counts, resumed = counts[:-1].cpu(), int(counts[-1])
     samples = int(counts[0])
     results = dict(
         num_samples=samples,
         ann_top1=100.0 * counts[1].item() / samples,
         snn_top1=(100.0 * counts[2:] / samples).tolist(),
+        resumed_samples=resumed,
     )
     if monitor is not None:
         results["energy"] = energy_report(monitor, dense, samples, time_steps, e_mac, e_ac)

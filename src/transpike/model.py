@@ -7,7 +7,9 @@ prediction after t steps is the mean of its head outputs over steps 1..t. One ca
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from dataclasses import dataclass
 
 import torch
@@ -218,6 +220,17 @@ class SpikingModel(nn.Module):
                     key = new + key[len(old) :]
             state[twin_keys.get(key, key)] = value
         return state
+
+    def digest(self) -> str:
+        """SHA-256 of what :func:`transpike.save` writes: the options, the model spec and every
+        tensor (weights, thresholds) with its name, dtype and shape; not the simulation state.
+        Equal digests mean the same network, wherever and however often it was converted."""
+        sha = hashlib.sha256(json.dumps([self.options, self.model_spec], sort_keys=True).encode())
+        for key, value in sorted(self.network.state_dict().items()):
+            value = value.detach().cpu().contiguous()
+            sha.update(f"{key} {value.dtype} {tuple(value.shape)}".encode())
+            sha.update(value.reshape(-1).view(torch.uint8).numpy())
+        return sha.hexdigest()
 
     def fuse(self, enabled: bool = True) -> SpikingModel:
         """Run every neuron's step as one compiled kernel (:mod:`transpike.fusion`): the MT

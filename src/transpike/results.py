@@ -69,7 +69,13 @@ def format_blocks_table(ann_top1: float, sweep: list[dict]) -> str:
 def format_table(results: dict) -> str:
     """The per-t table printed by the command line."""
     ann = results["ann_top1"]
-    lines = [f"ANN top-1: {ann:.2f} % on {results['num_samples']} samples", "", "  t   SNN top-1   vs ANN"]
+    resumed = results.get("resumed_samples", 0)
+    counted = f" ({resumed} of them counted by the interrupted run)" if resumed else ""
+    lines = [
+        f"ANN top-1: {ann:.2f} % on {results['num_samples']} samples{counted}",
+        "",
+        "  t   SNN top-1   vs ANN",
+    ]
     for t, top1 in enumerate(results["snn_top1"], start=1):
         lines.append(f"{t:>3}   {top1:8.2f} %   {top1 - ann:+6.2f}")
     return "\n".join(lines)

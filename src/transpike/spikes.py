@@ -326,40 +326,56 @@ class SpikeMonitor:
         self._observed.clear()
         self._latest.clear()
 
+    def state(self, time_steps: int) -> dict[str, Tensor]:
+        """The records as two vectors: ``sums`` (float64: neurons, spikes and histograms of every
+        site, operations, softmax counts; steps not reached count zero) and ``maxima`` (the most
+        spikes of one neuron in one step, per site). What processes sum and progress files keep."""
+        device = next((r.spikes[0].device for r in self.sites.values() if r.spikes), torch.device("cpu"))
+
+        def steps(series: list[Tensor]) -> Tensor:
+            zero = torch.zeros((), dtype=torch.float64, device=device)
+            return torch.stack([series[t] if t < len(series) else zero for t in range(time_steps)])
+
+        def count(n: int) -> Tensor:
+            return torch.tensor([float(n)], dtype=torch.float64, device=device)
+
+        pieces = [torch.zeros(0, dtype=torch.float64, device=device)]  # a network may have no sites
+        for r in self.sites.values():
+            histogram = torch.zeros(2, r.levels, dtype=torch.float64) if r.histogram is None else r.histogram
+            pieces += [count(r.neurons), steps(r.spikes), histogram.flatten().to(device)]
+        pieces += [steps(r.operations) for r in self.operations.values()]
+        for r in self.softmaxes.values():
+            pieces += [count(r.elements), steps(r.exp_spikes), steps(r.norm_spikes)]
+        maxima = [int(r.max_per_neuron or 0) for r in self.sites.values()]
+        return dict(sums=torch.cat(pieces), maxima=torch.tensor(maxima, dtype=torch.int64, device=device))
+
+    def load_state(self, state: dict[str, Tensor], time_steps: int) -> None:
+        """Replace the records by a :meth:`state` of the same network and ``time_steps``."""
+        sizes = [1 + time_steps + 2 * r.levels for r in self.sites.values()]
+        sizes += [time_steps] * len(self.operations) + [1 + 2 * time_steps] * len(self.softmaxes)
+        sums, maxima = state["sums"], state["maxima"]
+        if sums.numel() != sum(sizes) or maxima.numel() != len(self.sites):
+            raise ValueError("spike records of another network or another number of steps")
+        chunks = iter(sums.split(sizes))
+        for record, most in zip(self.sites.values(), maxima, strict=True):
+            neurons, spikes, histogram = next(chunks).split([1, time_steps, 2 * record.levels])
+            record.neurons, record.spikes = int(neurons.item()), list(spikes)
+            record.histogram, record.max_per_neuron = histogram.view(2, record.levels), most
+        for record in self.operations.values():
+            record.operations = list(next(chunks))
+        for record in self.softmaxes.values():
+            elements, exp_spikes, norm_spikes = next(chunks).split([1, time_steps, time_steps])
+            record.elements = int(elements.item())
+            record.exp_spikes, record.norm_spikes = list(exp_spikes), list(norm_spikes)
+
     def all_reduce(self, time_steps: int) -> None:
         """Sum the records of all processes of a torch.distributed group (max for the maxima)."""
         import torch.distributed as dist
 
-        def pad(series: list[Tensor], device: torch.device) -> list[Tensor]:
-            return [series[t] if t < len(series) else torch.zeros((), dtype=torch.float64, device=device)
-                    for t in range(time_steps)]  # fmt: skip
-
-        device = next((r.spikes[0].device for r in self.sites.values() if r.spikes), torch.device("cpu"))
-        pieces = []
-        for record in self.sites.values():
-            if record.histogram is None:
-                record.histogram = torch.zeros(2, record.levels, dtype=torch.float64, device=device)
-            pieces += [torch.tensor([float(record.neurons)], dtype=torch.float64, device=device)]
-            pieces += [torch.stack(pad(record.spikes, device)), record.histogram.flatten()]
-        pieces += [torch.stack(pad(r.operations, device)) for r in self.operations.values()]
-        for record in self.softmaxes.values():
-            pieces += [torch.tensor([float(record.elements)], dtype=torch.float64, device=device)]
-            pieces += [torch.stack(pad(series, device)) for series in (record.exp_spikes, record.norm_spikes)]
-        flat = torch.cat([p.to(device) for p in pieces])
-        dist.all_reduce(flat)
-        maxima = torch.tensor([int(r.max_per_neuron or 0) for r in self.sites.values()], device=device)
-        dist.all_reduce(maxima, op=dist.ReduceOp.MAX)
-        chunks = iter(flat.split([p.numel() for p in pieces]))
-        for record, most in zip(self.sites.values(), maxima, strict=True):
-            record.neurons = int(next(chunks).item())
-            record.spikes = list(next(chunks))
-            record.histogram = next(chunks).view(2, record.levels)
-            record.max_per_neuron = most
-        for record in self.operations.values():
-            record.operations = list(next(chunks))
-        for record in self.softmaxes.values():
-            record.elements = int(next(chunks).item())
-            record.exp_spikes, record.norm_spikes = list(next(chunks)), list(next(chunks))
+        state = self.state(time_steps)
+        dist.all_reduce(state["sums"])
+        dist.all_reduce(state["maxima"], op=dist.ReduceOp.MAX)
+        self.load_state(state, time_steps)
 
     def total_spikes(self) -> list[float]:
         """Spikes emitted by all MT neurons, per step."""
