@@ -4,13 +4,14 @@ import json
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import interrupt_after
+from conftest import SIMULATE, interrupt_after
 from PIL import Image
 
 import transpike
@@ -18,6 +19,7 @@ from transpike import cli, digits
 from transpike.data import load_dataset
 from transpike.evaluate import World, evaluate
 from transpike.io import rebuild_ann
+from transpike.model import SpikingModel
 from transpike.progress import Progress
 
 MODEL = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=24",
@@ -520,3 +522,25 @@ def test_torchrun_resumes_each_process_from_its_own_totals(tmp_path, npz_data, m
     assert resumed["energy"]["level_histogram"] == whole["energy"]["level_histogram"]
     assert resumed["energy"]["snn_acs"] == pytest.approx(whole["energy"]["snn_acs"])
     assert not (out / "progress").exists()
+
+
+def test_sigterm_stops_eval_as_ctrl_c_does(tmp_path, npz_data, monkeypatch, capsys):
+    """A scheduler preempting the job (SIGTERM) leaves the totals of the last whole batch."""
+    calls = []
+
+    def terminated(self, x, time_steps):
+        calls.append(len(x))
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled before the batch ends
+        return SIMULATE(self, x, time_steps)
+
+    monkeypatch.setattr(SpikingModel, "simulate", terminated)
+    argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--batch-size", 4, "--time-steps", 2]
+    assert run(*argv, "--out", tmp_path / "out") == 130
+    assert "--resume continues" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+    seen = interrupt_after(monkeypatch, 100)
+    assert run(*argv, "--out", tmp_path / "out", "--resume") == 0
+    assert (
+        seen == [4, 4] and json.loads((tmp_path / "out" / "results.json").read_text())["resumed_samples"] == 4
+    )

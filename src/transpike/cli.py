@@ -16,8 +16,12 @@ import argparse
 import ast
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -334,6 +338,22 @@ def prepare_output(out: Path, resume: bool, force: bool) -> None:
     shutil.rmtree(progress, ignore_errors=True)
 
 
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt while inside, as Ctrl-C does: a job scheduler preempting
+    the run (SIGTERM, then SIGKILL after a grace period; torchrun passes it on to its processes) then
+    leaves the totals of the last whole batch for ``--resume``, where Python's default would exit
+    without them. Only the main thread may set signal handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     check_eval_args(args)
     parse_spec(args.data, "test")  # fail on a bad spec before any slow work
@@ -347,7 +367,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         prepare_output(settings.out, args.resume, args.force)
     world.barrier()  # no process saves totals before stale ones are cleared
     try:
-        evaluate_from_args(args, settings, world)
+        with terminate_as_interrupt():
+            evaluate_from_args(args, settings, world)
     except KeyboardInterrupt:
         folder = settings.out / PROGRESS_FOLDER
         if world.is_main and any(folder.glob("*.safetensors")):

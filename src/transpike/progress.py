@@ -6,9 +6,10 @@ records (:meth:`~transpike.spikes.SpikeMonitor.state`) and how many of the proce
 done, under a key that a resumed run must match: the network's digest, the data, the number of
 samples, T, the number of processes and whether spikes are counted. The file is replaced
 atomically at the end of the first batch ``every`` seconds after the last save, and when the run
-stops on an exception (Ctrl-C, running out of memory) with the totals of the last whole batch, so
-a killed run repeats at most ``every`` seconds and a batch. Resumed, the totals are those of an
-uninterrupted run: they are sums of integers, exact in float64, and the batch size may change.
+stops on an exception (Ctrl-C, SIGTERM under ``transpike eval``, running out of memory) with the
+totals of the last whole batch, so a killed run repeats at most ``every`` seconds and a batch.
+Resumed, the totals are those of an uninterrupted run: they are sums of integers, exact in
+float64, and the batch size may change.
 """
 
 from __future__ import annotations
