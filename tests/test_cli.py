@@ -466,8 +466,8 @@ def test_eval_resume(tmp_path, npz_data, monkeypatch, capsys):
         assert run(*argv, "--out", out, *extra) == 2
         assert re.search(message, capsys.readouterr().err)
     seen = interrupt_after(monkeypatch, 100)
-    assert run(*argv, "--out", out, "--resume", "--batch-size", 8) == 0
-    assert seen == [8]  # the 8 samples after the first batch of 4
+    assert run(*argv, "--out", out, "--resume") == 0
+    assert seen == [4, 4]  # the 8 samples after the first batch
     assert results_of(out, 4) == results_of(tmp_path / "whole") and not (out / "progress").exists()
     assert "12 samples (4 of them counted by the interrupted run)" in capsys.readouterr().out
     assert run(*argv, "--out", tmp_path / "empty", "--resume") == 2

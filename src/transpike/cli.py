@@ -489,8 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     ev.add_argument(
         "--resume", action="store_true",
-        help="continue the interrupted evaluation whose totals are in --out (the same arguments; "
-        "--batch-size and --device may change)",
+        help="continue the interrupted evaluation whose totals are in --out (the same arguments; --device "
+        "may change, and --batch-size with --snn: with --model it also sizes the calibration batches)",
     )  # fmt: skip
     ev.add_argument(
         "--blocks", type=int, nargs="+", metavar="K",

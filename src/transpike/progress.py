@@ -70,7 +70,8 @@ class Progress:
         if differ:
             raise ValueError(
                 f"--resume: {path} belongs to another evaluation ({'; '.join(differ)}; the network is a "
-                "digest of its weights, thresholds and options): give the interrupted run's arguments"
+                "digest of its weights, thresholds and options, so the calibration data and batches count): "
+                "give the interrupted run's arguments"
             )
         return tensors
 
