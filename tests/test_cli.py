@@ -78,7 +78,7 @@ def test_demo_refuses_to_overwrite(tmp_path, capsys):
 @pytest.mark.parametrize("method", ["ecmt", "sit"])
 def test_convert_then_eval_equals_eval_with_conversion(tmp_path, npz_data, method):
     snn_file = tmp_path / "net.safetensors"
-    calibration = ["--calib", npz_data, "--calib-batches", 2, "--batch-size", 4, "--method", method]
+    calibration = ["--calib", npz_data, "--calib-batches", 2, "--calib-batch-size", 4, "--method", method]
     assert run("convert", *MODEL, *calibration, "--out", snn_file) == 0
     assert run("eval", "--snn", snn_file, "--data", npz_data, "--time-steps", 4, "--out", tmp_path / "a") == 0
     argv = ["eval", *MODEL, *calibration, "--data", npz_data, "--time-steps", 4]
@@ -125,7 +125,7 @@ def test_torchvision_model_by_name(tmp_path):
     gen = np.random.default_rng(0)
     path = tmp_path / "data.npz"
     np.savez(path, x=gen.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8), y=gen.integers(0, 4, 8))
-    data = ["--calib", f"npz:{path}", "--calib-batches", 1, "--batch-size", 8]
+    data = ["--calib", f"npz:{path}", "--calib-batches", 1, "--calib-batch-size", 8]
     model = ["--model", "torchvision:vit_b_32", "--model-kwargs", "image_size=32", "num_classes=4"]
     assert run("convert", *model, *data, "--out", tmp_path / "net.safetensors") == 0
     evaluate = ["--data", f"npz:{path}", "--time-steps", 2]
@@ -214,7 +214,7 @@ def test_torchvision_weights_give_their_preset_and_come_from_the_hub_cache(tmp_p
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     data = image_folder(tmp_path / "images", size=(40, 60))
     model = ["--model", "torchvision:vit_b_32", "--weights", "IMAGENET1K_V1"]
-    convert = ["convert", *model, "--calib", data, "--calib-batches", 1, "--batch-size", 4]
+    convert = ["convert", *model, "--calib", data, "--calib-batches", 1, "--calib-batch-size", 4]
     assert run(*convert, "--out", tmp_path / "net.safetensors") == 2  # not in the cache: refused
 
     state = get_model("vit_b_32").state_dict()
@@ -334,6 +334,8 @@ CALIB = ["--calib", "digits"]
         (["eval", "--snn", "x", "--method", "sit", "--non-strict", *EVAL], "--method, --non-strict:"),
         (["eval", "--snn", "x", *MODEL, *CALIB, *EVAL], "--model, --model-kwargs, --calib: x is a converted"),
         (["eval", "--snn", "x", "--weights", "DEFAULT", *EVAL], "--weights: x is a converted"),
+        (["eval", "--snn", "x", "--calib-batch-size", "8", *EVAL], "--calib-batch-size: x is a converted"),
+        (["eval", *MODEL, *CALIB, "--calib-batch-size", "0", *EVAL], "--calib-batch-size must be >= 1"),
     ],
 )
 def test_errors_are_one_line_with_status_2(argv, message, tmp_path, capsys, monkeypatch):
@@ -449,7 +451,9 @@ def results_of(out, resumed=0):
 
 
 def test_eval_resume(tmp_path, npz_data, monkeypatch, capsys):
-    argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--batch-size", 4, "--time-steps", 3]
+    # one calibration batch of --calib-batch-size: the evaluation's --batch-size does not make the network
+    argv = ["eval", *MODEL, "--calib", npz_data, "--calib-batches", 1, "--calib-batch-size", 5,
+            "--data", npz_data, "--batch-size", 4, "--time-steps", 3]  # fmt: skip
     assert run(*argv, "--out", tmp_path / "whole") == 0
     out = tmp_path / "stopped"
     interrupt_after(monkeypatch, 1)
@@ -466,8 +470,8 @@ def test_eval_resume(tmp_path, npz_data, monkeypatch, capsys):
         assert run(*argv, "--out", out, *extra) == 2
         assert re.search(message, capsys.readouterr().err)
     seen = interrupt_after(monkeypatch, 100)
-    assert run(*argv, "--out", out, "--resume") == 0
-    assert seen == [4, 4]  # the 8 samples after the first batch
+    assert run(*argv, "--out", out, "--resume", "--batch-size", 8) == 0
+    assert seen == [8]  # the 8 samples after the first batch of 4
     assert results_of(out, 4) == results_of(tmp_path / "whole") and not (out / "progress").exists()
     assert "12 samples (4 of them counted by the interrupted run)" in capsys.readouterr().out
     assert run(*argv, "--out", tmp_path / "empty", "--resume") == 2

@@ -45,6 +45,8 @@ from .progress import Progress
 from .results import check_output_dir, format_blocks_table, format_table, write_results
 from .sit import MODES as SIT_MODES
 
+CALIBRATION = dict(calib_batches=16, calib_batch_size=32)  # the calibration sample's defaults
+
 
 class UsageError(ValueError):
     """A problem with what the user asked for."""
@@ -143,7 +145,15 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
         "without --checkpoint, the weights are read from torch.hub's cache",
     )  # fmt: skip
     group.add_argument("--calib", help=f"calibration data: {SPEC_HELP} (default split: train)")
-    group.add_argument("--calib-batches", type=int, default=16, help="calibration batches (default 16)")
+    group.add_argument(
+        "--calib-batches", type=int, default=CALIBRATION["calib_batches"],
+        help=f"calibration batches (default {CALIBRATION['calib_batches']})",
+    )  # fmt: skip
+    group.add_argument(
+        "--calib-batch-size", type=int, default=CALIBRATION["calib_batch_size"],
+        help=f"calibration batch size (default {CALIBRATION['calib_batch_size']}); not --batch-size, so "
+        "how a network is evaluated does not change it",
+    )  # fmt: skip
 
 
 def conversion_options(args: argparse.Namespace) -> dict:
@@ -174,6 +184,7 @@ def model_and_calibration(args: argparse.Namespace) -> tuple[torch.nn.Module, li
     if not args.calib:
         raise UsageError("--calib is required to convert a model")
     positive("--calib-batches", args.calib_batches)
+    positive("--calib-batch-size", args.calib_batch_size)
     kwargs = parse_kwargs(args.model_kwargs)
     ann = create_model(args.model, kwargs)
     weights = torchvision_weights(args.model, args.weights) if args.weights else None
@@ -182,7 +193,7 @@ def model_and_calibration(args: argparse.Namespace) -> tuple[torch.nn.Module, li
     checkpoint = args.checkpoint or (weights and cached_weights(weights))
     if checkpoint:
         load_checkpoint(ann, checkpoint)
-    batches = calibration_batches(calibration, args.calib_batches, args.batch_size)
+    batches = calibration_batches(calibration, args.calib_batches, args.calib_batch_size)
     return ann, batches, spec
 
 
@@ -299,6 +310,9 @@ def check_snn_args(args: argparse.Namespace) -> None:
     ]
     building = ("--model", "--model-kwargs", "--checkpoint", "--weights", "--calib", "--blocks")
     given += [flag for flag in building if getattr(args, flag[2:].replace("-", "_"))]
+    given += [
+        "--" + name.replace("_", "-") for name, value in CALIBRATION.items() if getattr(args, name) != value
+    ]
     if given:
         raise UsageError(
             f"{', '.join(given)}: {args.snn} is a converted network; to convert again, "
@@ -462,7 +476,6 @@ def build_parser() -> argparse.ArgumentParser:
         "convert", help="convert a timm or torchvision model and save the spiking network"
     )
     add_model_args(conv, required=True)
-    conv.add_argument("--batch-size", type=int, default=32, help="calibration batch size")
     conv.add_argument("--out", required=True, help="spiking network file (.safetensors)")
     conv.add_argument("--force", action="store_true", help="replace an existing --out file")
     conv.add_argument("--blocks", type=int, help="convert only the first K Transformer blocks")
@@ -489,8 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     ev.add_argument(
         "--resume", action="store_true",
-        help="continue the interrupted evaluation whose totals are in --out (the same arguments; --device "
-        "may change, and --batch-size with --snn: with --model it also sizes the calibration batches)",
+        help="continue the interrupted evaluation whose totals are in --out (the same arguments; "
+        "--batch-size and --device may change)",
     )  # fmt: skip
     ev.add_argument(
         "--blocks", type=int, nargs="+", metavar="K",

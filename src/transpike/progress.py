@@ -70,7 +70,7 @@ class Progress:
         if differ:
             raise ValueError(
                 f"--resume: {path} belongs to another evaluation ({'; '.join(differ)}; the network is a "
-                "digest of its weights, thresholds and options, so the calibration data and batches count): "
+                "digest of its weights, thresholds and options, so the calibration counts): "
                 "give the interrupted run's arguments"
             )
         return tensors
