@@ -256,6 +256,25 @@ def test_bad_weights_are_named(model, weights, message, tmp_path, monkeypatch, c
     assert not (tmp_path / "net.safetensors").exists()
 
 
+def test_loading_workers_change_nothing_but_speed(tmp_path):
+    data = image_folder(tmp_path / "images")
+    argv = ["eval", *MODEL, "--calib", data, "--calib-batch-size", 3, "--data", data, "--batch-size", 3,
+            "--time-steps", 2]  # fmt: skip
+    assert run(*argv, "--out", tmp_path / "in-process") == 0
+    assert run(*argv, "--workers", 2, "--out", tmp_path / "workers") == 0
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("in-process", "workers"))
+    assert one["num_samples"] == two["num_samples"] == 4
+    assert one["snn_top1"] == two["snn_top1"] and one["energy"] == two["energy"]
+    assert (one["workers"], two["workers"]) == (0, 2)  # none by default on the CPU
+
+
+def test_default_workers_feed_gpus_and_leave_cpus_to_the_simulation():
+    assert cli.default_workers("cpu", cpus=64, processes=1) == 0
+    assert cli.default_workers("cuda", cpus=16, processes=1) == 8  # at most 8
+    assert cli.default_workers("cuda:1", cpus=16, processes=4) == 3  # 4 CPUs per GPU, one for itself
+    assert cli.default_workers("cuda", cpus=2, processes=4) == 0
+
+
 def make_cifar(root, hundred: bool, samples: int = 6):
     folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
     folder.mkdir(parents=True)
@@ -336,6 +355,7 @@ CALIB = ["--calib", "digits"]
         (["eval", "--snn", "x", "--weights", "DEFAULT", *EVAL], "--weights: x is a converted"),
         (["eval", "--snn", "x", "--calib-batch-size", "8", *EVAL], "--calib-batch-size: x is a converted"),
         (["eval", *MODEL, *CALIB, "--calib-batch-size", "0", *EVAL], "--calib-batch-size must be >= 1"),
+        (["eval", "--snn", "x", "--workers", "-1", *EVAL], "--workers must be >= 0, got -1"),
     ],
 )
 def test_errors_are_one_line_with_status_2(argv, message, tmp_path, capsys, monkeypatch):

@@ -154,6 +154,11 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
         help=f"calibration batch size (default {CALIBRATION['calib_batch_size']}); not --batch-size, so "
         "how a network is evaluated does not change it",
     )  # fmt: skip
+    group.add_argument(
+        "--workers", type=int, default=0,
+        help="processes that read and preprocess images, for calibration and evaluation (default 0: this "
+        "process). Image folders decode JPEGs: give a GPU run a few",
+    )  # fmt: skip
 
 
 def conversion_options(args: argparse.Namespace) -> dict:
@@ -161,16 +166,17 @@ def conversion_options(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in ConversionOptions.__dataclass_fields__ if name != "blocks"}
 
 
-def positive(name: str, value: int) -> int:
-    if value < 1:
-        raise UsageError(f"{name} must be >= 1, got {value}")
+def positive(name: str, value: int, least: int = 1) -> int:
+    if value < least:
+        raise UsageError(f"{name} must be >= {least}, got {value}")
     return value
 
 
-def calibration_batches(dataset, batches: int, batch_size: int) -> list[torch.Tensor]:
-    """The first ``batches`` batches of a seeded shuffle (the same on every process)."""
+def calibration_batches(dataset, batches: int, batch_size: int, workers: int = 0) -> list[torch.Tensor]:
+    """The first ``batches`` batches of a seeded shuffle (the same on every process, for any number
+    of ``workers``: the order is drawn here)."""
     order = torch.Generator().manual_seed(0)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=order)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=order, num_workers=workers)
     out = []
     for x, _ in loader:
         out.append(x)
@@ -185,6 +191,7 @@ def model_and_calibration(args: argparse.Namespace) -> tuple[torch.nn.Module, li
         raise UsageError("--calib is required to convert a model")
     positive("--calib-batches", args.calib_batches)
     positive("--calib-batch-size", args.calib_batch_size)
+    workers = 0 if args.workers is None else positive("--workers", args.workers, least=0)
     kwargs = parse_kwargs(args.model_kwargs)
     ann = create_model(args.model, kwargs)
     weights = torchvision_weights(args.model, args.weights) if args.weights else None
@@ -193,7 +200,7 @@ def model_and_calibration(args: argparse.Namespace) -> tuple[torch.nn.Module, li
     checkpoint = args.checkpoint or (weights and cached_weights(weights))
     if checkpoint:
         load_checkpoint(ann, checkpoint)
-    batches = calibration_batches(calibration, args.calib_batches, args.calib_batch_size)
+    batches = calibration_batches(calibration, args.calib_batches, args.calib_batch_size, workers)
     return ann, batches, spec
 
 
@@ -224,10 +231,11 @@ class EvalSettings:
     e_mac: float
     e_ac: float
     resume: bool = False
+    workers: int = 0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides) -> EvalSettings:
-        values = {name: getattr(args, name, None) for name in cls.__dataclass_fields__}
+        values = {name: getattr(args, name) for name in cls.__dataclass_fields__ if hasattr(args, name)}
         values["energy"] = not args.no_energy
         values.update(overrides)
         values["out"] = Path(values["out"])
@@ -256,6 +264,7 @@ def run_evaluation(
     counts = evaluate(
         snn, ann, dataset, settings.time_steps, settings.batch_size, settings.limit, settings.device, world,
         energy=settings.energy, e_mac=settings.e_mac, e_ac=settings.e_ac, store=store,
+        workers=settings.workers,
     )  # fmt: skip
     report = counts.pop("energy", None)
     if report is not None:
@@ -270,6 +279,7 @@ def run_evaluation(
         fused=settings.fuse,
         graphs=settings.graphs,
         processes=world.size,
+        workers=settings.workers,
         seconds=round(time.perf_counter() - start, 2),
         transpike=__version__,
     )
@@ -286,6 +296,8 @@ def run_evaluation(
 def check_eval_args(args: argparse.Namespace) -> None:
     positive("--time-steps", args.time_steps)
     positive("--batch-size", args.batch_size)
+    if args.workers is not None:
+        positive("--workers", args.workers, least=0)
     if args.limit is not None:
         positive("--limit", args.limit)
     if args.resume and args.force:
@@ -318,6 +330,15 @@ def check_snn_args(args: argparse.Namespace) -> None:
             f"{', '.join(given)}: {args.snn} is a converted network; to convert again, "
             "give --model and --calib instead of --snn"
         )
+
+
+def default_workers(device: str, cpus: int, processes: int) -> int:
+    """Loading processes when ``--workers`` is not given: none on the CPU, where simulating needs
+    the cores and loading takes a small share (vit_small at T = 8: under 1 %); on a GPU, each of
+    this node's ``processes`` gets its share of the CPUs but one, at most 8: one process decodes and
+    crops about 160 ImageNet-sized JPEGs a second (BENCHMARKS.md §6c), fewer than one H100
+    simulates of vit_small at T = 8 (about 210 a second at batch 64, §3b)."""
+    return 0 if not device.startswith("cuda") else max(0, min(8, cpus // processes - 1))
 
 
 def process_device(device: str) -> str:
@@ -376,7 +397,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.snn:
         check_snn_args(args)
     world = init_world(args.device)
-    settings = EvalSettings.from_args(args, device=process_device(args.device))
+    device = process_device(args.device)
+    cpus, processes = len(os.sched_getaffinity(0)), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    workers = default_workers(device, cpus, processes) if args.workers is None else args.workers
+    settings = EvalSettings.from_args(args, device=device, workers=workers)
     if world.is_main:
         prepare_output(settings.out, args.resume, args.force)
     world.barrier()  # no process saves totals before stale ones are cleared

@@ -64,11 +64,13 @@ def evaluate(
     e_mac: float = E_MAC,
     e_ac: float = E_AC,
     store: Progress | None = None,
+    workers: int = 0,
 ) -> dict:
     """Top-1 accuracy (percent) of the ANN and of the SNN after each t = 1..T, and what it cost.
 
-    With ``store``, the running totals are saved as the evaluation goes (and when it stops on an
-    exception), and a resumed evaluation continues from the saved ones (:mod:`transpike.progress`).
+    ``workers`` processes read and preprocess the samples (0: this process). With ``store``, the
+    running totals are saved as the evaluation goes (and when it stops on an exception), and a
+    resumed evaluation continues from the saved ones (:mod:`transpike.progress`).
 
     Returns:
         dict with ``num_samples``, ``ann_top1``, ``snn_top1`` (list, index t-1 = after t steps),
@@ -106,7 +108,8 @@ def evaluate(
                 monitor.load_state({name: saved[name].to(device) for name in ("sums", "maxima")}, time_steps)
         done = 0 if saved is None else int(saved["done"])
         last = totals(done) if store else None  # the totals of the last whole batch
-        loader = DataLoader(Subset(dataset, shard[done:]), batch_size=batch_size, shuffle=False)
+        loader = DataLoader(Subset(dataset, shard[done:]), batch_size, num_workers=workers,
+                            pin_memory=device.startswith("cuda"))  # fmt: skip
         bar = tqdm(total=len(shard), initial=done, desc="evaluate", unit="img",
                    disable=not (progress and world.is_main))  # fmt: skip
         try:
