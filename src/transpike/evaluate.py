@@ -106,7 +106,7 @@ def evaluate(
             counts.copy_(saved["counts"])
             if monitor:
                 monitor.load_state({name: saved[name].to(device) for name in ("sums", "maxima")}, time_steps)
-        done = 0 if saved is None else int(saved["done"])
+        done = resumed = 0 if saved is None else int(saved["done"])
         last = totals(done) if store else None  # the totals of the last whole batch
         loader = DataLoader(Subset(dataset, shard[done:]), batch_size, num_workers=workers,
                             pin_memory=device.startswith("cuda"))  # fmt: skip
@@ -127,7 +127,7 @@ def evaluate(
             bar.close()
             if store:
                 store.save(key, world.rank, last, now=True)
-    counts = torch.cat([counts, counts.new_tensor([0 if saved is None else int(saved["done"])])])
+    counts = torch.cat([counts, counts.new_tensor([resumed])])  # summed over processes with the counts
     if world.size > 1:
         dist.all_reduce(counts)
         if monitor is not None:
