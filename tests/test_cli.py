@@ -54,7 +54,9 @@ def test_demo_writes_results(tmp_path, capsys):
         assert key in results
     assert results["time_steps"] == 3 and len(results["snn_top1"]) == 3
     assert results["num_samples"] == 719
-    assert (out / "results.csv").read_text().splitlines()[0] == "t,snn_top1,ann_top1,difference"
+    assert (out / "results.csv").read_text().splitlines()[
+        0
+    ] == "t,snn_top1,ann_top1,difference,snn_top5,ann_top5"
     assert Image.open(out / "accuracy.png").size[0] > 100
     assert (out / "snn.safetensors").is_file()
     energy = results["energy"]

@@ -50,6 +50,14 @@ def init_world(device: str) -> World:
     return World(dist.get_rank(), dist.get_world_size())
 
 
+def correct(logits: Tensor, y: Tensor) -> Tensor:
+    """Top-1 and top-5 correct predictions among ``logits`` [..., B, C] for labels ``y`` [B]:
+    [2, ...] (top-5 is top-C for fewer than 5 classes). Top-1 is the argmax, as everywhere here."""
+    top1 = (logits.argmax(-1) == y).sum(-1)
+    top5 = (logits.topk(min(5, logits.shape[-1]), -1).indices == y[:, None]).any(-1).sum(-1)
+    return torch.stack([top1, top5])
+
+
 def evaluate(
     snn: SpikingModel,
     ann: nn.Module,
@@ -74,6 +82,7 @@ def evaluate(
 
     Returns:
         dict with ``num_samples``, ``ann_top1``, ``snn_top1`` (list, index t-1 = after t steps),
+        ``ann_top5``, ``snn_top5`` (the same for top-5),
         ``resumed_samples`` (those counted before this run, from ``store``) and, with ``energy``,
         the :class:`~transpike.energy.EnergyReport` of all samples as ``energy``.
     """
@@ -83,8 +92,8 @@ def evaluate(
         raise ValueError("the evaluation data is empty")
     snn.to(device)
     ann.to(device).eval()
-    # counts: [samples, ANN correct, SNN correct after t = 1..T]
-    counts = torch.zeros(2 + time_steps, dtype=torch.float64, device=device)
+    # counts: samples; ANN top-1 and top-5 correct; SNN top-1 correct after t = 1..T, then top-5
+    counts = torch.zeros(3 + 2 * time_steps, dtype=torch.float64, device=device)
     # Dense work is the same for every sample: count it on one sample, before spikes are monitored.
     dense = count_dense_work(snn, dataset[0][0].unsqueeze(0).to(device)) if energy else None
     shard = range(world.rank, total, world.size)
@@ -116,8 +125,8 @@ def evaluate(
             for x, y in loader:
                 x, y = x.to(device), y.to(device)
                 counts[0] += len(y)
-                counts[1] += (ann(x).argmax(-1) == y).sum()
-                counts[2:] += (snn.simulate(x, time_steps).argmax(-1) == y).sum(-1)
+                counts[1:3] += correct(ann(x), y)
+                counts[3:] += correct(snn.simulate(x, time_steps), y).flatten()
                 done += len(y)
                 if store:
                     last = totals(done)
@@ -134,10 +143,13 @@ def evaluate(
             monitor.all_reduce(time_steps)
     counts, resumed = counts[:-1].cpu(), int(counts[-1])
     samples = int(counts[0])
+    percent = (100.0 * counts / samples).tolist()
     results = dict(
         num_samples=samples,
-        ann_top1=100.0 * counts[1].item() / samples,
-        snn_top1=(100.0 * counts[2:] / samples).tolist(),
+        ann_top1=percent[1],
+        snn_top1=percent[3 : 3 + time_steps],
+        ann_top5=percent[2],
+        snn_top5=percent[3 + time_steps :],
         resumed_samples=resumed,
     )
     if monitor is not None:

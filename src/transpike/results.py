@@ -34,11 +34,11 @@ def write_results(results: dict, out: Path) -> list[Path]:
     def write_csv(tmp: Path) -> None:
         with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["t", "snn_top1", "ann_top1", "difference"])
-            for t, top1 in enumerate(results["snn_top1"], start=1):
-                writer.writerow(
-                    [t, f"{top1:.4f}", f"{results['ann_top1']:.4f}", f"{top1 - results['ann_top1']:.4f}"]
-                )
+            writer.writerow(["t", "snn_top1", "ann_top1", "difference", "snn_top5", "ann_top5"])
+            ann1, ann5 = results["ann_top1"], results["ann_top5"]
+            for t, (top1, top5) in enumerate(zip(results["snn_top1"], results["snn_top5"], strict=True), 1):
+                row = [top1, ann1, top1 - ann1, top5, ann5]
+                writer.writerow([t, *(f"{value:.4f}" for value in row)])
 
     atomic_write(csv_path, write_csv)
     atomic_write(png_path, lambda tmp: plot_accuracy(results, tmp))
@@ -71,11 +71,8 @@ def format_table(results: dict) -> str:
     ann = results["ann_top1"]
     resumed = results.get("resumed_samples", 0)
     counted = f" ({resumed} of them counted by the interrupted run)" if resumed else ""
-    lines = [
-        f"ANN top-1: {ann:.2f} % on {results['num_samples']} samples{counted}",
-        "",
-        "  t   SNN top-1   vs ANN",
-    ]
-    for t, top1 in enumerate(results["snn_top1"], start=1):
-        lines.append(f"{t:>3}   {top1:8.2f} %   {top1 - ann:+6.2f}")
+    head = f"ANN top-1: {ann:.2f} %, top-5: {results['ann_top5']:.2f} % on {results['num_samples']} samples"
+    lines = [head + counted, "", "  t   SNN top-1   vs ANN   SNN top-5"]
+    for t, (top1, top5) in enumerate(zip(results["snn_top1"], results["snn_top5"], strict=True), 1):
+        lines.append(f"{t:>3}   {top1:8.2f} %   {top1 - ann:+6.2f}   {top5:8.2f} %")
     return "\n".join(lines)
