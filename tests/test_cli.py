@@ -271,6 +271,11 @@ def test_loading_workers_change_nothing_but_speed(tmp_path):
 
 
 def test_default_workers_feed_gpus_and_leave_cpus_to_the_simulation():
+    for command in (
+        ["eval", "--snn", "x", "--data", "digits", "--time-steps", "1", "--out", "o"],
+        ["convert", "--model", "m", "--out", "o"],
+    ):
+        assert cli.build_parser().parse_args(command).workers is None  # decided by the device
     assert cli.default_workers("cpu", cpus=64, processes=1) == 0
     assert cli.default_workers("cuda", cpus=16, processes=1) == 8  # at most 8
     assert cli.default_workers("cuda:1", cpus=16, processes=4) == 3  # 4 CPUs per GPU, one for itself

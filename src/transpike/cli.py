@@ -155,9 +155,9 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
         "how a network is evaluated does not change it",
     )  # fmt: skip
     group.add_argument(
-        "--workers", type=int, default=0,
-        help="processes that read and preprocess images, for calibration and evaluation (default 0: this "
-        "process). Image folders decode JPEGs: give a GPU run a few",
+        "--workers", type=int,
+        help="processes that read and preprocess images (default: none on the CPU, where simulating needs "
+        "the cores; on a GPU, which one process decoding JPEGs cannot keep busy, up to 8 per GPU)",
     )  # fmt: skip
 
 
