@@ -398,8 +398,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_snn_args(args)
     world = init_world(args.device)
     device = process_device(args.device)
-    cpus, processes = len(os.sched_getaffinity(0)), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    workers = default_workers(device, cpus, processes) if args.workers is None else args.workers
+    if args.workers is None:
+        # the CPUs this process may use (Linux), else the machine's; LOCAL_WORLD_SIZE from torchrun
+        affinity = getattr(os, "sched_getaffinity", None)
+        cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
+        workers = default_workers(device, cpus, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    else:
+        workers = args.workers
     settings = EvalSettings.from_args(args, device=device, workers=workers)
     if world.is_main:
         prepare_output(settings.out, args.resume, args.force)
