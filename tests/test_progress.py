@@ -46,7 +46,7 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_totals(setup, tm
     assert seen == [] and again["snn_top1"] == whole["snn_top1"]
 
 
-def test_a_resumed_evaluation_must_be_the_same_evaluation(setup, tmp_path, images):
+def test_a_resumed_evaluation_must_be_the_same_evaluation(setup, tmp_path, images, monkeypatch):
     snn, model, data = setup
     folder = tmp_path / "progress"
     evaluate(
@@ -74,6 +74,10 @@ def test_a_resumed_evaluation_must_be_the_same_evaluation(setup, tmp_path, image
             progress=False,
             store=Progress(folder, "eval", dict(data="a"), True),
         )
+    other_format = Progress(folder, "eval", dict(data="a"), True)
+    monkeypatch.setattr("transpike.progress.VERSION", 2)  # totals written in another layout
+    with pytest.raises(ValueError, match="format 1 there, 2 here"):
+        evaluate(snn, model, data, 2, limit=6, progress=False, store=other_format)
     (folder / "eval.rank0.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="not a transpike progress file"):
         evaluate(

@@ -4,7 +4,8 @@
 one) and each process, a safetensors file with the correct counts so far, the spike monitor's
 records (:meth:`~transpike.spikes.SpikeMonitor.state`) and how many of the process's samples are
 done, under a key that a resumed run must match: the network's digest, the data, the number of
-samples, T, the number of processes and whether spikes are counted. The file is replaced
+samples, T, the number of processes, whether spikes are counted, and the version of the file's
+layout (``VERSION``: totals of another layout are refused, not misread). The file is replaced
 atomically at the end of the first batch ``every`` seconds after the last save, and when the run
 stops on an exception (Ctrl-C, SIGTERM under ``transpike eval``, running out of memory) with the
 totals of the last whole batch, so a killed run repeats at most ``every`` seconds and a batch.
@@ -25,6 +26,7 @@ from torch import Tensor
 from .io import atomic_write
 
 FOLDER = "progress"
+VERSION = 1  # of the tensors' layout: totals of another layout are refused, not misread
 INTERVAL = 60.0  # seconds between saves: what a killed run may have to repeat
 
 
@@ -64,7 +66,7 @@ class Progress:
             tensors = load_file(path)
         except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
             raise ValueError(f"--resume: {path}: not a transpike progress file ({error})") from None
-        key = {**self.context, **key}
+        key = {"format": VERSION, **self.context, **key}
         differ = [f"{name} {saved.get(name)!r} there, {value!r} here" for name, value in key.items()
                   if saved.get(name) != value]  # fmt: skip
         if differ:
@@ -81,6 +83,6 @@ class Progress:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
-        metadata = {"key": json.dumps({**self.context, **key})}
+        metadata = {"key": json.dumps({"format": VERSION, **self.context, **key})}
         atomic_write(self.path(rank), lambda tmp: save_file(tensors, tmp, metadata=metadata))
         self._saved_at = time.monotonic()
