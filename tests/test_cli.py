@@ -509,10 +509,10 @@ def test_eval_resume(tmp_path, npz_data, monkeypatch, capsys):
 
     monkeypatch.setattr(cli, "convert", stopped_converting)
     assert run(*argv, "--out", tmp_path / "early") == 130
-    assert "interrupted before any sample was evaluated" in capsys.readouterr().err
+    assert "interrupted before any totals were saved" in capsys.readouterr().err
 
 
-def test_a_resumed_blocks_sweep_skips_the_finished_evaluations(tmp_path, npz_data, monkeypatch):
+def test_a_resumed_blocks_sweep_skips_the_finished_evaluations(tmp_path, npz_data, monkeypatch, capsys):
     argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--batch-size", 4, "--time-steps", 2,
             "--blocks", 1, 2]  # fmt: skip
     assert run(*argv, "--out", tmp_path / "whole") == 0
@@ -523,6 +523,11 @@ def test_a_resumed_blocks_sweep_skips_the_finished_evaluations(tmp_path, npz_dat
         "blocks-1.rank0.safetensors", "blocks-2.rank0.safetensors"
     ]  # fmt: skip
     seen = interrupt_after(monkeypatch, 100)
+    for fewer in (argv[:-1], [*argv[:-2], 2]):  # the totals of a K it would not evaluate are kept
+        assert run(*fewer, "--out", out, "--resume") == 2
+        assert re.search(r"holds the totals of blocks-\d, which this command does not evaluate",
+                         capsys.readouterr().err)  # fmt: skip
+    assert len(list((out / "progress").iterdir())) == 2 and seen == []
     assert run(*argv, "--out", out, "--resume") == 0
     assert seen == [4, 4]  # blocks=2's last two batches only
     assert results_of(out, 4) == results_of(tmp_path / "whole")

@@ -1,11 +1,14 @@
 """Interrupted evaluations continue where they stopped and end with an uninterrupted run's totals."""
 
+import errno
+
 import pytest
 import torch
 from conftest import interrupt_after, tiny_vit
 from torch.utils.data import TensorDataset
 
 import transpike
+from transpike import progress
 from transpike.evaluate import evaluate
 from transpike.progress import Progress
 
@@ -91,6 +94,33 @@ def test_totals_are_saved_at_most_every_interval(tmp_path):
     assert not any(tmp_path.iterdir())
     Progress(tmp_path, "eval", {}, resume=False, every=0).save({}, 1, tensors)
     assert [p.name for p in tmp_path.iterdir()] == ["eval.rank1.safetensors"]
+
+
+def test_a_failed_save_warns_and_the_evaluation_goes_on(setup, tmp_path, monkeypatch):
+    snn, model, data = setup
+    whole = evaluate(snn, model, data, 2, batch_size=6, progress=False)
+    folder, write = tmp_path / "progress", progress.atomic_write
+    saves = []
+
+    def full_after_one(path, writer):  # the disk fills after the first save
+        saves.append(path)
+        if len(saves) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(path, writer)
+
+    monkeypatch.setattr(progress, "atomic_write", full_after_one)
+    interrupt_after(monkeypatch, 3)
+    store = Progress(folder, "eval", dict(data="random"), resume=False, every=0)
+    failed = pytest.warns(RuntimeWarning, match=r"could not save .*eval.rank0.safetensors .*No space left")
+    with failed, pytest.raises(KeyboardInterrupt):  # the interruption, not the failed save, ends the run
+        evaluate(snn, model, data, 2, batch_size=6, progress=False, store=store)
+    assert len(saves) == 4  # after batches 1, 2 and 3, and as the run stopped
+    monkeypatch.setattr(progress, "atomic_write", write)
+    seen = interrupt_after(monkeypatch, 100)
+    resumed = evaluate(snn, model, data, 2, batch_size=6, progress=False,
+                       store=Progress(folder, "eval", dict(data="random"), resume=True))  # fmt: skip
+    assert seen == [6, 6, 2] and resumed["resumed_samples"] == 6  # from the one save that succeeded
+    assert resumed["snn_top1"] == whole["snn_top1"] and resumed["ann_top1"] == whole["ann_top1"]
 
 
 def test_the_digest_names_the_network_not_its_state(setup, images):

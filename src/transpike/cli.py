@@ -356,13 +356,29 @@ def process_device(device: str) -> str:
     return f"cuda:{local_rank}"
 
 
-def prepare_output(out: Path, resume: bool, force: bool) -> None:
-    """Check ``--out`` for this evaluation: with ``resume``, it must hold an interrupted one's totals;
-    otherwise it must be empty (or ``force``), and totals left there are cleared."""
+def evaluation_names(args: argparse.Namespace) -> list[str]:
+    """The names under which ``eval`` keeps each evaluation's totals: one per --blocks K."""
+    if args.snn or not args.blocks:
+        return ["eval"]
+    return [f"blocks-{blocks}" for blocks in args.blocks]
+
+
+def prepare_output(out: Path, resume: bool, force: bool, names: list[str]) -> None:
+    """Check ``--out`` for the evaluations ``names``: with ``resume``, it must hold an interrupted
+    one's totals, and none of an evaluation this command would not run (they would be lost when it
+    ends); otherwise it must be empty (or ``force``), and totals left there are cleared."""
     progress = out / PROGRESS_FOLDER
     if resume:
-        if not any(progress.glob("*.safetensors")):
+        saved = sorted({path.name.split(".rank")[0] for path in progress.glob("*.safetensors")})
+        if not saved:
             raise UsageError(f"--resume: {out} holds no interrupted evaluation (nothing in {progress})")
+        others = [name for name in saved if name not in names]
+        if others:
+            raise UsageError(
+                f"--resume: {progress} holds the totals of {', '.join(others)}, which this command does "
+                f"not evaluate (it evaluates {', '.join(names)}): give the interrupted run's --blocks "
+                "(or --snn / --model)"
+            )
         return
     if progress.is_dir() and not force:
         raise UsageError(
@@ -407,7 +423,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         workers = args.workers
     settings = EvalSettings.from_args(args, device=device, workers=workers)
     if world.is_main:
-        prepare_output(settings.out, args.resume, args.force)
+        prepare_output(settings.out, args.resume, args.force, evaluation_names(args))
     world.barrier()  # no process saves totals before stale ones are cleared
     try:
         with terminate_as_interrupt():
@@ -418,7 +434,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"transpike: interrupted; the totals of the samples done are in {folder}: the same "
                   "command with --resume continues from them", file=sys.stderr)  # fmt: skip
         elif world.is_main:
-            print("transpike: interrupted before any sample was evaluated", file=sys.stderr)
+            print("transpike: interrupted before any totals were saved", file=sys.stderr)
         return 130
     world.barrier()  # every process has read and written its totals
     if world.is_main:
@@ -442,10 +458,9 @@ def evaluate_from_args(args: argparse.Namespace, settings: EvalSettings, world: 
     dataset = load_dataset(args.data, "test", ann, spec.get("weights"))
     meta = dict(model=args.model, data=args.data, snn_file=None)
     sweep = []
-    for blocks in args.blocks or [None]:
+    for blocks, name in zip(args.blocks or [None], evaluation_names(args), strict=True):
         snn = convert(ann, batches, **conversion_options(args), blocks=blocks, model_spec=spec)
         quiet = len(args.blocks or []) > 1 and blocks != args.blocks[-1]
-        name = "eval" if blocks is None else f"blocks-{blocks}"
         results = run_evaluation(snn, ann, dataset, settings, meta, world, write=not quiet, name=name)
         sweep.append(
             dict(

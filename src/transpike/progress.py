@@ -8,7 +8,8 @@ samples, T, the number of processes, whether spikes are counted, and the version
 layout (``VERSION``: totals of another layout are refused, not misread). The file is replaced
 atomically at the end of the first batch ``every`` seconds after the last save, and when the run
 stops on an exception (Ctrl-C, SIGTERM under ``transpike eval``, running out of memory) with the
-totals of the last whole batch, so a killed run repeats at most ``every`` seconds and a batch.
+totals of the last whole batch, so a killed run repeats at most ``every`` seconds and a batch. A
+save that fails warns and the evaluation goes on: the totals matter only if it is interrupted.
 Resumed, the totals are those of an uninterrupted run: they are sums of integers, exact in
 float64, and the batch size may change.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -78,11 +80,24 @@ class Progress:
         return tensors
 
     def save(self, key: dict, rank: int, tensors: dict[str, Tensor], now: bool = False) -> None:
-        """Write ``tensors`` under ``key`` if ``every`` seconds passed since the last save, or ``now``."""
+        """Write ``tensors`` under ``key`` if ``every`` seconds passed since the last save, or ``now``.
+
+        A save that fails (a full disk, a folder that became read-only) warns and leaves the last
+        saved totals in place: they are what the run is for only if it is interrupted, so the
+        evaluation goes on rather than losing what it has computed; the next save is tried ``every``
+        seconds later."""
         if not now and time.monotonic() - self._saved_at < self.every:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self._saved_at = time.monotonic()
         tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
         metadata = {"key": json.dumps({"format": VERSION, **self.context, **key})}
-        atomic_write(self.path(rank), lambda tmp: save_file(tensors, tmp, metadata=metadata))
-        self._saved_at = time.monotonic()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path(rank), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        except OSError as error:
+            warnings.warn(
+                f"could not save the evaluation's totals to {self.path(rank)} ({error}); the evaluation "
+                "goes on, and --resume would continue from the totals saved last",
+                RuntimeWarning,
+                stacklevel=2,
+            )
