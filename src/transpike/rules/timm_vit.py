@@ -80,14 +80,14 @@ from .timm_twins import (
 )
 
 
-def _present(module: nn.Module | None) -> bool:
+def present(module: nn.Module | None) -> bool:
     return module is not None and not isinstance(module, nn.Identity)
 
 
 def _operand_readers(attn: nn.Module) -> tuple[str, str]:
     """Who reads q and k first: q_norm and k_norm when present, else Q·Kᵀ's operand neurons."""
-    q = "q_norm" if _present(attn.q_norm) else "qk.neuron_a"
-    return q, "k_norm" if _present(attn.k_norm) else "qk.neuron_b"
+    q = "q_norm" if present(attn.q_norm) else "qk.neuron_a"
+    return q, "k_norm" if present(attn.k_norm) else "qk.neuron_b"
 
 
 def _existing(container: nn.Module, links: list[Link]) -> list[Link]:
@@ -95,7 +95,7 @@ def _existing(container: nn.Module, links: list[Link]) -> list[Link]:
     return [
         (producer, readers)
         for producer, readers in links
-        if all(_present(container.get_submodule(path)) for path in _paths(producer))
+        if all(present(container.get_submodule(path)) for path in _paths(producer))
     ]
 
 
@@ -140,7 +140,7 @@ def attention_links(attn: ExplicitAttention) -> list[Link]:
     else:  # EVA-02's three projections
         links = [("q_proj", (q,)), ("k_proj", (k,)), ("v_proj", ("av.neuron_b",))]
     links += _heads_links(attn)
-    links += chain(_heads_output(attn), *(["norm"] if _present(attn.norm) else []), to_proj)
+    links += chain(_heads_output(attn), *(["norm"] if present(attn.norm) else []), to_proj)
     if attn.gate is not None:
         links += [("gate", ("gate_act",)), ("gate_act", ("gating.neuron_b",)), ("gating", ("proj",))]
     return _existing(attn, links)
@@ -198,7 +198,7 @@ def _parallel_things_links(block: ParallelThingsBlock) -> list[Link]:
 
 def _to_fc2(mlp: nn.Module, producer: str) -> list[Link]:
     """From ``producer`` through the MLP's norm (when present) to fc2."""
-    return chain(producer, *(["norm"] if _present(mlp.norm) else []), "fc2")
+    return chain(producer, *(["norm"] if present(mlp.norm) else []), "fc2")
 
 
 def _mlp_links(mlp: Mlp) -> list[Link]:
@@ -232,12 +232,12 @@ def _prr_links(pool: ExplicitPrrPool) -> list[Link]:
     """ExplicitPrrPool.forward: pre_norm (when present) to the three operands, the scores as in
     any attention, attn·V to post_norm (when present)."""
     links = [("pre_norm", ("qk.neuron_a", "qk.neuron_b", "av.neuron_b")), *_SCORE_LINKS]
-    if _present(pool.post_norm):
+    if present(pool.post_norm):
         links.append(("av", ("post_norm",)))
     return _existing(pool, links)
 
 
-def _stream_ends(block: nn.Module) -> tuple[list[str], list[str]] | None:
+def stream_ends(block: nn.Module) -> tuple[list[str], list[str]] | None:
     """Who writes the residual stream inside a pre-norm block (its last projections) and who reads
     it (its norms); None for a block that reads or writes it otherwise (post-norm blocks, unknown
     parts)."""
@@ -268,12 +268,11 @@ def _stream_links(vit: VisionTransformer) -> list[Link]:
     producers, readers = _embedding_writers(vit), []
     if producers is None:
         return []
-    analog = [isinstance(block, ExpectationCompensation) for block in vit.blocks]
-    converted = analog.index(True) if any(analog) else len(analog)
-    if not all(analog[converted:]):
-        return []  # a block left analog between converted ones writes a stream of its own
+    converted = converted_blocks(vit.blocks)
+    if converted is None:
+        return []
     for index, block in enumerate(vit.blocks[:converted]):
-        ends = _stream_ends(block)
+        ends = stream_ends(block)
         if ends is None:
             return []
         producers += [f"blocks.{index}.{path}" for path in ends[0]]
@@ -284,12 +283,21 @@ def _stream_links(vit: VisionTransformer) -> list[Link]:
     return [(tuple(producers), (*readers, *after))]
 
 
+def converted_blocks(blocks: nn.Module) -> int | None:
+    """How many of ``blocks`` (from the first) are converted: the others are left analog by
+    ``blocks=k``; None when one left analog sits between converted ones (it writes a stream of its
+    own, so no stream links)."""
+    analog = [isinstance(block, ExpectationCompensation) for block in blocks]
+    converted = analog.index(True) if any(analog) else len(analog)
+    return converted if all(analog[converted:]) else None
+
+
 def _embedding_writers(vit: VisionTransformer) -> list[str] | None:
     """Who writes the stream before the blocks: norm_pre when present; else nobody when the patch
     embedding is direct coding alone (the same at every step: its own rate); else the
     embedding's output layer, fed by a hybrid's spiking CNN stem (:func:`~.timm_cnn.embed_output`), or
     None when the embedding ends in a layer that cannot hand on a rate."""
-    if _present(getattr(vit, "norm_pre", None)):  # BEiT has none
+    if present(getattr(vit, "norm_pre", None)):  # BEiT has none
         return ["norm_pre"]
     name = "patch_embed" if hasattr(vit, "patch_embed") else "embeds"  # NaFlexVit's is ``embeds``
     embed = getattr(vit, name)
@@ -306,16 +314,16 @@ def _stream_readers_after_blocks(vit: VisionTransformer, converted: int) -> list
     (the stream, pooled, is then the model's output)."""
     if converted < len(vit.blocks):
         return [f"blocks.{converted}"]
-    if _present(vit.norm):
+    if present(vit.norm):
         return ["norm"]
     for name in ("token_pool", "attn_pool"):
         pool = getattr(vit, name, None)
         if pool is not None:  # an attention pool left analog is an EC module, which takes rates
             return [f"{name}.{path}" for path in getattr(pool, "input_readers", ())] or [name]
-    if _present(vit.fc_norm):
+    if present(vit.fc_norm):
         return ["fc_norm"]
     heads = [name for name in ("head", "head_dist") if hasattr(vit, name)]
-    return heads if all(_present(getattr(vit, name)) for name in heads) else []
+    return heads if all(present(getattr(vit, name)) for name in heads) else []
 
 
 def _head_links(vit: VisionTransformer) -> list[Link]:
@@ -324,9 +332,9 @@ def _head_links(vit: VisionTransformer) -> list[Link]:
     pooling and head_drop, linear). None past an attention pool (its output is a sum) or when a
     head is missing (the output is then theirs)."""
     heads = [name for name in ("head", "head_dist") if hasattr(vit, name)]
-    if getattr(vit, "attn_pool", None) is not None or not all(_present(getattr(vit, n)) for n in heads):
+    if getattr(vit, "attn_pool", None) is not None or not all(present(getattr(vit, n)) for n in heads):
         return []
-    order = [name for name in ("norm", "token_pool", "fc_norm") if _present(getattr(vit, name, None))]
+    order = [name for name in ("norm", "token_pool", "fc_norm") if present(getattr(vit, name, None))]
     return [*chain(*order), (order[-1], tuple(heads))] if order else []
 
 
