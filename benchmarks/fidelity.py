@@ -17,6 +17,7 @@ which make every block the identity until trained) start at weight 1 instead. to
 classifiers: ``--model hf:ViTForImageClassification`` (or DeiT's, DINOv2's) with their configuration
 in ``--model-kwargs``. ``--checkpoint FILE`` loads weights into the model (after the init above), as
 ``benchmarks/timm_to_hf.py`` writes timm's Swin V2 and MobileViT weights in transformers' layout.
+``--fill SUFFIX=VALUE`` starts the parameters whose names end in SUFFIX at VALUE.
 """
 
 from __future__ import annotations
@@ -96,6 +97,11 @@ def main() -> None:
     parser.add_argument(
         "--checkpoint", type=Path, help="weights to load (safetensors, or torch read weights only)"
     )
+    parser.add_argument(
+        "--fill", nargs="+", default=[], metavar="SUFFIX=VALUE",
+        help="parameters whose names end in SUFFIX start at VALUE (e.g. Gemma 4's q_norm.weight=0.354: "
+        "norms of q and k with unit gains and scores unscaled saturate a random-init softmax)",
+    )  # fmt: skip
     args = parser.parse_args()
     out = args.out or Path(f"benchmarks/out/fidelity-{args.model}.json")
 
@@ -103,6 +109,12 @@ def main() -> None:
     model = create(args.model, args.img_size, args.model_kwargs, args.batchnorm_at_one)
     if args.checkpoint is not None:
         load_checkpoint(model, args.checkpoint)
+    fills = dict(item.split("=", 1) for item in args.fill)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            for suffix, value in fills.items():
+                if name.endswith(suffix):
+                    parameter.fill_(float(value))
     gen = torch.Generator().manual_seed(1)
     shape = (args.batch, 3, args.img_size, args.img_size)
     calibration = [torch.randn(shape, generator=gen) for _ in range(args.calib_batches)]
@@ -140,6 +152,7 @@ def main() -> None:
     result = dict(
         model=args.model,
         model_kwargs=args.model_kwargs,
+        fill=fills,
         img_size=args.img_size,
         batch=args.batch,
         calib_batches=args.calib_batches,

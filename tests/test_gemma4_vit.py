@@ -17,7 +17,7 @@ from conftest import (
 )
 
 import transpike
-from transpike.rules.timm_gemma4_vit import Clamp
+from transpike.rules.timm_gemma4_vit import Clamp, PositionLookup
 
 SMALL = dict(head_dim=8, intermediate_size=48, position_embedding_size=8, use_clipped_linears=False)
 VARIANTS = {
@@ -54,6 +54,7 @@ def test_prepared_computes_what_timm_does(variant, images):
     prepared = assert_prepared_matches_in_float64(build(variant), images[1])
     clamps = sum(isinstance(module, Clamp) for module in prepared.modules())
     assert clamps == (2 * 7 * 2 if variant == "clamped" else 0)  # in and out of 7 projections, 2 blocks
+    assert isinstance(prepared.encoder.patch_embed.position_lookup, PositionLookup)  # a constant
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

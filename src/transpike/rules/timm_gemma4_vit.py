@@ -12,7 +12,9 @@ are elementwise nonlinear, so each becomes a :class:`Clamp` module (an EC module
 before and after the Linear.
 
 The patch embedding projects flattened patches by a Linear (it reads the image: direct coding)
-and adds position embeddings looked up from the grid (parameters alone); the soft-token pooler of
+and adds position embeddings looked up from the grid (a constant, which its twin computes as the
+lookup it is rather than timm's product of one-hot codes and the table, 0.77 G multiply-adds per
+224 px image, at every step); the soft-token pooler of
 the encoders averages k × k cells with weights computed from the grid and scales them (linear).
 The encoder hands its blocks the rotary tables by keyword (constants to a block left analog);
 padded patches (NaFlex inputs with invalid patches) would mask the attention and are refused.
@@ -188,6 +190,40 @@ def _classifier_links(model: gemma4_vit.Gemma4VitClassifier) -> list[Link]:
     return [(tuple(producers), tuple(readers)), *chain(*after)]
 
 
+class PositionLookup(nn.Module):
+    """Gemma 4's position embeddings: per patch, the table's row at its x plus the row at its y
+    (timm multiplies one-hot codes of the coordinates by the table, the same sum), zero for padded
+    patches. A function of the grid alone: the same at every step, its work counted for neither
+    network."""
+
+    def __init__(self, table: nn.Parameter) -> None:
+        super().__init__()
+        self.table = table  # [2, positions, dim]
+
+    def forward(self, position_ids: Tensor, padding_positions: Tensor | None) -> Tensor:
+        ids = position_ids.clamp(min=0)
+        rows = self.table[0][ids[..., 0]] + self.table[1][ids[..., 1]]
+        return rows if padding_positions is None else rows.masked_fill(padding_positions.unsqueeze(-1), 0.0)
+
+
+class ExplicitGemma4PatchEmbed(gemma4_vit.Gemma4PatchEmbed):
+    """``Gemma4PatchEmbed`` with its position embeddings a :class:`PositionLookup` child, which
+    holds the table (:attr:`ann_keys` maps it back)."""
+
+    ann_keys: ClassVar[dict[str, str]] = {"position_lookup.table": "position_embedding_table"}
+
+    def _position_embeddings(self, position_ids: Tensor, padding_positions: Tensor | None) -> Tensor:
+        return self.position_lookup(position_ids, padding_positions)
+
+
+def _patch_embed_twin(embed: gemma4_vit.Gemma4PatchEmbed) -> nn.Module:
+    table = embed.position_embedding_table
+    del embed.position_embedding_table  # moved into the lookup, under one name
+    embed.__class__ = ExplicitGemma4PatchEmbed
+    embed.position_lookup = PositionLookup(table)
+    return embed
+
+
 class ExplicitGemma4VitEncoder(gemma4_vit.Gemma4VitEncoder):
     """A ``Gemma4VitEncoder`` that hands its blocks the rotary tables by keyword, the form in which
     a block left analog by ``blocks=k`` takes constants, and refuses padded patches (NaFlex inputs
@@ -223,7 +259,9 @@ def _encoder_twin(encoder: gemma4_vit.Gemma4VitEncoder) -> nn.Module:
 register(gemma4_vit.Gemma4VitClassifier, Role.CONTAINER, links=_classifier_links, blocks=_block_paths)
 register(gemma4_vit.Gemma4VitEncoder, Role.CONTAINER, twin=_encoder_twin)
 register(ExplicitGemma4VitEncoder, Role.CONTAINER)  # the _enc models: tokens out, no rate links
-register(gemma4_vit.Gemma4PatchEmbed, Role.INPUT)
+register(gemma4_vit.Gemma4PatchEmbed, Role.INPUT, twin=_patch_embed_twin)
+register(ExplicitGemma4PatchEmbed, Role.INPUT)
+register(PositionLookup, Role.CONSTANT)
 register(gemma4_vit.Gemma4RotaryEmbedding2D, Role.PASSTHROUGH)  # cos/sin of the grid, read by the attention
 register(gemma4_vit.Gemma4VisionPooler, Role.PASSTHROUGH)  # cell means from the grid, scaled: linear
 register(gemma4_vit.Gemma4Block, Role.CONTAINER, links=_block_links)
