@@ -133,6 +133,7 @@ from . import (  # noqa: E402, F401
     timm_cnn,
     timm_coat,
     timm_convit,
+    timm_cpubone,
     timm_crossvit,
     timm_davit,
     timm_edgenext,

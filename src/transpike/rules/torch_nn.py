@@ -12,7 +12,7 @@ for cls in (nn.Sequential, nn.ModuleList, nn.ModuleDict):
 
 # Linear (affine) and stateless in eval mode: kept as they are. BatchNorm in eval is a per-channel
 # affine map; Upsample's interpolation, in every mode, a fixed weighted sum of input pixels;
-# Unfold and Fold copy and sum pixels.
+# Unfold and Fold copy and sum pixels; zero padding adds zeros.
 for cls in (
     nn.Identity,
     nn.Dropout,
@@ -31,6 +31,9 @@ for cls in (
     nn.Upsample,
     nn.Unfold,
     nn.Fold,
+    nn.ZeroPad1d,
+    nn.ZeroPad2d,
+    nn.ZeroPad3d,
 ):
     register(cls, Role.PASSTHROUGH)
 
