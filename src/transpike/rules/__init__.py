@@ -135,6 +135,7 @@ from . import (  # noqa: E402, F401
     timm_convit,
     timm_cpubone,
     timm_crossvit,
+    timm_csatv2,
     timm_davit,
     timm_edgenext,
     timm_efficientformer,
