@@ -129,6 +129,7 @@ def rule_for(module: nn.Module) -> Rule | None:
 from . import (  # noqa: E402, F401
     squeeze_excite,
     timm_beit,
+    timm_byoanet,
     timm_cait,
     timm_cnn,
     timm_coat,

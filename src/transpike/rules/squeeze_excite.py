@@ -1,6 +1,8 @@
 """Rules for squeeze-and-excitation (Hu et al. 2018, "Squeeze-and-Excitation Networks"):
 torchvision's ``SqueezeExcitation`` (MaxViT's MBConv blocks), timm's ``SEModule`` and
-``EffectiveSEModule`` (timm's MaxViT and CoAtNet).
+``EffectiveSEModule`` (timm's MaxViT and CoAtNet), and timm's ``EcaModule`` (Wang et al. 2020,
+"ECA-Net": a 1-D convolution across the channel means instead of the two Linears; the ECA BoTNet
+and HaloNet).
 
 Each scales every channel of x by a gate computed from the channel means, x·σ(f(mean(x))). The
 gate depends on x, so the product is one of two spiking operands: each twin computes the same with
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+from timm.layers.eca import EcaModule
 from timm.layers.squeeze_excite import EffectiveSEModule, SEModule
 from torch import Tensor, nn
 from torchvision.ops.misc import SqueezeExcitation
@@ -48,6 +51,15 @@ def _effective_squeeze_excite(se: EffectiveSEModule, x: Tensor) -> Tensor:
     return se.gate(se.fc(x.mean((2, 3), keepdim=True)))
 
 
+def _efficient_channel_attention(eca: EcaModule, x: Tensor) -> Tensor:
+    """timm ``EcaModule``'s gate: a 1-D convolution across the channel means (two, with an
+    activation between them, where it has a second), then the gate."""
+    y = eca.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
+    if hasattr(eca, "conv2"):  # the twin holds the original's children: none where it has no conv2
+        y = eca.conv2(eca.act(y))
+    return eca.gate(y).view(x.shape[0], -1, 1, 1)
+
+
 def _refuse_max(se: nn.Module) -> str | None:
     return "add_maxpool (a max over the pixels inside the block) is not supported" if se.add_maxpool else None
 
@@ -57,8 +69,9 @@ GATES = {
     SqueezeExcitation: SqueezeExcitation._scale,
     SEModule: _squeeze_excite,
     EffectiveSEModule: _effective_squeeze_excite,
+    EcaModule: _efficient_channel_attention,
 }
 for cls, scale in GATES.items():
-    check = None if cls is SqueezeExcitation else _refuse_max
+    check = _refuse_max if cls in (SEModule, EffectiveSEModule) else None
     register(cls, Role.CONTAINER, twin=partial(ExplicitSqueezeExcite, scale=scale), check=check)
 register(ExplicitSqueezeExcite, Role.CONTAINER)
