@@ -152,6 +152,7 @@ from . import (  # noqa: E402, F401
     timm_iformer,
     timm_levit,
     timm_lowformer,
+    timm_mambaout,
     timm_maxxvit,
     timm_metaformer,
     timm_mlp_mixer,
