@@ -33,6 +33,7 @@ from ..sites import Product
 from . import Link, Role, register
 from .timm_twins import SoftmaxHeads, refuse_mask
 from .timm_vit import chain, converted_blocks, present
+from .timm_vlm_vit import encoder_blocks
 
 
 class Clamp(nn.Module):
@@ -168,10 +169,6 @@ def _block_links(block: gemma4_vit.Gemma4Block) -> list[Link]:
     ]
 
 
-def _block_paths(model: gemma4_vit.Gemma4VitClassifier) -> list[str]:
-    return [f"encoder.blocks.{index}" for index in range(len(model.encoder.blocks))]
-
-
 def _classifier_links(model: gemma4_vit.Gemma4VitClassifier) -> list[Link]:
     """The residual stream of the converted blocks (written by their norm2 and norm4, read by their
     norm1 and norm3 and by what follows them: the next block left analog, else the classifier's
@@ -256,7 +253,7 @@ def _encoder_twin(encoder: gemma4_vit.Gemma4VitEncoder) -> nn.Module:
     return encoder
 
 
-register(gemma4_vit.Gemma4VitClassifier, Role.CONTAINER, links=_classifier_links, blocks=_block_paths)
+register(gemma4_vit.Gemma4VitClassifier, Role.CONTAINER, links=_classifier_links, blocks=encoder_blocks)
 register(gemma4_vit.Gemma4VitEncoder, Role.CONTAINER, twin=_encoder_twin)
 register(ExplicitGemma4VitEncoder, Role.CONTAINER)  # the _enc models: tokens out, no rate links
 register(gemma4_vit.Gemma4PatchEmbed, Role.INPUT, twin=_patch_embed_twin)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from timm.layers import RmsNormFp32
 from timm.models import deepseek_vit, qwen3_vit
+from torch import nn
 
 from ..compensation import ExpectationCompensation
 from . import Link, Role, register
@@ -29,7 +30,8 @@ Classifier = qwen3_vit.Qwen3VitClassifier | deepseek_vit.DeepseekVitClassifier
 PROJECTORS = {"merger": ("norm", "fc1", "act", "fc2"), "aligner": ("fc1", "act", "fc2")}
 
 
-def _block_paths(model: Classifier) -> list[str]:
+def encoder_blocks(model: nn.Module) -> list[str]:
+    """The blocks of a classifier's ``encoder`` (the VLM towers' and Gemma 4's), for ``blocks=k``."""
     return [f"encoder.blocks.{index}" for index in range(len(model.encoder.blocks))]
 
 
@@ -68,7 +70,7 @@ def _classifier_links(model: Classifier) -> list[Link]:
 
 
 for cls in (qwen3_vit.Qwen3VitClassifier, deepseek_vit.DeepseekVitClassifier):
-    register(cls, Role.CONTAINER, links=_classifier_links, blocks=_block_paths)
+    register(cls, Role.CONTAINER, links=_classifier_links, blocks=encoder_blocks)
 for cls in (qwen3_vit.Qwen3VitEncoder, deepseek_vit.DeepseekVitEncoder):
     register(cls, Role.CONTAINER)  # the _enc models: tokens out, no rate links
 for cls in (qwen3_vit.Qwen3VitPatchMerger, deepseek_vit.DeepseekVitAligner):
