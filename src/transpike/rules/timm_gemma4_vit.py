@@ -14,10 +14,10 @@ before and after the Linear.
 The patch embedding projects flattened patches by a Linear (it reads the image: direct coding)
 and adds position embeddings looked up from the grid (a constant, which its twin computes as the
 lookup it is rather than timm's product of one-hot codes and the table, 0.77 G multiply-adds per
-224 px image, at every step); the soft-token pooler of
-the encoders averages k × k cells with weights computed from the grid and scales them (linear).
-The encoder hands its blocks the rotary tables by keyword (constants to a block left analog);
-padded patches (NaFlex inputs with invalid patches) would mask the attention and are refused.
+224 px image, at every step); the soft-token pooler of the encoders averages k × k cells with
+weights computed from the grid and scales them (linear). The encoder hands its blocks the rotary
+tables by keyword (constants to a block left analog); padded patches (NaFlex inputs with invalid
+patches) would mask the attention and are refused.
 """
 
 from __future__ import annotations

@@ -81,6 +81,7 @@ from .timm_twins import (
 
 
 def present(module: nn.Module | None) -> bool:
+    """Whether ``module`` is there: neither None nor an Identity that a configuration left."""
     return module is not None and not isinstance(module, nn.Identity)
 
 
