@@ -266,22 +266,34 @@ def _stream_links(vit: VisionTransformer) -> list[Link]:
     fc_norm, or the heads); before them, what the embedding writes (:func:`_embedding_writers`).
     Tokens and position embeddings add the same at every step, which is its own rate. One link for
     all: the stream is their sum."""
-    producers, readers = _embedding_writers(vit), []
-    if producers is None:
+    producers, stream = _embedding_writers(vit), block_stream(vit.blocks, "blocks")
+    if producers is None or stream is None:
         return []
-    converted = converted_blocks(vit.blocks)
-    if converted is None:
-        return []
-    for index, block in enumerate(vit.blocks[:converted]):
-        ends = stream_ends(block)
-        if ends is None:
-            return []
-        producers += [f"blocks.{index}.{path}" for path in ends[0]]
-        readers += [f"blocks.{index}.{path}" for path in ends[1]]
+    writers, readers, converted = stream
+    producers += writers
     after = _stream_readers_after_blocks(vit, converted)
     if not producers or not after:  # nothing to hand on, or the stream is the model's output
         return []
     return [(tuple(producers), (*readers, *after))]
+
+
+def block_stream(blocks: nn.Module, prefix: str) -> tuple[list[str], list[str], int] | None:
+    """The residual stream through the converted ones of pre-norm ``blocks`` (at the path
+    ``prefix``): who writes it (their last projections, :func:`stream_ends`), who reads it (their
+    norms), and how many are converted (the rest left analog by ``blocks=k``); None where a block
+    left analog sits between converted ones (it writes a stream of its own) or a converted block
+    reads or writes it otherwise."""
+    converted = converted_blocks(blocks)
+    if converted is None:
+        return None
+    writers, readers = [], []
+    for index, block in enumerate(blocks[:converted]):
+        ends = stream_ends(block)
+        if ends is None:
+            return None
+        writers += [f"{prefix}.{index}.{path}" for path in ends[0]]
+        readers += [f"{prefix}.{index}.{path}" for path in ends[1]]
+    return writers, readers, converted
 
 
 def converted_blocks(blocks: nn.Module) -> int | None:

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..compensation import ExpectationCompensation
 from . import Link, Role, register
-from .timm_vit import block_links, chain, converted_blocks, present, stream_ends
+from .timm_vit import block_links, block_stream, chain, present
 
 Classifier = qwen3_vit.Qwen3VitClassifier | deepseek_vit.DeepseekVitClassifier
 #: the encoders' VLM projectors, by attribute, and their parts in forward order
@@ -56,17 +56,12 @@ def _classifier_links(model: Classifier) -> list[Link]:
     if not present(model.head):
         return []
     blocks, after = model.encoder.blocks, _after_blocks(model)
-    converted = converted_blocks(blocks)
-    if converted is None:
+    stream = block_stream(blocks, "encoder.blocks")
+    if stream is None or not stream[0]:  # no stream links, or no converted block to write it
         return chain(*after)
-    producers, readers = [], [f"encoder.blocks.{converted}"] if converted < len(blocks) else after[:1]
-    for index, block in enumerate(blocks[:converted]):
-        ends = stream_ends(block)
-        if ends is None:
-            return chain(*after)
-        producers += [f"encoder.blocks.{index}.{path}" for path in ends[0]]
-        readers += [f"encoder.blocks.{index}.{path}" for path in ends[1]]
-    return ([(tuple(producers), tuple(readers))] if producers else []) + chain(*after)
+    writers, readers, converted = stream
+    first = f"encoder.blocks.{converted}" if converted < len(blocks) else after[0]
+    return [(tuple(writers), (*readers, first)), *chain(*after)]
 
 
 for cls in (qwen3_vit.Qwen3VitClassifier, deepseek_vit.DeepseekVitClassifier):
