@@ -9,12 +9,21 @@ convolutions of V per group of heads: another product of two spiking operands). 
 share one position encoding and one relative position encoding in timm; converted, each block
 gets its own copy (their state is per call; the values and keys are the ANN's). Only the first
 patch embedding reads the image; the class tokens are constants and the rest is token
-selection, so one rate link runs from the first patch embedding to the head. ``blocks=k`` counts
-the serial blocks stage by stage. CoaT's parallel blocks (CoaT Tiny to Small) are refused: the
-model runs one position encoding per stage in every one of them, whose state would be shared.
+selection, so one rate link runs from the first patch embedding to the head.
+
+CoaT Tiny to Small follow the serial blocks with parallel blocks over scales 2-4: factorized
+attention on each scale, each scale's result plus the others' resized to it (bilinear
+interpolation: linear), then one MLP (timm shares it among the scales; converted, each scale gets
+its copy). timm's model runs its one position encoding per scale before every parallel block;
+converted, each block runs its own copy, and takes and returns the three scales packed into one
+tensor, so that ``blocks=k`` can leave it analog. The head aggregates the three scales' class
+tokens with a 1×1 convolution over the scales (a weight layer). ``blocks=k`` counts the serial
+blocks stage by stage, then the parallel blocks.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +35,8 @@ from timm.models.coat import (
     FactorAttnConvRelPosEnc,
     ParallelBlock,
     SerialBlock,
+    insert_cls,
+    remove_cls,
 )
 from torch import Tensor, nn
 
@@ -33,6 +44,7 @@ from ..sites import Product
 from . import Role, register
 from .links import to_head
 from .timm_cait import chained_blocks
+from .timm_crossvit import pack, unpack
 from .timm_twins import split_qkv
 
 
@@ -88,10 +100,73 @@ class Held(nn.Module):
     never run by the model itself: kept as it is, its parameters under the ANN's keys."""
 
 
+class JoinedParallelBlock(ParallelBlock):
+    """timm ``ParallelBlock`` that runs its own copies of the model's position encodings of scales
+    2-4 first (timm's model runs its one copy of each before every parallel block) and reads and
+    returns those scales packed into one tensor (``shapes``: each scale's tokens and width;
+    ``sizes``: the four scales' grids), so that ``blocks=k`` can leave it analog (an EC module keeps
+    the rate of one tensor). The first scale, which the block passes unchanged, is not read."""
+
+    shapes: list[tuple[int, int]]
+    sizes: list[tuple[int, int]]
+
+    def forward(self, packed: Tensor) -> Tensor:
+        encodings = (self.cpe2, self.cpe3, self.cpe4)
+        scales = unpack(packed, self.shapes)
+        x2, x3, x4 = (cpe(x, size) for cpe, x, size in zip(encodings, scales, self.sizes[1:], strict=True))
+        return pack(super().forward(None, x2, x3, x4, self.sizes)[1:])
+
+
+class JoinedCoaT(CoaT):
+    """timm ``CoaT`` with parallel blocks, which pass scales 2-4 as one packed tensor (``shapes``:
+    each scale's tokens and width) and run their own position encodings."""
+
+    shapes: list[tuple[int, int]]
+
+    @property
+    def ann_keys(self) -> dict[str, str]:
+        """Each parallel block's copies of the position encodings, under the model's keys."""
+        return {
+            f"parallel_blocks.{block}.cpe{scale}.{key}": f"cpe{scale}.{key}"
+            for block in range(len(self.parallel_blocks))
+            for scale in (2, 3, 4)
+            for key in getattr(self, f"cpe{scale}").state_dict()
+        }
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        scales = []
+        for stage in range(1, 5):
+            embed = getattr(self, f"patch_embed{stage}")
+            x = insert_cls(embed(x), getattr(self, f"cls_token{stage}"))
+            for block in getattr(self, f"serial_blocks{stage}"):
+                x = block(x, size=embed.grid_size)
+            scales.append(x)
+            x = remove_cls(x).unflatten(1, embed.grid_size).permute(0, 3, 1, 2)  # the next stage's map
+        packed = pack(scales[1:])
+        for block in self.parallel_blocks:
+            packed = block(packed)
+        norms = (self.norm2, self.norm3, self.norm4)
+        return [norm(scale) for norm, scale in zip(norms, unpack(packed, self.shapes), strict=True)]
+
+
+def _joined(coat: CoaT) -> None:
+    """``coat``'s class and its parallel blocks' made the joined ones, each block given a copy of
+    the model's position encodings of scales 2-4 (its keys mapped back by ``ann_keys``)."""
+    sizes = [tuple(getattr(coat, f"patch_embed{stage}").grid_size) for stage in range(1, 5)]
+    shapes = [(1 + h * w, dim) for (h, w), dim in zip(sizes[1:], coat.embed_dims[1:], strict=True)]
+    coat.__class__, coat.shapes = JoinedCoaT, shapes
+    for block in coat.parallel_blocks:
+        block.__class__, block.shapes, block.sizes = JoinedParallelBlock, shapes, sizes
+        for scale in (2, 3, 4):
+            setattr(block, f"cpe{scale}", copy.deepcopy(getattr(coat, f"cpe{scale}")))
+
+
 def _staged(coat: CoaT) -> CoaT:
     """The model itself, its later stages' patch embeddings made :class:`StagePatchEmbed` and the
-    encodings it holds for its blocks (who run their own copies) :class:`Held`: no new parameters,
-    the keys stay the ANN's."""
+    encodings it holds for its blocks (who run their own copies) :class:`Held`, its parallel
+    blocks (if any) joined: no new parameters, the keys stay the ANN's."""
+    if coat.parallel_blocks is not None:
+        _joined(coat)
     for stage in range(1, 5):
         embed = getattr(coat, f"patch_embed{stage}")
         if stage > 1 and embed is not None:
@@ -101,17 +176,33 @@ def _staged(coat: CoaT) -> CoaT:
     return coat
 
 
-def _refuse_parallel(block: ParallelBlock) -> str:
-    return "CoaT's parallel blocks are not supported (the model runs one position encoding per stage in each)"
+def _refuse_features(coat: CoaT) -> str | None:
+    """Why ``coat`` cannot be converted: built to return its feature maps (a dict), not outputs."""
+    return (
+        "return_interm_layers=True: the model returns feature maps, not outputs"
+        if coat.return_interm_layers
+        else None
+    )
 
 
-STAGES = ("serial_blocks1", "serial_blocks2", "serial_blocks3", "serial_blocks4")
+def _blocks(coat: CoaT) -> list[str]:
+    """``blocks=k``'s blocks: the serial blocks stage by stage, then the parallel blocks."""
+    serial = chained_blocks("serial_blocks1", "serial_blocks2", "serial_blocks3", "serial_blocks4")(coat)
+    return serial + [f"parallel_blocks.{i}" for i in range(coat.parallel_depth)]
+
 
 register(ConvRelPosEnc, Role.CONTAINER, twin=ExplicitConvRelPosEnc)
 register(FactorAttnConvRelPosEnc, Role.CONTAINER, twin=ExplicitFactorAttn)
 # the first patch embedding reads the image; one rate link from it to the head
-register(CoaT, Role.CONTAINER, twin=_staged, links=to_head, blocks=chained_blocks(*STAGES))
-register(ParallelBlock, Role.CONTAINER, check=_refuse_parallel)
+register(CoaT, Role.CONTAINER, twin=_staged, check=_refuse_features, links=to_head, blocks=_blocks)
+register(JoinedCoaT, Role.CONTAINER, links=to_head)
 register(Held, Role.CONSTANT)  # never run: kept as it is, reported as a constant
-for cls in (ExplicitConvRelPosEnc, ExplicitFactorAttn, StagePatchEmbed, ConvPosEnc, SerialBlock):
+for cls in (
+    ExplicitConvRelPosEnc,
+    ExplicitFactorAttn,
+    StagePatchEmbed,
+    ConvPosEnc,
+    SerialBlock,
+    JoinedParallelBlock,
+):
     register(cls, Role.CONTAINER)
