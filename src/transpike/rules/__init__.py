@@ -156,6 +156,8 @@ from . import (  # noqa: E402, F401
     timm_maxxvit,
     timm_metaformer,
     timm_mlp_mixer,
+    timm_mobilenetv4,
+    timm_mobilenetv5,
     timm_mobilevit,
     timm_mvitv2,
     timm_naflexvit,

@@ -16,6 +16,7 @@ into one tensor.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -36,13 +37,13 @@ def _network_links(crossvit: CrossVit) -> list[Link]:
 
 
 def pack(branches: list[Tensor]) -> Tensor:
-    """The branches' tokens [B, tokens_i, dim_i] as one tensor [B, Σ tokens_i·dim_i]."""
+    """Tensors of one batch ([B, tokens_i, dim_i] or any shape [B, ...]) as one [B, Σ numel_i / B]."""
     return torch.cat([branch.flatten(1) for branch in branches], dim=1)
 
 
-def unpack(packed: Tensor, shapes: list[tuple[int, int]]) -> list[Tensor]:
-    """The inverse of :func:`pack`, given each branch's (tokens, dim)."""
-    parts = packed.split([tokens * dim for tokens, dim in shapes], dim=1)
+def unpack(packed: Tensor, shapes: list[tuple[int, ...]]) -> list[Tensor]:
+    """The inverse of :func:`pack`, given each tensor's shape after the batch."""
+    parts = packed.split([math.prod(shape) for shape in shapes], dim=1)
     return [part.view(len(packed), *shape) for part, shape in zip(parts, shapes, strict=True)]
 
 
