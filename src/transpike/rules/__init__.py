@@ -141,6 +141,7 @@ from . import (  # noqa: E402, F401
     timm_edgenext,
     timm_efficientformer,
     timm_efficientformer_v2,
+    timm_efficientvim,
     timm_efficientvit_mit,
     timm_efficientvit_msra,
     timm_fastvit,
