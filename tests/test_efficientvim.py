@@ -26,15 +26,13 @@ HEADS = ("heads.0", "heads.1", "heads.2", "heads.3")
 
 
 def build() -> torch.nn.Module:
-    """A small EfficientViM whose branches matter: timm starts the BatchNorms that end them at 0
-    and their gates at σ(1e-4); here at 1 and σ(0)."""
+    """A small EfficientViM whose branches matter: timm starts the BatchNorms that end them at
+    weight 0, here 1."""
     torch.manual_seed(0)
     model = EfficientViM(**SMALL).eval()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith("alpha"):
-                parameter.zero_()
-            elif name.endswith("norm.weight") and parameter.dim() == 1 and not parameter.any():
+            if name.endswith("norm.weight") and not parameter.any():
                 parameter.fill_(1.0)
     return model
 
