@@ -1,6 +1,6 @@
 """timm's attention ResNets (``byoanet``): BoTNet's attention over the map, HaloNet's over blocks
-with a halo, lambda layers (a convolutional or a relative position lambda), ECA gates; the twins,
-conversion, the one rate link, ``blocks=k`` and save/load."""
+with a halo, lambda layers (a convolutional or a relative position lambda), ECA gates, BAT's
+bilinear attention; the twins, conversion, the one rate link, ``blocks=k`` and save/load."""
 
 import pytest
 import torch
@@ -12,9 +12,16 @@ from conftest import (
     assert_rates_up_to,
     random_images,
 )
+from timm.layers.non_local_attn import BilinearAttnTransform
 from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 
-from transpike.rules.timm_byoanet import ExplicitBottleneckAttn, ExplicitHaloAttn, ExplicitLambdaLayer
+from transpike.rules.timm_byoanet import (
+    ExplicitBilinearAttnTransform,
+    ExplicitBottleneckAttn,
+    ExplicitHaloAttn,
+    ExplicitLambdaLayer,
+    spread,
+)
 
 #: the self-attention layer, its arguments and the model's beyond them; the twin it becomes
 VARIANTS = {
@@ -86,3 +93,38 @@ def test_every_module_passes_rates_like_increments(variant, inputs):
 def test_blocks_and_round_trip(variant, tmp_path, inputs):
     analog = {1: ["stages.1.0", "stages.1.1", "head"], 2: ["stages.1.1", "head"]}
     assert_blocks_and_round_trip(lambda: build(variant), inputs, analog, tmp_path / "net.safetensors")
+
+
+def build_bat() -> torch.nn.Module:
+    """A small random-init BAT ResNet for 64 px images: the stem to 16 px, then two bottleneck
+    blocks with BAT's bilinear attention in blocks of 4 px (spread over the 16 px and 8 px maps)."""
+    blocks = (
+        ByoBlockCfg(type="bottle", d=1, c=32, s=1, gs=0, br=0.25),
+        ByoBlockCfg(type="bottle", d=1, c=64, s=2, gs=0, br=0.25),
+    )
+    cfg = ByoModelCfg(blocks=blocks, stem_chs=16, stem_type="tiered", stem_pool="maxpool",
+                      attn_layer="bat", attn_kwargs=dict(block_size=4))  # fmt: skip
+    torch.manual_seed(0)
+    return ByobNet(cfg, img_size=64, num_classes=5).eval()
+
+
+def test_bat_twin_computes_what_timm_does(inputs):
+    weights = torch.randn(2, 3, 4, 4)
+    assert torch.equal(spread(weights, 3), BilinearAttnTransform.resize_mat(None, weights, 3))
+    prepared = assert_prepared_matches_in_float64(build_bat(), inputs[1])
+    assert sum(isinstance(m, ExplicitBilinearAttnTransform) for m in prepared.modules()) == 2
+    with pytest.raises(ValueError, match="block size 4 divides, got 6×8"):
+        prepared.stages[0][0].attn.ba(torch.zeros(1, 32, 6, 8, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("options", CONFIGURATIONS)
+def test_bat_converts(options, inputs):
+    """The stem's first convolution reads the image; P·X and (P·X)·Q in each of two transforms."""
+    assert_converts(build_bat(), *inputs, options, direct="stem.conv1.conv", products=2 * 2, tolerance=0.2)
+
+
+def test_bat_passes_rates_like_increments(tmp_path, inputs):
+    """One link from the stem to the head's classifier; saved and loaded, the same outputs."""
+    assert_rates_up_to(build_bat(), *inputs, outputs=("head.fc",))
+    analog = {1: ["stages.1.0", "head"]}
+    assert_blocks_and_round_trip(build_bat, inputs, analog, tmp_path / "net.safetensors")

@@ -79,6 +79,21 @@ def test_product_operations_match_brute_force():
     nnz = operand_nonzeros(sum_a[1, :3, :4], sum_e, "mul")
     assert product_operations(c, e, *nnz, "mul") == pairs + 3 * 12
     assert product_operations(e, c, *reversed(nnz), "mul") == pairs + 3 * 12
+    # a matrix broadcast over the other's leading dims (one key for all heads, BAT's P for all the
+    # channels of its group): as many triples, and one update per output, as with it repeated
+    f, sum_f = sparse(3, 1, 4, 5), sparse(3, 1, 4, 5)
+    g, sum_g = sparse(3, 2, 5, 6), sparse(3, 2, 5, 6)
+    repeated = product_operations(
+        f.expand(3, 2, 4, 5), g, *operand_nonzeros(sum_f.expand(3, 2, 4, 5), sum_g, "matmul"), "matmul"
+    )
+    assert product_operations(f, g, *operand_nonzeros(sum_f, sum_g, "matmul"), "matmul") == repeated
+    assert (
+        repeated
+        == triples(f.expand(3, 2, 4, 5).flatten(0, 1), g.flatten(0, 1))
+        + triples(f.expand(3, 2, 4, 5).flatten(0, 1), sum_g.flatten(0, 1))
+        + triples(sum_f.expand(3, 2, 4, 5).flatten(0, 1), g.flatten(0, 1))
+        + 3 * 6 * 4 * 6
+    )
 
 
 @pytest.mark.parametrize("neuron", ["mt", "burst"])

@@ -159,7 +159,9 @@ def product_operations(a: Tensor, b: Tensor, nnz_sum_a: Tensor, nnz_sum_b: Tenso
         return (pairs + 3 * torch.broadcast_shapes(a.shape, b.shape).numel()).double()
     cols_a, rows_b = _nonzeros(a, -2), _nonzeros(b, -1)
     pairs = (cols_a * (rows_b + nnz_sum_b)).sum() + (nnz_sum_a * rows_b).sum()
-    return pairs + 3 * a.shape[-2] * b.shape[-1] * a[..., 0, 0].numel()
+    # an operand may be broadcast over the other's leading dims (a key shared by all heads)
+    products = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]).numel()
+    return pairs + 3 * a.shape[-2] * b.shape[-1] * products
 
 
 def _nonzeros(u: Tensor, dim: int) -> Tensor:

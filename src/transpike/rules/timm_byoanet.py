@@ -10,9 +10,13 @@ the products of two activations and the softmaxes modules: for BoTNet and HaloNe
 softmax and attn·V, the relative position logits a Linear of q by parameters (linear:
 ``passthrough``, added to the scores); for lambda layers the softmax of k over positions, the
 content lambda K·V, and q times the content and the position lambdas (the latter a 3-D
-convolution of v, a weight layer, or the relative embedding times v, linear). The rest is a
-ResNet's: the stem's first convolution reads the image, and one rate link runs from it to the
-head's classifier.
+convolution of v, a weight layer, or the relative embedding times v, linear). BAT's bilinear
+attention (Chi et al. 2020, "Non-Local Neural Networks With Grouped Bilinear Attentional
+Transforms"; ``bat_resnext26ts``) maps each channel group by P·X·Q, where P and Q come from the
+map's row and column max pools (EC modules) by a convolution, a sigmoid and a normalization over
+rows or columns (one EC module each), and are spread over the map's blocks (a Kronecker product
+with the identity: linear); its twin makes the two products modules. The rest is a ResNet's: the
+stem's first convolution reads the image, and one rate link runs from it to the head's classifier.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from timm.layers.bottleneck_attn import PosEmbedRel as BottleneckPosEmbed
 from timm.layers.halo_attn import HaloAttn
 from timm.layers.halo_attn import PosEmbedRel as HaloPosEmbed
 from timm.layers.lambda_layer import LambdaLayer
+from timm.layers.non_local_attn import BatNonLocalAttn, BilinearAttnTransform
 from timm.models.byobnet import SelfAttnBlock, Stem
 from torch import Tensor, nn
 
@@ -113,10 +118,73 @@ def _lambda_twin(layer: LambdaLayer) -> nn.Module:
     return layer
 
 
+class NormalizedSigmoid(nn.Module):
+    """σ(x) / Σ σ(x) over ``dim``: BAT's transform weights, each row (or column) summing to 1."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        gates = x.sigmoid()
+        return gates / gates.sum(self.dim, keepdim=True)
+
+
+def spread(weights: Tensor, times: int) -> Tensor:
+    """[.., n, n] weights as [.., n·t, n·t]: each weight w times the t × t identity (timm's
+    ``resize_mat``, a Kronecker product)."""
+    *batch, n, _ = weights.shape
+    eye = torch.eye(times, dtype=weights.dtype, device=weights.device)
+    return (weights[..., :, None, :, None] * eye[:, None, :]).reshape(*batch, n * times, n * times)
+
+
+class ExplicitBilinearAttnTransform(nn.Module):
+    """timm's ``BilinearAttnTransform`` (BAT): per channel group, Y = P·X·Q with P = N(conv_p(
+    rowmax(conv1(X)))) over rows and Q likewise over columns (N the normalized sigmoid), spread
+    over the map's blocks, then conv2; the pools, the normalizations and both products modules.
+    Shares the original's convolutions under their names."""
+
+    def __init__(self, ba: BilinearAttnTransform) -> None:
+        super().__init__()
+        self.conv1, self.conv_p, self.conv_q, self.conv2 = ba.conv1, ba.conv_p, ba.conv_q, ba.conv2
+        self.block_size, self.groups = ba.block_size, ba.groups
+        self.row_pool = nn.AdaptiveMaxPool2d((ba.block_size, 1))
+        self.col_pool = nn.AdaptiveMaxPool2d((1, ba.block_size))
+        self.row_weights, self.col_weights = NormalizedSigmoid(-1), NormalizedSigmoid(-2)
+        # P [B, groups, 1, H, H] · X [B, groups, C / groups, H, W] · Q [B, groups, 1, W, W]
+        self.rows = Product("matmul", channels_a=(-4,), channels_b=(-4, -3))
+        self.cols = Product("matmul", channels_a=(-4, -3), channels_b=(-4,))
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, channels, height, width = x.shape
+        if height % self.block_size or width % self.block_size:
+            size = f"{height}×{width}"
+            raise ValueError(
+                f"BAT's transform takes maps whose sides its block size {self.block_size} divides, got {size}"
+            )
+        out, shape = self.conv1(x), (batch, self.groups, self.block_size, self.block_size)
+        p = self.row_weights(self.conv_p(self.row_pool(out)).view(shape))
+        q = self.col_weights(self.conv_q(self.col_pool(out)).view(shape))
+        p, q = spread(p, height // self.block_size), spread(q, width // self.block_size)
+        grouped = x.view(batch, self.groups, channels // self.groups, height, width)
+        y = self.cols(self.rows(p.unsqueeze(2), grouped), q.unsqueeze(2))
+        return self.conv2(y.view(batch, channels, height, width))
+
+
 for cls in (BottleneckAttn, HaloAttn):
     register(cls, Role.CONTAINER, twin=_attention_twin)
+register(BilinearAttnTransform, Role.CONTAINER, twin=ExplicitBilinearAttnTransform)
+register(NormalizedSigmoid, Role.NONLINEAR)
 register(LambdaLayer, Role.CONTAINER, twin=_lambda_twin)
-for cls in (ExplicitBottleneckAttn, ExplicitHaloAttn, ExplicitLambdaLayer, SelfAttnBlock, Stem):
+for cls in (
+    ExplicitBottleneckAttn,
+    ExplicitHaloAttn,
+    ExplicitLambdaLayer,
+    ExplicitBilinearAttnTransform,
+    BatNonLocalAttn,
+    SelfAttnBlock,
+    Stem,
+):
     register(cls, Role.CONTAINER)
 for cls in (BottleneckPosEmbed, HaloPosEmbed):
     register(cls, Role.PASSTHROUGH)  # q times parameters, padded and reshaped: linear in q
