@@ -44,16 +44,17 @@ PRODUCTS = {"bottleneck": 2, "halo": 2, "lambda": 3}
 def build(variant: str) -> torch.nn.Module:
     """A small random-init attention ResNet for 64 px images: a tiered stem and max pool to 16 px,
     a bottleneck block, then two self-attention blocks (the first strided: 8 px); the position
-    embeddings drawn large enough to matter."""
+    embeddings drawn large enough to matter, the residual branches' last BatchNorms at weight 1."""
     layer, kwargs, extra, _ = VARIANTS[variant]
     blocks = (
         ByoBlockCfg(type="bottle", d=1, c=32, s=1, gs=0, br=0.25),
         ByoBlockCfg(type="self_attn", d=2, c=64, s=2, gs=0, br=0.25),
     )
-    cfg = ByoModelCfg(blocks=blocks, stem_chs=16, stem_type="tiered", stem_pool="maxpool",
-                      self_attn_layer=layer, self_attn_kwargs=kwargs, **extra)  # fmt: skip
+    stem = dict(stem_chs=16, stem_type="tiered", stem_pool="maxpool")
+    cfg = ByoModelCfg(blocks=blocks, self_attn_layer=layer, self_attn_kwargs=kwargs, **stem, **extra)
     torch.manual_seed(0)
-    model = ByobNet(cfg, img_size=64, num_classes=5).eval()
+    # timm zeroes each residual branch's last BatchNorm, which would hide the attention
+    model = ByobNet(cfg, img_size=64, num_classes=5, zero_init_last=False).eval()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith(("height_rel", "width_rel", "pos_emb")):
@@ -102,10 +103,10 @@ def build_bat() -> torch.nn.Module:
         ByoBlockCfg(type="bottle", d=1, c=32, s=1, gs=0, br=0.25),
         ByoBlockCfg(type="bottle", d=1, c=64, s=2, gs=0, br=0.25),
     )
-    cfg = ByoModelCfg(blocks=blocks, stem_chs=16, stem_type="tiered", stem_pool="maxpool",
-                      attn_layer="bat", attn_kwargs=dict(block_size=4))  # fmt: skip
+    stem = dict(stem_chs=16, stem_type="tiered", stem_pool="maxpool")
+    cfg = ByoModelCfg(blocks=blocks, attn_layer="bat", attn_kwargs=dict(block_size=4), **stem)
     torch.manual_seed(0)
-    return ByobNet(cfg, img_size=64, num_classes=5).eval()
+    return ByobNet(cfg, img_size=64, num_classes=5, zero_init_last=False).eval()
 
 
 def test_bat_twin_computes_what_timm_does(inputs):

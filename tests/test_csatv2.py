@@ -25,13 +25,16 @@ VARIANTS = {"plain": {}, "LayerScale": dict(ls_init_value=0.5)}
 
 def build(variant: str) -> torch.nn.Module:
     """A small random-init CSATv2 whose attention map matters: its spatial Transformer blocks'
-    norm biases and its convolutions drawn."""
+    norm biases and its convolutions drawn; and whose global response norms do (timm starts
+    their gains at 0, which makes them the identity)."""
     torch.manual_seed(0)
     model = CSATv2(**SMALL, **VARIANTS[variant]).eval()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if ".attn.attn." in name or name.endswith(("attn.conv.weight", "qkv.weight")):
                 parameter.normal_(0, 0.5)
+            elif name.endswith("grn.weight"):
+                parameter.fill_(1.0)
     return model
 
 

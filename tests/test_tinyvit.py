@@ -31,7 +31,8 @@ TINY["num_classes"] = 5
 def build() -> torch.nn.Module:
     torch.manual_seed(0)
     model = draw(timm.create_model("tiny_vit_5m_224", **TINY).eval(), "attention_biases", 1.0)  # timm: zeros
-    return spread(model, ("attn.proj.weight", "fc2.weight", "head.fc.weight"))
+    # timm zeroes the convolution stage's last BatchNorm, which would hide its block
+    return spread(draw(model, "conv3.bn.weight", 1.0), ("attn.proj.weight", "fc2.weight", "head.fc.weight"))
 
 
 @pytest.fixture
