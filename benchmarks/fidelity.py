@@ -18,6 +18,8 @@ classifiers: ``--model hf:ViTForImageClassification`` (or DeiT's, DINOv2's) with
 in ``--model-kwargs``. ``--checkpoint FILE`` loads weights into the model (after the init above), as
 ``benchmarks/timm_to_hf.py`` writes timm's Swin V2 and MobileViT weights in transformers' layout.
 ``--fill SUFFIX=VALUE`` starts the parameters whose names end in SUFFIX at VALUE.
+``--batchnorm-stats`` measures every BatchNorm's statistics on the calibration images, as training
+would leave them (see :func:`measure_batchnorms`).
 """
 
 from __future__ import annotations
@@ -84,6 +86,25 @@ def create(name: str, img_size: int, kwargs: dict, batchnorm_at_one: bool = Fals
     return model
 
 
+def measure_batchnorms(model: torch.nn.Module, images: list[torch.Tensor]) -> None:
+    """Each BatchNorm's running statistics measured on ``images`` (a cumulative average over the
+    batches, the BatchNorms normalizing by their batch's statistics meanwhile), as training leaves
+    them. At random init they are (0, 1) and do not normalize: in a network of residual branches
+    that end in BatchNorms of weight 1 the activations grow block by block (logits of 10^5 in
+    LambdaNet-26), which no trained network has."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.train()
+    with torch.no_grad():
+        for batch in images:
+            model(batch)
+    for norm in norms:
+        norm.momentum = 0.1
+        norm.eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit_tiny_patch16_224")
@@ -94,6 +115,11 @@ def main() -> None:
     parser.add_argument("--model-kwargs", type=json.loads, default={}, help="JSON, for timm.create_model")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--batchnorm-at-one", action="store_true", help="zero-weight BatchNorms start at 1")
+    parser.add_argument(
+        "--batchnorm-stats",
+        action="store_true",
+        help="BatchNorm statistics measured on the calibration images",
+    )
     parser.add_argument(
         "--checkpoint", type=Path, help="weights to load (safetensors, or torch read weights only)"
     )
@@ -119,6 +145,8 @@ def main() -> None:
     shape = (args.batch, 3, args.img_size, args.img_size)
     calibration = [torch.randn(shape, generator=gen) for _ in range(args.calib_batches)]
     x = torch.randn(shape, generator=gen)
+    if args.batchnorm_stats:
+        measure_batchnorms(model, calibration)
     with torch.inference_mode():
         ref = model(x)
     rows = []
@@ -153,6 +181,8 @@ def main() -> None:
         model=args.model,
         model_kwargs=args.model_kwargs,
         fill=fills,
+        batchnorm_at_one=args.batchnorm_at_one,
+        batchnorm_stats=args.batchnorm_stats,
         img_size=args.img_size,
         batch=args.batch,
         calib_batches=args.calib_batches,
