@@ -43,8 +43,8 @@ from torch import Tensor, nn
 from ..sites import Product
 from . import Role, register
 from .links import to_head
+from .packing import pack, unpack
 from .timm_cait import chained_blocks
-from .timm_crossvit import pack, unpack
 from .timm_twins import split_qkv
 
 

@@ -16,15 +16,14 @@ into one tensor.
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
-import torch
 from timm.models.crossvit import CrossAttention, CrossAttentionBlock, CrossVit, MultiScaleBlock, PatchEmbed
 from torch import Tensor, nn
 
 from . import Link, Role, register
 from .links import link_all
+from .packing import pack, unpack
 from .timm_cait import ExplicitClassAttn
 
 
@@ -34,17 +33,6 @@ def _network_links(crossvit: CrossVit) -> list[Link]:
     if any(isinstance(head, nn.Identity) for head in crossvit.head):
         return []
     return link_all(crossvit, *(f"head.{i}" for i in range(len(crossvit.head))))
-
-
-def pack(branches: list[Tensor]) -> Tensor:
-    """Tensors of one batch ([B, tokens_i, dim_i] or any shape [B, ...]) as one [B, Σ numel_i / B]."""
-    return torch.cat([branch.flatten(1) for branch in branches], dim=1)
-
-
-def unpack(packed: Tensor, shapes: list[tuple[int, ...]]) -> list[Tensor]:
-    """The inverse of :func:`pack`, given each tensor's shape after the batch."""
-    parts = packed.split([math.prod(shape) for shape in shapes], dim=1)
-    return [part.view(len(packed), *shape) for part, shape in zip(parts, shapes, strict=True)]
 
 
 class JoinedMultiScaleBlock(MultiScaleBlock):

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ..sites import Product
 from . import Link, Role, register
 from .links import link_all
-from .timm_crossvit import pack, unpack
+from .packing import pack, unpack
 
 
 class ExplicitHSMSSD(nn.Module):

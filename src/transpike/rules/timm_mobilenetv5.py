@@ -19,7 +19,7 @@ from timm.models.mobilenetv5 import MobileNetV5, MobileNetV5Encoder, MobileNetV5
 from torch import Size, Tensor, nn
 
 from . import Role, register
-from .timm_crossvit import pack, unpack
+from .packing import pack, unpack
 from .timm_mobilenetv4 import network_links, stage_blocks
 
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..sites import Product
 from . import Role, register
 from .links import to_head
-from .timm_crossvit import pack, unpack
+from .packing import pack, unpack
 
 
 class ExplicitTntAttention(nn.Module):
@@ -49,7 +49,7 @@ class ExplicitTntAttention(nn.Module):
 
 class JoinedBlock(tnt.Block):
     """A TNT block that reads and returns the pixel and patch embeddings as one tensor
-    (:func:`~.timm_crossvit.pack` of the pixels per image, [B, N·P, C_in], and the patches,
+    (:func:`~.packing.pack` of the pixels per image, [B, N·P, C_in], and the patches,
     [B, N + 1, C]); ``shapes``: those two (tokens, width)."""
 
     shapes: list[tuple[int, int]]
