@@ -10,6 +10,7 @@ from transpike import ConversionOptions, ExpectationCompensation, SpikingLayer, 
 from transpike.io import rebuild_ann
 from transpike.model import SpikingModel
 from transpike.rates import link_rates
+from transpike.trace import analog_network
 
 # The GPU path runs where CUDA is present (the device machine); CI has the CPU only.
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
@@ -46,7 +47,8 @@ def assert_converts(
     model, calibration, x, options: dict, direct: str | tuple, products: int, tolerance=0.15, burst=0.01
 ):
     """``model`` converted with ``options``: its direct-input layer at path ``direct`` (or layers
-    at a tuple of paths), ``products`` products of two spiking operands, nothing analog; after 32
+    at a tuple of paths), ``products`` products of two spiking operands, nothing analog, its
+    analog form (:func:`transpike.trace.analog_network`) the ANN to 1e-5; after 32
     steps within ``tolerance`` of the ANN and closer than after 4 (within ``burst`` with burst
     neurons). Returns the network."""
     ref = ann_output(model, x)
@@ -55,6 +57,8 @@ def assert_converts(
     direct = [direct] if isinstance(direct, str) else list(direct)
     assert [r.path for r in report.by_role("direct-input")] == direct
     assert report.counts().get("mt×mt+product-ec", 0) == products and not report.analog
+    with torch.no_grad():  # what transpike.trace compares with: the ANN, module for module
+        assert relative_error(analog_network(snn.network)(x), ref) < 1e-5
     y = snn.simulate(x, 32)
     assert_converges(y, ref, tolerance)
     if options.get("neuron") == "burst":

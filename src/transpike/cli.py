@@ -1,10 +1,11 @@
-"""The ``transpike`` command: demo, convert, eval.
+"""The ``transpike`` command: demo, convert, eval, trace.
 
     transpike demo [--out DIR] [--time-steps 8]
     transpike convert --model NAME [--model-kwargs k=v ...] [--checkpoint FILE] [--weights NAME] --calib DATA
         --out SNN_FILE
     transpike eval (--snn SNN_FILE | --model NAME ... --calib DATA) --data DATA --time-steps T --out DIR
         [--resume]
+    transpike trace (--snn SNN_FILE | --model NAME ... --calib DATA) --data DATA --time-steps T --out DIR
 
 Errors in what the user gave (a missing file, an unknown model, a bad option) print one line and
 exit with status 2; ``--debug`` shows the traceback.
@@ -42,8 +43,9 @@ from .models import cached_weights, create_model, load_checkpoint, model_spec, s
 from .neurons import NEURONS, ROUNDINGS
 from .progress import FOLDER as PROGRESS_FOLDER
 from .progress import Progress
-from .results import check_output_dir, format_blocks_table, format_table, write_results
+from .results import check_output_dir, format_blocks_table, format_table, write_results, write_trace
 from .sit import MODES as SIT_MODES
+from .trace import sensitivity, trace
 
 CALIBRATION = dict(calib_batches=16, calib_batch_size=32)  # the calibration sample's defaults
 
@@ -474,6 +476,49 @@ def evaluate_from_args(args: argparse.Namespace, settings: EvalSettings, world: 
         write_results({**results, "blocks_sweep": sweep}, settings.out)
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    positive("--time-steps", args.time_steps)
+    positive("--samples", args.samples)
+    if not args.noise > 0:
+        raise UsageError(f"--noise must be > 0, got {args.noise}")
+    parse_spec(args.data, "test")  # fail on a bad spec before any slow work
+    if args.calib:
+        parse_spec(args.calib, "train")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    out = check_output_dir(args.out, args.force)
+    if args.snn:
+        check_snn_args(args)
+        snn = load(args.snn)
+        ann, spec = rebuild_ann(snn), snn.model_spec or {}
+    elif args.model:
+        ann, batches, spec = model_and_calibration(args)
+        snn = convert(ann, batches, **conversion_options(args), blocks=args.blocks, model_spec=spec)
+    else:
+        raise UsageError("give --snn FILE, or --model NAME with --calib DATA")
+    dataset = load_dataset(args.data, "test", ann, spec.get("weights"))
+    x = next(iter(DataLoader(dataset, batch_size=args.samples)))[0]  # the first samples, in order
+    snn.to(args.device)
+    result = trace(snn, x, args.time_steps)
+    amplified = sensitivity(snn, x, args.noise)
+    print(result.summary())
+    print(
+        f"\nthe ANN's output error with noise of relative size {args.noise:g} at every MT site's input: "
+        f"{amplified:.3g} ({amplified / args.noise:.2g}x the noise)"
+    )
+    meta = dict(
+        model=spec_name(spec) if spec else str(args.snn),
+        data=args.data,
+        samples=len(x),
+        options=snn.options,
+        sensitivity=dict(noise=args.noise, output_error=amplified),
+        transpike=__version__,
+    )
+    paths = write_trace({**meta, **result.to_dict()}, out)
+    print("\nwrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     positive("--time-steps", args.time_steps)
     out = check_output_dir(args.out, args.force)
@@ -556,6 +601,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_conversion_args(ev)
     add_energy_args(ev)
     ev.set_defaults(func=cmd_eval)
+
+    tr = commands.add_parser(
+        "trace", help="where the SNN departs from the ANN: every converted module's error at every t"
+    )
+    tr.add_argument("--snn", help="a network written by 'transpike convert'")
+    add_model_args(tr, required=False)
+    tr.add_argument("--data", required=True, help=f"inputs: {SPEC_HELP} (default split: test)")
+    tr.add_argument("--samples", type=int, default=8, help="trace the first N samples, one batch (default 8)")
+    tr.add_argument("--time-steps", type=int, required=True)
+    tr.add_argument("--device", default="cpu", help="cpu or cuda")
+    tr.add_argument(
+        "--noise", type=float, default=0.01,
+        help="the ANN's sensitivity: its output error with noise of this relative size at every MT site "
+        "(default 0.01)",
+    )  # fmt: skip
+    tr.add_argument("--out", required=True, help="results directory (trace.json, trace.csv, trace.png)")
+    tr.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
+    tr.add_argument("--blocks", type=int, help="convert only the first K Transformer blocks")
+    add_conversion_args(tr)
+    tr.set_defaults(func=cmd_trace)
     return parser
 
 

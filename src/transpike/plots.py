@@ -92,3 +92,24 @@ def plot_blocks(results: dict, path: Path) -> Path:
             ax, blocks, "converted blocks k", f"top-1 after T = {results['time_steps']} (%)", "lower left"
         )
     return path
+
+
+def plot_trace(trace: dict, path: Path) -> Path:
+    """Each converted module's error against the ANN, in the order the modules run, after a few t
+    (:func:`transpike.trace.trace`); MT neurons marked, since what they add is the conversion's."""
+    rows = trace["rows"][:-1]
+    T = trace["time_steps"]
+    shown = sorted({1, max(1, T // 4), T})
+    with _figure(path, (7, 3.5)) as ax:
+        index = list(range(len(rows)))
+        for t in shown:
+            errors = [r["error"][t - 1] if r["error"][t - 1] is not None else float("nan") for r in rows]
+            line = ax.plot(index, errors, linewidth=1, label=f"t = {t}")[0]
+            neurons = [i for i, r in enumerate(rows) if r["kind"] == "neuron"]
+            ax.plot(neurons, [errors[i] for i in neurons], ".", markersize=2, color=line.get_color())
+        ax.set_yscale("log")
+        ax.set_xlabel("converted module, in the order they run (dots: MT neurons)")
+        ax.set_ylabel("relative error vs ANN")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return path

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from .io import atomic_write
-from .plots import plot_accuracy, plot_blocks, plot_energy, plot_firing_rates, plot_spike_levels
+from .plots import plot_accuracy, plot_blocks, plot_energy, plot_firing_rates, plot_spike_levels, plot_trace
 
 
 def check_output_dir(path: str | Path, force: bool) -> Path:
@@ -54,6 +54,32 @@ def write_results(results: dict, out: Path) -> list[Path]:
         ):
             paths.append(out / f"{name}.png")
             atomic_write(paths[-1], lambda tmp, plot=plot: plot(results["energy"], tmp))
+    return paths
+
+
+def write_trace(trace: dict, out: Path) -> list[Path]:
+    """Write a trace (:meth:`transpike.trace.Trace.to_dict` with what produced it) as trace.json,
+    trace.csv (one line per module: its errors after t = 1..T, then its input's) and trace.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "trace.json", out / "trace.csv", out / "trace.png"]
+    atomic_write(paths[0], lambda tmp: tmp.write_text(json.dumps(trace, indent=1) + "\n"))
+    steps = range(1, trace["time_steps"] + 1)
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(
+                ["index", "path", "kind", "type", "scale"]
+                + [f"error_t{t}" for t in steps]
+                + [f"input_error_t{t}" for t in steps]
+            )
+            for index, row in enumerate(trace["rows"]):
+                values = row["error"] + (row["input_error"] or [None] * len(steps))
+                cells = ["" if v is None else f"{v:.6g}" for v in values]
+                writer.writerow([index, row["path"], row["kind"], row["type"], f"{row['scale']:.6g}", *cells])
+
+    atomic_write(paths[1], write_csv)
+    atomic_write(paths[2], lambda tmp: plot_trace(trace, tmp))
     return paths
 
 
