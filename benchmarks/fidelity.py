@@ -86,6 +86,17 @@ def create(name: str, img_size: int, kwargs: dict, batchnorm_at_one: bool = Fals
     return model
 
 
+def fill(model: torch.nn.Module, items: list[str]) -> dict[str, str]:
+    """``--fill``: parameters whose names end in SUFFIX start at VALUE, for each SUFFIX=VALUE."""
+    fills = dict(item.split("=", 1) for item in items)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            for suffix, value in fills.items():
+                if name.endswith(suffix):
+                    parameter.fill_(float(value))
+    return fills
+
+
 def measure_batchnorms(model: torch.nn.Module, images: list[torch.Tensor]) -> None:
     """Each BatchNorm's running statistics measured on ``images`` (a cumulative average over the
     batches, the BatchNorms normalizing by their batch's statistics meanwhile), as training leaves
@@ -105,15 +116,13 @@ def measure_batchnorms(model: torch.nn.Module, images: list[torch.Tensor]) -> No
         norm.eval()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments that choose the model, its init and its data (shared with trace.py)."""
     parser.add_argument("--model", default="vit_tiny_patch16_224")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--calib-batches", type=int, default=4)
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--model-kwargs", type=json.loads, default={}, help="JSON, for timm.create_model")
-    parser.add_argument("--out", type=Path)
     parser.add_argument("--batchnorm-at-one", action="store_true", help="zero-weight BatchNorms start at 1")
     parser.add_argument(
         "--batchnorm-stats",
@@ -128,25 +137,32 @@ def main() -> None:
         help="parameters whose names end in SUFFIX start at VALUE (e.g. Gemma 4's q_norm.weight=0.354: "
         "norms of q and k with unit gains and scores unscaled saturate a random-init softmax)",
     )  # fmt: skip
-    args = parser.parse_args()
-    out = args.out or Path(f"benchmarks/out/fidelity-{args.model}.json")
 
+
+def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[torch.Tensor], torch.Tensor, dict]:
+    """The model (seed 0), its calibration batches and evaluation batch (seed 1) and its fills."""
     torch.manual_seed(0)
     model = create(args.model, args.img_size, args.model_kwargs, args.batchnorm_at_one)
     if args.checkpoint is not None:
         load_checkpoint(model, args.checkpoint)
-    fills = dict(item.split("=", 1) for item in args.fill)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            for suffix, value in fills.items():
-                if name.endswith(suffix):
-                    parameter.fill_(float(value))
+    fills = fill(model, args.fill)
     gen = torch.Generator().manual_seed(1)
     shape = (args.batch, 3, args.img_size, args.img_size)
     calibration = [torch.randn(shape, generator=gen) for _ in range(args.calib_batches)]
     x = torch.randn(shape, generator=gen)
     if args.batchnorm_stats:
         measure_batchnorms(model, calibration)
+    return model, calibration, x, fills
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_setup_arguments(parser)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    out = args.out or Path(f"benchmarks/out/fidelity-{args.model}.json")
+    model, calibration, x, fills = setup(args)
     with torch.inference_mode():
         ref = model(x)
     rows = []
