@@ -27,26 +27,10 @@ import torch
 from fidelity import CONFIGS, STEPS, add_setup_arguments, setup
 
 import transpike
-from transpike.neurons import MTNeuron
 from transpike.trace import sensitivity, trace
 
 NOISE = 0.01
 PROBE_NOISE = (0.1, 1.0, 3.0, 10.0)
-
-
-def top_level_share(snn) -> tuple[list, list]:
-    """Forward hooks on every MT neuron that record the share of its outputs at the top level."""
-    shares, hooks = [], []
-
-    def record(neuron: MTNeuron, args: tuple, output: torch.Tensor) -> None:
-        top = 2 ** (neuron.levels - 1) if neuron.neuron == "mt" else 2**neuron.levels - 1
-        theta = torch.where(output > 0, neuron.theta_pos, neuron.theta_neg)
-        shares.append((output.abs() >= theta * top * (1 - 1e-6)).float().mean().item())
-
-    for module in snn.network.modules():
-        if isinstance(module, MTNeuron):
-            hooks.append(module.register_forward_hook(record))
-    return shares, hooks
 
 
 def probe(model: torch.nn.Module, path: str, x: torch.Tensor) -> dict[float, float]:
@@ -93,10 +77,7 @@ def main() -> None:
     for name in args.configs:
         start = time.perf_counter()
         snn = transpike.convert(model, calibration, **CONFIGS[name])
-        shares, hooks = top_level_share(snn)
         result = trace(snn, x, max(STEPS))
-        for hook in hooks:
-            hook.remove()
         if sensitive is None:
             sensitive = sensitivity(snn, x, NOISE)
         T = result.time_steps
@@ -110,7 +91,7 @@ def main() -> None:
                 neuron_added_median=statistics.median(added),
                 amplification=gain,
                 amplified_at=where,
-                top_level_share_max=max(shares),
+                top_level_share_max=max(max(r.saturation) for r in result.rows if r.saturation),
                 seconds=time.perf_counter() - start,
                 trace=result.to_dict(),
             )

@@ -93,10 +93,13 @@ def test_a_neurons_errors_are_its_rates_against_the_anns_value(data):
     a, b = operands["a"], operands["b"]
     input_error = [relative_error(c, a) for c in currents]
     error = [relative_error(r, a) for r in rate]
+    top = [torch.where(s > 0, neuron.theta_pos, neuron.theta_neg) * 2 ** (neuron.levels - 1) for s in spikes]
+    shares = [(s.abs() >= t * 0.999999).double().mean().item() for s, t in zip(spikes, top, strict=True)]
     rows = {row.path: row for row in trace(snn, x, 5).rows}
     row = rows["blocks.1.attn.qk.neuron_a"]
     assert row.input_error == pytest.approx(input_error, rel=1e-5)
     assert row.error == pytest.approx(error, rel=1e-5)
+    assert row.saturation == pytest.approx(shares)
     other = rows["blocks.1.attn.qk.neuron_b"]
     joint = [
         math.sqrt(((ea * a.norm()) ** 2 + (eb * b.norm()) ** 2) / (a.norm() ** 2 + b.norm() ** 2))
@@ -164,6 +167,26 @@ def test_sensitivity_measures_the_anns_amplification():
     assert sensitivity(transpike.convert(model, torch.randn(64, 8)), x, 0.01) < 0.001
 
 
+@pytest.mark.parametrize("neuron, top", [("mt", 2.0), ("burst", 3.0)])
+def test_saturation_is_the_share_of_outputs_at_the_top_level(neuron, top):
+    """Inputs far above the calibrated range fire the top level every step (θ·2^(n-1), or θ·(2^n
+    - 1) for burst neurons); inputs inside it, never. Only neuron rows have a saturation."""
+    model = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(8, 8)).eval()
+    snn = transpike.convert(model, torch.rand(64, 8), levels=2, neuron=neuron)
+    neuron_module = snn.network.get_submodule("1.neuron")
+    far = torch.full((4, 8), 100.0)
+    rows = {row.path: row for row in trace(snn, far, 5).rows}
+    assert rows["1.neuron"].saturation == [1.0] * 5
+    assert rows["1"].saturation is None and rows["0"].saturation is None
+    # at the top level exactly: its largest output is top·θ1
+    spikes = []
+    neuron_module.register_forward_hook(lambda m, args, out: spikes.append(out.clone()) and None)
+    snn.simulate(far, 1)
+    assert torch.allclose(spikes[0], neuron_module.theta_pos * top)
+    inside = torch.rand(4, 8, generator=torch.Generator().manual_seed(0)) * neuron_module.theta_pos
+    assert rows and max(trace(snn, inside, 5).rows[1].saturation) == 0.0
+
+
 @pytest.mark.parametrize("steps", [0, -1, 1.5, True])
 def test_bad_time_steps_are_refused(data, steps):
     calibration, x = data
@@ -197,6 +220,7 @@ def test_the_trace_command(tmp_path, capsys):
     assert saved["sensitivity"]["noise"] == 0.01 and saved["sensitivity"]["output_error"] > 0
     lines = (out / "trace.csv").read_text().splitlines()
     assert lines[0].startswith("index,path,kind,type,scale,error_t1") and len(lines) == len(saved["rows"]) + 1
+    assert lines[0].endswith("saturation_t4") and saved["rows"][1]["saturation"] is not None
     assert (out / "trace.png").stat().st_size > 1000
     # a saved network traces the same, and nothing is written into a results directory in use
     snn_file = tmp_path / "snn.safetensors"

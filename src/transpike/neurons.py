@@ -91,6 +91,12 @@ def _scaled(
     return theta, torch.addcdiv(half, m, theta, out=out)
 
 
+def top_level(levels: int, neuron: str = "mt") -> float:
+    """The largest multiple of θ one neuron emits in one step: 2^(n-1) (MT: one spike, on the top
+    level) or 2^n - 1 (burst: every level at once)."""
+    return 2.0 ** (levels - 1) if neuron == "mt" else 2.0**levels - 1
+
+
 def mt_fire(
     m: Tensor,
     theta_pos: Tensor,

@@ -59,7 +59,8 @@ def write_results(results: dict, out: Path) -> list[Path]:
 
 def write_trace(trace: dict, out: Path) -> list[Path]:
     """Write a trace (:meth:`transpike.trace.Trace.to_dict` with what produced it) as trace.json,
-    trace.csv (one line per module: its errors after t = 1..T, then its input's) and trace.png."""
+    trace.csv (one line per module: its errors after t = 1..T, its input's, and a neuron's share of
+    outputs at its top level in each step) and trace.png."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "trace.json", out / "trace.csv", out / "trace.png"]
     atomic_write(paths[0], lambda tmp: tmp.write_text(json.dumps(trace, indent=1) + "\n"))
@@ -72,9 +73,11 @@ def write_trace(trace: dict, out: Path) -> list[Path]:
                 ["index", "path", "kind", "type", "scale"]
                 + [f"error_t{t}" for t in steps]
                 + [f"input_error_t{t}" for t in steps]
+                + [f"saturation_t{t}" for t in steps]
             )
             for index, row in enumerate(trace["rows"]):
-                values = row["error"] + (row["input_error"] or [None] * len(steps))
+                missing = [None] * len(steps)
+                values = row["error"] + (row["input_error"] or missing) + (row["saturation"] or missing)
                 cells = ["" if v is None else f"{v:.6g}" for v in values]
                 writer.writerow([index, row["path"], row["kind"], row["type"], f"{row['scale']:.6g}", *cells])
 

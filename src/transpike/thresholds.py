@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .neurons import MTNeuron
+from .neurons import MTNeuron, top_level
 from .observers import BINS_PER_OCTAVE, MAGNITUDE_BINS, HistogramObserver, bin_edges
 
 
@@ -93,7 +93,7 @@ def mse_thresholds(
         )
         score = (error * weights[:, used].unsqueeze(1)).sum(-1)  # [C, J]
         largest = observer.percentile(100.0 if q > 50 else 0.0).abs().flatten().to(counts.device).double()
-        top = theta * (2.0 ** (levels - 1) if neuron == "mt" else 2.0**levels - 1)
+        top = theta * top_level(levels, neuron)
         covers = top >= HEADROOM * largest.view(-1, 1)
         score = torch.where(covers | ~covers.any(1, keepdim=True), score, torch.inf)
         best = theta.gather(1, score.argmin(1, keepdim=True)).squeeze(1).float()

@@ -14,8 +14,9 @@ ANN module it stands for, at the same path: no template model is needed, and it 
 ANN computes (the tests check it on every family's test model).
 
 Reading it: an MT neuron whose error exceeds its input error adds the error of its thresholds (a
-rate quantized to its levels, clipped at its largest); an EC module or a layer whose error exceeds
-its input error amplifies what reaches it. Error that grows from module to module while the neurons
+rate quantized to its levels), more so where it saturates (``saturation``: its share of outputs
+at its top level, which cannot carry what its membrane holds); an EC module or a layer whose error
+exceeds its input error amplifies what reaches it. Error that grows from module to module while the neurons
 add little means the ANN itself amplifies small changes of its activations, which no conversion of
 it can avoid (BENCHMARKS.md §1 finds this in random-init ResNets with measured BatchNorm statistics).
 Memory: about three times the ANN's activations of the batch (the values a and a_in, and running
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 
 from .compensation import ExpectationCompensation, SpikingProduct
 from .model import SpikingModel
-from .neurons import MTNeuron
+from .neurons import MTNeuron, top_level
 from .sit import SpikingSoftmax
 from .sites import Product
 from .synapses import SpikingLayer
@@ -103,6 +104,9 @@ class TraceRow:
         scale: the RMS of the ANN's value.
         error: the error of its output rate.
         input_error: the error of its input rate (None for the output row).
+        saturation: a neuron's share of outputs at its top level (θ·2^(n-1); burst θ·(2^n - 1))
+            in step t, not cumulative: a neuron that cannot emit what its membrane holds (None
+            for other modules).
     """
 
     path: str
@@ -111,6 +115,7 @@ class TraceRow:
     scale: float
     error: list[float]
     input_error: list[float] | None
+    saturation: list[float] | None = None
 
     def added(self, t: int) -> float:
         """error - input error after t steps: what the module adds (a neuron: its quantization; an
@@ -147,6 +152,12 @@ class Trace:
         found = [row for row in self.rows[:-1] if not math.isnan(row.added(t))]
         return sorted(found, key=lambda row: row.added(t), reverse=True)[:count]
 
+    def saturated(self, count: int = 5) -> list[TraceRow]:
+        """The ``count`` neurons with the largest share of outputs at their top level in any step
+        (those with some)."""
+        found = [row for row in self.rows if row.saturation and max(row.saturation) > 0]
+        return sorted(found, key=lambda row: max(row.saturation), reverse=True)[:count]
+
     def to_dict(self) -> dict:
         """Plain data for JSON (NaN as None)."""
 
@@ -172,12 +183,20 @@ class Trace:
         return "\n".join(lines)
 
     def summary(self, count: int = 10) -> str:
-        """The output's error by t and the ``count`` modules that add the most at t = T."""
+        """The output's error by t, the ``count`` modules that add the most at t = T, and the
+        neurons that saturate most."""
         t = self.time_steps
-        return (
+        text = (
             f"relative error against the ANN after t steps\n{self._table([self.output])}\n\n"
             f"the {count} modules that add the most error at t={t}\n{self._table(self.worst(count), t)}"
         )
+        saturated = self.saturated()
+        if saturated:
+            text += "\n\nneurons at their top level (share of outputs, largest in one step; at step t)"
+            for row in saturated:
+                share = max(row.saturation)
+                text += f"\n{row.path:<48} {share:.3f} at t={row.saturation.index(share) + 1}"
+        return text
 
     def __str__(self) -> str:
         return self._table(self.rows, self.time_steps)
@@ -220,6 +239,7 @@ class _Tracker:
         self.input_error: list[float] = []
         self.input_rate: _Rate | None = None
         self.output_rate: _Rate | None = None
+        self.saturation: list[float] | None = None
 
     def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> None:
         t = len(self.error) + 1
@@ -241,6 +261,15 @@ class _Tracker:
         else:  # F given its input by keyword: not seen by the hook
             self.input_error.append(math.nan)
         self.error.append(relative_error(self.output_rate.update(output, t), self.expected))
+        if isinstance(module, MTNeuron):
+            self.saturation = (self.saturation or []) + [_at_top(module, output)]
+
+
+def _at_top(neuron: MTNeuron, spikes: Tensor) -> float:
+    """The share of a neuron's outputs at its top level, on either side."""
+    theta = torch.where(spikes > 0, neuron.theta_pos, neuron.theta_neg)
+    top = theta * (top_level(neuron.levels, neuron.neuron) * (1 - 1e-6))  # outputs are θ·c, rounded
+    return (spikes.abs() >= top).double().mean().item()
 
 
 @torch.inference_mode()
@@ -304,9 +333,9 @@ def trace(snn: SpikingModel, x: Tensor, time_steps: int) -> Trace:
     for path in order:
         module, tracker = snn.network.get_submodule(path), trackers[path]
         kind = "analog" if isinstance(module, ExpectationCompensation) and module.analog else converted[path]
-        rows.append(
-            TraceRow(path, kind, types[path], _rms(tracker.expected), tracker.error, tracker.input_error)
-        )
+        scale = _rms(tracker.expected)
+        error, input_error = tracker.error, tracker.input_error
+        rows.append(TraceRow(path, kind, types[path], scale, error, input_error, tracker.saturation))
     expected = expected.double()
     output_error = [relative_error(y[t], expected) for t in range(time_steps)]
     rows.append(
