@@ -4,6 +4,7 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, ann_output, relative_error, tiny_vit
@@ -205,8 +206,6 @@ def test_bad_noise_is_refused(data, noise):
 def test_the_trace_command(tmp_path, capsys):
     gen = torch.Generator().manual_seed(0)
     path = tmp_path / "data.npz"
-    import numpy as np
-
     np.savez(path, x=torch.rand(12, 3, 16, 16, generator=gen).numpy(), y=np.arange(12) % 4)
     model = ["--model", "vit_tiny_patch16_224", "--model-kwargs"]
     model += [f"{k}={v}" for k, v in {**TINY, "num_classes": 4}.items()]
@@ -233,3 +232,8 @@ def test_the_trace_command(tmp_path, capsys):
     assert cli.main([*base, "--snn", str(snn_file), "--levels", "4", "--out", str(tmp_path / "x")]) == 2
     assert cli.main([*base, "--snn", str(snn_file), "--noise", "0", "--out", str(tmp_path / "y")]) == 2
     assert "--noise" in capsys.readouterr().err
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, x=np.zeros((0, 3, 16, 16), np.float32), y=np.zeros(0, np.int64))
+    base[2] = f"npz:{empty}"
+    assert cli.main([*base, "--snn", str(snn_file), "--out", str(tmp_path / "z")]) == 2
+    assert "holds no samples" in capsys.readouterr().err

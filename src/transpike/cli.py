@@ -497,7 +497,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
     else:
         raise UsageError("give --snn FILE, or --model NAME with --calib DATA")
     dataset = load_dataset(args.data, "test", ann, spec.get("weights"))
-    x = next(iter(DataLoader(dataset, batch_size=args.samples)))[0]  # the first samples, in order
+    first = next(iter(DataLoader(dataset, batch_size=args.samples)), None)  # the first samples, in order
+    if first is None:
+        raise UsageError(f"--data {args.data}: holds no samples")
+    x = first[0]
     snn.to(args.device)
     result = trace(snn, x, args.time_steps)
     amplified = sensitivity(snn, x, args.noise)
