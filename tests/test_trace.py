@@ -23,7 +23,14 @@ def data():
 
 @pytest.mark.parametrize(
     "options",
-    [{}, dict(neuron="burst", threshold="mse"), dict(method="sit"), dict(blocks=1), dict(compensation=False)],
+    [
+        {},
+        dict(neuron="burst", threshold="mse"),
+        dict(method="sit"),
+        dict(method="sit", sit_mode="sigmoid"),
+        dict(blocks=1),
+        dict(compensation=False),
+    ],
 )
 def test_the_output_row_is_the_simulations_error_and_the_analog_network_is_the_ann(data, options):
     calibration, x = data
