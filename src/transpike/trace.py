@@ -247,6 +247,7 @@ class _Tracker:
             self.order.append(self.path)
             self.input_rate = _Rate(getattr(module, "takes_rate", False))
             self.output_rate = _Rate(getattr(module, "emits_rate", False))
+            self.saturation = [] if isinstance(module, MTNeuron) else None
         if tuple(output.shape) != tuple(self.expected.shape):
             raise ValueError(
                 f"{self.path} ({type(module).__name__}): output of shape {tuple(output.shape)} where the "
@@ -261,8 +262,8 @@ class _Tracker:
         else:  # F given its input by keyword: not seen by the hook
             self.input_error.append(math.nan)
         self.error.append(relative_error(self.output_rate.update(output, t), self.expected))
-        if isinstance(module, MTNeuron):
-            self.saturation = (self.saturation or []) + [_at_top(module, output)]
+        if self.saturation is not None:
+            self.saturation.append(_at_top(module, output))
 
 
 def _at_top(neuron: MTNeuron, spikes: Tensor) -> float:
