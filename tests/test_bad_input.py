@@ -8,7 +8,7 @@ from conftest import ann_output, relative_error, tiny_vit
 from torch import nn
 
 import transpike
-from transpike import ConversionError
+from transpike import ConversionError, ConversionOptions
 from transpike.rules import Role, register
 
 
@@ -258,11 +258,21 @@ def test_bad_calibration(calibration, message):
     "option, value",
     [("percentile", 0.0), ("percentile", -5.0), ("percentile", 100.5), ("percentile", "99"), ("levels", 0),
      ("levels", -1), ("levels", 1.5), ("horizon", 0), ("sit_steps", 0), ("sit_norm_spikes", 0),
-     ("sit_norm_spikes", 2.5), ("blocks", -1)],
+     ("sit_norm_spikes", 2.5), ("blocks", -1), ("levels_per_octave", 0), ("levels_per_octave", 1.5),
+     ("levels", 31)],
 )  # fmt: skip
 def test_bad_options_name_argument_and_value(option, value, images):
     with pytest.raises(ValueError, match=rf"{option} must be .*got {value!r}"):
         transpike.convert(tiny_vit(), images[0], **{option: value})
+
+
+def test_levels_per_octave_bound_the_levels_and_refuse_burst_neurons(images):
+    # s levels per octave allow 29·s + 1 levels (the top level at most θ·2^29), as s = 1 allows 30
+    assert ConversionOptions(levels=59, levels_per_octave=2).levels == 59
+    with pytest.raises(ValueError, match=r"levels must be an integer in \[1, 59\], got 60"):
+        ConversionOptions(levels=60, levels_per_octave=2)
+    with pytest.raises(ValueError, match=r"levels_per_octave must be 1 for the burst neuron .*got 4"):
+        transpike.convert(tiny_vit(), images[0], neuron="burst", levels_per_octave=4)
 
 
 def test_sit_steps_without_a_fit_are_refused_before_calibration(images):

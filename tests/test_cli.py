@@ -77,10 +77,27 @@ def test_demo_refuses_to_overwrite(tmp_path, capsys):
     assert (out / "mine.txt").read_text() == "keep"
 
 
-@pytest.mark.parametrize("method", ["ecmt", "sit"])
-def test_convert_then_eval_equals_eval_with_conversion(tmp_path, npz_data, method):
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("ecmt", []),
+        ("sit", []),
+        ("ecmt", ["--threshold", "mse", "--rounding", "nearest", "--levels-per-octave", 4]),
+    ],
+)
+def test_convert_then_eval_equals_eval_with_conversion(tmp_path, npz_data, method, extra):
     snn_file = tmp_path / "net.safetensors"
-    calibration = ["--calib", npz_data, "--calib-batches", 2, "--calib-batch-size", 4, "--method", method]
+    calibration = [
+        "--calib",
+        npz_data,
+        "--calib-batches",
+        2,
+        "--calib-batch-size",
+        4,
+        "--method",
+        method,
+        *extra,
+    ]
     assert run("convert", *MODEL, *calibration, "--out", snn_file) == 0
     assert run("eval", "--snn", snn_file, "--data", npz_data, "--time-steps", 4, "--out", tmp_path / "a") == 0
     argv = ["eval", *MODEL, *calibration, "--data", npz_data, "--time-steps", 4]
@@ -91,6 +108,9 @@ def test_convert_then_eval_equals_eval_with_conversion(tmp_path, npz_data, metho
     assert a["snn_top1"] == b["snn_top1"] and a["ann_top1"] == b["ann_top1"]
     assert a["num_samples"] == 12 and a["model"] == "vit_tiny_patch16_224"
     assert a["options"]["method"] == b["options"]["method"] == method
+    assert a["options"]["levels_per_octave"] == (4 if extra else 1) and a["options"]["levels"] == (
+        29 if extra else 8
+    )
     assert c["fused"] and not a["fused"]
     assert (c["snn_top1"], c["energy"]) == (a["snn_top1"], a["energy"])  # same spikes, compiled
 
@@ -357,6 +377,8 @@ CALIB = ["--calib", "digits"]
         (["eval", *MODEL, "--checkpoint", __file__, *CALIB, *EVAL], "cannot be read safely"),  # not torch
         (["convert", *MODEL, "--out", "x.safetensors"], "--calib"),
         (["eval", "--snn", "x", "--levels", "4", "--no-compensation", *EVAL], "--levels, --no-compensation:"),
+        (["eval", "--snn", "x", "--levels-per-octave", "2", *EVAL], "--levels-per-octave: x is a converted"),
+        (["eval", *MODEL, *CALIB, "--levels-per-octave", "0", *EVAL], "levels_per_octave must be an integer"),
         (["eval", "--snn", "x", "--method", "sit", "--non-strict", *EVAL], "--method, --non-strict:"),
         (["eval", "--snn", "x", *MODEL, *CALIB, *EVAL], "--model, --model-kwargs, --calib: x is a converted"),
         (["eval", "--snn", "x", "--weights", "DEFAULT", *EVAL], "--weights: x is a converted"),

@@ -347,6 +347,37 @@ def test_parallel_weights_give_same_outputs(images):
     assert torch.allclose(parallel.simulate(x.double(), 8), fast, rtol=1e-9, atol=1e-9)
 
 
+def test_parallel_weights_with_levels_per_octave(images):
+    # 2n copies of the weights, one per level θ·2^(k/s): the same outputs as the fast path, to
+    # rounding (levels that are not powers of two round differently in W·λ_p and in λ_p·θ then W)
+    calibration, x = images
+    snn = transpike.convert(
+        tiny_vit().double(), calibration.double(), levels_per_octave=2, rounding="nearest"
+    )
+    layer = snn.parallel().network.blocks[0].mlp.fc1
+    assert layer.layer.weight.shape == (96, 2 * 15 * 24) and layer.neuron.per_octave == 2
+    assert torch.allclose(
+        snn.parallel().simulate(x.double(), 8), snn.simulate(x.double(), 8), rtol=1e-6, atol=1e-7
+    )
+
+
+def test_levels_per_octave_lower_the_error_at_few_steps(images):
+    # one spike per step of a finer choice of sizes: at t = 1 each neuron's output is its input
+    # rounded to the nearest level, 2^(1/4) apart instead of 2 (thresholds of the mse search)
+    calibration, x = images
+    model = tiny_vit()
+    ref = ann_output(model, x)
+    errors = {}
+    for per_octave in (1, 4):
+        snn = transpike.convert(
+            model, calibration, threshold="mse", rounding="nearest", levels_per_octave=per_octave
+        )
+        assert snn.options["levels"] == 7 * per_octave + 1  # eight octaves by default
+        outputs = snn.simulate(x, 4)
+        errors[per_octave] = [relative_error(out, ref) for out in outputs]
+    assert all(fine < 0.6 * coarse for fine, coarse in zip(errors[4], errors[1], strict=True))
+
+
 def test_parallel_weights_by_hand():
     weight = torch.tensor([[1.0, -2.0]])
     copies = transpike.parallel_weights(weight, torch.tensor([0.5, 1.0]), torch.tensor([0.25, 2.0]), 2)

@@ -113,6 +113,21 @@ def test_level_histogram_counts_every_spike(neuron, shape, levels, scale, dtype)
     assert most == planes.sum(0).max()
 
 
+@pytest.mark.parametrize("shape", [(), (7,)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_level_histogram_with_levels_per_octave(shape, dtype):
+    # levels θ·2^(k/3) share their exponent bits: read with a logarithm instead
+    gen = torch.Generator().manual_seed(4)
+    theta_pos, theta_neg = torch.rand(shape, generator=gen) + 0.05, torch.rand(shape, generator=gen) + 0.05
+    m = torch.randn(30, *(shape or (7,)), generator=gen) * 20
+    thresholds = theta_pos.to(dtype), theta_neg.to(dtype)
+    x = mt_fire(m.to(dtype), *thresholds, 22, "nearest", 3)
+    histogram, most = SpikeStatistics(MTNeuron(theta_pos, theta_neg, 22, per_octave=3))(x)
+    planes = spike_planes(x, *thresholds, 22, 3)
+    assert torch.equal(histogram, planes.sum((1, 2)).view(2, 22).long())
+    assert histogram.sum() == (x != 0).sum() and most == 1
+
+
 def test_burst_counts_from_top_bits_on_every_count():
     # every count on both sides, for thresholds at and around binade edges: the code table tells
     # them apart, and reads the same histogram as the division does

@@ -28,6 +28,15 @@ def test_round_trip_is_bit_identical(snn, images, tmp_path):
     assert list(tmp_path.iterdir()) == [path]  # no temporary files left behind
 
 
+def test_round_trip_keeps_levels_per_octave(images, tmp_path):
+    snn = transpike.convert(tiny_vit(), images[0], model_spec=SPEC, threshold="mse", levels_per_octave=3)
+    loaded = transpike.load(transpike.save(snn, tmp_path / "net.safetensors"))
+    assert loaded.options == snn.options and loaded.options["levels"] == 22
+    neurons = [m for m in loaded.network.modules() if isinstance(m, transpike.MTNeuron)]
+    assert neurons and all(m.per_octave == 3 and m.levels == 22 for m in neurons)
+    assert torch.equal(loaded.simulate(images[1], 6), snn.simulate(images[1], 6))
+
+
 @pytest.mark.parametrize("norm_spikes", [64, None])  # None: from the row length
 def test_round_trip_of_sit_keeps_its_spiking_softmax(images, tmp_path, norm_spikes):
     model = tiny_vit()

@@ -76,6 +76,43 @@ def test_nearest_minimizes_distance_among_levels():
     assert (x[~fires] == 0).all()
 
 
+SQRT2 = 2**0.5
+
+
+def test_levels_per_octave_by_hand():
+    # s = 2, n = 4: levels 1, √2, 2, 2√2 (θ1 = 1), -0.5, -0.5√2, -1, -√2 (θ2 = 0.5). Greedy fires
+    # the largest λ_k with λ_k - θ/2 <= m (boundaries 0.5, 0.914, 1.5, 2.33); nearest the closest
+    # level (midpoints 1.207, 1.707, 2.414), both nothing inside (-θ2/2, θ1/2)
+    m = [0.49, 0.5, 0.9, 0.92, 1.2, 1.22, 1.6, 1.72, 2.4, 2.5, 100.0, -0.24, -0.26, -0.5, -0.8]
+    greedy = [0, 1, 1, SQRT2, SQRT2, SQRT2, 2, 2, 2 * SQRT2, 2 * SQRT2, 2 * SQRT2, 0, -0.5, -SQRT2 / 2, -1]
+    nearest = [0, 1, 1, 1, 1, SQRT2, SQRT2, 2, 2, 2 * SQRT2, 2 * SQRT2, 0, -0.5, -0.5, -SQRT2 / 2]
+    for rounding, expected in (("greedy", greedy), ("nearest", nearest)):
+        x = mt_fire(torch.tensor(m, dtype=torch.float64), T1.double(), T2.double(), 4, rounding, 2)
+        assert x.tolist() == pytest.approx(expected, rel=1e-12), rounding
+
+
+@pytest.mark.parametrize("per_octave", [2, 3, 4])
+def test_levels_per_octave_follow_the_rules_level_by_level(per_octave):
+    # the closed form (a logarithm) against the rules applied level by level: greedy, the largest
+    # λ_k with λ_k - θ/2 <= |m|; nearest, the closest λ_k; both when |m| >= θ/2, capped at the top
+    gen = torch.Generator().manual_seed(per_octave)
+    m = torch.randn(20000, generator=gen, dtype=torch.float64) * 20
+    theta_pos, theta_neg = torch.tensor(0.37, dtype=torch.float64), torch.tensor(0.81, dtype=torch.float64)
+    levels = 5 * per_octave + 1
+    lam = level_values(theta_pos, theta_neg, levels, per_octave)
+    theta = torch.where(m >= 0, theta_pos, theta_neg)
+    fires = m.abs() >= theta / 2
+    same_side = torch.sign(lam)[None] == torch.sign(m)[:, None]
+    passes = same_side & (lam.abs()[None] - theta[:, None] / 2 <= m.abs()[:, None])
+    greedy = torch.where(passes, lam.abs()[None], 0).max(1).values * torch.sign(m)
+    distance = torch.where(same_side, (m[:, None] - lam[None]).abs(), torch.inf)
+    nearest = lam[distance.argmin(1)]
+    for rounding, expected in (("greedy", greedy), ("nearest", nearest)):
+        x = mt_fire(m, theta_pos, theta_neg, levels, rounding, per_octave)
+        assert torch.allclose(x[fires], expected[fires], rtol=1e-12, atol=0), rounding
+        assert (x[~fires] == 0).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_dtypes_agree_with_float32(dtype):
     m = torch.tensor([0.5, 1.5, 3.0, 6.0, 100.0, -0.25, -0.75, -3.0])
@@ -117,6 +154,10 @@ def test_spike_planes_rebuild_output():
         assert torch.allclose((planes * lam).sum(0), x)
     single = spike_planes(mt_fire(m, theta_pos, theta_neg, 5), theta_pos, theta_neg, 5)
     assert single.sum(0).max() <= 1  # an MT neuron fires at most one spike per step
+    finer = mt_fire(m, theta_pos, theta_neg, 13, "nearest", 3)  # levels θ·2^(k/3)
+    planes = spike_planes(finer, theta_pos, theta_neg, 13, 3)
+    assert planes.shape == (26, 3, 100) and planes.sum(0).max() == 1 and planes[:, finer == 0].sum() == 0
+    assert torch.allclose((planes * level_values(theta_pos, theta_neg, 13, 3).view(-1, 1, 1)).sum(0), finer)
 
 
 def test_per_channel_thresholds_broadcast():
@@ -132,6 +173,10 @@ def test_invalid_neuron_arguments():
         MTNeuron(torch.tensor(1.0), torch.tensor(1.0), rounding="up")
     with pytest.raises(ValueError, match="neuron"):
         MTNeuron(torch.tensor(1.0), torch.tensor(1.0), neuron="lif")
+    with pytest.raises(ValueError, match="per_octave must be an integer >= 1"):
+        MTNeuron(torch.tensor(1.0), torch.tensor(1.0), per_octave=0)
+    with pytest.raises(ValueError, match=r"burst.*per_octave must be 1"):
+        MTNeuron(torch.tensor(1.0), torch.tensor(1.0), neuron="burst", per_octave=2)
 
 
 def test_rate_driven_neuron_by_hand():
@@ -163,6 +208,18 @@ def test_fused_step_equals_unfused_on_level_boundaries(neuron, rounding, takes_r
     for _ in range(3):  # the membrane (or the spike sum) carries the remainders between steps
         assert torch.equal(fused(current), plain(current))
         assert torch.equal(fused.total, plain.total) if takes_rate else torch.equal(fused.v, plain.v)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("rounding", ["greedy", "nearest"])
+def test_fused_step_with_levels_per_octave_equals_unfused(rounding, device):
+    # compiled, the logarithm and the power of two are vectorized library calls: the same levels
+    current = torch.randn(4, 16, 50, generator=torch.Generator().manual_seed(3)).to(device) * 5
+    plain, fused = (MTNeuron(T1 * 0.37, T2 * 0.4, 29, rounding, "mt", 4).to(device) for _ in range(2))
+    fused.fused = True
+    for _ in range(3):
+        assert torch.equal(fused(current), plain(current))
+        assert torch.equal(fused.v, plain.v)
 
 
 def test_fused_neuron_whose_spikes_nobody_reads_writes_only_its_sum():

@@ -81,7 +81,16 @@ def norm_spikes(text: str) -> int | None:
 def add_conversion_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("conversion")
     group.add_argument("--method", default="ecmt", choices=METHODS)
-    group.add_argument("--levels", type=int, default=8, help="MT levels per sign (default 8)")
+    group.add_argument(
+        "--levels", type=int, default=None, help="MT levels per sign (default 7·S + 1: 8 octaves)"
+    )
+    group.add_argument(
+        "--levels-per-octave",
+        type=int,
+        default=1,
+        metavar="S",
+        help="MT levels θ·2^(k/S), S to an octave: one spike per step, of a finer size (default 1: ECMT's)",
+    )
     group.add_argument("--percentile", type=float, default=99.0, help="threshold percentile p (default 99)")
     group.add_argument("--threshold", default="percentile", choices=THRESHOLDS)
     group.add_argument("--horizon", type=int, default=4, help="steps the mse threshold search optimizes for")
@@ -315,12 +324,12 @@ def check_eval_args(args: argparse.Namespace) -> None:
 def check_snn_args(args: argparse.Namespace) -> None:
     """``--snn`` brings a converted network: what would build or convert one is refused by name
     rather than silently ignored."""
-    defaults = ConversionOptions()
+    fields = ConversionOptions.__dataclass_fields__  # the declared defaults (levels: None)
     flags = {"compensation": "--no-compensation", "strict": "--non-strict"}
     given = [
         flags.get(name, "--" + name.replace("_", "-"))
         for name, value in conversion_options(args).items()
-        if value != getattr(defaults, name)
+        if value != fields[name].default
     ]
     building = ("--model", "--model-kwargs", "--checkpoint", "--weights", "--calib", "--blocks")
     given += [flag for flag in building if getattr(args, flag[2:].replace("-", "_"))]
@@ -542,8 +551,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     save(snn, out / "snn.safetensors", overwrite=True)
     print(f"wrote {out / 'snn.safetensors'}\ndemo finished in {time.perf_counter() - start:.0f} s")
     print(
-        "other settings: --threshold mse --rounding nearest (one spike per step) or "
-        "--neuron burst --threshold mse; measured in BENCHMARKS.md"
+        "other settings: --threshold mse --rounding nearest --levels-per-octave 4 (one spike per "
+        "step) or --neuron burst --threshold mse; measured in BENCHMARKS.md"
     )
     return 0
 

@@ -45,7 +45,12 @@ class ConversionOptions:
     Attributes:
         method: "ecmt", or "sit": ECMT with every softmax computed by SIT-conversion's spiking
             softmax (SI-exp and SI-norm neurons) inside its EC module.
-        levels: n, MT levels per sign (ECMT code default 8); 1 gives a plain signed IF neuron.
+        levels: n, MT levels per sign; 1 gives a plain signed IF neuron. None (default): eight
+            octaves, 7·s + 1 (ECMT's 8 with s = 1).
+        levels_per_octave: s; the levels are θ·2^(k/s), k = 0..n-1 (1: ECMT's powers of two).
+            One spike per step still, of a finer choice of sizes: at t = 1 an MT neuron's output
+            is the input rounded to a level, so its largest relative error falls from 1/3 (s = 1,
+            nearest rounding) to about 2^(1/s) - 1 halved. Not with the burst neuron.
         percentile: p; θ1 = P_p and θ2 = -P_{100-p} of each site's calibration values.
         granularity: "tensor" (one θ1, θ2 per site, the paper) or "channel".
         threshold: "percentile" (the paper) or "mse": per site, the θ that minimizes the expected
@@ -68,7 +73,8 @@ class ConversionOptions:
     """
 
     method: str = "ecmt"
-    levels: int = 8
+    levels: int | None = None
+    levels_per_octave: int = 1
     percentile: float = 99.0
     granularity: str = "tensor"
     threshold: str = "percentile"
@@ -94,8 +100,19 @@ class ConversionOptions:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or not 1 <= self.levels <= 30:
-            raise ValueError(f"levels must be an integer in [1, 30], got {self.levels!r}")
+        per_octave = self.levels_per_octave
+        if isinstance(per_octave, bool) or not isinstance(per_octave, int) or per_octave < 1:
+            raise ValueError(f"levels_per_octave must be an integer >= 1, got {per_octave!r}")
+        if self.neuron == "burst" and per_octave != 1:
+            raise ValueError(
+                f"levels_per_octave must be 1 for the burst neuron (its levels are binary digits), "
+                f"got {per_octave}"
+            )
+        if self.levels is None:  # frozen: set once, here
+            object.__setattr__(self, "levels", 7 * per_octave + 1)
+        most = 29 * per_octave + 1  # the top level at most θ·2^29
+        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or not 1 <= self.levels <= most:
+            raise ValueError(f"levels must be an integer in [1, {most}], got {self.levels!r}")
         if (
             isinstance(self.percentile, bool)
             or not isinstance(self.percentile, (int, float))
@@ -364,6 +381,7 @@ def calibrated_thresholds(options: ConversionOptions) -> ThresholdSource:
                 options.rounding,
                 options.neuron,
                 options.horizon,
+                options.levels_per_octave,
             )
         return percentile_thresholds(observer, options.percentile)
 
@@ -394,7 +412,9 @@ def _to_spiking(
 
     def neuron(observer: HistogramObserver, name: str) -> MTNeuron:
         theta_pos, theta_neg = source(observer, _join(path, name))
-        return MTNeuron(theta_pos, theta_neg, options.levels, options.rounding, options.neuron)
+        return MTNeuron(
+            theta_pos, theta_neg, options.levels, options.rounding, options.neuron, options.levels_per_octave
+        )
 
     if isinstance(module, Observed):
         return SpikingLayer(neuron(module.observer, "neuron"), module.layer)
@@ -425,7 +445,7 @@ def convert(
     model: nn.Module,
     calibration: Tensor | Iterable,
     method: str = "ecmt",
-    levels: int = 8,
+    levels: int | None = None,
     percentile: float = 99.0,
     *,
     max_batches: int | None = None,
@@ -439,14 +459,14 @@ def convert(
         calibration: a tensor batch, or an iterable of batches or (input, target) pairs (a
             DataLoader works). Use training data, not the evaluation set.
         method: "ecmt" or "sit".
-        levels: MT levels per sign.
+        levels: MT levels per sign (default: 8, or 7·s + 1 with ``levels_per_octave=s``).
         percentile: threshold percentile p.
         max_batches: use at most this many calibration batches.
         model_spec: how to rebuild the ANN, ``{"timm": name, "kwargs": {...}}`` (or
             ``"torchvision": name``; :func:`transpike.models.model_spec`); stored by
             :func:`transpike.save` so that :func:`transpike.load` needs no template model.
-        **options: any other field of :class:`ConversionOptions` (granularity, threshold, horizon,
-            rounding, neuron, compensation, strict, sit_steps, sit_mode, blocks).
+        **options: any other field of :class:`ConversionOptions` (levels_per_octave, granularity,
+            threshold, horizon, rounding, neuron, compensation, strict, sit_steps, sit_mode, blocks).
 
     Returns:
         The :class:`SpikingModel`; ``snn.simulate(x, time_steps)`` gives outputs for every t.

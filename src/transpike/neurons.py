@@ -11,6 +11,9 @@ k = 0..n-1, where θ1, θ2 > 0 are the smallest levels. Per step t:
 The firing rule is in :func:`mt_fire` (one pure function); :class:`MTNeuron` only holds θ1, θ2 and
 the membrane v. v(0) = 0 as in the paper's Algorithm 1: the half-threshold offset in MTH already
 plays the part of the v(0) = θ/2 optimum of the related work (Bu et al., ICLR 2022).
+
+Our generalization: ``per_octave`` s > 1 puts s levels in each octave, λ_k = θ1·2^(k/s), a finer
+choice of spike sizes for the same one spike per step.
 """
 
 from __future__ import annotations
@@ -91,10 +94,25 @@ def _scaled(
     return theta, torch.addcdiv(half, m, theta, out=out)
 
 
-def top_level(levels: int, neuron: str = "mt") -> float:
-    """The largest multiple of θ one neuron emits in one step: 2^(n-1) (MT: one spike, on the top
-    level) or 2^n - 1 (burst: every level at once)."""
-    return 2.0 ** (levels - 1) if neuron == "mt" else 2.0**levels - 1
+def top_level(levels: int, neuron: str = "mt", per_octave: int = 1) -> float:
+    """The largest multiple of θ one neuron emits in one step: 2^((n-1)/s) (MT: one spike, on the
+    top level) or 2^n - 1 (burst: every level at once)."""
+    return 2.0 ** ((levels - 1) / per_octave) if neuron == "mt" else 2.0**levels - 1
+
+
+def _level_floor(y: Tensor, levels: int, per_octave: int) -> Tensor:
+    """In place, y <- the largest level 2^(k/s) ≤ y with k ≤ n-1, or 0 where y < 1.
+
+    With s = 1 (ECMT's levels), y is floored and its power of two kept by :func:`_pow2_floor_`:
+    exact. With s > 1, k = floor(s·log2 y): a float tie at a level boundary may fall on either
+    side, as for the closed form of METHODS.md §2.1.
+    """
+    if per_octave == 1:
+        # capped before the power of two is taken (the same result: the cap is a power of two),
+        # so that _pow2_floor_ only meets values up to 2**(n-1)
+        return _pow2_floor_(y.floor_().clamp_(max=2.0 ** (levels - 1)), levels)
+    k = y.log2_().mul_(per_octave).floor_().clamp_(max=levels - 1)
+    return k.masked_fill_(k < 0, -torch.inf).div_(per_octave).exp2_()  # 2^-inf = 0 below θ
 
 
 def mt_fire(
@@ -103,6 +121,7 @@ def mt_fire(
     theta_neg: Tensor,
     levels: int,
     rounding: str = "greedy",
+    per_octave: int = 1,
     *,
     out: Tensor | None = None,
     scratch: Tensor | None = None,
@@ -115,8 +134,12 @@ def mt_fire(
     fires the level closest to m (same firing condition |m| ≥ θ/2): the level boundaries move from
     2^k·θ - θ/2 to the midpoints 1.5·2^(k-1)·θ.
 
-    The level is found without a loop over levels or a logarithm: clearing the mantissa bits of
-    floor(|m|/θ + 1/2) leaves the largest power of two below it (0 when |m| < θ/2).
+    ``per_octave`` s > 1 spaces the levels s to an octave, λ_k = θ1·2^(k/s) (our generalization:
+    one spike per step as in ECMT, a finer choice of its size): the same rules, with the nearest
+    rule's midpoints at 2^(k/s)·θ·(1 + 2^(-1/s))/2.
+
+    With s = 1 the level is found without a loop over levels or a logarithm: clearing the mantissa
+    bits of floor(|m|/θ + 1/2) leaves the largest power of two below it (0 when |m| < θ/2).
 
     Args:
         m: membrane potential after charging.
@@ -124,19 +147,19 @@ def mt_fire(
         theta_neg: θ2 > 0, same shape as theta_pos.
         levels: n, levels per sign; n = 1 is a plain signed IF neuron.
         rounding: "greedy" or "nearest".
+        per_octave: s, levels per octave (1: ECMT's powers of two).
         out, scratch: optional tensors shaped like m to write the result and the signed threshold
             into, so that a neuron reuses its memory from step to step (allocation is slow).
 
     Returns:
-        x with the shape of m: 0 or ±θ·2^k.
+        x with the shape of m: 0 or ±θ·2^(k/s).
     """
     theta, level = _scaled(m, theta_pos, theta_neg, out, scratch)
-    # Capped before the power of two is taken (the same result: the cap is a power of two), so
-    # that _pow2_floor_ only meets values up to 2**(n-1).
-    cap = 2.0 ** (levels - 1)
-    level = _pow2_floor_(level.floor_().clamp_(max=cap), levels)
+    level = _level_floor(level, levels, per_octave)
     if rounding == "nearest":
-        nearest = _pow2_floor_(torch.div(m, theta).mul_(4.0 / 3.0).floor_().clamp_(max=cap), levels)
+        # |m|/θ at or above the midpoint below 2^(k/s) iff |m|/θ · 2/(1 + 2^(-1/s)) ≥ 2^(k/s)
+        scale = 2.0 / (1.0 + 2.0 ** (-1.0 / per_octave))
+        nearest = _level_floor(torch.div(m, theta).mul_(scale), levels, per_octave)
         torch.maximum(nearest, level.clamp_(max=1.0), out=level)
     return level.mul_(theta)
 
@@ -162,18 +185,24 @@ def burst_fire(
     return ratio.floor_().clamp_(max=2.0**levels - 1).mul_(theta)
 
 
-def spike_planes(x: Tensor, theta_pos: Tensor, theta_neg: Tensor, levels: int) -> Tensor:
+def spike_planes(x: Tensor, theta_pos: Tensor, theta_neg: Tensor, levels: int, per_octave: int = 1) -> Tensor:
     """Binary spike trains s_p, one per level, from a neuron output x = Σ_p s_p·λ_p.
 
     ECMT §4.4: an MT neuron with 2n levels is 2n binary-spike synapse copies. Planes 0..n-1 are the
-    positive levels θ1·2^k, planes n..2n-1 the negative levels -θ2·2^k. Works for MT outputs (one
-    plane set) and burst outputs (the binary digits of the spike count).
+    positive levels θ1·2^(k/s), planes n..2n-1 the negative levels -θ2·2^(k/s). Works for MT outputs
+    (one plane set) and burst outputs (the binary digits of the spike count).
 
     Returns:
         Tensor of shape [2n, *x.shape] with values in {0, 1}, dtype of x.
     """
-    count = (x / _signed_threshold(x, theta_pos, theta_neg, None)).round_().to(torch.int64)
-    bits = (count.unsqueeze(0) >> torch.arange(levels, device=x.device).view(-1, *[1] * x.dim())) & 1
+    ratio = x / _signed_threshold(x, theta_pos, theta_neg, None)
+    shape = (-1, *[1] * x.dim())
+    if per_octave == 1:
+        count = ratio.round_().to(torch.int64)
+        bits = (count.unsqueeze(0) >> torch.arange(levels, device=x.device).view(shape)) & 1
+    else:  # one spike on level k = s·log2(|x|/θ); none where x = 0 (k = -inf)
+        k = ratio.log2_().mul_(per_octave).round_()
+        bits = k.unsqueeze(0) == torch.arange(levels, device=x.device, dtype=k.dtype).view(shape)
     return torch.cat([bits * (x > 0), bits * (x < 0)]).to(x.dtype)
 
 
@@ -188,6 +217,7 @@ def charge_fire_reset(
     rounding: str = "greedy",
     neuron: str = "mt",
     spikes: bool = True,
+    per_octave: int = 1,
     *,
     out: Tensor | None = None,
     scratch: Tensor | None = None,
@@ -205,7 +235,7 @@ def charge_fire_reset(
     where m is written, if given.
 
     With ``total`` given, X <- X + x (the running sum A(t) of a product operand, or what a layer
-    that hands on rates reads). ``out`` and ``scratch`` as in :func:`mt_fire`.
+    that hands on rates reads). ``per_octave``, ``out`` and ``scratch`` as in :func:`mt_fire`.
     :func:`transpike.fusion.fused` compiles this same function, with no buffers: the compiler keeps
     m and θ in registers instead.
     """
@@ -215,7 +245,7 @@ def charge_fire_reset(
     if neuron == "burst":
         x = burst_fire(m, theta_pos, theta_neg, levels, out=out, scratch=scratch)
     else:
-        x = mt_fire(m, theta_pos, theta_neg, levels, rounding, out=out, scratch=scratch)
+        x = mt_fire(m, theta_pos, theta_neg, levels, rounding, per_octave, out=out, scratch=scratch)
     if v is not None:
         v.sub_(x)
     if total is not None:
@@ -263,8 +293,8 @@ def _state_like(current: Tensor) -> Tensor:
 class MTNeuron(Stateful, nn.Module):
     """A layer of MT (or burst) neurons with thresholds θ1, θ2 and its state.
 
-    Input: the current I(t) of one step; output: x(t) (see :func:`mt_fire`). State starts at
-    v(0) = 0 and is cleared by :meth:`reset`.
+    Input: the current I(t) of one step; output: x(t) (see :func:`mt_fire`, whose ``per_octave``
+    spaces the levels s to an octave). State starts at v(0) = 0 and is cleared by :meth:`reset`.
 
     ``takes_rate`` (set by :func:`transpike.rates.link_rates`): the input is the rate of the
     current instead, as an EC module, a product EC or a layer that hands on rates gives it before
@@ -283,10 +313,15 @@ class MTNeuron(Stateful, nn.Module):
         levels: int = 8,
         rounding: str = "greedy",
         neuron: str = "mt",
+        per_octave: int = 1,
     ) -> None:
         super().__init__()
         if neuron not in NEURONS:
             raise ValueError(f"neuron must be one of {NEURONS}, got {neuron!r}")
+        if isinstance(per_octave, bool) or not isinstance(per_octave, int) or per_octave < 1:
+            raise ValueError(f"per_octave must be an integer >= 1, got {per_octave!r}")
+        if neuron == "burst" and per_octave != 1:
+            raise ValueError("the burst neuron's levels are binary digits: per_octave must be 1")
         if rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
         self.register_buffer("theta_pos", torch.as_tensor(theta_pos, dtype=torch.float32).clone())
@@ -296,6 +331,7 @@ class MTNeuron(Stateful, nn.Module):
         self.levels = int(levels)
         self.rounding = rounding
         self.neuron = neuron
+        self.per_octave = per_octave
         self.takes_rate = False
         self.keeps_total = False
         self.spikes_read = True
@@ -322,7 +358,7 @@ class MTNeuron(Stateful, nn.Module):
         _, theta, t = self._begin(current)
         if t is not None:  # a tensor: a number would be compiled in, once per step
             t = torch.full((), t, dtype=current.dtype, device=current.device)
-        rest = (t, *theta, self.levels, self.rounding, self.neuron, spikes)
+        rest = (t, *theta, self.levels, self.rounding, self.neuron, spikes, self.per_octave)
         return (current, self.v, self.total), rest
 
     @torch.no_grad()  # state is updated in place: simulation, not training
@@ -344,6 +380,8 @@ class MTNeuron(Stateful, nn.Module):
             self.levels,
             self.rounding,
             self.neuron,
+            True,
+            self.per_octave,
             out=self._out,
             scratch=_scratch_like(state),
             membrane=_scratch_like(state, 1) if t is not None else None,
@@ -360,8 +398,10 @@ class MTNeuron(Stateful, nn.Module):
     def extra_repr(self) -> str:
         shape = tuple(self.theta_pos.shape) or "tensor"
         rate = ", takes_rate=True" if self.takes_rate else ""
+        octave = f", per_octave={self.per_octave}" if self.per_octave != 1 else ""
         return (
-            f"levels={self.levels}, neuron={self.neuron}, rounding={self.rounding}, thresholds={shape}{rate}"
+            f"levels={self.levels}{octave}, neuron={self.neuron}, rounding={self.rounding}, "
+            f"thresholds={shape}{rate}"
         )
 
 

@@ -74,8 +74,8 @@ def plot_spike_levels(energy: dict, path: Path) -> Path:
     with _figure(path, (5, 3.2)) as ax:
         if histogram:
             levels = list(range(len(histogram[0])))
-            ax.bar([k - 0.2 for k in levels], histogram[0], width=0.4, label="positive: θ1·2^k")
-            ax.bar([k + 0.2 for k in levels], histogram[1], width=0.4, label="negative: -θ2·2^k")
+            ax.bar([k - 0.2 for k in levels], histogram[0], width=0.4, label="positive: θ1·2^(k/s)")
+            ax.bar([k + 0.2 for k in levels], histogram[1], width=0.4, label="negative: -θ2·2^(k/s)")
             ax.set_yscale("log")
             _against(ax, levels, "level k", "spikes per sample (all steps)")
     return path

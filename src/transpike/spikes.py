@@ -78,7 +78,8 @@ class SpikeStatistics:
     """Spikes per sign and level of one neuron layer's output, and the most spikes of one neuron.
 
     An MT neuron fires one spike on level k, read from the exponent bits of its output (see
-    :func:`_exponent_bins`): two passes over the output, no division, no mask. A burst output c·θ
+    :func:`_exponent_bins`): two passes over the output, no division, no mask; with levels s to an
+    octave (θ·2^(k/s)), k = s·log2(|x|/θ), rounded. A burst output c·θ
     is popcount(c) spikes, one per binary digit of c = |x|/θ < 2^n, c read from the output's top
     bits as well (:func:`_burst_codes`) where that tells the counts apart, else from a division.
     Tables that depend only on the thresholds are built once (per dtype).
@@ -87,6 +88,8 @@ class SpikeStatistics:
     def __init__(self, neuron: MTNeuron) -> None:
         self.neuron = neuron
         n = neuron.levels
+        if neuron.per_octave > 1:
+            return  # nothing to tabulate: levels are read with a logarithm
         if neuron.neuron == "mt":
             # per-channel thresholds: one block of 512 codes per distinct table, not per channel
             # (channels whose thresholds share their exponents share a table; a small histogram
@@ -108,6 +111,14 @@ class SpikeStatistics:
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """([2, n] spikes per sign and level, max spikes of one neuron) for one step's output x."""
         neuron, n = self.neuron, self.neuron.levels
+        if neuron.per_octave > 1:
+            x = x.float()
+            theta = _signed_threshold(x, neuron.theta_pos.float(), neuron.theta_neg.float(), None)
+            level = x.div(theta).log2_().mul_(neuron.per_octave).round_()  # -inf: no spike
+            # positive levels 0..n-1, negative n..2n-1, no spike 2n
+            index = level.add_((x < 0) * n).nan_to_num_(neginf=2 * n).to(torch.int64)
+            histogram = torch.bincount(index.flatten(), minlength=2 * n + 1)[: 2 * n].view(2, n)
+            return histogram, (histogram.sum() > 0).to(torch.int64)
         if neuron.neuron == "mt":
             code = (x.float().view(torch.int32) >> 23).bitwise_and_(0x1FF)
             if self.offset is not None:

@@ -1,6 +1,6 @@
 """Weight layers fed by MT neurons, and parallel parameter normalization (ECMT §4.4).
 
-An MT neuron with 2n levels λ_p (θ1·2^k and -θ2·2^k) feeding a weight layer W is equivalent to 2n
+An MT neuron with 2n levels λ_p (θ1·2^(k/s) and -θ2·2^(k/s)) feeding a weight layer W is equivalent to 2n
 binary-spike synapse copies ``W_p = W·λ_p / λ_1(next)`` (ECMT eq. 22), after which every neuron has
 thresholds θ1 = 1 and θ2 = η = θ2/θ1. :class:`SpikingLayer` is the fast path used in simulation:
 it multiplies each spike by its level before one dense product, ``I(t) = W·x(t) + b`` with
@@ -59,14 +59,18 @@ def rate_output(layer: nn.Module, total: Tensor, t: int) -> Tensor:
     return out.view(*total.shape[:-1], layer.out_features)
 
 
-def level_values(theta_pos: Tensor, theta_neg: Tensor, levels: int) -> Tensor:
-    """λ_p for p = 1..2n: [θ1·2^0 .. θ1·2^(n-1), -θ2·2^0 .. -θ2·2^(n-1)], shape [2n, *theta.shape]."""
-    powers = torch.exp2(torch.arange(levels, dtype=theta_pos.dtype, device=theta_pos.device))
+def level_values(theta_pos: Tensor, theta_neg: Tensor, levels: int, per_octave: int = 1) -> Tensor:
+    """λ_p for p = 1..2n: [θ1·2^(0/s) .. θ1·2^((n-1)/s), -θ2·2^(0/s) .. -θ2·2^((n-1)/s)], shape
+    [2n, *theta.shape] (s levels per octave; 1 in ECMT)."""
+    exponents = torch.arange(levels, dtype=theta_pos.dtype, device=theta_pos.device) / per_octave
+    powers = torch.exp2(exponents)
     powers = powers.view(-1, *[1] * theta_pos.dim())
     return torch.cat([powers * theta_pos, -powers * theta_neg])
 
 
-def parallel_weights(weight: Tensor, theta_pos: Tensor, theta_neg: Tensor, levels: int) -> Tensor:
+def parallel_weights(
+    weight: Tensor, theta_pos: Tensor, theta_neg: Tensor, levels: int, per_octave: int = 1
+) -> Tensor:
     """The 2n synapse copies ``W_p = W·λ_p`` of a layer fed by an MT neuron (ECMT eq. 22).
 
     λ_p multiplies W along its input-channel axis (thresholds of shape [] or [in, 1, ..]). The
@@ -77,7 +81,7 @@ def parallel_weights(weight: Tensor, theta_pos: Tensor, theta_neg: Tensor, level
     Returns:
         Tensor [2n, *weight.shape].
     """
-    lam = level_values(theta_pos, theta_neg, levels)
+    lam = level_values(theta_pos, theta_neg, levels, per_octave)
     lam = lam.view(lam.shape[0], *[1] * (weight.dim() - theta_pos.dim()), *theta_pos.shape)
     return weight.unsqueeze(0) * lam
 
@@ -100,7 +104,12 @@ class ParallelLayer(nn.Module):
             raise ValueError("parallel weights need an ungrouped layer (groups=1)")
         theta_pos, theta_neg = neuron.theta_pos, neuron.theta_neg
         self.neuron = MTNeuron(
-            torch.ones_like(theta_pos), theta_neg / theta_pos, neuron.levels, neuron.rounding, neuron.neuron
+            torch.ones_like(theta_pos),
+            theta_neg / theta_pos,
+            neuron.levels,
+            neuron.rounding,
+            neuron.neuron,
+            neuron.per_octave,
         )
         self.register_buffer("input_gain", 1.0 / theta_pos)
         self.channel_dim = channel_dim
@@ -108,7 +117,7 @@ class ParallelLayer(nn.Module):
         transposed = getattr(layer, "transposed", False)
         weight = layer.weight.detach()
         weight = weight.transpose(0, 1) if transposed else weight
-        copies = parallel_weights(weight, theta_pos, theta_neg, neuron.levels)
+        copies = parallel_weights(weight, theta_pos, theta_neg, neuron.levels, neuron.per_octave)
         self.layer = copy.deepcopy(layer)
         # [2n, out, in, ...] -> [out, 2n*in, ...]: plane-major, matching how spikes are concatenated.
         copies = copies.transpose(0, 1).flatten(1, 2)
@@ -117,7 +126,8 @@ class ParallelLayer(nn.Module):
 
     def forward(self, current: Tensor) -> Tensor:
         spikes = self.neuron(current * self.input_gain)
-        planes = spike_planes(spikes, self.neuron.theta_pos, self.neuron.theta_neg, self.neuron.levels)
+        neuron = self.neuron
+        planes = spike_planes(spikes, neuron.theta_pos, neuron.theta_neg, neuron.levels, neuron.per_octave)
         lines = planes.movedim(0, self.channel_dim - 1).flatten(self.channel_dim - 1, self.channel_dim)
         return self.layer(lines)
 

@@ -40,14 +40,14 @@ HEADROOM = 2.0  # the top level must reach this multiple of the largest calibrat
 
 
 def rate_error(
-    values: Tensor, theta: Tensor, levels: int, rounding: str, neuron: str, horizon: int
+    values: Tensor, theta: Tensor, levels: int, rounding: str, neuron: str, horizon: int, per_octave: int = 1
 ) -> Tensor:
     """Mean over t = 1..H of the squared rate error (Φ(t) - a)² of one neuron with constant input a.
 
     With v(0) = 0 and constant input, S(t) = t·a - v(t), so Φ(t) - a = -v(t)/t: the error is read
     off the membrane. ``values`` and ``theta`` broadcast against each other (θ1 = θ2 = θ).
     """
-    cell = MTNeuron(theta, theta, levels, rounding, neuron)
+    cell = MTNeuron(theta, theta, levels, rounding, neuron, per_octave)
     current = values.expand(torch.broadcast_shapes(values.shape, theta.shape))
     error = torch.zeros_like(current)
     for t in range(1, horizon + 1):
@@ -57,7 +57,13 @@ def rate_error(
 
 
 def mse_thresholds(
-    observer: HistogramObserver, percentile: float, levels: int, rounding: str, neuron: str, horizon: int
+    observer: HistogramObserver,
+    percentile: float,
+    levels: int,
+    rounding: str,
+    neuron: str,
+    horizon: int,
+    per_octave: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """θ1, θ2 that minimize the expected rate error over the first ``horizon`` steps.
 
@@ -67,7 +73,7 @@ def mse_thresholds(
     directly by the input. Smaller θ means finer resolution and more spikes; the percentile
     threshold of ECMT is one of the candidates (j = 0).
 
-    Candidates whose top level (θ·2^(n-1), or θ·(2^n - 1) for the burst neuron) is below
+    Candidates whose top level (θ·2^((n-1)/s), or θ·(2^n - 1) for the burst neuron) is below
     ``HEADROOM`` times the largest calibration value are excluded when any candidate reaches it:
     a value beyond the top level saturates the neuron, and the largest value seen in calibration,
     per channel especially, underestimates the largest value met in evaluation.
@@ -89,11 +95,11 @@ def mse_thresholds(
             chosen.append(torch.zeros_like(reference))
             continue
         error = rate_error(
-            values[used].view(1, 1, -1), theta.unsqueeze(-1), levels, rounding, neuron, horizon
+            values[used].view(1, 1, -1), theta.unsqueeze(-1), levels, rounding, neuron, horizon, per_octave
         )
         score = (error * weights[:, used].unsqueeze(1)).sum(-1)  # [C, J]
         largest = observer.percentile(100.0 if q > 50 else 0.0).abs().flatten().to(counts.device).double()
-        top = theta * top_level(levels, neuron)
+        top = theta * top_level(levels, neuron, per_octave)
         covers = top >= HEADROOM * largest.view(-1, 1)
         score = torch.where(covers | ~covers.any(1, keepdim=True), score, torch.inf)
         best = theta.gather(1, score.argmin(1, keepdim=True)).squeeze(1).float()

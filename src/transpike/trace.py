@@ -269,7 +269,8 @@ class _Tracker:
 def _at_top(neuron: MTNeuron, spikes: Tensor) -> float:
     """The share of a neuron's outputs at its top level, on either side."""
     theta = torch.where(spikes > 0, neuron.theta_pos, neuron.theta_neg)
-    top = theta * (top_level(neuron.levels, neuron.neuron) * (1 - 1e-6))  # outputs are θ·c, rounded
+    # outputs are θ·c, rounded
+    top = theta * (top_level(neuron.levels, neuron.neuron, neuron.per_octave) * (1 - 1e-6))
     return (spikes.abs() >= top).double().mean().item()
 
 
