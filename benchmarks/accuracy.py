@@ -37,6 +37,12 @@ CONFIGS = {
     "mse": dict(threshold="mse"),
     "mse + nearest": dict(threshold="mse", rounding="nearest"),
     "mse + nearest + per-channel": dict(threshold="mse", rounding="nearest", granularity="channel"),
+    "mse, 4 levels per octave": dict(threshold="mse", levels_per_octave=4),
+    "mse + nearest, 2 levels per octave": dict(threshold="mse", rounding="nearest", levels_per_octave=2),
+    "mse + nearest, 4 levels per octave": dict(threshold="mse", rounding="nearest", levels_per_octave=4),
+    "mse + nearest + per-channel, 4 levels per octave": dict(
+        threshold="mse", rounding="nearest", granularity="channel", levels_per_octave=4
+    ),
     "burst + mse, levels=4": dict(neuron="burst", threshold="mse", levels=4),
     "burst + mse": dict(neuron="burst", threshold="mse"),
     "SIT (K = 12)": dict(method="sit"),

@@ -44,6 +44,7 @@ CONFIGS = {
     "mse": dict(threshold="mse"),
     "mse+nearest": dict(threshold="mse", rounding="nearest"),
     "mse+nearest+channel": dict(threshold="mse", rounding="nearest", granularity="channel"),
+    "mse+nearest+octave4": dict(threshold="mse", rounding="nearest", levels_per_octave=4),
     "levels=1": dict(levels=1),
     "no-ec": dict(compensation=False),
     "burst+mse": dict(neuron="burst", threshold="mse"),
