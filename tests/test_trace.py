@@ -175,12 +175,16 @@ def test_sensitivity_measures_the_anns_amplification():
     assert sensitivity(transpike.convert(model, torch.randn(64, 8)), x, 0.01) < 0.001
 
 
-@pytest.mark.parametrize("neuron, top", [("mt", 2.0), ("burst", 3.0)])
-def test_saturation_is_the_share_of_outputs_at_the_top_level(neuron, top):
-    """Inputs far above the calibrated range fire the top level every step (θ·2^(n-1), or θ·(2^n
-    - 1) for burst neurons); inputs inside it, never. Only neuron rows have a saturation."""
+@pytest.mark.parametrize(  # levels 1, 2^(1/3), 2^(2/3), 2 with 3 to an octave
+    "neuron, levels, per_octave, top", [("mt", 2, 1, 2.0), ("burst", 2, 1, 3.0), ("mt", 4, 3, 2.0)]
+)
+def test_saturation_is_the_share_of_outputs_at_the_top_level(neuron, levels, per_octave, top):
+    """Inputs far above the calibrated range fire the top level every step (θ·2^((n-1)/s), or
+    θ·(2^n - 1) for burst neurons); inputs inside it, never. Only neuron rows have a saturation."""
     model = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(8, 8)).eval()
-    snn = transpike.convert(model, torch.rand(64, 8), levels=2, neuron=neuron)
+    snn = transpike.convert(
+        model, torch.rand(64, 8), levels=levels, neuron=neuron, levels_per_octave=per_octave
+    )
     neuron_module = snn.network.get_submodule("1.neuron")
     far = torch.full((4, 8), 100.0)
     rows = {row.path: row for row in trace(snn, far, 5).rows}
