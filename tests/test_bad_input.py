@@ -275,6 +275,11 @@ def test_levels_per_octave_bound_the_levels_and_refuse_burst_neurons(images):
         transpike.convert(tiny_vit(), images[0], neuron="burst", levels_per_octave=4)
 
 
+def test_levels_per_octave_with_percentile_thresholds_warn(images):
+    with pytest.warns(UserWarning, match="levels_per_octave > 1 pays with threshold='mse'"):
+        transpike.convert(tiny_vit(), images[0], levels_per_octave=2)
+
+
 def test_sit_steps_without_a_fit_are_refused_before_calibration(images):
     with pytest.raises(ValueError, match=r"sit_steps must be one of the fitted K \[4, 5, .*32\], got 17"):
         transpike.convert(tiny_vit(), images[0], method="sit", sit_steps=17)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
@@ -479,6 +480,14 @@ def convert(
     if unknown:
         raise ValueError(f"unknown conversion option(s) {sorted(unknown)}; see transpike.ConversionOptions")
     options = ConversionOptions(method=method, levels=levels, percentile=percentile, **options)
+    if options.levels_per_octave > 1 and options.threshold == "percentile":
+        warnings.warn(
+            "levels_per_octave > 1 pays with threshold='mse': percentile thresholds put θ1, the smallest "
+            "level, at P_p, below which nearly every value lies, and greedy rounding then overshoots in "
+            "the first octave (BENCHMARKS.md §1)",
+            UserWarning,
+            stacklevel=2,
+        )
     batches = _batches(calibration)
     first = next(batches, None)
     if first is None or max_batches == 0:
