@@ -352,7 +352,7 @@ def test_parallel_weights_with_levels_per_octave(images):
     # rounding (levels that are not powers of two round differently in W·λ_p and in λ_p·θ then W)
     calibration, x = images
     snn = transpike.convert(
-        tiny_vit().double(), calibration.double(), levels_per_octave=2, rounding="nearest"
+        tiny_vit().double(), calibration.double(), levels_per_octave=2, threshold="mse", rounding="nearest"
     )
     layer = snn.parallel().network.blocks[0].mlp.fc1
     assert layer.layer.weight.shape == (96, 2 * 15 * 24) and layer.neuron.per_octave == 2

@@ -175,6 +175,7 @@ def test_sensitivity_measures_the_anns_amplification():
     assert sensitivity(transpike.convert(model, torch.randn(64, 8)), x, 0.01) < 0.001
 
 
+@pytest.mark.filterwarnings("ignore:levels_per_octave > 1 pays")  # percentile thresholds, on purpose
 @pytest.mark.parametrize(  # levels 1, 2^(1/3), 2^(2/3), 2 with 3 to an octave
     "neuron, levels, per_octave, top", [("mt", 2, 1, 2.0), ("burst", 2, 1, 3.0), ("mt", 4, 3, 2.0)]
 )
