@@ -155,12 +155,14 @@ def mt_fire(
         x with the shape of m: 0 or ±θ·2^(k/s).
     """
     theta, level = _scaled(m, theta_pos, theta_neg, out, scratch)
-    level = _level_floor(level, levels, per_octave)
     if rounding == "nearest":
-        # |m|/θ at or above the midpoint below 2^(k/s) iff |m|/θ · 2/(1 + 2^(-1/s)) ≥ 2^(k/s)
+        # |m|/θ at or above the midpoint below 2^(k/s) iff |m|/θ · 2/(1 + 2^(-1/s)) ≥ 2^(k/s);
+        # at least the lowest level where |m| ≥ θ/2 (|m|/θ + 1/2 ≥ 1)
         scale = 2.0 / (1.0 + 2.0 ** (-1.0 / per_octave))
         nearest = _level_floor(torch.div(m, theta).mul_(scale), levels, per_octave)
-        torch.maximum(nearest, level.clamp_(max=1.0), out=level)
+        level = torch.maximum(nearest, level.ge_(1.0), out=level)
+    else:
+        level = _level_floor(level, levels, per_octave)
     return level.mul_(theta)
 
 
