@@ -116,7 +116,8 @@ class SpikeStatistics:
             theta = _signed_threshold(x, neuron.theta_pos.float(), neuron.theta_neg.float(), None)
             level = x.div(theta).log2_().mul_(neuron.per_octave).round_()  # -inf: no spike
             # positive levels 0..n-1, negative n..2n-1, no spike 2n
-            index = level.add_((x < 0) * n).nan_to_num_(neginf=2 * n).to(torch.int64)
+            # (a float mask with alpha: a bool times an int would promote through int64, 7x slower)
+            index = level.add_(x.lt(0).to(level.dtype), alpha=n).nan_to_num_(neginf=2 * n).to(torch.int32)
             histogram = torch.bincount(index.flatten(), minlength=2 * n + 1)[: 2 * n].view(2, n)
             return histogram, (histogram.sum() > 0).to(torch.int64)
         if neuron.neuron == "mt":
