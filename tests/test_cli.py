@@ -18,6 +18,7 @@ import transpike
 from transpike import cli, digits
 from transpike.data import load_dataset
 from transpike.evaluate import World, evaluate
+from transpike.exits import CONFIDENCES
 from transpike.io import rebuild_ann
 from transpike.model import SpikingModel
 from transpike.progress import Progress
@@ -62,10 +63,14 @@ def test_demo_writes_results(tmp_path, capsys):
     energy = results["energy"]
     assert energy["ann_macs"] > 0 and len(energy["energy_ratio"]) == 3
     assert {"path", "kind", "ann_macs", "snn_acs", "input_firing_rate"} <= set(energy["layers"][0])
-    for name in ("energy", "firing_rates", "spike_levels"):
+    for name in ("energy", "firing_rates", "spike_levels", "early_exit"):
         assert Image.open(out / f"{name}.png").size[0] > 100
+    exits = (out / "early_exit.csv").read_text().splitlines()
+    assert exits[0] == "confidence,snn_top1,difference,mean_steps,energy_ratio,exit_t1,exit_t2,exit_t3"
+    assert [line.split(",")[0] for line in exits[1:]] == [f"{c:g}" for c in CONFIDENCES]
+    assert [row["confidence"] for row in results["early_exit"]] == list(CONFIDENCES)
     printed = capsys.readouterr().out
-    assert "SNN top-1" in printed and "ECMT form" in printed
+    assert "SNN top-1" in printed and "ECMT form" in printed and "early exit" in printed
 
 
 def test_demo_refuses_to_overwrite(tmp_path, capsys):
@@ -101,7 +106,7 @@ def test_convert_then_eval_equals_eval_with_conversion(tmp_path, npz_data, metho
     assert run("convert", *MODEL, *calibration, "--out", snn_file) == 0
     assert run("eval", "--snn", snn_file, "--data", npz_data, "--time-steps", 4, "--out", tmp_path / "a") == 0
     argv = ["eval", *MODEL, *calibration, "--data", npz_data, "--time-steps", 4]
-    assert run(*argv, "--out", tmp_path / "b") == 0
+    assert run(*argv, "--out", tmp_path / "b", "--exit-confidence", 0.6, 1) == 0
     argv = ["eval", "--snn", snn_file, "--data", npz_data, "--time-steps", 4, "--fuse"]
     assert run(*argv, "--out", tmp_path / "c") == 0
     a, b, c = (json.loads((tmp_path / d / "results.json").read_text()) for d in "abc")
@@ -113,6 +118,8 @@ def test_convert_then_eval_equals_eval_with_conversion(tmp_path, npz_data, metho
     )
     assert c["fused"] and not a["fused"]
     assert (c["snn_top1"], c["energy"]) == (a["snn_top1"], a["energy"])  # same spikes, compiled
+    assert [row["confidence"] for row in b["early_exit"]] == [0.6, 1.0]
+    assert b["early_exit"][-1]["snn_top1"] == b["snn_top1"][-1] and b["early_exit"][-1]["mean_steps"] == 4
 
 
 def test_convert_refuses_existing_file(tmp_path, npz_data, capsys):
@@ -385,6 +392,7 @@ CALIB = ["--calib", "digits"]
         (["eval", "--snn", "x", "--calib-batch-size", "8", *EVAL], "--calib-batch-size: x is a converted"),
         (["eval", *MODEL, *CALIB, "--calib-batch-size", "0", *EVAL], "--calib-batch-size must be >= 1"),
         (["eval", "--snn", "x", "--workers", "-1", *EVAL], "--workers must be >= 0, got -1"),
+        (["eval", "--snn", "x", "--exit-confidence", "0.9", "0", *EVAL], "--exit-confidence: early-exit"),
     ],
 )
 def test_errors_are_one_line_with_status_2(argv, message, tmp_path, capsys, monkeypatch):
@@ -463,6 +471,9 @@ def test_torchrun_two_processes_match_one(tmp_path, npz_data):
     single, dist = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("single", "dist"))
     assert dist["processes"] == 2 and dist["num_samples"] == single["num_samples"] == 12
     assert dist["snn_top1"] == single["snn_top1"] and dist["ann_top1"] == single["ann_top1"]
+    for one, two in zip(single["early_exit"], dist["early_exit"], strict=True):
+        assert one.pop("energy_ratio") == pytest.approx(two.pop("energy_ratio"))  # sums in another order
+        assert one == two
     for key in ("energy_ratio", "energy_ratio_full", "energy_ratio_sit", "snn_acs", "softmax_acs"):
         assert dist["energy"][key] == pytest.approx(single["energy"][key])
     assert dist["energy"]["level_histogram"] == single["energy"]["level_histogram"]

@@ -41,6 +41,7 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_totals(setup, tm
     assert resumed["snn_top1"] == whole["snn_top1"] and whole["resumed_samples"] == 0
     assert resumed["ann_top1"] == whole["ann_top1"]
     assert resumed["energy"].to_dict() == whole["energy"].to_dict()  # spike sums exact in float64
+    assert resumed["early_exit"] == whole["early_exit"]
     # a finished evaluation's totals say so: resumed again, it simulates nothing
     seen.clear()
     again = evaluate(
@@ -60,6 +61,7 @@ def test_a_resumed_evaluation_must_be_the_same_evaluation(setup, tmp_path, image
         (dict(time_steps=2, limit=8), dict(data="a"), "samples 6 there, 8 here"),
         (dict(time_steps=2, limit=6), dict(data="b"), "data 'a' there, 'b' here"),
         (dict(time_steps=2, limit=6, energy=False), dict(data="a"), "energy True there, False here"),
+        (dict(time_steps=2, limit=6, confidences=(0.9,)), dict(data="a"), r"exit_confidences \[0.5, "),
     ]
     for kwargs, context, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -78,8 +80,8 @@ def test_a_resumed_evaluation_must_be_the_same_evaluation(setup, tmp_path, image
             store=Progress(folder, "eval", dict(data="a"), True),
         )
     other_format = Progress(folder, "eval", dict(data="a"), True)
-    monkeypatch.setattr("transpike.progress.VERSION", 2)  # totals written in another layout
-    with pytest.raises(ValueError, match="format 1 there, 2 here"):
+    monkeypatch.setattr("transpike.progress.VERSION", 3)  # totals written in another layout
+    with pytest.raises(ValueError, match="format 2 there, 3 here"):
         evaluate(snn, model, data, 2, limit=6, progress=False, store=other_format)
     (folder / "eval.rank0.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="not a transpike progress file"):

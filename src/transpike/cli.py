@@ -37,13 +37,21 @@ from .data import SPEC_HELP, load_dataset, parse_spec
 from .energy import E_AC, E_MAC
 from .errors import ConversionError, FusionError, GraphError
 from .evaluate import World, evaluate, init_world
+from .exits import CONFIDENCES, check_confidences
 from .io import load, rebuild_ann, save
 from .model import SpikingModel
 from .models import cached_weights, create_model, load_checkpoint, model_spec, spec_name, torchvision_weights
 from .neurons import NEURONS, ROUNDINGS
 from .progress import FOLDER as PROGRESS_FOLDER
 from .progress import Progress
-from .results import check_output_dir, format_blocks_table, format_table, write_results, write_trace
+from .results import (
+    check_output_dir,
+    format_blocks_table,
+    format_exit_table,
+    format_table,
+    write_results,
+    write_trace,
+)
 from .sit import MODES as SIT_MODES
 from .trace import sensitivity, trace
 
@@ -243,6 +251,7 @@ class EvalSettings:
     e_ac: float
     resume: bool = False
     workers: int = 0
+    exit_confidence: tuple[float, ...] = CONFIDENCES
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides) -> EvalSettings:
@@ -275,7 +284,7 @@ def run_evaluation(
     counts = evaluate(
         snn, ann, dataset, settings.time_steps, settings.batch_size, settings.limit, settings.device, world,
         energy=settings.energy, e_mac=settings.e_mac, e_ac=settings.e_ac, store=store,
-        workers=settings.workers,
+        workers=settings.workers, confidences=settings.exit_confidence,
     )  # fmt: skip
     report = counts.pop("energy", None)
     if report is not None:
@@ -298,6 +307,8 @@ def run_evaluation(
         print(format_table(results))
         if report is not None:
             print("\n" + report.summary())
+        if "early_exit" in results:
+            print("\n" + format_exit_table(results))
         if write:
             paths = write_results(results, settings.out)
             print("\nwrote " + ", ".join(str(p) for p in paths))
@@ -311,6 +322,10 @@ def check_eval_args(args: argparse.Namespace) -> None:
         positive("--workers", args.workers, least=0)
     if args.limit is not None:
         positive("--limit", args.limit)
+    try:
+        check_confidences(args.exit_confidence)
+    except ValueError as error:
+        raise UsageError(f"--exit-confidence: {error}") from None
     if args.resume and args.force:
         raise UsageError("--resume continues an interrupted evaluation, --force starts over: give one")
     if args.graphs and not args.device.startswith("cuda"):
@@ -605,6 +620,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true",
         help="continue the interrupted evaluation whose totals are in --out (the same arguments; "
         "--batch-size and --device may change)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--exit-confidence", type=float, nargs="+", default=list(CONFIDENCES), metavar="C",
+        help="early-exit thresholds: also report the accuracy and mean steps when each sample stops at "
+        "the first t where its top-1 probability reaches C (default: "
+        + " ".join(f"{c:g}" for c in CONFIDENCES) + ")",
     )  # fmt: skip
     ev.add_argument(
         "--blocks", type=int, nargs="+", metavar="K",

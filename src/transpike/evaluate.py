@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from .energy import E_AC, E_MAC, count_dense_work, energy_report
+from .exits import CONFIDENCES, check_confidences, exit_counts, exit_table
 from .model import SpikingModel
 from .progress import Progress
 from .spikes import SpikeMonitor
@@ -73,18 +74,22 @@ def evaluate(
     e_ac: float = E_AC,
     store: Progress | None = None,
     workers: int = 0,
+    confidences: tuple[float, ...] = CONFIDENCES,
 ) -> dict:
     """Top-1 accuracy (percent) of the ANN and of the SNN after each t = 1..T, and what it cost.
 
-    ``workers`` processes read and preprocess the samples (0: this process). With ``store``, the
-    running totals are saved as the evaluation goes (and when it stops on an exception), and a
-    resumed evaluation continues from the saved ones (:mod:`transpike.progress`).
+    ``workers`` processes read and preprocess the samples (0: this process). ``confidences``: the
+    thresholds c of the early-exit rule (:mod:`transpike.exits`), read from the same run (none: no
+    early-exit rows). With ``store``, the running totals are saved as the evaluation goes (and when
+    it stops on an exception), and a resumed evaluation continues from the saved ones
+    (:mod:`transpike.progress`).
 
     Returns:
         dict with ``num_samples``, ``ann_top1``, ``snn_top1`` (list, index t-1 = after t steps),
-        ``ann_top5``, ``snn_top5`` (the same for top-5),
-        ``resumed_samples`` (those counted before this run, from ``store``) and, with ``energy``,
-        the :class:`~transpike.energy.EnergyReport` of all samples as ``energy``.
+        ``ann_top5``, ``snn_top5`` (the same for top-5), ``early_exit`` (one row per threshold c,
+        :func:`~transpike.exits.exit_table`), ``resumed_samples`` (those counted before this run,
+        from ``store``) and, with ``energy``, the :class:`~transpike.energy.EnergyReport` of all
+        samples as ``energy``.
     """
     world = world or World()
     total = len(dataset) if limit is None else min(limit, len(dataset))
@@ -92,8 +97,11 @@ def evaluate(
         raise ValueError("the evaluation data is empty")
     snn.to(device)
     ann.to(device).eval()
-    # counts: samples; ANN top-1 and top-5 correct; SNN top-1 correct after t = 1..T, then top-5
-    counts = torch.zeros(3 + 2 * time_steps, dtype=torch.float64, device=device)
+    # counts: samples; ANN top-1 and top-5 correct; SNN top-1 correct after t = 1..T, then top-5;
+    # then per early-exit threshold, the samples exiting after t = 1..T and those right at their exit
+    exits = torch.tensor(check_confidences(confidences), dtype=torch.float64)
+    width = 3 + 2 * time_steps
+    counts = torch.zeros(width + exits.numel() * (time_steps + 1), dtype=torch.float64, device=device)
     # Dense work is the same for every sample: count it on one sample, before spikes are monitored.
     dense = count_dense_work(snn, dataset[0][0].unsqueeze(0).to(device)) if energy else None
     shard = range(world.rank, total, world.size)
@@ -109,7 +117,7 @@ def evaluate(
         key = saved = None
         if store:  # what a resumed evaluation must share with the interrupted one
             key = dict(network=snn.digest(), samples=total, time_steps=time_steps, processes=world.size,
-                       energy=energy)  # fmt: skip
+                       energy=energy, exit_confidences=list(confidences))  # fmt: skip
             saved = store.restore(key, world.rank)
         if saved is not None:
             counts.copy_(saved["counts"])
@@ -126,7 +134,9 @@ def evaluate(
                 x, y = x.to(device), y.to(device)
                 counts[0] += len(y)
                 counts[1:3] += correct(ann(x), y)
-                counts[3:] += correct(snn.simulate(x, time_steps), y).flatten()
+                outputs = snn.simulate(x, time_steps)
+                counts[3:width] += correct(outputs, y).flatten()
+                counts[width:] += exit_counts(outputs, y, exits).flatten()
                 done += len(y)
                 if store:
                     last = totals(done)
@@ -149,9 +159,12 @@ def evaluate(
         ann_top1=percent[1],
         snn_top1=percent[3 : 3 + time_steps],
         ann_top5=percent[2],
-        snn_top5=percent[3 + time_steps :],
+        snn_top5=percent[3 + time_steps : width],
         resumed_samples=resumed,
     )
     if monitor is not None:
         results["energy"] = energy_report(monitor, dense, samples, time_steps, e_mac, e_ac)
+    if exits.numel():
+        ratio = results["energy"].ratio["ecmt"] if monitor is not None else None
+        results["early_exit"] = exit_table(counts[width:].view(exits.numel(), -1), exits, ratio)
     return results

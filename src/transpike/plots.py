@@ -45,6 +45,25 @@ def plot_accuracy(results: dict, path: Path) -> Path:
     return path
 
 
+def plot_early_exit(results: dict, path: Path) -> Path:
+    """Top-1 against the mean number of steps: a fixed T = t for every sample, and the early-exit
+    rule at each confidence threshold c (:mod:`transpike.exits`)."""
+    steps = list(range(1, len(results["snn_top1"]) + 1))
+    rows = results["early_exit"]
+    with _figure(path) as ax:
+        ax.plot(steps, results["snn_top1"], marker="o", label="SNN, every sample t steps")
+        ax.plot([r["mean_steps"] for r in rows], [r["snn_top1"] for r in rows], marker="s",
+                label="SNN, early exit at confidence c")  # fmt: skip
+        for row in rows:
+            ax.annotate(f"{row['confidence']:g}", (row["mean_steps"], row["snn_top1"]), fontsize=6,
+                        xytext=(3, -8), textcoords="offset points")  # fmt: skip
+        ax.axhline(
+            results["ann_top1"], color="gray", linestyle="--", label=f"ANN ({results['ann_top1']:.2f} %)"
+        )
+        _against(ax, steps, "mean time steps per sample", "top-1 accuracy (%)", "lower right")
+    return path
+
+
 def plot_energy(energy: dict, path: Path) -> Path:
     """SNN/ANN energy after t steps: ECMT's form, the full form and SIT's formula."""
     steps = list(range(1, len(energy["energy_ratio"]) + 1))

@@ -4,12 +4,13 @@
 one) and each process, a safetensors file with the correct counts so far, the spike monitor's
 records (:meth:`~transpike.spikes.SpikeMonitor.state`) and how many of the process's samples are
 done, under a key that a resumed run must match: the network's digest, the data, the number of
-samples, T, the number of processes, whether spikes are counted, and the version of the file's
-layout (``VERSION``: totals of another layout are refused, not misread). The file is replaced
-atomically at the end of the first batch ``every`` seconds after the last save, and when the run
-stops on an exception (Ctrl-C, SIGTERM under ``transpike eval``, running out of memory) with the
-totals of the last whole batch, so a killed run repeats at most ``every`` seconds and a batch. A
-save that fails warns and the evaluation goes on: the totals matter only if it is interrupted.
+samples, T, the number of processes, whether spikes are counted, the early-exit thresholds and the
+version of the file's layout (``VERSION``: totals of another layout are refused, not misread). The
+file is replaced atomically at the end of the first batch ``every`` seconds after the last save,
+and when the run stops on an exception (Ctrl-C, SIGTERM under ``transpike eval``, running out of
+memory) with the totals of the last whole batch, so a killed run repeats at most ``every`` seconds
+and a batch. A save that fails warns and the evaluation goes on: the totals matter only if it is
+interrupted.
 Resumed, the totals are those of an uninterrupted run: they are sums of integers, exact in
 float64, and the batch size may change.
 """
@@ -28,7 +29,7 @@ from torch import Tensor
 from .io import atomic_write
 
 FOLDER = "progress"
-VERSION = 1  # of the tensors' layout: totals of another layout are refused, not misread
+VERSION = 2  # of the tensors' layout, 2 with early-exit counts: another layout's are refused, not misread
 INTERVAL = 60.0  # seconds between saves: what a killed run may have to repeat
 
 

@@ -1,5 +1,6 @@
-"""Result files of an evaluation in one directory: results.json, results.csv, accuracy.png and,
-with energy accounting, energy.png, firing_rates.png and spike_levels.png.
+"""Result files of an evaluation in one directory: results.json, results.csv, accuracy.png,
+early_exit.csv, early_exit.png and, with energy accounting, energy.png, firing_rates.png and
+spike_levels.png.
 
 A directory that already holds files is never written into unless ``force`` is given, and each
 file is written atomically, so an interrupted run leaves the previous results intact.
@@ -12,7 +13,15 @@ import json
 from pathlib import Path
 
 from .io import atomic_write
-from .plots import plot_accuracy, plot_blocks, plot_energy, plot_firing_rates, plot_spike_levels, plot_trace
+from .plots import (
+    plot_accuracy,
+    plot_blocks,
+    plot_early_exit,
+    plot_energy,
+    plot_firing_rates,
+    plot_spike_levels,
+    plot_trace,
+)
 
 
 def check_output_dir(path: str | Path, force: bool) -> Path:
@@ -43,6 +52,10 @@ def write_results(results: dict, out: Path) -> list[Path]:
     atomic_write(csv_path, write_csv)
     atomic_write(png_path, lambda tmp: plot_accuracy(results, tmp))
     paths = [json_path, csv_path, png_path]
+    if "early_exit" in results:
+        paths += [out / "early_exit.csv", out / "early_exit.png"]
+        atomic_write(paths[-2], lambda tmp: _write_exit_csv(results, tmp))
+        atomic_write(paths[-1], lambda tmp: plot_early_exit(results, tmp))
     if "blocks_sweep" in results:
         paths.append(out / "accuracy_vs_blocks.png")
         atomic_write(paths[-1], lambda tmp: plot_blocks(results, tmp))
@@ -55,6 +68,21 @@ def write_results(results: dict, out: Path) -> list[Path]:
             paths.append(out / f"{name}.png")
             atomic_write(paths[-1], lambda tmp, plot=plot: plot(results["energy"], tmp))
     return paths
+
+
+def _write_exit_csv(results: dict, path: Path) -> None:
+    """One line per early-exit threshold c: top-1, its difference to the ANN's, the mean number of
+    steps, the energy estimate (empty without energy accounting) and the share exiting after each t."""
+    rows = results["early_exit"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        head = ["confidence", "snn_top1", "difference", "mean_steps", "energy_ratio"]
+        writer.writerow(head + [f"exit_t{t}" for t in range(1, len(rows[0]["exits"]) + 1)])
+        for row in rows:
+            energy = f"{row['energy_ratio']:.4f}" if "energy_ratio" in row else ""
+            values = [row["snn_top1"], row["snn_top1"] - results["ann_top1"], row["mean_steps"]]
+            shares = [f"{share:.6f}" for share in row["exits"]]
+            writer.writerow([f"{row['confidence']:g}", *(f"{v:.4f}" for v in values), energy, *shares])
 
 
 def write_trace(trace: dict, out: Path) -> list[Path]:
@@ -104,4 +132,18 @@ def format_table(results: dict) -> str:
     lines = [head + counted, "", "  t   SNN top-1   vs ANN   SNN top-5"]
     for t, (top1, top5) in enumerate(zip(results["snn_top1"], results["snn_top5"], strict=True), 1):
         lines.append(f"{t:>3}   {top1:8.2f} %   {top1 - ann:+6.2f}   {top5:8.2f} %")
+    return "\n".join(lines)
+
+
+def format_exit_table(results: dict) -> str:
+    """The early-exit table printed by the command line (:mod:`transpike.exits`)."""
+    rows, ann = results["early_exit"], results["ann_top1"]
+    energy = "energy_ratio" in rows[0]
+    head = "      c   SNN top-1   vs ANN   mean t"
+    head += "   energy SNN/ANN (ECMT form, estimate)" if energy else ""
+    lines = ["early exit: each sample stops at the first t where its top-1 probability reaches c", head]
+    for row in rows:
+        line = f"{row['confidence']:>7g}   {row['snn_top1']:8.2f} %   {row['snn_top1'] - ann:+6.2f}   "
+        line += f"{row['mean_steps']:6.2f}"
+        lines.append(line + (f"   {row['energy_ratio']:36.3f}" if energy else ""))
     return "\n".join(lines)

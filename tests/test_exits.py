@@ -1,0 +1,72 @@
+"""Early exit: each sample stops at the first t where its top-1 probability reaches c."""
+
+import pytest
+import torch
+from conftest import tiny_vit
+from torch.utils.data import TensorDataset
+
+import transpike
+from transpike.evaluate import evaluate
+from transpike.exits import check_confidences, exit_counts, exit_steps, exit_table
+
+
+def test_a_sample_exits_at_its_first_confident_step():
+    # three samples, two classes: confident (p = 0.88) at t = 1; at t = 2 only; never (runs T = 3)
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 0.1], [0.0, 0.2]],
+                           [[0.0, 0.0], [0.0, 3.0], [0.0, 0.1]],
+                           [[3.0, 0.0], [0.0, 0.0], [0.3, 0.0]]])  # fmt: skip
+    assert exit_steps(logits, torch.tensor([0.8])).tolist() == [[0, 1, 2]]
+    assert exit_steps(logits, torch.tensor([0.5, 1.0])).tolist() == [[0, 0, 0], [2, 2, 2]]
+    # exits after t = 1, 2, 3; right at exit: class 0 (right), class 1 (wrong), class 0 at t = 3 (right)
+    counts = exit_counts(logits, torch.tensor([0, 0, 0]), torch.tensor([0.8]))
+    assert counts.tolist() == [[1, 1, 1, 2]]
+    (row,) = exit_table(counts, torch.tensor([0.8]), energy_ratio=[0.1, 0.3, 0.6])
+    assert row["snn_top1"] == pytest.approx(200 / 3) and row["mean_steps"] == pytest.approx(2.0)
+    assert row["exits"] == pytest.approx([1 / 3] * 3) and row["energy_ratio"] == pytest.approx(1.0 / 3)
+    assert "energy_ratio" not in exit_table(counts, torch.tensor([0.8]))[0]
+
+
+def test_exit_counts_follow_the_rule_sample_by_sample():
+    gen = torch.Generator().manual_seed(0)
+    outputs = torch.randn(6, 40, 5, generator=gen) * 2
+    labels = torch.randint(0, 5, (40,), generator=gen)
+    confidences = torch.tensor([0.3, 0.6, 0.9])
+    counts = exit_counts(outputs, labels, confidences)
+    probabilities = outputs.softmax(-1)
+    for row, c in zip(counts, confidences.tolist(), strict=True):
+        exits, right = [0] * 6, 0
+        for b in range(40):  # the rule as stated, one sample at a time
+            t = next((t for t in range(6) if probabilities[t, b].max() >= c), 5)
+            exits[t] += 1
+            right += int(outputs[t, b].argmax() == labels[b])
+        assert row.tolist() == [*exits, right]
+
+
+def test_evaluate_reads_the_exits_from_the_same_run(images):
+    calibration, _ = images
+    model = tiny_vit(num_classes=10)
+    snn = transpike.convert(model, calibration)
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(24, 3, 16, 16, generator=gen), torch.randint(0, 10, (24,), generator=gen)
+    data = TensorDataset(x, y)
+    results = evaluate(snn, model, data, 5, batch_size=7, progress=False, confidences=(0.01, 1.0))
+    low, high = results["early_exit"]
+    # c below every probability: all exit after one step; c = 1 is never reached: all run T steps
+    assert low["mean_steps"] == 1.0 and low["snn_top1"] == results["snn_top1"][0]
+    assert high["mean_steps"] == 5.0 and high["snn_top1"] == results["snn_top1"][-1]
+    assert low["energy_ratio"] == results["energy"].ratio["ecmt"][0]
+    assert high["energy_ratio"] == pytest.approx(results["energy"].ratio["ecmt"][-1])
+    counts = exit_counts(snn.simulate(x, 5), y, torch.tensor([0.3, 0.5]))
+    rows = evaluate(snn, model, data, 5, batch_size=24, progress=False, confidences=(0.3, 0.5),
+                    energy=False)["early_exit"]  # fmt: skip
+    assert [row["snn_top1"] for row in rows] == (100.0 * counts[:, -1] / 24).tolist()
+    assert all("energy_ratio" not in row for row in rows)
+    no_exits = evaluate(snn, model, data, 2, progress=False, energy=False, confidences=())
+    assert "early_exit" not in no_exits
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, float("nan")])
+def test_confidences_outside_the_unit_interval_are_refused(bad):
+    with pytest.raises(ValueError, match=r"early-exit confidences must lie in \(0, 1\]"):
+        check_confidences([0.9, bad])
+    assert check_confidences([0.5, 1]) == (0.5, 1.0)
