@@ -4,7 +4,9 @@ The small ViT of ``transpike.digits`` (trained here, seeded, cached) is calibrat
 split and evaluated on the test split with ``transpike.evaluate`` (energy accounting on). Per
 configuration: top-1 after every t, the SNN/ANN energy after every t (ECMT's form: synaptic ACs
 only; full form: with the analog float work), spikes per neuron per step and the largest number of
-spikes one neuron emits in one step. Also: simulation time with and without accounting.
+spikes one neuron emits in one step. Also: simulation time with and without accounting, and the
+early-exit rule (``transpike.exits``) read from the same runs: per confidence threshold c, top-1 and
+the mean number of steps, against fixed steps of the same mean.
 
     python benchmarks/accuracy.py [--out benchmarks/out/accuracy.json]
 """
@@ -75,6 +77,29 @@ def accounting_overhead(snn: transpike.SpikingModel, x: torch.Tensor, repeats: i
     return {name: round(statistics.median(values), 2) for name, values in ratios.items()}
 
 
+def at_steps(top1: list[float], steps: float) -> float:
+    """Top-1 of fixed steps spending ``steps`` on average: a share of the samples stopped after
+    floor(steps), the rest after the next step, chosen without looking at them (linear
+    interpolation between the fixed-t accuracies)."""
+    low = min(int(steps), len(top1) - 1)
+    return top1[low - 1] + (steps - low) * (top1[low] - top1[low - 1])
+
+
+def exit_cells(row: dict, confidences: tuple[float, ...] = (0.9, 0.99)) -> str:
+    """Per threshold c: top-1 - ANN's at the mean number of steps, and the same for fixed steps of
+    that mean."""
+    cells = []
+    for exit_row in (r for r in row["early_exit"] if r["confidence"] in confidences):
+        steps = exit_row["mean_steps"]
+        gap, fixed = (
+            value - row["ann_top1"] for value in (exit_row["snn_top1"], at_steps(row["snn_top1"], steps))
+        )
+        cells.append(
+            f"{gap:+.2f} at {steps:.2f} steps (fixed: {fixed:+.2f}), energy {exit_row['energy_ratio']:.2f}"
+        )
+    return " | ".join(cells)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/accuracy.json"))
@@ -99,6 +124,7 @@ def main() -> None:
                 energy_full=energy.ratio["full"],
                 spikes_per_neuron_step=spikes / sum(s["neurons"] for s in energy.sites) / T,
                 max_spikes_per_neuron_step=energy.max_spikes_per_neuron_step,
+                early_exit=result["early_exit"],
             )
         )
         print(f"{name}: " + " ".join(f"{a:.2f}" for a in result["snn_top1"]), flush=True)
@@ -137,6 +163,10 @@ def main() -> None:
             + " | " + " / ".join(f"{r['energy_full'][t - 1]:.2f}" for t in (1, 4))
             + f" | {r['spikes_per_neuron_step']:.2f} | {r['max_spikes_per_neuron_step']} |"
         )  # fmt: skip
+    print("\n| configuration | early exit c = 0.9: SNN - ANN at mean t | c = 0.99 |")
+    print("|---|---|---|")
+    for r in rows:
+        print(f"| {r['config']} | {exit_cells(r)} |")
 
 
 if __name__ == "__main__":
