@@ -1,11 +1,22 @@
 """What evaluate counts: top-1 and top-5 of the ANN and of the SNN after every t."""
 
+import pytest
 import torch
 from conftest import tiny_vit
 from torch.utils.data import TensorDataset
 
 import transpike
 from transpike.evaluate import correct, evaluate
+from transpike.exits import exit_counts
+
+
+@pytest.fixture
+def setup(images):
+    """A converted tiny ViT of 10 classes, its ANN, and 24 random samples with labels."""
+    model = tiny_vit(num_classes=10)
+    snn = transpike.convert(model, images[0])
+    gen = torch.Generator().manual_seed(5)
+    return snn, model, torch.randn(24, 3, 16, 16, generator=gen), torch.randint(0, 10, (24,), generator=gen)
 
 
 def test_correct_counts_top1_and_top5():
@@ -16,12 +27,8 @@ def test_correct_counts_top1_and_top5():
     assert correct(logits[:, :3], torch.tensor([2, 1, 0])).tolist() == [2, 3]  # 3 classes: top-3
 
 
-def test_evaluate_reports_what_simulate_predicts(images):
-    calibration, _ = images
-    model = tiny_vit(num_classes=10)
-    snn = transpike.convert(model, calibration)
-    gen = torch.Generator().manual_seed(5)
-    x, y = torch.randn(24, 3, 16, 16, generator=gen), torch.randint(0, 10, (24,), generator=gen)
+def test_evaluate_reports_what_simulate_predicts(setup):
+    snn, model, x, y = setup
     results = evaluate(snn, model, TensorDataset(x, y), 6, batch_size=7, progress=False)
     outputs, logits = snn.simulate(x, 6), model(x)
     percent = lambda hits: (100.0 * hits.sum(-1).double() / 24).tolist()  # noqa: E731  (evaluate's formula)
@@ -30,3 +37,22 @@ def test_evaluate_reports_what_simulate_predicts(images):
     assert results["snn_top5"] == percent(ranks < 5)
     assert results["ann_top5"] == percent((logits.topk(5).indices == y[:, None]).any(-1))
     assert all(five >= one for one, five in zip(results["snn_top1"], results["snn_top5"], strict=True))
+
+
+def test_evaluate_reads_the_early_exits_from_the_same_run(setup):
+    snn, model, x, y = setup
+    data = TensorDataset(x, y)
+    results = evaluate(snn, model, data, 5, batch_size=7, progress=False, confidences=(0.01, 1.0))
+    low, high = results["early_exit"]
+    # c below every probability: all exit after one step; c = 1 is never reached: all run T steps
+    assert low["mean_steps"] == 1.0 and low["snn_top1"] == results["snn_top1"][0]
+    assert high["mean_steps"] == 5.0 and high["snn_top1"] == results["snn_top1"][-1]
+    assert low["energy_ratio"] == results["energy"].ratio["ecmt"][0]
+    assert high["energy_ratio"] == pytest.approx(results["energy"].ratio["ecmt"][-1])
+    counts = exit_counts(snn.simulate(x, 5), y, torch.tensor([0.3, 0.5]))
+    rows = evaluate(snn, model, data, 5, batch_size=24, progress=False, confidences=(0.3, 0.5),
+                    energy=False)["early_exit"]  # fmt: skip
+    assert [row["snn_top1"] for row in rows] == (100.0 * counts[:, -1] / 24).tolist()
+    assert all("energy_ratio" not in row for row in rows)
+    no_exits = evaluate(snn, model, data, 2, progress=False, energy=False, confidences=())
+    assert "early_exit" not in no_exits

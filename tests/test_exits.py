@@ -2,11 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_vit
-from torch.utils.data import TensorDataset
 
-import transpike
-from transpike.evaluate import evaluate
 from transpike.exits import check_confidences, exit_counts, exit_steps, exit_table
 
 
@@ -40,29 +36,6 @@ def test_exit_counts_follow_the_rule_sample_by_sample():
             exits[t] += 1
             right += int(outputs[t, b].argmax() == labels[b])
         assert row.tolist() == [*exits, right]
-
-
-def test_evaluate_reads_the_exits_from_the_same_run(images):
-    calibration, _ = images
-    model = tiny_vit(num_classes=10)
-    snn = transpike.convert(model, calibration)
-    gen = torch.Generator().manual_seed(5)
-    x, y = torch.randn(24, 3, 16, 16, generator=gen), torch.randint(0, 10, (24,), generator=gen)
-    data = TensorDataset(x, y)
-    results = evaluate(snn, model, data, 5, batch_size=7, progress=False, confidences=(0.01, 1.0))
-    low, high = results["early_exit"]
-    # c below every probability: all exit after one step; c = 1 is never reached: all run T steps
-    assert low["mean_steps"] == 1.0 and low["snn_top1"] == results["snn_top1"][0]
-    assert high["mean_steps"] == 5.0 and high["snn_top1"] == results["snn_top1"][-1]
-    assert low["energy_ratio"] == results["energy"].ratio["ecmt"][0]
-    assert high["energy_ratio"] == pytest.approx(results["energy"].ratio["ecmt"][-1])
-    counts = exit_counts(snn.simulate(x, 5), y, torch.tensor([0.3, 0.5]))
-    rows = evaluate(snn, model, data, 5, batch_size=24, progress=False, confidences=(0.3, 0.5),
-                    energy=False)["early_exit"]  # fmt: skip
-    assert [row["snn_top1"] for row in rows] == (100.0 * counts[:, -1] / 24).tolist()
-    assert all("energy_ratio" not in row for row in rows)
-    no_exits = evaluate(snn, model, data, 2, progress=False, energy=False, confidences=())
-    assert "early_exit" not in no_exits
 
 
 @pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, float("nan")])
