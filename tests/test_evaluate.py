@@ -49,7 +49,7 @@ def test_evaluate_reads_the_early_exits_from_the_same_run(setup):
     assert high["mean_steps"] == 5.0 and high["snn_top1"] == results["snn_top1"][-1]
     assert low["energy_ratio"] == results["energy"].ratio["ecmt"][0]
     assert high["energy_ratio"] == pytest.approx(results["energy"].ratio["ecmt"][-1])
-    counts = exit_counts(snn.simulate(x, 5), y, torch.tensor([0.3, 0.5]))
+    counts = exit_counts(snn.simulate(x, 5), y, (0.3, 0.5))
     rows = evaluate(snn, model, data, 5, batch_size=24, progress=False, confidences=(0.3, 0.5),
                     energy=False)["early_exit"]  # fmt: skip
     assert [row["snn_top1"] for row in rows] == (100.0 * counts[:, -1] / 24).tolist()

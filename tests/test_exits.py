@@ -11,25 +11,25 @@ def test_a_sample_exits_at_its_first_confident_step():
     logits = torch.tensor([[[2.0, 0.0], [0.0, 0.1], [0.0, 0.2]],
                            [[0.0, 0.0], [0.0, 3.0], [0.0, 0.1]],
                            [[3.0, 0.0], [0.0, 0.0], [0.3, 0.0]]])  # fmt: skip
-    assert exit_steps(logits, torch.tensor([0.8])).tolist() == [[0, 1, 2]]
-    assert exit_steps(logits, torch.tensor([0.5, 1.0])).tolist() == [[0, 0, 0], [2, 2, 2]]
+    assert exit_steps(logits, (0.8,)).tolist() == [[0, 1, 2]]
+    assert exit_steps(logits, (0.5, 1.0)).tolist() == [[0, 0, 0], [2, 2, 2]]
     # exits after t = 1, 2, 3; right at exit: class 0 (right), class 1 (wrong), class 0 at t = 3 (right)
-    counts = exit_counts(logits, torch.tensor([0, 0, 0]), torch.tensor([0.8]))
+    counts = exit_counts(logits, torch.tensor([0, 0, 0]), (0.8,))
     assert counts.tolist() == [[1, 1, 1, 2]]
-    (row,) = exit_table(counts, torch.tensor([0.8]), energy_ratio=[0.1, 0.3, 0.6])
+    (row,) = exit_table(counts, (0.8,), energy_ratio=[0.1, 0.3, 0.6])
     assert row["snn_top1"] == pytest.approx(200 / 3) and row["mean_steps"] == pytest.approx(2.0)
     assert row["exits"] == pytest.approx([1 / 3] * 3) and row["energy_ratio"] == pytest.approx(1.0 / 3)
-    assert "energy_ratio" not in exit_table(counts, torch.tensor([0.8]))[0]
+    assert "energy_ratio" not in exit_table(counts, (0.8,))[0]
 
 
 def test_exit_counts_follow_the_rule_sample_by_sample():
     gen = torch.Generator().manual_seed(0)
     outputs = torch.randn(6, 40, 5, generator=gen) * 2
     labels = torch.randint(0, 5, (40,), generator=gen)
-    confidences = torch.tensor([0.3, 0.6, 0.9])
+    confidences = (0.3, 0.6, 0.9)
     counts = exit_counts(outputs, labels, confidences)
     probabilities = outputs.softmax(-1)
-    for row, c in zip(counts, confidences.tolist(), strict=True):
+    for row, c in zip(counts, confidences, strict=True):
         exits, right = [0] * 6, 0
         for b in range(40):  # the rule as stated, one sample at a time
             t = next((t for t in range(6) if probabilities[t, b].max() >= c), 5)

@@ -99,9 +99,9 @@ def evaluate(
     ann.to(device).eval()
     # counts: samples; ANN top-1 and top-5 correct; SNN top-1 correct after t = 1..T, then top-5;
     # then per early-exit threshold, the samples exiting after t = 1..T and those right at their exit
-    exits = torch.tensor(check_confidences(confidences), dtype=torch.float64)
+    exits = check_confidences(confidences)
     width = 3 + 2 * time_steps
-    counts = torch.zeros(width + exits.numel() * (time_steps + 1), dtype=torch.float64, device=device)
+    counts = torch.zeros(width + len(exits) * (time_steps + 1), dtype=torch.float64, device=device)
     # Dense work is the same for every sample: count it on one sample, before spikes are monitored.
     dense = count_dense_work(snn, dataset[0][0].unsqueeze(0).to(device)) if energy else None
     shard = range(world.rank, total, world.size)
@@ -164,7 +164,7 @@ def evaluate(
     )
     if monitor is not None:
         results["energy"] = energy_report(monitor, dense, samples, time_steps, e_mac, e_ac)
-    if exits.numel():
+    if exits:
         ratio = results["energy"].ratio["ecmt"] if monitor is not None else None
-        results["early_exit"] = exit_table(counts[width:].view(exits.numel(), -1), exits, ratio)
+        results["early_exit"] = exit_table(counts[width:].view(len(exits), -1), exits, ratio)
     return results

@@ -14,6 +14,8 @@ so its mean number of steps is well below T at the accuracy of a fixed T.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -28,27 +30,28 @@ def check_confidences(confidences: tuple[float, ...] | list[float]) -> tuple[flo
     return tuple(float(c) for c in confidences)
 
 
-def exit_steps(outputs: Tensor, confidences: Tensor) -> Tensor:
+def exit_steps(outputs: Tensor, confidences: Sequence[float]) -> Tensor:
     """t*(c) - 1 for every threshold c and sample: [C, B] indices into the T steps.
 
     Args:
         outputs: the SNN's outputs after t = 1..T, [T, B, classes].
-        confidences: the thresholds c, [C].
+        confidences: the thresholds c.
     """
     confidence = outputs.softmax(-1).amax(-1)  # [T, B]
-    reached = confidence >= confidences.to(confidence)[:, None, None]  # [C, T, B]
+    thresholds = torch.tensor(confidences, dtype=confidence.dtype, device=confidence.device)
+    reached = confidence >= thresholds[:, None, None]  # [C, T, B]
     reached[:, -1] = True  # no step reached c: the sample runs all T steps
     return reached.to(torch.uint8).argmax(1)  # the first step that reached c (argmax takes the first)
 
 
-def exit_counts(outputs: Tensor, labels: Tensor, confidences: Tensor) -> Tensor:
+def exit_counts(outputs: Tensor, labels: Tensor, confidences: Sequence[float]) -> Tensor:
     """Per threshold c: how many samples exit after t = 1..T steps, then how many of them are
     right (top-1 at their exit step): [C, T + 1].
 
     Args:
         outputs: the SNN's outputs after t = 1..T, [T, B, classes].
         labels: the samples' classes, [B].
-        confidences: the thresholds c, [C].
+        confidences: the thresholds c.
     """
     steps = exit_steps(outputs, confidences)  # [C, B]
     predictions = outputs.argmax(-1).gather(0, steps)  # [C, B]: top-1 at each sample's exit step
@@ -57,7 +60,9 @@ def exit_counts(outputs: Tensor, labels: Tensor, confidences: Tensor) -> Tensor:
     return torch.cat([exited, right], 1).to(torch.float64)
 
 
-def exit_table(counts: Tensor, confidences: Tensor, energy_ratio: list[float] | None = None) -> list[dict]:
+def exit_table(
+    counts: Tensor, confidences: Sequence[float], energy_ratio: list[float] | None = None
+) -> list[dict]:
     """The results of :func:`exit_counts` summed over all samples, one dict per threshold c:
     ``confidence``, ``snn_top1`` (percent), ``mean_steps`` (the mean of t*), ``exits`` (share of
     samples exiting after t = 1..T) and, given the energy after every t, ``energy_ratio``: Σ_t
@@ -66,11 +71,11 @@ def exit_table(counts: Tensor, confidences: Tensor, energy_ratio: list[float] | 
     """
     samples = counts[0, :-1].sum()
     rows = []
-    for c, row in zip(confidences.tolist(), counts, strict=True):
+    for c, row in zip(confidences, counts, strict=True):
         share = row[:-1] / samples
         steps = torch.arange(1, share.numel() + 1, dtype=share.dtype)
         entry = dict(
-            confidence=c,
+            confidence=float(c),
             snn_top1=(100.0 * row[-1] / samples).item(),
             mean_steps=(share * steps).sum().item(),
             exits=share.tolist(),
