@@ -63,7 +63,7 @@ def test_demo_writes_results(tmp_path, capsys):
     energy = results["energy"]
     assert energy["ann_macs"] > 0 and len(energy["energy_ratio"]) == 3
     assert {"path", "kind", "ann_macs", "snn_acs", "input_firing_rate"} <= set(energy["layers"][0])
-    for name in ("energy", "firing_rates", "spike_levels", "early_exit"):
+    for name in ("energy", "firing_rates", "spike_levels", "early_exit", "accuracy_energy"):
         assert Image.open(out / f"{name}.png").size[0] > 100
     exits = (out / "early_exit.csv").read_text().splitlines()
     assert exits[0] == "confidence,snn_top1,difference,mean_steps,energy_ratio,exit_t1,exit_t2,exit_t3"

@@ -24,10 +24,12 @@ def _figure(path: Path, size: tuple[float, float] = (5, 3.5)) -> Iterator[plt.Ax
         plt.close(fig)
 
 
-def _against(ax: plt.Axes, xs: list, xlabel: str, ylabel: str, legend: str = "best") -> None:
+def _against(ax: plt.Axes, xs: list | None, xlabel: str, ylabel: str, legend: str = "best") -> None:
+    """Labels, a grid and the legend; a tick at each of ``xs`` (None: matplotlib's own ticks)."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_xticks(xs[:: -(-len(xs) // 16)])  # at most 16 labels: 29 levels or T = 64 would overlap
+    if xs is not None:
+        ax.set_xticks(xs[:: -(-len(xs) // 16)])  # at most 16 labels: 29 levels or T = 64 would overlap
     ax.grid(alpha=0.3)
     ax.legend(loc=legend, fontsize=7)
 
@@ -45,22 +47,35 @@ def plot_accuracy(results: dict, path: Path) -> Path:
     return path
 
 
-def plot_early_exit(results: dict, path: Path) -> Path:
-    """Top-1 against the mean number of steps: a fixed T = t for every sample, and the early-exit
-    rule at each confidence threshold c (:mod:`transpike.exits`)."""
-    steps = list(range(1, len(results["snn_top1"]) + 1))
+def _fixed_and_exits(ax: plt.Axes, results: dict, fixed: list[float], exits: list[float]) -> None:
+    """Top-1 against ``fixed`` (a fixed T = t for every sample) and against ``exits`` (the early-exit
+    rule at each confidence threshold c, labelled with c), and the ANN's top-1 as a line."""
     rows = results["early_exit"]
+    ax.plot(fixed, results["snn_top1"], marker="o", label="SNN, every sample t steps")
+    ax.plot(exits, [r["snn_top1"] for r in rows], marker="s", label="SNN, early exit at confidence c")
+    for x, row in zip(exits, rows, strict=True):
+        ax.annotate(f"{row['confidence']:g}", (x, row["snn_top1"]), fontsize=6, xytext=(3, -8),
+                    textcoords="offset points")  # fmt: skip
+    ax.axhline(results["ann_top1"], color="gray", linestyle="--", label=f"ANN ({results['ann_top1']:.2f} %)")
+
+
+def plot_early_exit(results: dict, path: Path) -> Path:
+    """Top-1 against the mean number of steps per sample: fixed steps and early exit
+    (:mod:`transpike.exits`)."""
+    steps = list(range(1, len(results["snn_top1"]) + 1))
     with _figure(path) as ax:
-        ax.plot(steps, results["snn_top1"], marker="o", label="SNN, every sample t steps")
-        ax.plot([r["mean_steps"] for r in rows], [r["snn_top1"] for r in rows], marker="s",
-                label="SNN, early exit at confidence c")  # fmt: skip
-        for row in rows:
-            ax.annotate(f"{row['confidence']:g}", (row["mean_steps"], row["snn_top1"]), fontsize=6,
-                        xytext=(3, -8), textcoords="offset points")  # fmt: skip
-        ax.axhline(
-            results["ann_top1"], color="gray", linestyle="--", label=f"ANN ({results['ann_top1']:.2f} %)"
-        )
+        _fixed_and_exits(ax, results, steps, [r["mean_steps"] for r in results["early_exit"]])
         _against(ax, steps, "mean time steps per sample", "top-1 accuracy (%)", "lower right")
+    return path
+
+
+def plot_accuracy_energy(results: dict, path: Path) -> Path:
+    """Top-1 against the SNN/ANN energy (ECMT form) it costs: fixed steps and early exit (the
+    latter's energy an estimate, :func:`transpike.exits.exit_table`)."""
+    exits = [r["energy_ratio"] for r in results["early_exit"]]
+    with _figure(path) as ax:
+        _fixed_and_exits(ax, results, results["energy"]["energy_ratio"], exits)
+        _against(ax, None, "energy SNN / ANN (ECMT form)", "top-1 accuracy (%)", "lower right")
     return path
 
 

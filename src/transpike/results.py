@@ -1,6 +1,6 @@
 """Result files of an evaluation in one directory: results.json, results.csv, accuracy.png,
-early_exit.csv, early_exit.png and, with energy accounting, energy.png, firing_rates.png and
-spike_levels.png.
+early_exit.csv, early_exit.png and, with energy accounting, energy.png, firing_rates.png,
+spike_levels.png and accuracy_energy.png.
 
 A directory that already holds files is never written into unless ``force`` is given, and each
 file is written atomically, so an interrupted run leaves the previous results intact.
@@ -15,6 +15,7 @@ from pathlib import Path
 from .io import atomic_write
 from .plots import (
     plot_accuracy,
+    plot_accuracy_energy,
     plot_blocks,
     plot_early_exit,
     plot_energy,
@@ -67,6 +68,9 @@ def write_results(results: dict, out: Path) -> list[Path]:
         ):
             paths.append(out / f"{name}.png")
             atomic_write(paths[-1], lambda tmp, plot=plot: plot(results["energy"], tmp))
+        if "early_exit" in results:
+            paths.append(out / "accuracy_energy.png")
+            atomic_write(paths[-1], lambda tmp: plot_accuracy_energy(results, tmp))
     return paths
 
 
