@@ -117,7 +117,7 @@ def evaluate(
         key = saved = None
         if store:  # what a resumed evaluation must share with the interrupted one
             key = dict(network=snn.digest(), samples=total, time_steps=time_steps, processes=world.size,
-                       energy=energy, exit_confidences=list(confidences))  # fmt: skip
+                       energy=energy, exit_confidences=list(exits))  # fmt: skip
             saved = store.restore(key, world.rank)
         if saved is not None:
             counts.copy_(saved["counts"])

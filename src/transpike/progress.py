@@ -10,9 +10,8 @@ file is replaced atomically at the end of the first batch ``every`` seconds afte
 and when the run stops on an exception (Ctrl-C, SIGTERM under ``transpike eval``, running out of
 memory) with the totals of the last whole batch, so a killed run repeats at most ``every`` seconds
 and a batch. A save that fails warns and the evaluation goes on: the totals matter only if it is
-interrupted.
-Resumed, the totals are those of an uninterrupted run: they are sums of integers, exact in
-float64, and the batch size may change.
+interrupted. Resumed, the totals are those of an uninterrupted run: they are sums of integers,
+exact in float64, and the batch size may change.
 """
 
 from __future__ import annotations
