@@ -57,7 +57,7 @@ def test_demo_writes_results(tmp_path, capsys):
     assert results["num_samples"] == 719
     assert (out / "results.csv").read_text().splitlines()[
         0
-    ] == "t,snn_top1,ann_top1,difference,snn_top5,ann_top5"
+    ] == "t,snn_top1,ann_top1,difference,snn_top5,ann_top5,difference_ci95"
     assert Image.open(out / "accuracy.png").size[0] > 100
     assert (out / "snn.safetensors").is_file()
     energy = results["energy"]
@@ -471,6 +471,7 @@ def test_torchrun_two_processes_match_one(tmp_path, npz_data):
     single, dist = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("single", "dist"))
     assert dist["processes"] == 2 and dist["num_samples"] == single["num_samples"] == 12
     assert dist["snn_top1"] == single["snn_top1"] and dist["ann_top1"] == single["ann_top1"]
+    assert dist["difference_ci95"] == single["difference_ci95"]
     for one, two in zip(single["early_exit"], dist["early_exit"], strict=True):
         assert one.pop("energy_ratio") == pytest.approx(two.pop("energy_ratio"))  # sums in another order
         assert one == two

@@ -6,7 +6,7 @@ from conftest import tiny_vit
 from torch.utils.data import TensorDataset
 
 import transpike
-from transpike.evaluate import correct, evaluate
+from transpike.evaluate import correct, evaluate, paired_interval
 from transpike.exits import exit_counts
 
 
@@ -27,6 +27,18 @@ def test_correct_counts_top1_and_top5():
     assert correct(logits[:, :3], torch.tensor([2, 1, 0])).tolist() == [2, 3]  # 3 classes: top-3
 
 
+def test_the_paired_interval_counts_only_disagreements():
+    # 100 samples: the SNN loses 3 the ANN gets right and gains 1; d has mean -0.02 and
+    # variance (4 - 100·0.02²)/99, so the half-width is 1.96·√(variance/100) in points
+    half = paired_interval(torch.tensor([3.0]), torch.tensor([1.0]), 100)
+    assert half.item() == pytest.approx(196 * ((4 - 0.04) / 99 / 100) ** 0.5)
+    assert paired_interval(torch.tensor([0.0]), torch.tensor([0.0]), 50).item() == 0  # agree on all
+    # every sample lost: d = -1 throughout, no spread
+    assert paired_interval(torch.tensor([20.0]), torch.tensor([0.0]), 20).item() == pytest.approx(
+        0, abs=1e-12
+    )
+
+
 def test_evaluate_reports_what_simulate_predicts(setup):
     snn, model, x, y = setup
     results = evaluate(snn, model, TensorDataset(x, y), 6, batch_size=7, progress=False)
@@ -37,6 +49,9 @@ def test_evaluate_reports_what_simulate_predicts(setup):
     assert results["snn_top5"] == percent(ranks < 5)
     assert results["ann_top5"] == percent((logits.topk(5).indices == y[:, None]).any(-1))
     assert all(five >= one for one, five in zip(results["snn_top1"], results["snn_top5"], strict=True))
+    right, ann_right = outputs.argmax(-1) == y, logits.argmax(-1) == y
+    lost, gained = (ann_right & ~right).sum(-1).double(), (right & ~ann_right).sum(-1).double()
+    assert results["difference_ci95"] == paired_interval(lost, gained, 24).tolist()
 
 
 def test_evaluate_reads_the_early_exits_from_the_same_run(setup):

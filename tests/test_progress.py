@@ -42,6 +42,7 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_totals(setup, tm
     assert resumed["ann_top1"] == whole["ann_top1"]
     assert resumed["energy"].to_dict() == whole["energy"].to_dict()  # spike sums exact in float64
     assert resumed["early_exit"] == whole["early_exit"]
+    assert resumed["difference_ci95"] == whole["difference_ci95"]
     # a finished evaluation's totals say so: resumed again, it simulates nothing
     seen.clear()
     again = evaluate(

@@ -59,6 +59,28 @@ def correct(logits: Tensor, y: Tensor) -> Tensor:
     return torch.stack([top1, top5])
 
 
+def disagreements(logits: Tensor, outputs: Tensor, y: Tensor) -> Tensor:
+    """Per t, the samples whose top-1 only the ANN gets right and those only the SNN gets right:
+    [2, T] for the ANN's ``logits`` [B, C] and the SNN's ``outputs`` [T, B, C]."""
+    ann, snn = logits.argmax(-1) == y, outputs.argmax(-1) == y
+    return torch.stack([(ann & ~snn).sum(-1), (snn & ~ann).sum(-1)])
+
+
+def paired_interval(lost: Tensor, gained: Tensor, samples: int) -> Tensor:
+    """Half-width, in points, of the 95 % interval of SNN top-1 - ANN top-1 from paired samples.
+
+    Each sample gives d = [SNN right] - [ANN right] in {-1, 0, 1}: -1 for the ``lost``, +1 for the
+    ``gained``. The difference is the mean of d, and its interval mean ± 1.96·s/√n (normal
+    approximation, s² the sample variance of d: (l + g - n·mean²)/(n - 1)). Pairing counts only the
+    samples the two disagree on, so the interval is far narrower than one from the two accuracies
+    taken apart, and 0 when they agree on every sample.
+    """
+    n = samples
+    mean = (gained - lost) / n
+    variance = ((lost + gained) - n * mean**2).clamp(min=0) / max(n - 1, 1)
+    return 100.0 * 1.96 * (variance / n).sqrt()
+
+
 def evaluate(
     snn: SpikingModel,
     ann: nn.Module,
@@ -86,10 +108,11 @@ def evaluate(
 
     Returns:
         dict with ``num_samples``, ``ann_top1``, ``snn_top1`` (list, index t-1 = after t steps),
-        ``ann_top5``, ``snn_top5`` (the same for top-5), ``early_exit`` (one row per threshold c,
-        :func:`~transpike.exits.exit_table`), ``resumed_samples`` (those counted before this run,
-        from ``store``) and, with ``energy``, the :class:`~transpike.energy.EnergyReport` of all
-        samples as ``energy``.
+        ``ann_top5``, ``snn_top5`` (the same for top-5), ``difference_ci95`` (per t, the half-width
+        of the 95 % interval of SNN top-1 - ANN top-1, :func:`paired_interval`), ``early_exit``
+        (one row per threshold c, :func:`~transpike.exits.exit_table`), ``resumed_samples`` (those
+        counted before this run, from ``store``) and, with ``energy``, the
+        :class:`~transpike.energy.EnergyReport` of all samples as ``energy``.
     """
     world = world or World()
     total = len(dataset) if limit is None else min(limit, len(dataset))
@@ -98,9 +121,10 @@ def evaluate(
     snn.to(device)
     ann.to(device).eval()
     # counts: samples; ANN top-1 and top-5 correct; SNN top-1 correct after t = 1..T, then top-5;
-    # then per early-exit threshold, the samples exiting after t = 1..T and those right at their exit
+    # the samples only the ANN, then only the SNN gets right (top-1) after t = 1..T; then per
+    # early-exit threshold, the samples exiting after t = 1..T and those right at their exit
     exits = check_confidences(confidences)
-    width = 3 + 2 * time_steps
+    width = 3 + 4 * time_steps
     counts = torch.zeros(width + len(exits) * (time_steps + 1), dtype=torch.float64, device=device)
     # Dense work is the same for every sample: count it on one sample, before spikes are monitored.
     dense = count_dense_work(snn, dataset[0][0].unsqueeze(0).to(device)) if energy else None
@@ -133,9 +157,11 @@ def evaluate(
             for x, y in loader:
                 x, y = x.to(device), y.to(device)
                 counts[0] += len(y)
-                counts[1:3] += correct(ann(x), y)
-                outputs = snn.simulate(x, time_steps)
-                counts[3:width] += correct(outputs, y).flatten()
+                logits, outputs = ann(x), snn.simulate(x, time_steps)
+                counts[1:3] += correct(logits, y)
+                counts[3:width] += torch.cat(
+                    [correct(outputs, y), disagreements(logits, outputs, y)]
+                ).flatten()
                 counts[width:] += exit_counts(outputs, y, exits).flatten()
                 done += len(y)
                 if store:
@@ -159,7 +185,8 @@ def evaluate(
         ann_top1=percent[1],
         snn_top1=percent[3 : 3 + time_steps],
         ann_top5=percent[2],
-        snn_top5=percent[3 + time_steps : width],
+        snn_top5=percent[3 + time_steps : 3 + 2 * time_steps],
+        difference_ci95=paired_interval(*counts[3 + 2 * time_steps : width].view(2, -1), samples).tolist(),
         resumed_samples=resumed,
     )
     if monitor is not None:

@@ -44,10 +44,13 @@ def write_results(results: dict, out: Path) -> list[Path]:
     def write_csv(tmp: Path) -> None:
         with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["t", "snn_top1", "ann_top1", "difference", "snn_top5", "ann_top5"])
+            writer.writerow(
+                ["t", "snn_top1", "ann_top1", "difference", "snn_top5", "ann_top5", "difference_ci95"]
+            )
             ann1, ann5 = results["ann_top1"], results["ann_top5"]
-            for t, (top1, top5) in enumerate(zip(results["snn_top1"], results["snn_top5"], strict=True), 1):
-                row = [top1, ann1, top1 - ann1, top5, ann5]
+            columns = zip(results["snn_top1"], results["snn_top5"], results["difference_ci95"], strict=True)
+            for t, (top1, top5, interval) in enumerate(columns, 1):
+                row = [top1, ann1, top1 - ann1, top5, ann5, interval]
                 writer.writerow([t, *(f"{value:.4f}" for value in row)])
 
     atomic_write(csv_path, write_csv)
@@ -133,9 +136,10 @@ def format_table(results: dict) -> str:
     resumed = results.get("resumed_samples", 0)
     counted = f" ({resumed} of them counted by the interrupted run)" if resumed else ""
     head = f"ANN top-1: {ann:.2f} %, top-5: {results['ann_top5']:.2f} % on {results['num_samples']} samples"
-    lines = [head + counted, "", "  t   SNN top-1   vs ANN   SNN top-5"]
-    for t, (top1, top5) in enumerate(zip(results["snn_top1"], results["snn_top5"], strict=True), 1):
-        lines.append(f"{t:>3}   {top1:8.2f} %   {top1 - ann:+6.2f}   {top5:8.2f} %")
+    lines = [head + counted, "", "  t   SNN top-1   vs ANN, 95 % interval   SNN top-5"]
+    columns = zip(results["snn_top1"], results["snn_top5"], results["difference_ci95"], strict=True)
+    for t, (top1, top5, interval) in enumerate(columns, 1):
+        lines.append(f"{t:>3}   {top1:8.2f} %   {top1 - ann:+6.2f} ± {interval:<12.2f}   {top5:8.2f} %")
     return "\n".join(lines)
 
 
