@@ -55,9 +55,9 @@ def main() -> None:
     for name, options in CONFIGS.items():
         snn = transpike.convert(model, x_train.split(256), **options)
         with torch.inference_mode():
-            outputs = snn.simulate(x, T)
+            outputs, logits = snn.simulate(x, T), model(x)
         average = transpike.account(snn, x, T).ratio["ecmt"]
-        table = exit_table(exit_counts(outputs, y, CONFIDENCES), CONFIDENCES, average)
+        table = exit_table(exit_counts(outputs, y, CONFIDENCES, logits), CONFIDENCES, average)
         for c, steps, row in zip(CONFIDENCES, exit_steps(outputs, CONFIDENCES), table, strict=True):
             row.update(config=name, measured_energy_ratio=measured(snn, x, steps))
             rows.append(row)

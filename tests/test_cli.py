@@ -66,7 +66,8 @@ def test_demo_writes_results(tmp_path, capsys):
     for name in ("energy", "firing_rates", "spike_levels", "early_exit", "accuracy_energy"):
         assert Image.open(out / f"{name}.png").size[0] > 100
     exits = (out / "early_exit.csv").read_text().splitlines()
-    assert exits[0] == "confidence,snn_top1,difference,mean_steps,energy_ratio,exit_t1,exit_t2,exit_t3"
+    head = "confidence,snn_top1,difference,difference_ci95,snn_top5,mean_steps,energy_ratio"
+    assert exits[0] == head + ",exit_t1,exit_t2,exit_t3"
     assert [line.split(",")[0] for line in exits[1:]] == [f"{c:g}" for c in CONFIDENCES]
     assert [row["confidence"] for row in results["early_exit"]] == list(CONFIDENCES)
     printed = capsys.readouterr().out

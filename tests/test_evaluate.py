@@ -6,8 +6,9 @@ from conftest import tiny_vit
 from torch.utils.data import TensorDataset
 
 import transpike
-from transpike.evaluate import correct, evaluate, paired_interval
+from transpike.evaluate import evaluate
 from transpike.exits import exit_counts
+from transpike.scores import correct, paired_interval
 
 
 @pytest.fixture
@@ -60,14 +61,16 @@ def test_evaluate_reads_the_early_exits_from_the_same_run(setup):
     results = evaluate(snn, model, data, 5, batch_size=7, progress=False, confidences=(0.01, 1.0))
     low, high = results["early_exit"]
     # c below every probability: all exit after one step; c = 1 is never reached: all run T steps
-    assert low["mean_steps"] == 1.0 and low["snn_top1"] == results["snn_top1"][0]
-    assert high["mean_steps"] == 5.0 and high["snn_top1"] == results["snn_top1"][-1]
+    for row, t in ((low, 0), (high, -1)):  # the same scores as the fixed t
+        for key in ("snn_top1", "snn_top5", "difference_ci95"):
+            assert row[key] == results[key][t]
+    assert low["mean_steps"] == 1.0 and high["mean_steps"] == 5.0
     assert low["energy_ratio"] == results["energy"].ratio["ecmt"][0]
     assert high["energy_ratio"] == pytest.approx(results["energy"].ratio["ecmt"][-1])
-    counts = exit_counts(snn.simulate(x, 5), y, (0.3, 0.5))
+    counts = exit_counts(snn.simulate(x, 5), y, (0.3, 0.5), model(x))
     rows = evaluate(snn, model, data, 5, batch_size=24, progress=False, confidences=(0.3, 0.5),
                     energy=False)["early_exit"]  # fmt: skip
-    assert [row["snn_top1"] for row in rows] == (100.0 * counts[:, -1] / 24).tolist()
+    assert [row["snn_top1"] for row in rows] == (100.0 * counts[:, -4] / 24).tolist()
     assert all("energy_ratio" not in row for row in rows)
     no_exits = evaluate(snn, model, data, 2, progress=False, energy=False, confidences=())
     assert "early_exit" not in no_exits

@@ -21,6 +21,7 @@ from .energy import E_AC, E_MAC, count_dense_work, energy_report
 from .exits import CONFIDENCES, check_confidences, exit_counts, exit_table
 from .model import SpikingModel
 from .progress import Progress
+from .scores import correct, disagreements, paired_interval
 from .spikes import SpikeMonitor
 
 
@@ -49,36 +50,6 @@ def init_world(device: str) -> World:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return World(dist.get_rank(), dist.get_world_size())
-
-
-def correct(logits: Tensor, y: Tensor) -> Tensor:
-    """Top-1 and top-5 correct predictions among ``logits`` [..., B, C] for labels ``y`` [B]:
-    [2, ...] (top-5 is top-C for fewer than 5 classes). Top-1 is the argmax, as everywhere here."""
-    top1 = (logits.argmax(-1) == y).sum(-1)
-    top5 = (logits.topk(min(5, logits.shape[-1]), -1).indices == y[:, None]).any(-1).sum(-1)
-    return torch.stack([top1, top5])
-
-
-def disagreements(logits: Tensor, outputs: Tensor, y: Tensor) -> Tensor:
-    """Per t, the samples whose top-1 only the ANN gets right and those only the SNN gets right:
-    [2, T] for the ANN's ``logits`` [B, C] and the SNN's ``outputs`` [T, B, C]."""
-    ann, snn = logits.argmax(-1) == y, outputs.argmax(-1) == y
-    return torch.stack([(ann & ~snn).sum(-1), (snn & ~ann).sum(-1)])
-
-
-def paired_interval(lost: Tensor, gained: Tensor, samples: int) -> Tensor:
-    """Half-width, in points, of the 95 % interval of SNN top-1 - ANN top-1 from paired samples.
-
-    Each sample gives d = [SNN right] - [ANN right] in {-1, 0, 1}: -1 for the ``lost``, +1 for the
-    ``gained``. The difference is the mean of d, and its interval mean ± 1.96·s/√n (normal
-    approximation, s² the sample variance of d: (l + g - n·mean²)/(n - 1)). Pairing counts only the
-    samples the two disagree on, so the interval is far narrower than one from the two accuracies
-    taken apart, and 0 when they agree on every sample.
-    """
-    n = samples
-    mean = (gained - lost) / n
-    variance = ((lost + gained) - n * mean**2).clamp(min=0) / max(n - 1, 1)
-    return 100.0 * 1.96 * (variance / n).sqrt()
 
 
 def evaluate(
@@ -122,10 +93,11 @@ def evaluate(
     ann.to(device).eval()
     # counts: samples; ANN top-1 and top-5 correct; SNN top-1 correct after t = 1..T, then top-5;
     # the samples only the ANN, then only the SNN gets right (top-1) after t = 1..T; then per
-    # early-exit threshold, the samples exiting after t = 1..T and those right at their exit
+    # early-exit threshold, the samples exiting after t = 1..T, those right at their exit (top-1,
+    # top-5) and those only the ANN, then only the SNN gets right
     exits = check_confidences(confidences)
     width = 3 + 4 * time_steps
-    counts = torch.zeros(width + len(exits) * (time_steps + 1), dtype=torch.float64, device=device)
+    counts = torch.zeros(width + len(exits) * (time_steps + 4), dtype=torch.float64, device=device)
     # Dense work is the same for every sample: count it on one sample, before spikes are monitored.
     dense = count_dense_work(snn, dataset[0][0].unsqueeze(0).to(device)) if energy else None
     shard = range(world.rank, total, world.size)
@@ -162,7 +134,7 @@ def evaluate(
                 counts[3:width] += torch.cat(
                     [correct(outputs, y), disagreements(logits, outputs, y)]
                 ).flatten()
-                counts[width:] += exit_counts(outputs, y, exits).flatten()
+                counts[width:] += exit_counts(outputs, y, exits, logits).flatten()
                 done += len(y)
                 if store:
                     last = totals(done)

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .scores import correct, disagreements, paired_interval
+
 CONFIDENCES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)  # the default thresholds c
 
 
@@ -44,39 +46,44 @@ def exit_steps(outputs: Tensor, confidences: Sequence[float]) -> Tensor:
     return reached.to(torch.uint8).argmax(1)  # the first step that reached c (argmax takes the first)
 
 
-def exit_counts(outputs: Tensor, labels: Tensor, confidences: Sequence[float]) -> Tensor:
-    """Per threshold c: how many samples exit after t = 1..T steps, then how many of them are
-    right (top-1 at their exit step): [C, T + 1].
+def exit_counts(outputs: Tensor, labels: Tensor, confidences: Sequence[float], logits: Tensor) -> Tensor:
+    """Per threshold c, counts of the samples: exiting after t = 1..T steps, then right at their
+    exit step (top-1, top-5), then right only by the ANN and only by the SNN (top-1; for the
+    paired interval, :func:`~transpike.scores.paired_interval`): [C, T + 4].
 
     Args:
         outputs: the SNN's outputs after t = 1..T, [T, B, classes].
         labels: the samples' classes, [B].
         confidences: the thresholds c.
+        logits: the ANN's outputs, [B, classes].
     """
     steps = exit_steps(outputs, confidences)  # [C, B]
-    predictions = outputs.argmax(-1).gather(0, steps)  # [C, B]: top-1 at each sample's exit step
+    chosen = outputs.gather(0, steps[..., None].expand(-1, -1, outputs.shape[-1]))  # [C, B, classes]
     exited = torch.nn.functional.one_hot(steps, outputs.shape[0]).sum(1)  # [C, T]
-    right = (predictions == labels).sum(1, keepdim=True)
-    return torch.cat([exited, right], 1).to(torch.float64)
+    scores = torch.cat([correct(chosen, labels), disagreements(logits, chosen, labels)])  # [4, C]
+    return torch.cat([exited, scores.T], 1).to(torch.float64)
 
 
 def exit_table(
     counts: Tensor, confidences: Sequence[float], energy_ratio: list[float] | None = None
 ) -> list[dict]:
     """The results of :func:`exit_counts` summed over all samples, one dict per threshold c:
-    ``confidence``, ``snn_top1`` (percent), ``mean_steps`` (the mean of t*), ``exits`` (share of
-    samples exiting after t = 1..T) and, given the energy after every t, ``energy_ratio``: Σ_t
+    ``confidence``, ``snn_top1`` and ``snn_top5`` (percent), ``difference_ci95`` (the half-width of
+    the 95 % interval of SNN top-1 - ANN top-1), ``mean_steps`` (the mean of t*), ``exits`` (share
+    of samples exiting after t = 1..T) and, given the energy after every t, ``energy_ratio``: Σ_t
     share(t)·E(t), the average sample's energy after its exit step (an estimate: samples that exit
     early may spike less or more than the average one).
     """
-    samples = counts[0, :-1].sum()
+    samples = int(counts[0, :-4].sum())
     rows = []
     for c, row in zip(confidences, counts, strict=True):
-        share = row[:-1] / samples
+        share = row[:-4] / samples
         steps = torch.arange(1, share.numel() + 1, dtype=share.dtype)
         entry = dict(
             confidence=float(c),
-            snn_top1=(100.0 * row[-1] / samples).item(),
+            snn_top1=(100.0 * row[-4] / samples).item(),
+            snn_top5=(100.0 * row[-3] / samples).item(),
+            difference_ci95=paired_interval(row[-2], row[-1], samples).item(),
             mean_steps=(share * steps).sum().item(),
             exits=share.tolist(),
         )

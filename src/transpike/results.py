@@ -78,16 +78,26 @@ def write_results(results: dict, out: Path) -> list[Path]:
 
 
 def _write_exit_csv(results: dict, path: Path) -> None:
-    """One line per early-exit threshold c: top-1, its difference to the ANN's, the mean number of
-    steps, the energy estimate (empty without energy accounting) and the share exiting after each t."""
+    """One line per early-exit threshold c: top-1, its difference to the ANN's with the 95 % interval,
+    top-5, the mean number of steps, the energy estimate (empty without energy accounting) and the
+    share exiting after each t."""
     rows = results["early_exit"]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        head = ["confidence", "snn_top1", "difference", "mean_steps", "energy_ratio"]
+        head = [
+            "confidence",
+            "snn_top1",
+            "difference",
+            "difference_ci95",
+            "snn_top5",
+            "mean_steps",
+            "energy_ratio",
+        ]
         writer.writerow(head + [f"exit_t{t}" for t in range(1, len(rows[0]["exits"]) + 1)])
         for row in rows:
             energy = f"{row['energy_ratio']:.4f}" if "energy_ratio" in row else ""
-            values = [row["snn_top1"], row["snn_top1"] - results["ann_top1"], row["mean_steps"]]
+            values = [row["snn_top1"], row["snn_top1"] - results["ann_top1"], row["difference_ci95"],
+                      row["snn_top5"], row["mean_steps"]]  # fmt: skip
             shares = [f"{share:.6f}" for share in row["exits"]]
             writer.writerow([f"{row['confidence']:g}", *(f"{v:.4f}" for v in values), energy, *shares])
 
@@ -147,11 +157,11 @@ def format_exit_table(results: dict) -> str:
     """The early-exit table printed by the command line (:mod:`transpike.exits`)."""
     rows, ann = results["early_exit"], results["ann_top1"]
     energy = "energy_ratio" in rows[0]
-    head = "      c   SNN top-1   vs ANN   mean t"
+    head = "      c   SNN top-1   vs ANN, 95 % interval   mean t"
     head += "   energy SNN/ANN (ECMT form, estimate)" if energy else ""
     lines = ["early exit: each sample stops at the first t where its top-1 probability reaches c", head]
     for row in rows:
-        line = f"{row['confidence']:>7g}   {row['snn_top1']:8.2f} %   {row['snn_top1'] - ann:+6.2f}   "
-        line += f"{row['mean_steps']:6.2f}"
+        line = f"{row['confidence']:>7g}   {row['snn_top1']:8.2f} %   {row['snn_top1'] - ann:+6.2f} ± "
+        line += f"{row['difference_ci95']:<12.2f}   {row['mean_steps']:6.2f}"
         lines.append(line + (f"   {row['energy_ratio']:36.3f}" if energy else ""))
     return "\n".join(lines)
