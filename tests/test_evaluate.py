@@ -29,15 +29,18 @@ def test_correct_counts_top1_and_top5():
 
 
 def test_the_paired_interval_counts_only_disagreements():
-    # 100 samples: the SNN loses 3 the ANN gets right and gains 1; d has mean -0.02 and
-    # variance (4 - 100·0.02²)/99, so the half-width is 1.96·√(variance/100) in points
+    # 100 samples: the SNN loses 3 the ANN gets right and gains 1; with 1/2 added to each cell of
+    # the paired table (n + 2 = 102), p_l = 3.5/102 and p_g = 1.5/102
+    p_l, p_g = 3.5 / 102, 1.5 / 102
     half = paired_interval(torch.tensor([3.0]), torch.tensor([1.0]), 100)
-    assert half.item() == pytest.approx(196 * ((4 - 0.04) / 99 / 100) ** 0.5)
-    assert paired_interval(torch.tensor([0.0]), torch.tensor([0.0]), 50).item() == 0  # agree on all
-    # every sample lost: d = -1 throughout, no spread
-    assert paired_interval(torch.tensor([20.0]), torch.tensor([0.0]), 20).item() == pytest.approx(
-        0, abs=1e-12
+    assert half.item() == pytest.approx(196 * ((p_l + p_g - (p_g - p_l) ** 2) / 102) ** 0.5)
+    # no disagreement at all still leaves an interval, about one sample in 100 either way
+    assert paired_interval(torch.tensor([0.0]), torch.tensor([0.0]), 100).item() == pytest.approx(196 / 102)
+    # ten times the samples in the same shares: an interval √10 times narrower
+    wide, narrow = (
+        paired_interval(torch.tensor([k * 30.0]), torch.tensor([k * 10.0]), k * 1000) for k in (1, 10)
     )
+    assert (wide / narrow).item() == pytest.approx(10**0.5, rel=0.01)
 
 
 def test_evaluate_reports_what_simulate_predicts(setup):

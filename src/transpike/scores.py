@@ -28,13 +28,16 @@ def disagreements(logits: Tensor, outputs: Tensor, y: Tensor) -> Tensor:
 def paired_interval(lost: Tensor, gained: Tensor, samples: int) -> Tensor:
     """Half-width, in points, of the 95 % interval of SNN top-1 - ANN top-1 from paired samples.
 
-    Each sample gives d = [SNN right] - [ANN right] in {-1, 0, 1}: -1 for the ``lost``, +1 for the
-    ``gained``. The difference is the mean of d, and its interval mean ± 1.96·s/√n (normal
-    approximation, s² the sample variance of d: (l + g - n·mean²)/(n - 1)). Pairing counts only the
-    samples the two disagree on, so the interval is far narrower than one from the two accuracies
-    taken apart, and 0 when they agree on every sample.
+    The two are scored on the same samples, so only those they disagree on count: ``lost`` (right
+    by the ANN only) and ``gained`` (right by the SNN only) of n. The interval is Agresti and Min's
+    for matched proportions (Biometrics 2005): the Wald interval after adding 1/2 to each cell of
+    the paired 2×2 table, with p_l = (lost + 1/2)/(n + 2), p_g = (gained + 1/2)/(n + 2),
+
+        ± 1.96·√((p_l + p_g - (p_g - p_l)²)/(n + 2)),
+
+    which keeps its coverage when few samples differ, where the plain Wald interval shrinks to 0.
+    It is far narrower than one from the two accuracies taken apart.
     """
-    n = samples
-    mean = (gained - lost) / n
-    variance = ((lost + gained) - n * mean**2).clamp(min=0) / max(n - 1, 1)
-    return 100.0 * 1.96 * (variance / n).sqrt()
+    n = samples + 2
+    p_lost, p_gained = (lost + 0.5) / n, (gained + 0.5) / n
+    return 100.0 * 1.96 * ((p_lost + p_gained - (p_gained - p_lost) ** 2) / n).sqrt()
