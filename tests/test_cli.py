@@ -496,10 +496,12 @@ def test_blocks_sweep_and_sit_method(tmp_path, npz_data, capsys):
     results = json.loads((out / "results.json").read_text())
     assert [row["blocks"] for row in results["blocks_sweep"]] == [0, 1, 2]
     assert results["blocks_sweep"][0]["snn_top1"] == [results["ann_top1"]] * 2  # nothing converted
+    # no sample differs: 1/2 in each cell of the paired table of 12 + 2 leaves ± 1.96/14
+    assert results["blocks_sweep"][0]["difference_ci95"] == [pytest.approx(196 / 14)] * 2
     assert results["options"]["method"] == "sit" and results["options"]["blocks"] == 2
     assert results["options"]["sit_norm_spikes"] is None  # auto: from the row length
     assert Image.open(out / "accuracy_vs_blocks.png").size[0] > 100
-    assert "blocks   SNN top-1 at T" in capsys.readouterr().out
+    assert "blocks   SNN top-1 at T   vs ANN, 95 % interval" in capsys.readouterr().out
     assert run("eval", "--snn", "x.safetensors", "--data", npz_data, "--time-steps", 2, "--blocks", 1,
                "--out", tmp_path / "r") == 2  # fmt: skip
 

@@ -35,10 +35,13 @@ def _against(ax: plt.Axes, xs: list | None, xlabel: str, ylabel: str, legend: st
 
 
 def plot_accuracy(results: dict, path: Path) -> Path:
-    """SNN top-1 after t steps for t = 1..T, and the ANN's top-1 as a horizontal line."""
+    """SNN top-1 after t steps for t = 1..T, with the 95 % interval of its difference to the ANN's
+    as error bars (a bar that crosses the ANN's line: a difference the data cannot tell from 0),
+    and the ANN's top-1 as a horizontal line."""
     steps = list(range(1, len(results["snn_top1"]) + 1))
     with _figure(path) as ax:
-        ax.plot(steps, results["snn_top1"], marker="o", label="SNN")
+        ax.errorbar(steps, results["snn_top1"], yerr=results["difference_ci95"], marker="o", capsize=3,
+                    label="SNN (bars: 95 % interval of SNN - ANN)")  # fmt: skip
         ax.axhline(
             results["ann_top1"], color="gray", linestyle="--", label=f"ANN ({results['ann_top1']:.2f} %)"
         )
@@ -120,7 +123,15 @@ def plot_blocks(results: dict, path: Path) -> Path:
     sweep = results["blocks_sweep"]
     blocks = [row["blocks"] for row in sweep]
     with _figure(path) as ax:
-        ax.plot(blocks, [row["snn_top1"][-1] for row in sweep], marker="o", label="SNN")
+        top1, intervals = ([row[key][-1] for row in sweep] for key in ("snn_top1", "difference_ci95"))
+        ax.errorbar(
+            blocks,
+            top1,
+            yerr=intervals,
+            marker="o",
+            capsize=3,
+            label="SNN (bars: 95 % interval of SNN - ANN)",
+        )
         ax.axhline(results["ann_top1"], color="gray", linestyle="--", label="ANN")
         _against(
             ax, blocks, "converted blocks k", f"top-1 after T = {results['time_steps']} (%)", "lower left"
