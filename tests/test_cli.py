@@ -21,6 +21,7 @@ from transpike.evaluate import World, evaluate
 from transpike.exits import CONFIDENCES
 from transpike.io import rebuild_ann
 from transpike.model import SpikingModel
+from transpike.predictions import load_predictions
 from transpike.progress import Progress
 
 MODEL = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=24",
@@ -60,6 +61,10 @@ def test_demo_writes_results(tmp_path, capsys):
     ] == "t,snn_top1,ann_top1,difference,snn_top5,ann_top5,difference_ci95"
     assert Image.open(out / "accuracy.png").size[0] > 100
     assert (out / "snn.safetensors").is_file()
+    chosen = load_predictions(out / results["predictions_file"])  # every sample's top-1 after each t
+    assert chosen.time_steps == 3 and len(chosen.labels) == 719 and chosen.about["data"] == "digits:test"
+    right = (chosen.snn == chosen.labels[:, None]).sum(0).double()
+    assert results["snn_top1"] == (100.0 * right / 719).tolist()
     energy = results["energy"]
     assert energy["ann_macs"] > 0 and len(energy["energy_ratio"]) == 3
     assert {"path", "kind", "ann_macs", "snn_acs", "input_firing_rate"} <= set(energy["layers"][0])
@@ -470,6 +475,8 @@ def test_torchrun_two_processes_match_one(tmp_path, npz_data):
     subprocess.run([*launch, "-m", "transpike", "eval", *map(str, common), "--out", str(tmp_path / "dist")],
                    check=True, env=env, capture_output=True, timeout=300)  # fmt: skip
     single, dist = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("single", "dist"))
+    one, two = (load_predictions(tmp_path / d) for d in ("single", "dist"))  # gathered in sample order
+    assert all(torch.equal(getattr(one, k), getattr(two, k)) for k in ("labels", "ann", "snn"))
     assert dist["processes"] == 2 and dist["num_samples"] == single["num_samples"] == 12
     assert dist["snn_top1"] == single["snn_top1"] and dist["ann_top1"] == single["ann_top1"]
     assert dist["difference_ci95"] == single["difference_ci95"]
@@ -501,6 +508,9 @@ def test_blocks_sweep_and_sit_method(tmp_path, npz_data, capsys):
     assert results["options"]["method"] == "sit" and results["options"]["blocks"] == 2
     assert results["options"]["sit_norm_spikes"] is None  # auto: from the row length
     assert Image.open(out / "accuracy_vs_blocks.png").size[0] > 100
+    for blocks in (0, 1, 2):  # one predictions file per K
+        chosen = load_predictions(out / f"predictions.blocks-{blocks}.safetensors")
+        assert chosen.about["options"]["blocks"] == blocks
     assert "blocks   SNN top-1 at T   vs ANN, 95 % interval" in capsys.readouterr().out
     assert run("eval", "--snn", "x.safetensors", "--data", npz_data, "--time-steps", 2, "--blocks", 1,
                "--out", tmp_path / "r") == 2  # fmt: skip
@@ -537,6 +547,7 @@ def test_eval_resume(tmp_path, npz_data, monkeypatch, capsys):
     assert run(*argv, "--out", out, "--resume", "--batch-size", 8) == 0
     assert seen == [8]  # the 8 samples after the first batch of 4
     assert results_of(out, 4) == results_of(tmp_path / "whole") and not (out / "progress").exists()
+    assert torch.equal(load_predictions(out).snn, load_predictions(tmp_path / "whole").snn)
     assert "12 samples (4 of them counted by the interrupted run)" in capsys.readouterr().out
     assert run(*argv, "--out", tmp_path / "empty", "--resume") == 2
     assert "holds no interrupted evaluation" in capsys.readouterr().err
@@ -584,7 +595,17 @@ def test_torchrun_resumes_each_process_from_its_own_totals(tmp_path, npz_data, m
         interrupt_after(monkeypatch, 1)
         store = Progress(out / "progress", "eval", dict(data=npz_data), resume=False)
         with pytest.raises(KeyboardInterrupt):
-            evaluate(snn, ann, dataset, 3, batch_size=2, world=World(rank, 2), progress=False, store=store)
+            evaluate(
+                snn,
+                ann,
+                dataset,
+                3,
+                batch_size=2,
+                world=World(rank, 2),
+                progress=False,
+                store=store,
+                predictions=True,
+            )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518"]
     subprocess.run([*launch, "-m", "transpike", *map(str, argv), "--out", str(out), "--resume"],
@@ -595,6 +616,8 @@ def test_torchrun_resumes_each_process_from_its_own_totals(tmp_path, npz_data, m
     assert resumed["energy"]["level_histogram"] == whole["energy"]["level_histogram"]
     assert resumed["energy"]["snn_acs"] == pytest.approx(whole["energy"]["snn_acs"])
     assert not (out / "progress").exists()
+    one, two = load_predictions(out), load_predictions(tmp_path / "whole")  # gathered from both processes
+    assert all(torch.equal(getattr(one, k), getattr(two, k)) for k in ("labels", "ann", "snn"))
 
 
 def test_sigterm_stops_eval_as_ctrl_c_does(tmp_path, npz_data, monkeypatch, capsys):
@@ -617,3 +640,37 @@ def test_sigterm_stops_eval_as_ctrl_c_does(tmp_path, npz_data, monkeypatch, caps
     assert (
         seen == [4, 4] and json.loads((tmp_path / "out" / "results.json").read_text())["resumed_samples"] == 4
     )
+
+
+def test_compare_tells_two_conversions_apart_sample_by_sample(tmp_path, npz_data, capsys):
+    argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--time-steps", 3, "--no-energy"]
+    assert run(*argv, "--out", tmp_path / "paper") == 0
+    assert run(*argv, "--threshold", "mse", "--rounding", "nearest", "--out", tmp_path / "mse") == 0
+    capsys.readouterr()
+    assert run("compare", tmp_path / "paper", tmp_path / "mse" / "predictions.safetensors", "--out",
+               tmp_path / "cmp") == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "options that differ: rounding 'greedy' -> 'nearest', threshold 'percentile' -> 'mse'" in printed
+    assert "ANN: the same top-1 for every sample" in printed
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    paper, mse = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("paper", "mse"))
+    rows = result["comparisons"][0]["rows"]
+    assert [row["first_top1"] for row in rows] == pytest.approx(paper["snn_top1"])
+    assert [row["second_top1"] for row in rows] == pytest.approx(mse["snn_top1"])
+    assert all(0.0 < row["p_value"] <= 1.0 for row in rows)
+    lines = (tmp_path / "cmp" / "compare.csv").read_text().splitlines()
+    assert lines[0].startswith("reference,other,t,first_top1,second_top1,difference") and len(lines) == 4
+    assert Image.open(tmp_path / "cmp" / "compare.png").size[0] > 100
+    # one run, a non-empty --out, and another data set are refused by name
+    assert run("compare", tmp_path / "paper") == 2
+    assert "give a reference and at least one evaluation" in capsys.readouterr().err
+    assert run("compare", tmp_path / "paper", tmp_path / "mse", "--out", tmp_path / "cmp") == 2
+    assert "--force" in capsys.readouterr().err
+    other = tmp_path / "other.npz"
+    gen = np.random.default_rng(1)
+    np.savez(other, x=gen.integers(0, 256, (12, 3, 16, 16), dtype=np.uint8), y=gen.integers(0, 4, 12))
+    elsewhere = ["eval", *MODEL, "--calib", npz_data, "--data", f"npz:{other}", "--time-steps", 2]
+    assert run(*elsewhere, "--no-energy", "--out", tmp_path / "elsewhere") == 0
+    capsys.readouterr()
+    assert run("compare", tmp_path / "paper", tmp_path / "elsewhere") == 2
+    assert "the labels differ at" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import torch
 from conftest import TINY, tiny_vit
 
 import transpike
+from transpike.predictions import load_predictions, save_predictions
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,8 @@ def valid_file(tmp_path_factory):
     return transpike.save(snn, tmp_path_factory.mktemp("fuzz") / "net.safetensors").read_bytes()
 
 
-def corruptions(data: bytes, rng: random.Random):
+def damaged(data: bytes, rng: random.Random):
+    """Any safetensors file with flipped bytes, truncated, or replaced by random bytes or a pickle."""
     header_end = 8 + int.from_bytes(data[:8], "little")
     for _ in range(25):  # flipped bytes, in the header and in the tensors
         blob = bytearray(data)
@@ -33,14 +35,18 @@ def corruptions(data: bytes, rng: random.Random):
     yield rng.randbytes(4096)
     yield (10**15).to_bytes(8, "little") + data[8:]  # a header length beyond the file
     yield pickle.dumps({"network": "x"})
+
+
+def corruptions(data: bytes, rng: random.Random):
+    """A saved network damaged, or with its header's description changed."""
+    yield from damaged(data, rng)
+    header_end = 8 + int.from_bytes(data[:8], "little")
     header = json.loads(data[8:header_end])
     changes = [{"version": 2}, {"format": "other"}, {"options": {"levels": -1}}, {"options": {"bogus": 1}}]
     for change in [*changes, {"model": {"timm": "no_such_model"}}]:
         meta = json.loads(header["__metadata__"]["transpike"])
         meta.update(change)
-        tampered = dict(header, __metadata__={"transpike": json.dumps(meta)})
-        encoded = json.dumps(tampered).encode()
-        yield len(encoded).to_bytes(8, "little") + encoded + data[header_end:]
+        yield encoded(header, {"transpike": json.dumps(meta)}, data[header_end:])
 
 
 def test_corrupted_files_raise_value_error(valid_file, tmp_path):
@@ -56,6 +62,33 @@ def test_corrupted_files_raise_value_error(valid_file, tmp_path):
             failures += 1
         # a flip inside tensor data can leave a loadable file: that is not an error
     assert failures >= 20
+
+
+def test_corrupted_predictions_files_raise_value_error(tmp_path):
+    rows = dict(labels=torch.arange(6), ann=torch.arange(6), snn=torch.arange(18).view(6, 3) % 6)
+    path = save_predictions(rows, {"model": "m", "data": "d"}, tmp_path / "predictions.safetensors")
+    data = path.read_bytes()
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:header_end])
+    tampered = [dict(header["__metadata__"], about="[1, 2]"), dict(header["__metadata__"], about="{")]
+    failures = 0
+    for blob in [
+        *damaged(data, random.Random(99)),
+        *(encoded(header, meta, data[header_end:]) for meta in tampered),
+    ]:
+        path.write_bytes(blob)
+        try:
+            load_predictions(path)
+        except ValueError as error:
+            assert str(path) in str(error)
+            failures += 1
+    assert failures >= 20
+
+
+def encoded(header: dict, metadata: dict, tensors: bytes) -> bytes:
+    """A safetensors file of ``header`` with other ``metadata`` and the ``tensors`` bytes."""
+    text = json.dumps(dict(header, __metadata__=metadata)).encode()
+    return len(text).to_bytes(8, "little") + text + tensors
 
 
 class Payload:

@@ -25,17 +25,18 @@ def setup(images):
 
 def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_totals(setup, tmp_path, monkeypatch):
     snn, model, data = setup
-    whole = evaluate(snn, model, data, 4, batch_size=6, progress=False)
+    whole = evaluate(snn, model, data, 4, batch_size=6, progress=False, predictions=True)
     folder = tmp_path / "progress"
     # no periodic save: what is kept is the last whole batch's totals, written as the run stops
     store = Progress(folder, "eval", dict(data="random"), resume=False, every=1e9)
     interrupt_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        evaluate(snn, model, data, 4, batch_size=6, progress=False, store=store)
+        evaluate(snn, model, data, 4, batch_size=6, progress=False, store=store, predictions=True)
     assert [p.name for p in folder.iterdir()] == ["eval.rank0.safetensors"]
     seen = interrupt_after(monkeypatch, 100)
-    resumed = evaluate(snn, model, data, 4, batch_size=5, progress=False,  # the batch size may change
-                       store=Progress(folder, "eval", dict(data="random"), resume=True))  # fmt: skip
+    store = Progress(folder, "eval", dict(data="random"), resume=True)
+    # the batch size may change
+    resumed = evaluate(snn, model, data, 4, batch_size=5, progress=False, store=store, predictions=True)
     assert seen == [5, 3]  # only the 8 samples left after two batches of 6
     assert resumed["num_samples"] == 20 and resumed["resumed_samples"] == 12
     assert resumed["snn_top1"] == whole["snn_top1"] and whole["resumed_samples"] == 0
@@ -43,11 +44,11 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_totals(setup, tm
     assert resumed["energy"].to_dict() == whole["energy"].to_dict()  # spike sums exact in float64
     assert resumed["early_exit"] == whole["early_exit"]
     assert resumed["difference_ci95"] == whole["difference_ci95"]
+    for name, rows in whole["predictions"].items():  # the interrupted run's samples come from its totals
+        assert torch.equal(resumed["predictions"][name], rows)
     # a finished evaluation's totals say so: resumed again, it simulates nothing
     seen.clear()
-    again = evaluate(
-        snn, model, data, 4, progress=False, store=Progress(folder, "eval", dict(data="random"), True)
-    )
+    again = evaluate(snn, model, data, 4, progress=False, store=store, predictions=True)
     assert seen == [] and again["snn_top1"] == whole["snn_top1"]
 
 
@@ -63,6 +64,7 @@ def test_a_resumed_evaluation_must_be_the_same_evaluation(setup, tmp_path, image
         (dict(time_steps=2, limit=6), dict(data="b"), "data 'a' there, 'b' here"),
         (dict(time_steps=2, limit=6, energy=False), dict(data="a"), "energy True there, False here"),
         (dict(time_steps=2, limit=6, confidences=(0.9,)), dict(data="a"), r"exit_confidences \[0.5, "),
+        (dict(time_steps=2, limit=6, predictions=True), dict(data="a"), "predictions False there, True here"),
     ]
     for kwargs, context, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -1,4 +1,4 @@
-"""The ``transpike`` command: demo, convert, eval, trace.
+"""The ``transpike`` command: demo, convert, eval, trace, compare.
 
     transpike demo [--out DIR] [--time-steps 8]
     transpike convert --model NAME [--model-kwargs k=v ...] [--checkpoint FILE] [--weights NAME] --calib DATA
@@ -6,6 +6,7 @@
     transpike eval (--snn SNN_FILE | --model NAME ... --calib DATA) --data DATA --time-steps T --out DIR
         [--resume]
     transpike trace (--snn SNN_FILE | --model NAME ... --calib DATA) --data DATA --time-steps T --out DIR
+    transpike compare REFERENCE RUN [RUN ...] [--out DIR]
 
 Errors in what the user gave (a missing file, an unknown model, a bad option) print one line and
 exit with status 2; ``--debug`` shows the traceback.
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from . import digits
 from ._version import __version__
+from .compare import compare
 from .convert import GRANULARITIES, METHODS, THRESHOLDS, ConversionOptions, convert
 from .data import SPEC_HELP, load_dataset, parse_spec
 from .energy import E_AC, E_MAC
@@ -42,13 +44,17 @@ from .io import load, rebuild_ann, save
 from .model import SpikingModel
 from .models import cached_weights, create_model, load_checkpoint, model_spec, spec_name, torchvision_weights
 from .neurons import NEURONS, ROUNDINGS
+from .predictions import FILE as PREDICTIONS_FILE
+from .predictions import file_name, load_predictions, save_predictions
 from .progress import FOLDER as PROGRESS_FOLDER
 from .progress import Progress
 from .results import (
     check_output_dir,
     format_blocks_table,
+    format_comparison,
     format_exit_table,
     format_table,
+    write_comparison,
     write_results,
     write_trace,
 )
@@ -271,9 +277,11 @@ def run_evaluation(
     world: World,
     write: bool = True,
     name: str | None = None,
+    predictions_file: str = PREDICTIONS_FILE,
 ) -> dict:
-    """Evaluate, print the table and (on rank 0, if ``write``) write the result files; with a
-    ``name``, keep the running totals under it in ``OUT/progress`` (:mod:`transpike.progress`)."""
+    """Evaluate, print the table and (on rank 0) write every sample's predictions to
+    ``predictions_file`` and, if ``write``, the result files; with a ``name``, keep the running
+    totals under it in ``OUT/progress`` (:mod:`transpike.progress`)."""
     start = time.perf_counter()
     snn.fuse(settings.fuse).to(settings.device).graph(settings.graphs)
     store = (
@@ -284,8 +292,9 @@ def run_evaluation(
     counts = evaluate(
         snn, ann, dataset, settings.time_steps, settings.batch_size, settings.limit, settings.device, world,
         energy=settings.energy, e_mac=settings.e_mac, e_ac=settings.e_ac, store=store,
-        workers=settings.workers, confidences=settings.exit_confidence,
+        workers=settings.workers, confidences=settings.exit_confidence, predictions=True,
     )  # fmt: skip
+    chosen = counts.pop("predictions")
     report = counts.pop("energy", None)
     if report is not None:
         counts["energy"] = report.to_dict()
@@ -302,8 +311,11 @@ def run_evaluation(
         workers=settings.workers,
         seconds=round(time.perf_counter() - start, 2),
         transpike=__version__,
+        predictions_file=predictions_file,
     )
     if world.is_main:
+        about = {k: results[k] for k in ("model", "data", "snn_file", "options", "transpike")}
+        save_predictions(chosen, about, settings.out / predictions_file)
         print(format_table(results))
         if report is not None:
             print("\n" + report.summary())
@@ -483,11 +495,12 @@ def evaluate_from_args(args: argparse.Namespace, settings: EvalSettings, world: 
     ann, batches, spec = model_and_calibration(args)
     dataset = load_dataset(args.data, "test", ann, spec.get("weights"))
     meta = dict(model=args.model, data=args.data, snn_file=None)
-    sweep = []
-    for blocks, name in zip(args.blocks or [None], evaluation_names(args), strict=True):
+    sweep, names = [], evaluation_names(args)
+    for blocks, name in zip(args.blocks or [None], names, strict=True):
         snn = convert(ann, batches, **conversion_options(args), blocks=blocks, model_spec=spec)
-        quiet = len(args.blocks or []) > 1 and blocks != args.blocks[-1]
-        results = run_evaluation(snn, ann, dataset, settings, meta, world, write=not quiet, name=name)
+        quiet = len(names) > 1 and blocks != args.blocks[-1]
+        file = file_name(name if len(names) > 1 else None)
+        results = run_evaluation(snn, ann, dataset, settings, meta, world, not quiet, name, file)
         sweep.append(
             dict(
                 blocks=blocks,
@@ -547,6 +560,19 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    if len(args.runs) < 2:
+        raise UsageError("compare: give a reference and at least one evaluation to compare with it")
+    out = check_output_dir(args.out, args.force) if args.out else None
+    reference, *others = (load_predictions(path) for path in args.runs)
+    comparison = compare(reference, others)
+    print(format_comparison(comparison))
+    if out is not None:
+        paths = write_comparison(comparison, out)
+        print("\nwrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     positive("--time-steps", args.time_steps)
     out = check_output_dir(args.out, args.force)
@@ -568,7 +594,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'snn.safetensors'}\ndemo finished in {time.perf_counter() - start:.0f} s")
     print(
         "other settings: --threshold mse --rounding nearest --levels-per-octave 4 (one spike per "
-        "step) or --neuron burst --threshold mse; measured in BENCHMARKS.md"
+        "step) or --neuron burst --threshold mse; measured in BENCHMARKS.md. Run one into another "
+        f"--out OTHER, then 'transpike compare {out} OTHER' tells, image by image, whether it is better"
     )
     return 0
 
@@ -655,6 +682,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--blocks", type=int, help="convert only the first K Transformer blocks")
     add_conversion_args(tr)
     tr.set_defaults(func=cmd_trace)
+
+    cmp = commands.add_parser(
+        "compare", help="is one conversion better than another: evaluations compared sample by sample"
+    )
+    cmp.add_argument(
+        "runs", nargs="+", metavar="RUN",
+        help="results directories of 'transpike eval' or 'demo' (or their predictions files) on the same "
+        "data; the first is the reference",
+    )  # fmt: skip
+    cmp.add_argument("--out", help="also write compare.json, compare.csv and compare.png here")
+    cmp.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
+    cmp.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -68,22 +68,26 @@ def evaluate(
     store: Progress | None = None,
     workers: int = 0,
     confidences: tuple[float, ...] = CONFIDENCES,
+    predictions: bool = False,
 ) -> dict:
     """Top-1 accuracy (percent) of the ANN and of the SNN after each t = 1..T, and what it cost.
 
     ``workers`` processes read and preprocess the samples (0: this process). ``confidences``: the
     thresholds c of the early-exit rule (:mod:`transpike.exits`), read from the same run (none: no
-    early-exit rows). With ``store``, the running totals are saved as the evaluation goes (and when
-    it stops on an exception), and a resumed evaluation continues from the saved ones
-    (:mod:`transpike.progress`).
+    early-exit rows). ``predictions``: also return every sample's label and top-1 classes, to
+    compare evaluations sample by sample (:mod:`transpike.compare`). With ``store``, the running
+    totals are saved as the evaluation goes (and when it stops on an exception), and a resumed
+    evaluation continues from the saved ones (:mod:`transpike.progress`).
 
     Returns:
         dict with ``num_samples``, ``ann_top1``, ``snn_top1`` (list, index t-1 = after t steps),
         ``ann_top5``, ``snn_top5`` (the same for top-5), ``difference_ci95`` (per t, the half-width
         of the 95 % interval of SNN top-1 - ANN top-1, :func:`paired_interval`), ``early_exit``
         (one row per threshold c, :func:`~transpike.exits.exit_table`), ``resumed_samples`` (those
-        counted before this run, from ``store``) and, with ``energy``, the
-        :class:`~transpike.energy.EnergyReport` of all samples as ``energy``.
+        counted before this run, from ``store``), with ``energy`` the
+        :class:`~transpike.energy.EnergyReport` of all samples as ``energy`` and, with
+        ``predictions``, ``predictions``: int32 tensors ``labels`` [N], ``ann`` [N] (the ANN's top-1
+        class) and ``snn`` [N, T] (the SNN's after t = 1..T), row i for the dataset's sample i.
     """
     world = world or World()
     total = len(dataset) if limit is None else min(limit, len(dataset))
@@ -101,22 +105,27 @@ def evaluate(
     # Dense work is the same for every sample: count it on one sample, before spikes are monitored.
     dense = count_dense_work(snn, dataset[0][0].unsqueeze(0).to(device)) if energy else None
     shard = range(world.rank, total, world.size)
+    # this process's samples: label, ANN top-1, SNN top-1 after t = 1..T (rows past `done` unused)
+    chosen = torch.zeros(len(shard) if predictions else 0, 2 + time_steps, dtype=torch.int32, device=device)
     with torch.inference_mode(), SpikeMonitor(snn) if energy else nullcontext() as monitor:
 
         def totals(done: int) -> dict[str, Tensor]:
             return dict(
                 counts=counts.clone(),
                 done=torch.tensor(done),
+                **(dict(predictions=chosen) if predictions else {}),  # rows from `done` on are ignored
                 **(monitor.state(time_steps) if monitor else {}),
             )
 
         key = saved = None
         if store:  # what a resumed evaluation must share with the interrupted one
             key = dict(network=snn.digest(), samples=total, time_steps=time_steps, processes=world.size,
-                       energy=energy, exit_confidences=list(exits))  # fmt: skip
+                       energy=energy, exit_confidences=list(exits), predictions=predictions)  # fmt: skip
             saved = store.restore(key, world.rank)
         if saved is not None:
             counts.copy_(saved["counts"])
+            if predictions:
+                chosen.copy_(saved["predictions"])
             if monitor:
                 monitor.load_state({name: saved[name].to(device) for name in ("sums", "maxima")}, time_steps)
         done = resumed = 0 if saved is None else int(saved["done"])
@@ -135,6 +144,10 @@ def evaluate(
                     [correct(outputs, y), disagreements(logits, outputs, y)]
                 ).flatten()
                 counts[width:] += exit_counts(outputs, y, exits, logits).flatten()
+                if predictions:
+                    chosen[done : done + len(y)] = torch.cat(
+                        [y[:, None], logits.argmax(-1)[:, None], outputs.argmax(-1).T], 1
+                    ).to(torch.int32)
                 done += len(y)
                 if store:
                     last = totals(done)
@@ -166,4 +179,22 @@ def evaluate(
     if exits:
         ratio = results["energy"].ratio["ecmt"] if monitor is not None else None
         results["early_exit"] = exit_table(counts[width:].view(len(exits), -1), exits, ratio)
+    if predictions:
+        rows = gather_samples(chosen, total, world).cpu()
+        results["predictions"] = dict(labels=rows[:, 0], ann=rows[:, 1], snn=rows[:, 2:])
     return results
+
+
+def gather_samples(rows: Tensor, total: int, world: World) -> Tensor:
+    """Every process's rows for its samples ``rank, rank + world, ...`` put back in sample order:
+    [total, ...] on every process."""
+    if world.size == 1:
+        return rows
+    # shards differ by at most one sample: pad each to the longest, gather, and interleave; sample
+    # i * size + rank is row i of process rank, and the padding lands past `total`
+    longest = -(-total // world.size)
+    padded = rows.new_zeros(longest, *rows.shape[1:])
+    padded[: len(rows)] = rows
+    parts = [torch.empty_like(padded) for _ in range(world.size)]
+    dist.all_gather(parts, padded)
+    return torch.stack(parts, 1).flatten(0, 1)[:total]

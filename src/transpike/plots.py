@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
 
 
 @contextmanager
@@ -47,6 +48,26 @@ def plot_accuracy(results: dict, path: Path) -> Path:
         )
         ax.set_title(f"{results.get('model', '')} ({results.get('method', '')})", fontsize=9)
         _against(ax, steps, "time steps t", "top-1 accuracy (%)", "lower right")
+    return path
+
+
+def plot_comparison(comparison: dict, path: Path) -> Path:
+    """Each compared evaluation's top-1 minus the reference's after t steps, with the 95 % interval
+    of the paired difference as error bars (:mod:`transpike.compare`); a bar that crosses 0 is a
+    difference the data cannot tell from none."""
+    with _figure(path) as ax:
+        for entry in comparison["comparisons"]:
+            rows = entry["rows"]
+            label = ", ".join(f"{k}={b}" for k, (_, b) in entry["differs"].items()) or entry["path"]
+            steps, differences = [r["t"] for r in rows], [r["difference"] for r in rows]
+            ax.errorbar(steps, differences, yerr=[r["difference_ci95"] for r in rows], marker="o", capsize=3,
+                        label=label[:90])  # fmt: skip
+        ax.axhline(0.0, color="gray", linestyle="--", label="the reference")
+        ax.set_yscale("symlog", linthresh=1.0)  # differences of tens of points at t = 1, tenths later
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.set_title(f"against {comparison['reference']['path']}", fontsize=8)
+        steps = max((r["t"] for e in comparison["comparisons"] for r in e["rows"]), default=1)
+        _against(ax, list(range(1, steps + 1)), "time steps t", "top-1 - reference's top-1 (points)")
     return path
 
 

@@ -1,6 +1,7 @@
 """Result files of an evaluation in one directory: results.json, results.csv, accuracy.png,
 early_exit.csv, early_exit.png and, with energy accounting, energy.png, firing_rates.png,
-spike_levels.png and accuracy_energy.png.
+spike_levels.png and accuracy_energy.png; those of a trace (trace.json, trace.csv, trace.png) and
+of a comparison (compare.json, compare.csv, compare.png).
 
 A directory that already holds files is never written into unless ``force`` is given, and each
 file is written atomically, so an interrupted run leaves the previous results intact.
@@ -17,6 +18,7 @@ from .plots import (
     plot_accuracy,
     plot_accuracy_energy,
     plot_blocks,
+    plot_comparison,
     plot_early_exit,
     plot_energy,
     plot_firing_rates,
@@ -164,4 +166,56 @@ def format_exit_table(results: dict) -> str:
         line = f"{row['confidence']:>7g}   {row['snn_top1']:8.2f} %   {row['snn_top1'] - ann:+6.2f} ± "
         line += f"{row['difference_ci95']:<12.2f}   {row['mean_steps']:6.2f}"
         lines.append(line + (f"   {row['energy_ratio']:36.3f}" if energy else ""))
+    return "\n".join(lines)
+
+
+def write_comparison(comparison: dict, out: Path) -> list[Path]:
+    """Write a comparison (:func:`transpike.compare.compare`) as compare.json, compare.csv (one line
+    per compared evaluation and t) and compare.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "compare.json", out / "compare.csv", out / "compare.png"]
+    atomic_write(paths[0], lambda tmp: tmp.write_text(json.dumps(comparison, indent=2) + "\n"))
+    names = ["t", "first_top1", "second_top1", "difference", "difference_ci95", "p_value"]
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["reference", "other", *names, "first_only", "second_only"])
+            for entry in comparison["comparisons"]:
+                for row in entry["rows"]:
+                    values = [f"{row[k]:.6g}" for k in names[1:]]
+                    writer.writerow([comparison["reference"]["path"], entry["path"], row["t"], *values,
+                                     row["first_only"], row["second_only"]])  # fmt: skip
+
+    atomic_write(paths[1], write_csv)
+    atomic_write(paths[2], lambda tmp: plot_comparison(comparison, tmp))
+    return paths
+
+
+def _paired(row: dict) -> str:
+    """A paired difference, its 95 % interval and McNemar p-value: "+1.25 ± 0.80   p 0.0021"."""
+    return f"{row['difference']:+6.2f} ± {row['difference_ci95']:<5.2f}   p {row['p_value']:<8.2g}"
+
+
+def format_comparison(comparison: dict) -> str:
+    """The tables printed by ``transpike compare``: each evaluation against the reference."""
+    reference = comparison["reference"]
+    about = reference["about"]
+    lines = [f"reference: {reference['path']} ({about.get('model')} on {about.get('data')}, "
+             f"{comparison['num_samples']} samples)"]  # fmt: skip
+    for entry in comparison["comparisons"]:
+        differs = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in entry["differs"].items()) or "nothing"
+        ann = entry["ann"]
+        same = f"the same top-1 for every sample ({ann['first_top1']:.2f} %)"
+        ann_line = same if entry["same_ann"] else (
+            f"{ann['first_top1']:.2f} % -> {ann['second_top1']:.2f} %: {_paired(ann)}"
+        )  # fmt: skip
+        head = "    t   reference   this run   difference, 95 % interval, McNemar p   right by one only"
+        lines += ["", f"{entry['path']} against the reference", f"  options that differ: {differs}",
+                  f"  ANN: {ann_line}", head]  # fmt: skip
+        for row in entry["rows"]:
+            lines.append(f"  {row['t']:>3}   {row['first_top1']:7.2f} %  {row['second_top1']:7.2f} %   "
+                         f"{_paired(row)}{row['first_only']:>12} / {row['second_only']}")  # fmt: skip
+    lines += ["", "difference: this run's top-1 - the reference's, points; the interval and p count only the "
+              "samples one of them gets right (each t a test of its own)"]  # fmt: skip
     return "\n".join(lines)

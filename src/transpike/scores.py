@@ -6,6 +6,8 @@ counts, so an evaluation split over batches, processes or an interruption scores
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -26,7 +28,8 @@ def disagreements(logits: Tensor, outputs: Tensor, y: Tensor) -> Tensor:
 
 
 def paired_interval(lost: Tensor, gained: Tensor, samples: int) -> Tensor:
-    """Half-width, in points, of the 95 % interval of SNN top-1 - ANN top-1 from paired samples.
+    """Half-width, in points, of the 95 % interval of SNN top-1 - ANN top-1 from paired samples
+    (or of any second classifier's top-1 against a first's).
 
     The two are scored on the same samples, so only those they disagree on count: ``lost`` (right
     by the ANN only) and ``gained`` (right by the SNN only) of n. The interval is Agresti and Min's
@@ -41,3 +44,24 @@ def paired_interval(lost: Tensor, gained: Tensor, samples: int) -> Tensor:
     n = samples + 2
     p_lost, p_gained = (lost + 0.5) / n, (gained + 0.5) / n
     return 100.0 * 1.96 * ((p_lost + p_gained - (p_gained - p_lost) ** 2) / n).sqrt()
+
+
+def mcnemar_p(lost: Tensor, gained: Tensor) -> Tensor:
+    """Two-sided exact McNemar p-value of two classifiers scored on the same samples.
+
+    Of the samples they disagree on, ``lost`` are right by the first only and ``gained`` by the
+    second only; if both were equally accurate, each of the n = lost + gained would fall either way
+    with probability 1/2 (McNemar, Psychometrika 1947; the exact, binomial form):
+
+        p = min(1, 2·P(X ≤ min(lost, gained))),   X ~ Binomial(n, 1/2),
+
+    summed in log space (n may be tens of thousands). Elementwise over tensors of counts; n = 0
+    gives 1.
+    """
+    lost, gained = torch.as_tensor(lost, dtype=torch.float64), torch.as_tensor(gained, dtype=torch.float64)
+    n, k = lost + gained, torch.minimum(lost, gained)
+    i = torch.arange(int(k.max()) + 1 if k.numel() else 1, dtype=torch.float64)  # the tail's terms
+    n_, k_ = n[..., None], k[..., None]
+    log_terms = torch.lgamma(n_ + 1) - torch.lgamma(i + 1) - torch.lgamma(n_ - i + 1) - n_ * math.log(2.0)
+    tail = torch.where(i <= k_, log_terms, -math.inf).logsumexp(-1).exp()
+    return (2.0 * tail).clamp(max=1.0)

@@ -1,0 +1,107 @@
+"""Is one conversion better than another? Two evaluations compared sample by sample.
+
+Two networks evaluated on the same samples (say the paper's thresholds and MSE thresholds of one
+ANN, or ECMT and SIT) are compared as the SNN is compared with its ANN
+(:mod:`transpike.scores`): at every t, the difference of their top-1 with the 95 % interval from the
+samples only one of them gets right, and the exact McNemar p-value of "both are equally
+accurate". The two accuracies' own intervals (± 1.76 points each on the 719 digits test images)
+would hide differences that pairing shows. Each t is a test of its own: with T of them, one below
+0.05 by chance is likely (no correction for multiple comparisons is applied).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from .predictions import Predictions
+from .scores import mcnemar_p, paired_interval
+
+
+def check_same_samples(reference: Predictions, other: Predictions) -> None:
+    """Refuse two evaluations of different samples, naming the files; warn where their data specs
+    differ though the labels agree (the same test set read from two places, or two test sets)."""
+    n, m = len(reference.labels), len(other.labels)
+    if n != m:
+        raise ValueError(f"{other.path} holds {m} samples and {reference.path} {n}: compare evaluations of "
+                         "the same data (and --limit)")  # fmt: skip
+    differ = (reference.labels != other.labels).nonzero().flatten()
+    if len(differ):
+        raise ValueError(
+            f"{other.path} and {reference.path}: the labels differ at {len(differ)} of {n} samples "
+            f"(the first is sample {int(differ[0])}): not the same samples in the same order"
+        )
+    data = reference.about.get("data"), other.about.get("data")
+    if data[0] != data[1]:
+        message = f"{other.path} evaluated {data[1]!r} and {reference.path} {data[0]!r}"
+        warnings.warn(f"{message}; their labels agree sample by sample, so they are compared", RuntimeWarning,
+                      stacklevel=2)  # fmt: skip
+
+
+def paired_rows(labels: Tensor, first: Tensor, second: Tensor) -> list[dict]:
+    """Per column of ``first`` and ``second`` (top-1 classes [N, T], or [N, 1] for one
+    prediction each), the two top-1 accuracies (percent), ``difference`` (second - first),
+    ``difference_ci95`` (:func:`~transpike.scores.paired_interval`), ``p_value``
+    (:func:`~transpike.scores.mcnemar_p`) and the counts of samples right by ``first_only`` and by
+    ``second_only``."""
+    right_1, right_2 = first == labels[:, None], second == labels[:, None]
+    lost, gained = (right_1 & ~right_2).sum(0).double(), (right_2 & ~right_1).sum(0).double()
+    n = len(labels)
+    top1_1, top1_2 = 100.0 * right_1.sum(0).double() / n, 100.0 * right_2.sum(0).double() / n
+    columns = zip(
+        top1_1.tolist(),
+        top1_2.tolist(),
+        paired_interval(lost, gained, n).tolist(),
+        mcnemar_p(lost, gained).tolist(),
+        lost.long().tolist(),
+        gained.long().tolist(),
+        strict=True,
+    )
+    names = ("first_top1", "second_top1", "difference_ci95", "p_value", "first_only", "second_only")
+    return [dict(zip(names, row, strict=True), difference=row[1] - row[0]) for row in columns]
+
+
+def differing_options(reference: dict, other: dict) -> dict:
+    """The conversion options and model settings two evaluations differ in: {name: [reference's,
+    other's]}."""
+    first = {**reference.get("options", {}), **{k: reference.get(k) for k in ("model", "data")}}
+    second = {**other.get("options", {}), **{k: other.get(k) for k in ("model", "data")}}
+    return {k: [first.get(k), second.get(k)] for k in sorted(first.keys() | second.keys())
+            if first.get(k) != second.get(k)}  # fmt: skip
+
+
+def compare(reference: Predictions, others: list[Predictions]) -> dict:
+    """Each of ``others`` against ``reference``, sample by sample, at every t both reached.
+
+    Returns:
+        dict with ``reference`` (its file and what it evaluated), ``num_samples`` and, per other
+        evaluation, a ``comparisons`` entry: ``path``, ``about``, ``differs`` (the options it
+        differs in, :func:`differing_options`), ``same_ann`` (both ANNs predict the same class for
+        every sample), ``ann`` (the ANNs compared, :func:`paired_rows`'s dict) and ``rows``, one per
+        t = 1..min(T, T'), each :func:`paired_rows`'s dict with ``t``.
+
+    Raises:
+        ValueError: an evaluation of other samples than the reference's.
+    """
+    comparisons = []
+    for other in others:
+        check_same_samples(reference, other)
+        steps = min(reference.time_steps, other.time_steps)
+        rows = paired_rows(reference.labels, reference.snn[:, :steps], other.snn[:, :steps])
+        comparisons.append(
+            dict(
+                path=str(other.path),
+                about=other.about,
+                differs=differing_options(reference.about, other.about),
+                same_ann=bool(torch.equal(reference.ann, other.ann)),
+                ann=paired_rows(reference.labels, reference.ann[:, None], other.ann[:, None])[0],
+                rows=[dict(t=t, **row) for t, row in enumerate(rows, 1)],
+            )
+        )
+    return dict(
+        reference=dict(path=str(reference.path), about=reference.about),
+        num_samples=len(reference.labels),
+        comparisons=comparisons,
+    )

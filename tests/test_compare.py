@@ -1,0 +1,119 @@
+"""Evaluations compared sample by sample: McNemar's test, the predictions files, transpike.compare."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_vit
+from safetensors.torch import save_file
+from scipy.stats import binomtest
+from torch.utils.data import TensorDataset
+
+import transpike
+from transpike.compare import compare, differing_options, paired_rows
+from transpike.evaluate import evaluate
+from transpike.predictions import Predictions, load_predictions, save_predictions
+from transpike.scores import mcnemar_p, paired_interval
+
+
+def test_mcnemar_p_is_the_exact_binomial_test_of_the_disagreements():
+    lost = torch.tensor([0.0, 3, 10, 7, 0, 250, 12000, 1])
+    gained = torch.tensor([0.0, 1, 10, 30, 5, 300, 12300, 0])
+    expected = [1.0 if a + b == 0 else binomtest(int(min(a, b)), int(a + b), 0.5).pvalue
+                for a, b in zip(lost.tolist(), gained.tolist(), strict=True)]  # fmt: skip
+    assert mcnemar_p(lost, gained).tolist() == pytest.approx(expected, rel=1e-9)
+    assert torch.equal(mcnemar_p(lost, gained), mcnemar_p(gained, lost))  # two-sided
+    assert mcnemar_p(torch.tensor(0.0), torch.tensor(6.0)).item() == pytest.approx(2 / 64)  # 2·(1/2)^6
+
+
+def predictions(labels, snn, ann=None, path="run", **about):
+    labels = torch.tensor(labels, dtype=torch.int32)
+    snn = torch.tensor(snn, dtype=torch.int32)
+    ann = labels.clone() if ann is None else torch.tensor(ann, dtype=torch.int32)
+    return Predictions(path, labels, ann, snn, {"data": "d", **about})
+
+
+def test_paired_rows_count_the_samples_one_of_two_gets_right():
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    first = torch.tensor([[0, 0], [1, 1], [2, 0], [0, 0], [4, 4], [5, 5]])  # right: 5 then 4
+    second = torch.tensor([[0, 0], [0, 1], [2, 2], [3, 3], [4, 0], [5, 5]])  # right: 5 then 5
+    t1, t2 = paired_rows(labels, first, second)
+    assert (t1["first_only"], t1["second_only"]) == (1, 1) and t1["difference"] == 0.0
+    assert (t2["first_only"], t2["second_only"]) == (1, 2)  # sample 4; samples 2 and 3
+    assert t2["first_top1"] == pytest.approx(400 / 6) and t2["second_top1"] == pytest.approx(500 / 6)
+    one, two = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    assert t2["difference_ci95"] == paired_interval(one, two, 6).item()
+    assert t2["p_value"] == mcnemar_p(one, two).item() == 1.0
+
+
+def test_compare_reads_every_t_both_reached_and_names_what_differs():
+    reference = predictions([0, 1, 1, 0], [[1, 0, 0], [1, 1, 1], [0, 1, 1], [0, 0, 0]], options={"levels": 8})
+    other = predictions([0, 1, 1, 0], [[0, 0], [1, 1], [1, 1], [0, 0]], ann=[0, 1, 1, 1], path="other",
+                        options={"levels": 29, "percentile": 99.0})  # fmt: skip
+    result = compare(reference, [other])
+    assert result["num_samples"] == 4 and result["reference"]["path"] == "run"
+    (entry,) = result["comparisons"]
+    assert [row["t"] for row in entry["rows"]] == [1, 2]  # the shorter run's T
+    assert [row["difference"] for row in entry["rows"]] == [50.0, 0.0]
+    assert entry["differs"] == {"levels": [8, 29], "percentile": [None, 99.0]}
+    assert not entry["same_ann"] and entry["ann"]["first_only"] == 1 and entry["ann"]["difference"] == -25.0
+    assert compare(reference, [reference])["comparisons"][0]["same_ann"]
+    assert differing_options({"model": "a", "options": {}}, {"model": "b"}) == {"model": ["a", "b"]}
+
+
+def test_compare_refuses_other_samples_and_warns_of_other_data():
+    reference = predictions([0, 1, 2], [[0], [1], [2]])
+    with pytest.raises(ValueError, match="holds 2 samples and run 3: compare evaluations of the same data"):
+        compare(reference, [predictions([0, 1], [[0], [1]], path="short")])
+    with pytest.raises(ValueError, match=r"the labels differ at 1 of 3 samples \(the first is sample 2\)"):
+        compare(reference, [predictions([0, 1, 1], [[0], [1], [1]], path="other")])
+    with pytest.warns(RuntimeWarning, match="evaluated 'e' and run 'd'; their labels agree"):
+        compare(reference, [predictions([0, 1, 2], [[0], [1], [0]], data="e")])
+
+
+def test_evaluate_returns_every_samples_top1_in_order(images):
+    model = tiny_vit(num_classes=10)
+    snn = transpike.convert(model, images[0])
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(11, 3, 16, 16, generator=gen), torch.randint(0, 10, (11,), generator=gen)
+    results = evaluate(snn, model, TensorDataset(x, y), 4, batch_size=3, progress=False, energy=False,
+                       predictions=True)  # fmt: skip
+    chosen = results["predictions"]
+    assert torch.equal(chosen["labels"], y.int()) and torch.equal(chosen["ann"], model(x).argmax(-1).int())
+    assert torch.equal(chosen["snn"], snn.simulate(x, 4).argmax(-1).T.int())
+    right = (chosen["snn"] == y[:, None]).sum(0).double()
+    assert results["snn_top1"] == (100.0 * right / 11).tolist()  # the counts and the rows agree
+    assert "predictions" not in evaluate(snn, model, TensorDataset(x, y), 2, progress=False, energy=False)
+
+
+def test_predictions_files_round_trip_and_refuse_what_they_cannot_read(tmp_path):
+    rows = dict(labels=torch.tensor([3, 1]), ann=torch.tensor([3, 0]), snn=torch.tensor([[3, 3], [0, 1]]))
+    path = save_predictions(rows, {"model": "m", "data": "d"}, tmp_path / "run" / "predictions.safetensors")
+    for source in (path, tmp_path / "run"):  # the file, or the results directory holding it
+        loaded = load_predictions(source)
+        assert loaded.path == path and loaded.about == {"model": "m", "data": "d"} and loaded.time_steps == 2
+        assert all(torch.equal(getattr(loaded, k), rows[k].int()) for k in rows)
+    sweep = tmp_path / "sweep"
+    save_predictions(rows, {}, sweep / "predictions.blocks-1.safetensors")
+    with pytest.raises(ValueError, match=r"no predictions.safetensors in this directory; it holds "
+                                         r"predictions.blocks-1.safetensors: name one"):  # fmt: skip
+        load_predictions(sweep)
+    with pytest.raises(ValueError, match="missing: no such predictions file"):
+        load_predictions(tmp_path / "missing")
+    (tmp_path / "junk").write_bytes(b"not safetensors at all")
+    with pytest.raises(ValueError, match="junk: not a transpike predictions file"):
+        load_predictions(tmp_path / "junk")
+    save_file({"labels": torch.zeros(2, dtype=torch.int32)}, tmp_path / "foreign")
+    with pytest.raises(ValueError, match="foreign: not a transpike predictions file"):
+        load_predictions(tmp_path / "foreign")
+    meta = {"format": "transpike-predictions", "version": "1", "about": "{}"}
+    save_file({"labels": torch.zeros(2, dtype=torch.int32), "ann": torch.zeros(3, dtype=torch.int32),
+               "snn": torch.zeros(2, 1, dtype=torch.int32)}, tmp_path / "damaged", metadata=meta)  # fmt: skip
+    with pytest.raises(ValueError, match=r"damaged: damaged predictions file \(tensors .*'ann': \(3,\)"):
+        load_predictions(tmp_path / "damaged")
+    save_file(rows | {"labels": rows["labels"].int()}, tmp_path / "newer", metadata={**meta, "version": "2"})
+    with pytest.raises(
+        ValueError, match="newer: predictions format version 2; this transpike reads version 1"
+    ):
+        load_predictions(tmp_path / "newer")
+    assert json.loads(json.dumps(load_predictions(path).about)) == {"model": "m", "data": "d"}
