@@ -643,7 +643,7 @@ def test_sigterm_stops_eval_as_ctrl_c_does(tmp_path, npz_data, monkeypatch, caps
 
 
 def test_compare_tells_two_conversions_apart_sample_by_sample(tmp_path, npz_data, capsys):
-    argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--time-steps", 3, "--no-energy"]
+    argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--time-steps", 3]
     assert run(*argv, "--out", tmp_path / "paper") == 0
     assert run(*argv, "--threshold", "mse", "--rounding", "nearest", "--out", tmp_path / "mse") == 0
     capsys.readouterr()
@@ -658,6 +658,8 @@ def test_compare_tells_two_conversions_apart_sample_by_sample(tmp_path, npz_data
     assert [row["first_top1"] for row in rows] == pytest.approx(paper["snn_top1"])
     assert [row["second_top1"] for row in rows] == pytest.approx(mse["snn_top1"])
     assert all(0.0 < row["p_value"] <= 1.0 for row in rows)
+    assert [row["second_energy"] for row in rows] == pytest.approx(mse["energy"]["energy_ratio_full"])
+    assert "energy/ANN (full form)" in printed
     lines = (tmp_path / "cmp" / "compare.csv").read_text().splitlines()
     assert lines[0].startswith("reference,other,t,first_top1,second_top1,difference") and len(lines) == 4
     assert Image.open(tmp_path / "cmp" / "compare.png").size[0] > 100

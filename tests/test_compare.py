@@ -47,7 +47,8 @@ def test_paired_rows_count_the_samples_one_of_two_gets_right():
 
 
 def test_compare_reads_every_t_both_reached_and_names_what_differs():
-    reference = predictions([0, 1, 1, 0], [[1, 0, 0], [1, 1, 1], [0, 1, 1], [0, 0, 0]], options={"levels": 8})
+    reference = predictions([0, 1, 1, 0], [[1, 0, 0], [1, 1, 1], [0, 1, 1], [0, 0, 0]], options={"levels": 8},
+                            energy_ratio_full=[0.1, 0.2, 0.3])  # fmt: skip
     other = predictions([0, 1, 1, 0], [[0, 0], [1, 1], [1, 1], [0, 0]], ann=[0, 1, 1, 1], path="other",
                         options={"levels": 29, "percentile": 99.0})  # fmt: skip
     result = compare(reference, [other])
@@ -56,6 +57,11 @@ def test_compare_reads_every_t_both_reached_and_names_what_differs():
     assert [row["t"] for row in entry["rows"]] == [1, 2]  # the shorter run's T
     assert [row["difference"] for row in entry["rows"]] == [50.0, 0.0]
     assert entry["differs"] == {"levels": [8, 29], "percentile": [None, 99.0]}
+    # the energy after each t where it was counted: the other run did not count spikes
+    assert [(row["first_energy"], row["second_energy"]) for row in entry["rows"]] == [
+        (0.1, None),
+        (0.2, None),
+    ]
     assert not entry["same_ann"] and entry["ann"]["first_only"] == 1 and entry["ann"]["difference"] == -25.0
     assert compare(reference, [reference])["comparisons"][0]["same_ann"]
     assert differing_options({"model": "a", "options": {}}, {"model": "b"}) == {"model": ["a", "b"]}

@@ -315,6 +315,8 @@ def run_evaluation(
     )
     if world.is_main:
         about = {k: results[k] for k in ("model", "data", "snn_file", "options", "transpike")}
+        if report is not None:  # what each t costs, for a comparison to weigh against its accuracy
+            about.update({k: results["energy"][k] for k in ("energy_ratio", "energy_ratio_full")})
         save_predictions(chosen, about, settings.out / predictions_file)
         print(format_table(results))
         if report is not None:

@@ -80,7 +80,9 @@ def compare(reference: Predictions, others: list[Predictions]) -> dict:
         evaluation, a ``comparisons`` entry: ``path``, ``about``, ``differs`` (the options it
         differs in, :func:`differing_options`), ``same_ann`` (both ANNs predict the same class for
         every sample), ``ann`` (the ANNs compared, :func:`paired_rows`'s dict) and ``rows``, one per
-        t = 1..min(T, T'), each :func:`paired_rows`'s dict with ``t``.
+        t = 1..min(T, T'), each :func:`paired_rows`'s dict with ``t`` and the two networks' energy
+        relative to their ANN's after t steps, ``first_energy`` and ``second_energy`` (the full
+        form, :mod:`transpike.energy`; None for an evaluation that did not count spikes).
 
     Raises:
         ValueError: an evaluation of other samples than the reference's.
@@ -90,6 +92,7 @@ def compare(reference: Predictions, others: list[Predictions]) -> dict:
         check_same_samples(reference, other)
         steps = min(reference.time_steps, other.time_steps)
         rows = paired_rows(reference.labels, reference.snn[:, :steps], other.snn[:, :steps])
+        first, second = (run.about.get("energy_ratio_full") or [None] * steps for run in (reference, other))
         comparisons.append(
             dict(
                 path=str(other.path),
@@ -97,7 +100,10 @@ def compare(reference: Predictions, others: list[Predictions]) -> dict:
                 differs=differing_options(reference.about, other.about),
                 same_ann=bool(torch.equal(reference.ann, other.ann)),
                 ann=paired_rows(reference.labels, reference.ann[:, None], other.ann[:, None])[0],
-                rows=[dict(t=t, **row) for t, row in enumerate(rows, 1)],
+                rows=[
+                    dict(t=t, **row, first_energy=first[t - 1], second_energy=second[t - 1])
+                    for t, row in enumerate(rows, 1)
+                ],
             )
         )
     return dict(

@@ -180,12 +180,14 @@ def write_comparison(comparison: dict, out: Path) -> list[Path]:
     def write_csv(tmp: Path) -> None:
         with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["reference", "other", *names, "first_only", "second_only"])
+            energy = ["first_energy", "second_energy"]
+            writer.writerow(["reference", "other", *names, "first_only", "second_only", *energy])
             for entry in comparison["comparisons"]:
                 for row in entry["rows"]:
                     values = [f"{row[k]:.6g}" for k in names[1:]]
+                    costs = ["" if row[k] is None else f"{row[k]:.6g}" for k in energy]
                     writer.writerow([comparison["reference"]["path"], entry["path"], row["t"], *values,
-                                     row["first_only"], row["second_only"]])  # fmt: skip
+                                     row["first_only"], row["second_only"], *costs])  # fmt: skip
 
     atomic_write(paths[1], write_csv)
     atomic_write(paths[2], lambda tmp: plot_comparison(comparison, tmp))
@@ -211,11 +213,16 @@ def format_comparison(comparison: dict) -> str:
             f"{ann['first_top1']:.2f} % -> {ann['second_top1']:.2f} %: {_paired(ann)}"
         )  # fmt: skip
         head = "    t   reference   this run   difference, 95 % interval, McNemar p   right by one only"
+        head += "   energy/ANN (full form)"
         lines += ["", f"{entry['path']} against the reference", f"  options that differ: {differs}",
                   f"  ANN: {ann_line}", head]  # fmt: skip
         for row in entry["rows"]:
+            costs = (row["first_energy"], row["second_energy"])
+            energy = "" if None in costs else f"{costs[0]:.3f} -> {costs[1]:.3f}"
+            counts = f"{row['first_only']:>12} / {row['second_only']:<6}"
             lines.append(f"  {row['t']:>3}   {row['first_top1']:7.2f} %  {row['second_top1']:7.2f} %   "
-                         f"{_paired(row)}{row['first_only']:>12} / {row['second_only']}")  # fmt: skip
+                         f"{_paired(row)}{counts}   {energy}".rstrip())  # fmt: skip
     lines += ["", "difference: this run's top-1 - the reference's, points; the interval and p count only the "
-              "samples one of them gets right (each t a test of its own)"]  # fmt: skip
+              "samples one of them gets right (each t a test of its own); energy: each network's after t "
+              "steps over its ANN's, the reference's -> this run's"]  # fmt: skip
     return "\n".join(lines)
