@@ -83,8 +83,8 @@ def test_a_resumed_evaluation_must_be_the_same_evaluation(setup, tmp_path, image
             store=Progress(folder, "eval", dict(data="a"), True),
         )
     other_format = Progress(folder, "eval", dict(data="a"), True)
-    monkeypatch.setattr("transpike.progress.VERSION", 3)  # totals written in another layout
-    with pytest.raises(ValueError, match="format 2 there, 3 here"):
+    monkeypatch.setattr("transpike.progress.VERSION", 4)  # totals written in another layout
+    with pytest.raises(ValueError, match="format 3 there, 4 here"):
         evaluate(snn, model, data, 2, limit=6, progress=False, store=other_format)
     (folder / "eval.rank0.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="not a transpike progress file"):

@@ -2,16 +2,17 @@
 
 ``transpike eval`` keeps them in ``OUT/progress/``: for each evaluation (each ``--blocks`` K is
 one) and each process, a safetensors file with the correct counts so far, the spike monitor's
-records (:meth:`~transpike.spikes.SpikeMonitor.state`) and how many of the process's samples are
-done, under a key that a resumed run must match: the network's digest, the data, the number of
-samples, T, the number of processes, whether spikes are counted, the early-exit thresholds and the
-version of the file's layout (``VERSION``: totals of another layout are refused, not misread). The
-file is replaced atomically at the end of the first batch ``every`` seconds after the last save,
-and when the run stops on an exception (Ctrl-C, SIGTERM under ``transpike eval``, running out of
-memory) with the totals of the last whole batch, so a killed run repeats at most ``every`` seconds
-and a batch. A save that fails warns and the evaluation goes on: the totals matter only if it is
-interrupted. Resumed, the totals are those of an uninterrupted run: they are sums of integers,
-exact in float64, and the batch size may change.
+records (:meth:`~transpike.spikes.SpikeMonitor.state`), the top-1 classes of the samples done
+(where the evaluation keeps them) and how many of the process's samples are done, under a key
+that a resumed run must match: the network's digest, the data, the number of samples, T, the
+number of processes, whether spikes are counted, the early-exit thresholds, whether predictions
+are kept and the version of the file's layout (``VERSION``: totals of another layout are refused,
+not misread). The file is replaced atomically at the end of the first batch ``every`` seconds
+after the last save, and when the run stops on an exception (Ctrl-C, SIGTERM under ``transpike
+eval``, running out of memory) with the totals of the last whole batch, so a killed run repeats
+at most ``every`` seconds and a batch. A save that fails warns and the evaluation goes on: the
+totals matter only if it is interrupted. Resumed, the totals are those of an uninterrupted run:
+they are sums of integers, exact in float64, and the batch size may change.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import Tensor
 from .io import atomic_write
 
 FOLDER = "progress"
-VERSION = 2  # of the tensors' layout, 2 with early-exit counts: another layout's are refused, not misread
+VERSION = 3  # of the tensors' layout (2: early-exit counts; 3: each sample's predictions): others are refused
 INTERVAL = 60.0  # seconds between saves: what a killed run may have to repeat
 
 
