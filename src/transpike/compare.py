@@ -4,9 +4,10 @@ Two networks evaluated on the same samples (say the paper's thresholds and MSE t
 ANN, or ECMT and SIT) are compared as the SNN is compared with its ANN
 (:mod:`transpike.scores`): at every t, the difference of their top-1 with the 95 % interval from the
 samples only one of them gets right, and the exact McNemar p-value of "both are equally
-accurate". The two accuracies' own intervals (± 1.76 points each on the 719 digits test images)
-would hide differences that pairing shows. Each t is a test of its own: with T of them, one below
-0.05 by chance is likely (no correction for multiple comparisons is applied).
+accurate". Taken apart, two accuracies near 97 % on the 719 digits test images would leave their
+difference uncertain by ± 1.7 points, hiding differences that pairing shows. Each t is a test of
+its own: with T of them, one below 0.05 by chance is likely (no correction for multiple comparisons
+is applied).
 """
 
 from __future__ import annotations
