@@ -657,7 +657,7 @@ def test_compare_tells_two_conversions_apart_sample_by_sample(tmp_path, npz_data
     rows = result["comparisons"][0]["rows"]
     assert [row["first_top1"] for row in rows] == pytest.approx(paper["snn_top1"])
     assert [row["second_top1"] for row in rows] == pytest.approx(mse["snn_top1"])
-    assert all(0.0 < row["p_value"] <= 1.0 for row in rows)
+    assert all(0.0 < row["p_value"] <= row["p_holm"] <= 1.0 for row in rows)
     assert [row["second_energy"] for row in rows] == pytest.approx(mse["energy"]["energy_ratio_full"])
     assert "energy/ANN (full form)" in printed
     lines = (tmp_path / "cmp" / "compare.csv").read_text().splitlines()

@@ -13,7 +13,7 @@ import transpike
 from transpike.compare import compare, differing_options, paired_rows
 from transpike.evaluate import evaluate
 from transpike.predictions import Predictions, load_predictions, save_predictions
-from transpike.scores import mcnemar_p, paired_interval
+from transpike.scores import holm, mcnemar_p, paired_interval
 
 
 def test_mcnemar_p_is_the_exact_binomial_test_of_the_disagreements():
@@ -24,6 +24,14 @@ def test_mcnemar_p_is_the_exact_binomial_test_of_the_disagreements():
     assert mcnemar_p(lost, gained).tolist() == pytest.approx(expected, rel=1e-9)
     assert torch.equal(mcnemar_p(lost, gained), mcnemar_p(gained, lost))  # two-sided
     assert mcnemar_p(torch.tensor(0.0), torch.tensor(6.0)).item() == pytest.approx(2 / 64)  # 2·(1/2)^6
+
+
+def test_holm_adjusts_each_p_by_its_rank_and_keeps_their_order():
+    p = torch.tensor([0.01, 0.04, 0.03, 0.5], dtype=torch.float64)
+    # sorted: 0.01·4, 0.03·3, 0.04·2 (raised to the 0.09 before it), 0.5·1
+    assert holm(p).tolist() == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm(torch.tensor([0.6, 0.9], dtype=torch.float64)).tolist() == [1.0, 1.0]  # capped at 1
+    assert holm(torch.tensor([0.02], dtype=torch.float64)).tolist() == [0.02]  # one test: unchanged
 
 
 def predictions(labels, snn, ann=None, path="run", **about):
@@ -43,7 +51,7 @@ def test_paired_rows_count_the_samples_one_of_two_gets_right():
     assert t2["first_top1"] == pytest.approx(400 / 6) and t2["second_top1"] == pytest.approx(500 / 6)
     one, two = torch.tensor([1.0, 2.0], dtype=torch.float64)
     assert t2["difference_ci95"] == paired_interval(one, two, 6).item()
-    assert t2["p_value"] == mcnemar_p(one, two).item() == 1.0
+    assert t2["p_value"] == mcnemar_p(one, two).item() == 1.0 and t2["p_holm"] == 1.0
 
 
 def test_compare_reads_every_t_both_reached_and_names_what_differs():

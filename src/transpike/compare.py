@@ -4,10 +4,10 @@ Two networks evaluated on the same samples (say the paper's thresholds and MSE t
 ANN, or ECMT and SIT) are compared as the SNN is compared with its ANN
 (:mod:`transpike.scores`): at every t, the difference of their top-1 with the 95 % interval from the
 samples only one of them gets right, and the exact McNemar p-value of "both are equally
-accurate". Taken apart, two accuracies near 97 % on the 719 digits test images would leave their
-difference uncertain by ± 1.7 points, hiding differences that pairing shows. Each t is a test of
-its own: with T of them, one below 0.05 by chance is likely (no correction for multiple comparisons
-is applied).
+accurate". Each t is a test of its own, so with T of them one plain p below 0.05 by chance is
+likely; Holm's adjustment over the t compared (``p_holm``) keeps that chance below 0.05 for all of
+them together. Taken apart, two accuracies near 97 % on the 719 digits test images would leave
+their difference uncertain by ± 1.7 points, hiding differences that pairing shows.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .predictions import Predictions
-from .scores import mcnemar_p, paired_interval
+from .scores import holm, mcnemar_p, paired_interval
 
 
 def check_same_samples(reference: Predictions, other: Predictions) -> None:
@@ -45,22 +45,25 @@ def paired_rows(labels: Tensor, first: Tensor, second: Tensor) -> list[dict]:
     """Per column of ``first`` and ``second`` (top-1 classes [N, T], or [N, 1] for one
     prediction each), the two top-1 accuracies (percent), ``difference`` (second - first),
     ``difference_ci95`` (:func:`~transpike.scores.paired_interval`), ``p_value``
-    (:func:`~transpike.scores.mcnemar_p`) and the counts of samples right by ``first_only`` and by
+    (:func:`~transpike.scores.mcnemar_p`), ``p_holm`` (the p-values adjusted over the columns,
+    :func:`~transpike.scores.holm`) and the counts of samples right by ``first_only`` and by
     ``second_only``."""
     right_1, right_2 = first == labels[:, None], second == labels[:, None]
     lost, gained = (right_1 & ~right_2).sum(0).double(), (right_2 & ~right_1).sum(0).double()
     n = len(labels)
     top1_1, top1_2 = 100.0 * right_1.sum(0).double() / n, 100.0 * right_2.sum(0).double() / n
+    p = mcnemar_p(lost, gained)
     columns = zip(
         top1_1.tolist(),
         top1_2.tolist(),
         paired_interval(lost, gained, n).tolist(),
-        mcnemar_p(lost, gained).tolist(),
+        p.tolist(),
+        holm(p).tolist(),
         lost.long().tolist(),
         gained.long().tolist(),
         strict=True,
     )
-    names = ("first_top1", "second_top1", "difference_ci95", "p_value", "first_only", "second_only")
+    names = ("first_top1", "second_top1", "difference_ci95", "p_value", "p_holm", "first_only", "second_only")
     return [dict(zip(names, row, strict=True), difference=row[1] - row[0]) for row in columns]
 
 

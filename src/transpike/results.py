@@ -175,7 +175,7 @@ def write_comparison(comparison: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "compare.json", out / "compare.csv", out / "compare.png"]
     atomic_write(paths[0], lambda tmp: tmp.write_text(json.dumps(comparison, indent=2) + "\n"))
-    names = ["t", "first_top1", "second_top1", "difference", "difference_ci95", "p_value"]
+    names = ["t", "first_top1", "second_top1", "difference", "difference_ci95", "p_value", "p_holm"]
 
     def write_csv(tmp: Path) -> None:
         with open(tmp, "w", newline="") as handle:
@@ -195,8 +195,10 @@ def write_comparison(comparison: dict, out: Path) -> list[Path]:
 
 
 def _paired(row: dict) -> str:
-    """A paired difference, its 95 % interval and McNemar p-value: "+1.25 ± 0.80   p 0.0021"."""
-    return f"{row['difference']:+6.2f} ± {row['difference_ci95']:<5.2f}   p {row['p_value']:<8.2g}"
+    """A paired difference, its 95 % interval, McNemar p-value and the Holm-adjusted one:
+    "+1.25 ± 0.80   0.0021   0.013"."""
+    return (f"{row['difference']:+6.2f} ± {row['difference_ci95']:<5.2f}   {row['p_value']:<8.2g} "
+            f"{row['p_holm']:<8.2g}")  # fmt: skip
 
 
 def format_comparison(comparison: dict) -> str:
@@ -210,10 +212,11 @@ def format_comparison(comparison: dict) -> str:
         ann = entry["ann"]
         same = f"the same top-1 for every sample ({ann['first_top1']:.2f} %)"
         ann_line = same if entry["same_ann"] else (
-            f"{ann['first_top1']:.2f} % -> {ann['second_top1']:.2f} %: {_paired(ann)}"
+            f"{ann['first_top1']:.2f} % -> {ann['second_top1']:.2f} %: {ann['difference']:+.2f} ± "
+            f"{ann['difference_ci95']:.2f}, McNemar p {ann['p_value']:.2g}"
         )  # fmt: skip
-        head = "    t   reference   this run   difference, 95 % interval, McNemar p   right by one only"
-        head += "   energy/ANN (full form)"
+        head = "    t   reference   this run   difference, 95 % interval   p        p (Holm)"
+        head += "   right by one only   energy/ANN (full form)"
         lines += ["", f"{entry['path']} against the reference", f"  options that differ: {differs}",
                   f"  ANN: {ann_line}", head]  # fmt: skip
         for row in entry["rows"]:
@@ -223,6 +226,7 @@ def format_comparison(comparison: dict) -> str:
             lines.append(f"  {row['t']:>3}   {row['first_top1']:7.2f} %  {row['second_top1']:7.2f} %   "
                          f"{_paired(row)}{counts}   {energy}".rstrip())  # fmt: skip
     lines += ["", "difference: this run's top-1 - the reference's, points; the interval and p count only the "
-              "samples one of them gets right (each t a test of its own); energy: each network's after t "
-              "steps over its ANN's, the reference's -> this run's"]  # fmt: skip
+              "samples one of them gets right; p: McNemar's exact test, each t on its own; p (Holm): "
+              "adjusted over the t compared; energy: each network's after t steps over its ANN's, the "
+              "reference's -> this run's"]  # fmt: skip
     return "\n".join(lines)

@@ -65,3 +65,14 @@ def mcnemar_p(lost: Tensor, gained: Tensor) -> Tensor:
     log_terms = torch.lgamma(n_ + 1) - torch.lgamma(i + 1) - torch.lgamma(n_ - i + 1) - n_ * math.log(2.0)
     tail = torch.where(i <= k_, log_terms, -math.inf).logsumexp(-1).exp()
     return (2.0 * tail).clamp(max=1.0)
+
+
+def holm(p: Tensor) -> Tensor:
+    """Holm's step-down adjustment of m p-values (Holm, Scandinavian Journal of Statistics 1979):
+    each adjusted p below a level α says "differs" with a chance below α of any false one among all
+    m tests. With the p sorted ascending, p̃_(i) = max_{j ≤ i} min(1, (m - j + 1)·p_(j)); returned
+    in the original order."""
+    order = p.argsort()
+    factors = torch.arange(p.numel(), 0, -1, dtype=p.dtype, device=p.device)
+    adjusted = (p[order] * factors).clamp(max=1.0).cummax(0).values
+    return torch.empty_like(p).scatter_(0, order, adjusted)
