@@ -317,15 +317,15 @@ def run_evaluation(
         about = {k: results[k] for k in ("model", "data", "snn_file", "options", "transpike")}
         if report is not None:  # what each t costs, for a comparison to weigh against its accuracy
             about.update({k: results["energy"][k] for k in ("energy_ratio", "energy_ratio_full")})
-        save_predictions(chosen, about, settings.out / predictions_file)
+        paths = [save_predictions(chosen, about, settings.out / predictions_file)]
         print(format_table(results))
         if report is not None:
             print("\n" + report.summary())
         if "early_exit" in results:
             print("\n" + format_exit_table(results))
         if write:
-            paths = write_results(results, settings.out)
-            print("\nwrote " + ", ".join(str(p) for p in paths))
+            paths = write_results(results, settings.out) + paths
+        print("\nwrote " + ", ".join(str(p) for p in paths))
     return results
 
 
