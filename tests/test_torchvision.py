@@ -68,7 +68,7 @@ def test_the_twin_computes_what_multihead_attention_does(batch_first, bias):
 def test_the_twin_refuses_masks_and_cross_attention():
     twin = ExplicitMultiheadAttention(nn.MultiheadAttention(8, 2, batch_first=True))
     x, y = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
-    with pytest.raises(ValueError, match="self-attention only"):
+    with pytest.raises(ValueError, match="converts as self-attention"):
         twin(x, y, y)
     with pytest.raises(ValueError, match="masks are not supported"):
         twin(x, x, x, attn_mask=torch.zeros(3, 3))
@@ -81,7 +81,7 @@ def test_the_twin_refuses_masks_and_cross_attention():
     [
         (lambda m: setattr(m, "add_zero_attn", True), "add_zero_attn=True"),
         (lambda m: setattr(m, "bias_k", nn.Parameter(torch.zeros(1, 1, 32))), "add_bias_kv=True"),
-        (lambda m: setattr(m, "_qkv_same_embed_dim", False), "not self-attention"),
+        (lambda m: setattr(m, "_qkv_same_embed_dim", False), "separate key and value projections"),
     ],
 )
 def test_unsupported_multihead_attention_is_refused_by_path(change, reason, inputs):

@@ -199,12 +199,16 @@ class SpikingModel(nn.Module):
         Conversion only wraps modules (``layer`` in a :class:`SpikingLayer`, ``f`` in an EC
         module) or replaces the stateless softmax, so unwrapping the keys gives back the ANN's
         state dict exactly; a twin that holds a parameter under another name says so in its
-        ``ann_keys`` (``nn.MultiheadAttention``'s packed projection).
+        ``ann_keys`` (``nn.MultiheadAttention``'s packed projection), and one that holds it in
+        parts maps each part to (name, index): the parts are joined along the first dimension in
+        index order (cross-attention's query and key-value projections).
         """
-        renames, spiking, twin_keys = {}, [], {}
+        renames, spiking, twin_keys, parts = {}, [], {}, {}
         for path, module in self.network.named_modules():
             prefix = f"{path}." if path else ""
-            twin_keys |= {prefix + key: prefix + ann for key, ann in getattr(module, "ann_keys", {}).items()}
+            for key, ann in getattr(module, "ann_keys", {}).items():
+                part = isinstance(ann, tuple)
+                twin_keys[prefix + key] = (prefix + ann[0], ann[1]) if part else prefix + ann
             if isinstance(module, SpikingLayer):
                 renames[f"{prefix}layer."] = prefix
             elif isinstance(module, ExpectationCompensation):
@@ -218,8 +222,12 @@ class SpikingModel(nn.Module):
             for old, new in renames.items():
                 if key.startswith(old):
                     key = new + key[len(old) :]
-            state[twin_keys.get(key, key)] = value
-        return state
+            name = twin_keys.get(key, key)
+            if isinstance(name, tuple):
+                parts.setdefault(name[0], {})[name[1]] = value
+            else:
+                state[name] = value
+        return state | {name: torch.cat([part[i] for i in sorted(part)]) for name, part in parts.items()}
 
     def digest(self) -> str:
         """SHA-256 of what :func:`transpike.save` writes: the options, the model spec and every

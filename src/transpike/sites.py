@@ -92,7 +92,8 @@ class Unconverted(nn.Module):
         # value (keyword tensors are taken as the constants they are in timm: rotary tables)
         if not isinstance(x, torch.Tensor) or any(isinstance(a, torch.Tensor) for a in args):
             kinds = ", ".join(type(a).__name__ for a in (x, *args))
-            raise TypeError(f"a module left analog must take one tensor and constants, got ({kinds})")
+            left = f"a module left analog ({type(self.module).__name__})"
+            raise TypeError(f"{left} must take one tensor and constants, got ({kinds})")
         return self.module(x, *args, **constants)
 
     def extra_repr(self) -> str:

@@ -51,10 +51,11 @@ class L2Normalize(nn.Module):
         return f"dim={self.dim}"
 
 
-def split_qkv(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    """One projection's output [B, N, 3·heads·d] as q, k and v of [B, heads, N, d]."""
+def split_qkv(qkv: Tensor, heads: int, parts: int = 3) -> tuple[Tensor, ...]:
+    """One projection's output [B, N, parts·heads·d] as ``parts`` tensors of [B, heads, N, d]:
+    q, k and v, or k and v of a key-value projection (``parts=2``)."""
     batch, tokens, _ = qkv.shape
-    return qkv.reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    return qkv.reshape(batch, tokens, parts, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
 
 
 def packed_qkv(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
