@@ -161,6 +161,56 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[torch.Tensor]
     return model, calibration, x, fills
 
 
+def measure(model: torch.nn.Module, calibration: list[torch.Tensor], x: torch.Tensor, name: str) -> tuple:
+    """One configuration of :data:`CONFIGS` converted and run for max(STEPS) steps on ``x``: its row
+    (error and top-1 agreement against the ANN, energy, spikes per neuron) and its energy report."""
+    with torch.inference_mode():
+        ref = model(x)
+    start = time.perf_counter()
+    snn = transpike.convert(model, calibration, **CONFIGS[name])
+    outputs = []
+    hook = snn.network.register_forward_hook(lambda m, i, o, outputs=outputs: outputs.append(o.double()))
+    report = transpike.account(snn, x, max(STEPS))
+    hook.remove()
+    y = torch.stack(outputs[-max(STEPS) :]).cumsum(0) / torch.arange(1, max(STEPS) + 1).view(-1, 1, 1)
+    row = dict(
+        config=name,
+        options=CONFIGS[name],
+        error={t: ((y[t - 1] - ref).norm() / ref.norm()).item() for t in STEPS},
+        agreement={t: (y[t - 1].argmax(-1) == ref.argmax(-1)).double().mean().item() * 100 for t in STEPS},
+        energy_ecmt={t: report.ratio["ecmt"][t - 1] for t in STEPS},
+        energy_full={t: report.ratio["full"][t - 1] for t in STEPS},
+        max_spikes_per_neuron_step=report.max_spikes_per_neuron_step,
+        spikes_per_neuron_step=sum(sum(s["firing_rate"]) * s["neurons"] for s in report.sites)
+        / sum(s["neurons"] for s in report.sites)
+        / max(STEPS),
+        seconds=time.perf_counter() - start,
+    )
+    print(f"{name}: " + " ".join(f"{e:.3f}" for e in row["error"].values()), flush=True)
+    return row, report
+
+
+def print_table(title: str, rows: list[dict]) -> None:
+    """The rows as BENCHMARKS.md's table."""
+    head = "/".join(map(str, STEPS))
+    print(f"\n{title}: relative L2 error of the mean logits / top-1 agreement (%) / energy SNN/ANN "
+          "(ECMT form, full form)\n")  # fmt: skip
+    print(
+        f"| configuration | error t={head} | agreement t=1, 4, 16 | energy ECMT t=1, 4, 16 "
+        "| energy full t=1, 4, 16 | max spikes/neuron/step | spikes/neuron/step |"
+    )
+    print("|---" * 7 + "|")
+    for r in rows:
+        pick = (1, 4, 16)
+        print(
+            f"| {r['config']} | " + " / ".join(f"{r['error'][t]:.3f}" for t in STEPS)
+            + " | " + " / ".join(f"{r['agreement'][t]:.0f}" for t in pick)
+            + " | " + " / ".join(f"{r['energy_ecmt'][t]:.2f}" for t in pick)
+            + " | " + " / ".join(f"{r['energy_full'][t]:.2f}" for t in pick)
+            + f" | {r['max_spikes_per_neuron_step']} | {r['spikes_per_neuron_step']:.2f} |"
+        )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_setup_arguments(parser)
@@ -169,36 +219,8 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or Path(f"benchmarks/out/fidelity-{args.model}.json")
     model, calibration, x, fills = setup(args)
-    with torch.inference_mode():
-        ref = model(x)
-    rows = []
-    for name in args.configs:
-        start = time.perf_counter()
-        snn = transpike.convert(model, calibration, **CONFIGS[name])
-        outputs = []
-        hook = snn.network.register_forward_hook(lambda m, i, o, outputs=outputs: outputs.append(o.double()))
-        report = transpike.account(snn, x, max(STEPS))
-        hook.remove()
-        y = torch.stack(outputs[-max(STEPS) :]).cumsum(0) / torch.arange(1, max(STEPS) + 1).view(-1, 1, 1)
-        rows.append(
-            dict(
-                config=name,
-                options=CONFIGS[name],
-                error={t: ((y[t - 1] - ref).norm() / ref.norm()).item() for t in STEPS},
-                agreement={
-                    t: (y[t - 1].argmax(-1) == ref.argmax(-1)).double().mean().item() * 100 for t in STEPS
-                },
-                energy_ecmt={t: report.ratio["ecmt"][t - 1] for t in STEPS},
-                energy_full={t: report.ratio["full"][t - 1] for t in STEPS},
-                max_spikes_per_neuron_step=report.max_spikes_per_neuron_step,
-                spikes_per_neuron_step=sum(sum(s["firing_rate"]) * s["neurons"] for s in report.sites)
-                / sum(s["neurons"] for s in report.sites)
-                / max(STEPS),
-                seconds=time.perf_counter() - start,
-            )
-        )
-        print(f"{name}: " + " ".join(f"{e:.3f}" for e in rows[-1]["error"].values()), flush=True)
-
+    measured = [measure(model, calibration, x, name) for name in args.configs]
+    rows, report = [row for row, _ in measured], measured[-1][1]
     result = dict(
         model=args.model,
         model_kwargs=args.model_kwargs,
@@ -215,25 +237,7 @@ def main() -> None:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    head = "/".join(map(str, STEPS))
-    print(
-        f"\n{args.model}: relative L2 error of the mean logits / top-1 agreement (%) / energy SNN/ANN "
-        f"(ECMT form, full form)\n"
-    )
-    print(
-        f"| configuration | error t={head} | agreement t=1, 4, 16 | energy ECMT t=1, 4, 16 "
-        "| energy full t=1, 4, 16 | max spikes/neuron/step | spikes/neuron/step |"
-    )
-    print("|---" * 7 + "|")
-    for r in rows:
-        pick = (1, 4, 16)
-        print(
-            f"| {r['config']} | " + " / ".join(f"{r['error'][t]:.3f}" for t in STEPS)
-            + " | " + " / ".join(f"{r['agreement'][t]:.0f}" for t in pick)
-            + " | " + " / ".join(f"{r['energy_ecmt'][t]:.2f}" for t in pick)
-            + " | " + " / ".join(f"{r['energy_full'][t]:.2f}" for t in pick)
-            + f" | {r['max_spikes_per_neuron_step']} | {r['spikes_per_neuron_step']:.2f} |"
-        )  # fmt: skip
+    print_table(args.model, rows)
 
 
 if __name__ == "__main__":
