@@ -60,7 +60,7 @@ def mcnemar_p(lost: Tensor, gained: Tensor) -> Tensor:
     """
     lost, gained = torch.as_tensor(lost, dtype=torch.float64), torch.as_tensor(gained, dtype=torch.float64)
     n, k = lost + gained, torch.minimum(lost, gained)
-    i = torch.arange(int(k.max()) + 1 if k.numel() else 1, dtype=torch.float64)  # the tail's terms
+    i = torch.arange(int(k.max()) + 1 if k.numel() else 1, dtype=torch.float64, device=k.device)  # tail terms
     n_, k_ = n[..., None], k[..., None]
     log_terms = torch.lgamma(n_ + 1) - torch.lgamma(i + 1) - torch.lgamma(n_ - i + 1) - n_ * math.log(2.0)
     tail = torch.where(i <= k_, log_terms, -math.inf).logsumexp(-1).exp()
