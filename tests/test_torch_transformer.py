@@ -269,6 +269,10 @@ def test_what_the_cross_attention_cannot_take_is_refused(inputs):
     ):
         with pytest.raises(ValueError, match="masks are not supported"):
             twin(tgt, memory, **masks)
+    prepared = prepare(query_vit(), ConversionOptions()).decoder  # the decoder hands its layers the masks
+    with pytest.raises(ValueError, match="masks are not supported"):
+        prepared(torch.randn(2, 5, 32), torch.randn(2, 16, 32), memory_mask=torch.zeros(5, 16))
+    assert prepared(torch.randn(2, 5, 32), torch.randn(2, 16, 32), tgt_is_causal=None).shape == (2, 5, 32)
     with pytest.raises(ValueError, match="key and value the same tensor"):
         twin.multihead_attn(tgt, memory, memory.clone())
     with pytest.raises(ValueError, match=r"or as the cross-attention of an nn\.TransformerDecoderLayer"):

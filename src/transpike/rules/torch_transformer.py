@@ -35,11 +35,6 @@ def shared_linear(weight: nn.Parameter, bias: nn.Parameter | None, rows: slice =
     return linear
 
 
-def refuse_masks(*masks: Tensor | None, causal: bool = False) -> None:
-    """Refuse a decoder's masks, any of them given, and a causal flag."""
-    refuse_mask(next((mask for mask in masks if mask is not None), None), causal)
-
-
 def batch_first(x: Tensor, first: bool) -> Tensor:
     """An attention input as [B, tokens, width]: unbatched [tokens, width] or sequence-first
     [tokens, B, width] (``first`` False) made batch-first."""
@@ -225,11 +220,12 @@ class ExplicitDecoderLayer(ExplicitEncoderLayer):
         memory_mask: Tensor | None = None,
         tgt_key_padding_mask: Tensor | None = None,
         memory_key_padding_mask: Tensor | None = None,
-        tgt_is_causal: bool = False,
+        tgt_is_causal: bool | None = False,
         memory_is_causal: bool = False,
     ) -> Tensor:
-        masks = (tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask)
-        refuse_masks(*masks, causal=tgt_is_causal or memory_is_causal)
+        for mask in (tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask):
+            refuse_mask(mask)
+        refuse_mask(None, bool(tgt_is_causal) or memory_is_causal)
         x = tgt
         if self.norm_first:
             x = x + self._attend(self.norm1(x))
@@ -269,21 +265,11 @@ class ExplicitDecoder(ExplicitEncoder):
     """``nn.TransformerDecoder``: its layers in turn on the targets, each reading the same memory,
     then its norm when it has one. Shares the original's children."""
 
-    def forward(
-        self,
-        tgt: Tensor,
-        memory: Tensor,
-        tgt_mask: Tensor | None = None,
-        memory_mask: Tensor | None = None,
-        tgt_key_padding_mask: Tensor | None = None,
-        memory_key_padding_mask: Tensor | None = None,
-        tgt_is_causal: bool | None = None,
-        memory_is_causal: bool = False,
-    ) -> Tensor:
-        masks = (tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask)
-        refuse_masks(*masks, causal=bool(tgt_is_causal) or memory_is_causal)
+    def forward(self, tgt: Tensor, memory: Tensor, *masks: object, **named: object) -> Tensor:
+        """torch's further arguments (masks, causal flags) go to every layer, as torch passes them,
+        and the layers refuse any mask given."""
         for layer in self.layers:
-            tgt = layer(tgt, memory)
+            tgt = layer(tgt, memory, *masks, **named)
         return tgt if self.norm is None else self.norm(tgt)
 
 
