@@ -90,7 +90,7 @@ def exit_cells(row: dict, confidences: tuple[float, ...] = (0.9, 0.99)) -> str:
     """Per threshold c: top-1 - ANN's at the mean number of steps, and the same for fixed steps of
     that mean."""
     cells = []
-    for exit_row in (r for r in row["early_exit"] if r["confidence"] in confidences):
+    for exit_row in (r for r in row["early_exit"] if r["rule"] == "confidence" and r["value"] in confidences):
         steps = exit_row["mean_steps"]
         gap, fixed = (
             value - row["ann_top1"] for value in (exit_row["snn_top1"], at_steps(row["snn_top1"], steps))

@@ -18,7 +18,7 @@ import transpike
 from transpike import cli, digits
 from transpike.data import load_dataset
 from transpike.evaluate import World, evaluate
-from transpike.exits import CONFIDENCES
+from transpike.exits import EXITS
 from transpike.io import rebuild_ann
 from transpike.model import SpikingModel
 from transpike.predictions import load_predictions
@@ -71,10 +71,11 @@ def test_demo_writes_results(tmp_path, capsys):
     for name in ("energy", "firing_rates", "spike_levels", "early_exit", "accuracy_energy"):
         assert Image.open(out / f"{name}.png").size[0] > 100
     exits = (out / "early_exit.csv").read_text().splitlines()
-    head = "confidence,snn_top1,difference,difference_ci95,snn_top5,mean_steps,energy_ratio"
+    head = "rule,value,snn_top1,difference,difference_ci95,snn_top5,mean_steps,energy_ratio"
     assert exits[0] == head + ",exit_t1,exit_t2,exit_t3"
-    assert [line.split(",")[0] for line in exits[1:]] == [f"{c:g}" for c in CONFIDENCES]
-    assert [row["confidence"] for row in results["early_exit"]] == list(CONFIDENCES)
+    assert [line.split(",")[:2] for line in exits[1:]] == [[r.kind, f"{r.value:g}"] for r in EXITS]
+    rules = [(row["rule"], row["value"]) for row in results["early_exit"]]
+    assert rules == [(r.kind, r.value) for r in EXITS]
     printed = capsys.readouterr().out
     assert "SNN top-1" in printed and "ECMT form" in printed and "early exit" in printed
 
@@ -112,7 +113,8 @@ def test_convert_then_eval_equals_eval_with_conversion(tmp_path, npz_data, metho
     assert run("convert", *MODEL, *calibration, "--out", snn_file) == 0
     assert run("eval", "--snn", snn_file, "--data", npz_data, "--time-steps", 4, "--out", tmp_path / "a") == 0
     argv = ["eval", *MODEL, *calibration, "--data", npz_data, "--time-steps", 4]
-    assert run(*argv, "--out", tmp_path / "b", "--exit-confidence", 0.6, 1) == 0
+    rules = ["--exit-confidence", 0.6, 1, "--exit-entropy", 0.2, "--exit-margin", 0.5, "--exit-stable", 2]
+    assert run(*argv, "--out", tmp_path / "b", *rules) == 0
     argv = ["eval", "--snn", snn_file, "--data", npz_data, "--time-steps", 4, "--fuse"]
     assert run(*argv, "--out", tmp_path / "c") == 0
     a, b, c = (json.loads((tmp_path / d / "results.json").read_text()) for d in "abc")
@@ -124,8 +126,17 @@ def test_convert_then_eval_equals_eval_with_conversion(tmp_path, npz_data, metho
     )
     assert c["fused"] and not a["fused"]
     assert (c["snn_top1"], c["energy"]) == (a["snn_top1"], a["energy"])  # same spikes, compiled
-    assert [row["confidence"] for row in b["early_exit"]] == [0.6, 1.0]
-    assert b["early_exit"][-1]["snn_top1"] == b["snn_top1"][-1] and b["early_exit"][-1]["mean_steps"] == 4
+    kinds = [(row["rule"], row["value"]) for row in b["early_exit"]]
+    assert kinds == [
+        ("confidence", 0.6),
+        ("confidence", 1.0),
+        ("entropy", 0.2),
+        ("margin", 0.5),
+        ("stable", 2),
+    ]
+    never = b["early_exit"][1]  # c = 1 is never reached: every sample runs T = 4 steps
+    assert never["snn_top1"] == b["snn_top1"][-1] and never["mean_steps"] == 4
+    assert b["early_exit"][-1]["exits"][:2] == [0.0, 0.0]  # stable for 2 steps: t* ≥ 3
 
 
 def test_convert_refuses_existing_file(tmp_path, npz_data, capsys):
@@ -399,6 +410,14 @@ CALIB = ["--calib", "digits"]
         (["eval", *MODEL, *CALIB, "--calib-batch-size", "0", *EVAL], "--calib-batch-size must be >= 1"),
         (["eval", "--snn", "x", "--workers", "-1", *EVAL], "--workers must be >= 0, got -1"),
         (["eval", "--snn", "x", "--exit-confidence", "0.9", "0", *EVAL], "--exit-confidence: early-exit"),
+        (
+            ["eval", "--snn", "x", "--exit-entropy", "1.5", *EVAL],
+            "--exit-entropy: early-exit entropy thresholds must lie in [0, 1]",
+        ),
+        (
+            ["eval", "--snn", "x", "--exit-stable", "0", *EVAL],
+            "--exit-stable: early-exit stable thresholds must be whole",
+        ),
     ],
 )
 def test_errors_are_one_line_with_status_2(argv, message, tmp_path, capsys, monkeypatch):

@@ -61,7 +61,7 @@ def test_evaluate_reports_what_simulate_predicts(setup):
 def test_evaluate_reads_the_early_exits_from_the_same_run(setup):
     snn, model, x, y = setup
     data = TensorDataset(x, y)
-    results = evaluate(snn, model, data, 5, batch_size=7, progress=False, confidences=(0.01, 1.0))
+    results = evaluate(snn, model, data, 5, batch_size=7, progress=False, exits=(0.01, 1.0))
     low, high = results["early_exit"]
     # c below every probability: all exit after one step; c = 1 is never reached: all run T steps
     for row, t in ((low, 0), (high, -1)):  # the same scores as the fixed t
@@ -71,9 +71,9 @@ def test_evaluate_reads_the_early_exits_from_the_same_run(setup):
     assert low["energy_ratio"] == results["energy"].ratio["ecmt"][0]
     assert high["energy_ratio"] == pytest.approx(results["energy"].ratio["ecmt"][-1])
     counts = exit_counts(snn.simulate(x, 5), y, (0.3, 0.5), model(x))
-    rows = evaluate(snn, model, data, 5, batch_size=24, progress=False, confidences=(0.3, 0.5),
+    rows = evaluate(snn, model, data, 5, batch_size=24, progress=False, exits=(0.3, 0.5),
                     energy=False)["early_exit"]  # fmt: skip
     assert [row["snn_top1"] for row in rows] == (100.0 * counts[:, -4] / 24).tolist()
     assert all("energy_ratio" not in row for row in rows)
-    no_exits = evaluate(snn, model, data, 2, progress=False, energy=False, confidences=())
+    no_exits = evaluate(snn, model, data, 2, progress=False, energy=False, exits=())
     assert "early_exit" not in no_exits

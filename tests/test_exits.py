@@ -1,9 +1,11 @@
-"""Early exit: each sample stops at the first t where its top-1 probability reaches c."""
+"""Early exit: each sample stops at the first t where its output meets a rule."""
+
+import math
 
 import pytest
 import torch
 
-from transpike.exits import check_confidences, exit_counts, exit_steps, exit_table
+from transpike.exits import ExitRule, check_rules, exit_counts, exit_steps, exit_table
 
 
 def test_a_sample_exits_at_its_first_confident_step():
@@ -47,8 +49,62 @@ def test_exit_counts_follow_the_rule_sample_by_sample():
         assert row.tolist() == [*exits, right, right5, lost, gained]
 
 
+def test_every_rule_follows_its_equation_sample_by_sample():
+    gen = torch.Generator().manual_seed(1)
+    outputs = torch.randn(6, 50, 4, generator=gen, dtype=torch.float64) * 1.5
+    rules = [ExitRule("entropy", 0.6), ExitRule("margin", 0.4), ExitRule("stable", 1), ExitRule("stable", 3)]
+
+    def holds(rule: ExitRule, t: int, b: int) -> bool:  # the rules as the module docstring states them
+        p = sorted(math.exp(v) for v in outputs[t, b].tolist())
+        p = [v / sum(p) for v in p]
+        if rule.kind == "entropy":
+            return -sum(v * math.log(v) for v in p) / math.log(4) <= rule.value
+        if rule.kind == "margin":
+            return p[-1] - p[-2] >= rule.value
+        top1 = outputs[:, b].argmax(-1).tolist()
+        return t >= rule.value and len(set(top1[t - int(rule.value) : t + 1])) == 1
+
+    expected = [[next((t for t in range(6) if holds(r, t, b)), 5) for b in range(50)] for r in rules]
+    assert exit_steps(outputs, rules).tolist() == expected
+    assert all(0 < sum(t < 5 for t in row) < 50 for row in expected)  # each rule lets some exit early
+
+
+def test_a_stable_prediction_exits_once_unchanged_for_s_steps():
+    top1 = torch.tensor([[0, 1], [1, 1], [1, 0], [1, 1], [0, 1]])  # [T = 5, B = 2]
+    outputs = torch.nn.functional.one_hot(top1, 2).float()
+    # sample 0: unchanged from t = 3 on (t = 4 for two steps); sample 1: from t = 2, then changes twice
+    rules = [ExitRule("stable", s) for s in (1, 2, 4)]
+    assert exit_steps(outputs, rules).tolist() == [[2, 1], [3, 4], [4, 4]]
+
+
+def test_rules_read_as_they_are_stated():
+    assert str(ExitRule("confidence", 0.9)) == "top-1 probability ≥ 0.9"
+    assert str(ExitRule("entropy", 0.25)) == "entropy / log C ≤ 0.25"
+    assert str(ExitRule("margin", 0.5)) == "top-1 - top-2 probability ≥ 0.5"
+    assert str(ExitRule("stable", 2.0)) == "same top-1 as the 2 step(s) before"
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (ExitRule("entropy", -0.1), r"entropy thresholds must lie in \[0, 1\], got -0.1"),
+        (ExitRule("margin", 1.5), r"margin thresholds must lie in \[0, 1\], got 1.5"),
+        (ExitRule("stable", 0), "stable thresholds must be whole numbers ≥ 1, got 0"),
+        (ExitRule("stable", 1.5), "stable thresholds must be whole numbers ≥ 1, got 1.5"),
+        (
+            ExitRule("patience", 2),
+            "early-exit rule 'patience': not one of confidence, entropy, margin, stable",
+        ),
+    ],
+)
+def test_bad_rules_are_refused_by_name(rule, message):
+    with pytest.raises(ValueError, match=message):
+        check_rules([0.9, rule])
+    assert check_rules([0.9, ExitRule("stable", 2)]) == (ExitRule("confidence", 0.9), ExitRule("stable", 2.0))
+
+
 @pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, float("nan")])
 def test_confidences_outside_the_unit_interval_are_refused(bad):
-    with pytest.raises(ValueError, match=r"early-exit confidences must lie in \(0, 1\]"):
-        check_confidences([0.9, bad])
-    assert check_confidences([0.5, 1]) == (0.5, 1.0)
+    with pytest.raises(ValueError, match=r"early-exit confidence thresholds must lie in \(0, 1\]"):
+        check_rules([0.9, bad])
+    assert check_rules([0.5, 1]) == (ExitRule("confidence", 0.5), ExitRule("confidence", 1.0))

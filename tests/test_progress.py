@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 import transpike
 from transpike import progress
 from transpike.evaluate import evaluate
-from transpike.progress import Progress
+from transpike.progress import VERSION, Progress
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_a_resumed_evaluation_must_be_the_same_evaluation(setup, tmp_path, image
         (dict(time_steps=2, limit=8), dict(data="a"), "samples 6 there, 8 here"),
         (dict(time_steps=2, limit=6), dict(data="b"), "data 'a' there, 'b' here"),
         (dict(time_steps=2, limit=6, energy=False), dict(data="a"), "energy True there, False here"),
-        (dict(time_steps=2, limit=6, confidences=(0.9,)), dict(data="a"), r"exit_confidences \[0.5, "),
+        (dict(time_steps=2, limit=6, exits=(0.9,)), dict(data="a"), r"exit_rules \[\['confidence', 0.5\], "),
         (dict(time_steps=2, limit=6, predictions=True), dict(data="a"), "predictions False there, True here"),
     ]
     for kwargs, context, message in cases:
@@ -83,8 +83,8 @@ def test_a_resumed_evaluation_must_be_the_same_evaluation(setup, tmp_path, image
             store=Progress(folder, "eval", dict(data="a"), True),
         )
     other_format = Progress(folder, "eval", dict(data="a"), True)
-    monkeypatch.setattr("transpike.progress.VERSION", 4)  # totals written in another layout
-    with pytest.raises(ValueError, match="format 3 there, 4 here"):
+    monkeypatch.setattr("transpike.progress.VERSION", VERSION + 1)  # totals written in another layout
+    with pytest.raises(ValueError, match=f"format {VERSION} there, {VERSION + 1} here"):
         evaluate(snn, model, data, 2, limit=6, progress=False, store=other_format)
     (folder / "eval.rank0.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="not a transpike progress file"):

@@ -39,7 +39,7 @@ from .data import SPEC_HELP, load_dataset, parse_spec
 from .energy import E_AC, E_MAC
 from .errors import ConversionError, FusionError, GraphError
 from .evaluate import World, evaluate, init_world
-from .exits import CONFIDENCES, check_confidences
+from .exits import EXITS, ExitRule, check_rules
 from .io import load, rebuild_ann, save
 from .model import SpikingModel
 from .models import cached_weights, create_model, load_checkpoint, model_spec, spec_name, torchvision_weights
@@ -257,12 +257,14 @@ class EvalSettings:
     e_ac: float
     resume: bool = False
     workers: int = 0
-    exit_confidence: tuple[float, ...] = CONFIDENCES
+    exits: tuple[ExitRule, ...] = EXITS
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides) -> EvalSettings:
         values = {name: getattr(args, name) for name in cls.__dataclass_fields__ if hasattr(args, name)}
         values["energy"] = not args.no_energy
+        if hasattr(args, "exit_confidence"):
+            values["exits"] = exit_rules(args)
         values.update(overrides)
         values["out"] = Path(values["out"])
         return cls(**values)
@@ -292,7 +294,7 @@ def run_evaluation(
     counts = evaluate(
         snn, ann, dataset, settings.time_steps, settings.batch_size, settings.limit, settings.device, world,
         energy=settings.energy, e_mac=settings.e_mac, e_ac=settings.e_ac, store=store,
-        workers=settings.workers, confidences=settings.exit_confidence, predictions=True,
+        workers=settings.workers, exits=settings.exits, predictions=True,
     )  # fmt: skip
     chosen = counts.pop("predictions")
     report = counts.pop("energy", None)
@@ -329,6 +331,26 @@ def run_evaluation(
     return results
 
 
+# the early-exit rules (transpike.exits): flag, type, metavar, what the rule asks
+EXIT_FLAGS = (
+    ("confidence", float, "C", "its top-1 probability reaches C"),
+    ("entropy", float, "H", "the entropy of its softmax, over log(classes), is at most H"),
+    ("margin", float, "M", "its top-1 probability leads the second by at least M"),
+    ("stable", int, "S", "its top-1 class is that of the S steps before"),
+)
+
+
+def exit_rules(args: argparse.Namespace) -> tuple[ExitRule, ...]:
+    """The early-exit rules of the ``--exit-KIND`` flags; a bad value names its flag."""
+    rules = []
+    for kind, *_ in EXIT_FLAGS:
+        try:
+            rules += check_rules([ExitRule(kind, value) for value in getattr(args, f"exit_{kind}")])
+        except ValueError as error:
+            raise UsageError(f"--exit-{kind}: {error}") from None
+    return tuple(rules)
+
+
 def check_eval_args(args: argparse.Namespace) -> None:
     positive("--time-steps", args.time_steps)
     positive("--batch-size", args.batch_size)
@@ -336,10 +358,7 @@ def check_eval_args(args: argparse.Namespace) -> None:
         positive("--workers", args.workers, least=0)
     if args.limit is not None:
         positive("--limit", args.limit)
-    try:
-        check_confidences(args.exit_confidence)
-    except ValueError as error:
-        raise UsageError(f"--exit-confidence: {error}") from None
+    exit_rules(args)
     if args.resume and args.force:
         raise UsageError("--resume continues an interrupted evaluation, --force starts over: give one")
     if args.graphs and not args.device.startswith("cuda"):
@@ -651,12 +670,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the interrupted evaluation whose totals are in --out (the same arguments; "
         "--batch-size and --device may change)",
     )  # fmt: skip
-    ev.add_argument(
-        "--exit-confidence", type=float, nargs="+", default=list(CONFIDENCES), metavar="C",
-        help="early-exit thresholds: also report the accuracy and mean steps when each sample stops at "
-        "the first t where its top-1 probability reaches C (default: "
-        + " ".join(f"{c:g}" for c in CONFIDENCES) + ")",
-    )  # fmt: skip
+    for kind, kind_type, metavar, rule in EXIT_FLAGS:
+        default = [kind_type(r.value) for r in EXITS if r.kind == kind]
+        given = " ".join(f"{v:g}" for v in default) + "; the flag alone: none" if default else "none"
+        ev.add_argument(
+            f"--exit-{kind}", type=kind_type, nargs="*", default=default, metavar=metavar,
+            help=f"early exit: also report the accuracy and mean steps when each sample stops at the first t "
+            f"where {rule} (default: {given})",
+        )  # fmt: skip
     ev.add_argument(
         "--blocks", type=int, nargs="+", metavar="K",
         help="convert only the first K Transformer blocks; several K: accuracy as K grows",

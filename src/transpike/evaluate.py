@@ -8,6 +8,7 @@ with the same totals; only rank 0 writes files.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from .energy import E_AC, E_MAC, count_dense_work, energy_report
-from .exits import CONFIDENCES, check_confidences, exit_counts, exit_table
+from .exits import EXITS, ExitRule, check_rules, exit_counts, exit_table
 from .model import SpikingModel
 from .progress import Progress
 from .scores import correct, disagreements, paired_interval
@@ -67,23 +68,23 @@ def evaluate(
     e_ac: float = E_AC,
     store: Progress | None = None,
     workers: int = 0,
-    confidences: tuple[float, ...] = CONFIDENCES,
+    exits: Sequence[ExitRule | float] = EXITS,
     predictions: bool = False,
 ) -> dict:
     """Top-1 accuracy (percent) of the ANN and of the SNN after each t = 1..T, and what it cost.
 
-    ``workers`` processes read and preprocess the samples (0: this process). ``confidences``: the
-    thresholds c of the early-exit rule (:mod:`transpike.exits`), read from the same run (none: no
-    early-exit rows). ``predictions``: also return every sample's label and top-1 classes, to
-    compare evaluations sample by sample (:mod:`transpike.compare`). With ``store``, the running
-    totals are saved as the evaluation goes (and when it stops on an exception), and a resumed
-    evaluation continues from the saved ones (:mod:`transpike.progress`).
+    ``workers`` processes read and preprocess the samples (0: this process). ``exits``: the
+    early-exit rules (:mod:`transpike.exits`; a bare number is a confidence threshold), read from
+    the same run (none: no early-exit rows). ``predictions``: also return every sample's label and
+    top-1 classes, to compare evaluations sample by sample (:mod:`transpike.compare`). With
+    ``store``, the running totals are saved as the evaluation goes (and when it stops on an
+    exception), and a resumed evaluation continues from the saved ones (:mod:`transpike.progress`).
 
     Returns:
         dict with ``num_samples``, ``ann_top1``, ``snn_top1`` (list, index t-1 = after t steps),
         ``ann_top5``, ``snn_top5`` (the same for top-5), ``difference_ci95`` (per t, the half-width
         of the 95 % interval of SNN top-1 - ANN top-1, :func:`paired_interval`), ``early_exit``
-        (one row per threshold c, :func:`~transpike.exits.exit_table`), ``resumed_samples`` (those
+        (one row per rule, :func:`~transpike.exits.exit_table`), ``resumed_samples`` (those
         counted before this run, from ``store``), with ``energy`` the
         :class:`~transpike.energy.EnergyReport` of all samples as ``energy`` and, with
         ``predictions``, ``predictions``: int32 tensors ``labels`` [N], ``ann`` [N] (the ANN's top-1
@@ -97,9 +98,9 @@ def evaluate(
     ann.to(device).eval()
     # counts: samples; ANN top-1 and top-5 correct; SNN top-1 correct after t = 1..T, then top-5;
     # the samples only the ANN, then only the SNN gets right (top-1) after t = 1..T; then per
-    # early-exit threshold, the samples exiting after t = 1..T, those right at their exit (top-1,
+    # early-exit rule, the samples exiting after t = 1..T, those right at their exit (top-1,
     # top-5) and those only the ANN, then only the SNN gets right
-    exits = check_confidences(confidences)
+    exits = check_rules(exits)
     width = 3 + 4 * time_steps
     counts = torch.zeros(width + len(exits) * (time_steps + 4), dtype=torch.float64, device=device)
     # Dense work is the same for every sample: count it on one sample, before spikes are monitored.
@@ -120,7 +121,8 @@ def evaluate(
         key = saved = None
         if store:  # what a resumed evaluation must share with the interrupted one
             key = dict(network=snn.digest(), samples=total, time_steps=time_steps, processes=world.size,
-                       energy=energy, exit_confidences=list(exits), predictions=predictions)  # fmt: skip
+                       energy=energy, exit_rules=[[r.kind, r.value] for r in exits],
+                       predictions=predictions)  # fmt: skip
             saved = store.restore(key, world.rank)
         if saved is not None:
             counts.copy_(saved["counts"])

@@ -71,15 +71,23 @@ def plot_comparison(comparison: dict, path: Path) -> Path:
     return path
 
 
+# the early-exit rules' thresholds as the legend names them (the points carry their values)
+EXIT_LABELS = {"confidence": "confidence c", "entropy": "entropy h", "margin": "margin m",
+               "stable": "a top-1 stable for s steps"}  # fmt: skip
+
+
 def _fixed_and_exits(ax: plt.Axes, results: dict, fixed: list[float], exits: list[float]) -> None:
     """Top-1 against ``fixed`` (a fixed T = t for every sample) and against ``exits`` (the early-exit
-    rule at each confidence threshold c, labelled with c), and the ANN's top-1 as a line."""
+    rules, one line per kind, each point labelled with its threshold), and the ANN's top-1 as a line."""
     rows = results["early_exit"]
     ax.plot(fixed, results["snn_top1"], marker="o", label="SNN, every sample t steps")
-    ax.plot(exits, [r["snn_top1"] for r in rows], marker="s", label="SNN, early exit at confidence c")
-    for x, row in zip(exits, rows, strict=True):
-        ax.annotate(f"{row['confidence']:g}", (x, row["snn_top1"]), fontsize=6, xytext=(3, -8),
-                    textcoords="offset points")  # fmt: skip
+    for kind, marker in zip(dict.fromkeys(r["rule"] for r in rows), "s^vD", strict=False):
+        points = [(x, r) for x, r in zip(exits, rows, strict=True) if r["rule"] == kind]
+        ax.plot([x for x, _ in points], [r["snn_top1"] for _, r in points], marker=marker,
+                label=f"SNN, early exit by {EXIT_LABELS.get(kind, kind)}")  # fmt: skip
+        for x, row in points:
+            ax.annotate(f"{row['value']:g}", (x, row["snn_top1"]), fontsize=6, xytext=(3, -8),
+                        textcoords="offset points")  # fmt: skip
     ax.axhline(results["ann_top1"], color="gray", linestyle="--", label=f"ANN ({results['ann_top1']:.2f} %)")
 
 

@@ -5,7 +5,7 @@ one) and each process, a safetensors file with the correct counts so far, the sp
 records (:meth:`~transpike.spikes.SpikeMonitor.state`), the top-1 classes of the samples done
 (where the evaluation keeps them) and how many of the process's samples are done, under a key
 that a resumed run must match: the network's digest, the data, the number of samples, T, the
-number of processes, whether spikes are counted, the early-exit thresholds, whether predictions
+number of processes, whether spikes are counted, the early-exit rules, whether predictions
 are kept and the version of the file's layout (``VERSION``: totals of another layout are refused,
 not misread). The file is replaced atomically at the end of the first batch ``every`` seconds
 after the last save, and when the run stops on an exception (Ctrl-C, SIGTERM under ``transpike
@@ -29,7 +29,9 @@ from torch import Tensor
 from .io import atomic_write
 
 FOLDER = "progress"
-VERSION = 3  # of the tensors' layout (2: early-exit counts; 3: each sample's predictions): others are refused
+# of the tensors' layout and key (2: early-exit counts; 3: each sample's predictions; 4: early-exit
+# rules of several kinds): others are refused
+VERSION = 4
 INTERVAL = 60.0  # seconds between saves: what a killed run may have to repeat
 
 

@@ -13,6 +13,7 @@ import csv
 import json
 from pathlib import Path
 
+from .exits import ExitRule
 from .io import atomic_write
 from .plots import (
     plot_accuracy,
@@ -80,14 +81,15 @@ def write_results(results: dict, out: Path) -> list[Path]:
 
 
 def _write_exit_csv(results: dict, path: Path) -> None:
-    """One line per early-exit threshold c: top-1, its difference to the ANN's with the 95 % interval,
-    top-5, the mean number of steps, the energy estimate (empty without energy accounting) and the
-    share exiting after each t."""
+    """One line per early-exit rule (its kind and threshold): top-1, its difference to the ANN's
+    with the 95 % interval, top-5, the mean number of steps, the energy estimate (empty without
+    energy accounting) and the share exiting after each t."""
     rows = results["early_exit"]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         head = [
-            "confidence",
+            "rule",
+            "value",
             "snn_top1",
             "difference",
             "difference_ci95",
@@ -100,8 +102,8 @@ def _write_exit_csv(results: dict, path: Path) -> None:
             energy = f"{row['energy_ratio']:.4f}" if "energy_ratio" in row else ""
             values = [row["snn_top1"], row["snn_top1"] - results["ann_top1"], row["difference_ci95"],
                       row["snn_top5"], row["mean_steps"]]  # fmt: skip
-            shares = [f"{share:.6f}" for share in row["exits"]]
-            writer.writerow([f"{row['confidence']:g}", *(f"{v:.4f}" for v in values), energy, *shares])
+            cells = [row["rule"], f"{row['value']:g}", *(f"{v:.4f}" for v in values), energy]
+            writer.writerow(cells + [f"{share:.6f}" for share in row["exits"]])
 
 
 def write_trace(trace: dict, out: Path) -> list[Path]:
@@ -159,11 +161,12 @@ def format_exit_table(results: dict) -> str:
     """The early-exit table printed by the command line (:mod:`transpike.exits`)."""
     rows, ann = results["early_exit"], results["ann_top1"]
     energy = "energy_ratio" in rows[0]
-    head = "      c   SNN top-1   vs ANN, 95 % interval   mean t"
+    head = f"  {'rule':<34}   SNN top-1   vs ANN, 95 % interval   mean t"
     head += "   energy SNN/ANN (ECMT form, estimate)" if energy else ""
-    lines = ["early exit: each sample stops at the first t where its top-1 probability reaches c", head]
+    lines = ["early exit: each sample stops after the first t where its output meets the rule (or T)", head]
     for row in rows:
-        line = f"{row['confidence']:>7g}   {row['snn_top1']:8.2f} %   {row['snn_top1'] - ann:+6.2f} ± "
+        rule = str(ExitRule(row["rule"], row["value"]))
+        line = f"  {rule:<34}   {row['snn_top1']:8.2f} %   {row['snn_top1'] - ann:+6.2f} ± "
         line += f"{row['difference_ci95']:<12.2f}   {row['mean_steps']:6.2f}"
         lines.append(line + (f"   {row['energy_ratio']:36.3f}" if energy else ""))
     return "\n".join(lines)
