@@ -6,8 +6,11 @@
     imagefolder:PATH                 an ImageNet-style folder tree (one folder per class)
     cifar10:PATH[:train|:test]       CIFAR-10, python version, already on disk (PATH/cifar-10-batches-py)
     cifar100:PATH[:train|:test]      CIFAR-100, python version, already on disk (PATH/cifar-100-python)
+    filelist:FILE[:ROOT]             images a list file names, one per line with its class, paths from
+                                     ROOT or the file's folder (ImageNet's flat validation folder and a
+                                     val.txt, Tiny-ImageNet's val_annotations.txt)
 
-Image folders and CIFAR are preprocessed with the model's timm data config (resize, crop,
+Image folders, lists and CIFAR are preprocessed with the model's timm data config (resize, crop,
 normalization), as timm's own validation does, or with the preset of the torchvision weights the
 model was trained as (``Swin_T_Weights.IMAGENET1K_V1``: bicubic, 232 then 224), or for a transformers
 model read from a directory that holds a ``preprocessor_config.json``, with its image processor
@@ -30,10 +33,10 @@ from torch.utils.data import Dataset, TensorDataset
 
 from .digits import load_digits_split
 
-KINDS = ("digits", "npz", "imagefolder", "cifar10", "cifar100")
+KINDS = ("digits", "npz", "imagefolder", "cifar10", "cifar100", "filelist")
 SPEC_HELP = (
     "digits[:train|:test], npz:PATH, imagefolder:PATH, "
-    "cifar10:PATH[:train|:test], cifar100:PATH[:train|:test]"
+    "cifar10:PATH[:train|:test], cifar100:PATH[:train|:test], filelist:FILE[:ROOT]"
 )
 
 
@@ -53,7 +56,9 @@ def parse_spec(spec: str, default_split: str) -> tuple[str, str, str]:
         return kind, "", split
     if not rest:
         raise ValueError(f"bad data spec {spec!r}: {kind} needs a path, {kind}:PATH")
-    if not Path(rest).exists():
+    if kind == "filelist":
+        list_and_root(spec, rest)
+    elif not Path(rest).exists():
         raise ValueError(f"data spec {spec!r}: {rest} does not exist")
     return kind, rest, split
 
@@ -188,6 +193,8 @@ def load_dataset(
     if kind == "npz":
         return _npz(path)
     transform = _preset(model, weights) if weights else _hf_processor(model) or _timm_transform(model, spec)
+    if kind == "filelist":
+        return FileList(*list_and_root(spec, path), transform, _classes(model))
     if kind == "imagefolder":
         from torchvision.datasets import ImageFolder
 
@@ -196,6 +203,105 @@ def load_dataset(
         except (FileNotFoundError, RuntimeError) as error:
             raise ValueError(f"imagefolder data {path}: {error}") from None
     return CIFAR(Path(path), kind, split, transform)
+
+
+def list_and_root(spec: str, rest: str) -> tuple[Path, Path]:
+    """The list file of a ``filelist:FILE[:ROOT]`` spec and the folder its relative paths start
+    from (ROOT, or the file's own folder)."""
+    if Path(rest).is_file():
+        return Path(rest), Path(rest).parent
+    head, _, tail = rest.rpartition(":")
+    if head and Path(head).is_file():
+        if not Path(tail).is_dir():
+            raise ValueError(f"data spec {spec!r}: {tail} is not a folder")
+        return Path(head), Path(tail)
+    raise ValueError(f"data spec {spec!r}: {head or rest} is not a file")
+
+
+def _classes(model: nn.Module | None) -> int | None:
+    """The number of classes a timm or transformers classifier has, where it says."""
+    classes = getattr(model, "num_classes", None)
+    if classes is None:
+        classes = getattr(getattr(model, "config", None), "num_labels", None)
+    return classes if isinstance(classes, int) and classes > 0 else None
+
+
+def read_list(file: Path, root: Path) -> list[tuple[int, Path, str]]:
+    """(line number, image path, class) of each sample line of a list file: an image path and its
+    class separated by a tab, a comma or spaces (further fields are ignored, such as Tiny-ImageNet's
+    boxes; with a tab or a comma as separator, paths may hold spaces); empty lines and lines
+    starting with # are skipped. Relative paths start from ``root``.
+
+    Raises:
+        ValueError: naming the file and line of a line without a class, or the images not found.
+    """
+    try:
+        lines = file.read_text().splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{file}: not a text file ({error})") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        separator = "\t" if "\t" in line else "," if "," in line else None
+        fields = [field.strip() for field in line.split(separator)]
+        if len(fields) < 2 or not fields[0] or not fields[1]:
+            raise ValueError(f"{file}, line {number}: expected an image path and its class, got {line!r}")
+        rows.append((number, root / fields[0], fields[1]))  # an absolute path stays itself
+    if not rows:
+        raise ValueError(f"{file}: lists no images")
+    missing = [(number, path) for number, path, _ in rows if not path.is_file()]
+    if missing:
+        number, path = missing[0]
+        raise ValueError(
+            f"{file}: {len(missing)} of {len(rows)} images not found, the first {path} (line {number})"
+        )
+    return rows
+
+
+def class_indices(file: Path, rows: list[tuple[int, Path, str]], classes: int | None) -> list[int]:
+    """The class index of each row of :func:`read_list`. Classes are either all integers (ImageNet's
+    val.txt) or all names (WordNet ids), numbered in sorted order as ImageFolder numbers its class
+    folders, which matches a model trained on such a folder only if every class appears.
+
+    Raises:
+        ValueError: given the model's number of ``classes``, a list naming another number of
+            classes, or an integer class the model does not have (the file and line named).
+    """
+    names = [name for _, _, name in rows]
+    if all(name.isascii() and name.isdigit() for name in names):
+        for number, _, name in rows:
+            if classes and int(name) >= classes:
+                raise ValueError(f"{file}, line {number}: class {name}, but the model has {classes}")
+        return [int(name) for name in names]
+    ordered = sorted(set(names))
+    if classes and len(ordered) != classes:
+        raise ValueError(
+            f"{file} names {len(ordered)} classes and the model has {classes}: names are numbered in "
+            "sorted order, which gives the model's classes only if all of them appear; give integer classes"
+        )
+    index = {name: i for i, name in enumerate(ordered)}
+    return [index[name] for name in names]
+
+
+class FileList(Dataset):
+    """The images a list file names (:func:`read_list`, :func:`class_indices`), through ``transform``."""
+
+    def __init__(self, file: Path, root: Path, transform=None, classes: int | None = None) -> None:
+        rows = read_list(file, root)
+        self.labels = class_indices(file, rows, classes)
+        self.paths = [path for _, path, _ in rows]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        from torchvision.datasets.folder import default_loader
+
+        image = default_loader(str(self.paths[index]))
+        return (self.transform(image) if self.transform else image), self.labels[index]
 
 
 class _ArrayUnpickler(pickle.Unpickler):
