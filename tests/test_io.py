@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 from conftest import TINY, tiny_vit
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import transpike
 from transpike.io import read_header, rebuild_ann
@@ -182,3 +182,33 @@ def test_file_is_plain_safetensors(snn, tmp_path):
     assert "blocks.0.attn.qkv.neuron.theta_pos" in header
     assert json.loads(header["__metadata__"]["transpike"])["model"] == SPEC
     assert os.path.getsize(path) > 0
+
+
+def test_provenance_is_kept_and_is_not_the_network(images, tmp_path):
+    """What calibration ran on is recorded by convert; what the caller adds (the data's name, the
+    checkpoint) is kept beside it; both survive save/load, and neither changes the digest."""
+    given = dict(calibration=dict(data="npz:/data/train.npz"), checkpoint=dict(path="w.pt", sha256="ab"))
+    snn = transpike.convert(tiny_vit(), images[0].split(6), model_spec=SPEC, provenance=given)
+    assert snn.provenance == dict(
+        calibration=dict(data="npz:/data/train.npz", batches=6, samples=32, sample_shape=[3, 16, 16]),
+        checkpoint=dict(path="w.pt", sha256="ab"),
+    )
+    assert given == dict(
+        calibration=dict(data="npz:/data/train.npz"), checkpoint=dict(path="w.pt", sha256="ab")
+    )
+    loaded = transpike.load(transpike.save(snn, tmp_path / "net.safetensors"))
+    assert loaded.provenance == snn.provenance and loaded.parallel().provenance == snn.provenance
+    bare = transpike.convert(tiny_vit(), images[0].split(6), model_spec=SPEC)
+    assert bare.provenance == dict(calibration=dict(batches=6, samples=32, sample_shape=[3, 16, 16]))
+    assert bare.digest() == snn.digest()
+
+
+def test_files_without_provenance_load_and_bad_provenance_is_refused(snn, tmp_path):
+    path = transpike.save(snn, tmp_path / "net.safetensors")
+    header, tensors = read_header(path), load_file(path)
+    del header["provenance"]  # as files written before provenance was kept
+    save_file(tensors, path, metadata={"transpike": json.dumps(header)})
+    assert transpike.load(path).provenance == {}
+    save_file(tensors, path, metadata={"transpike": json.dumps({**header, "provenance": "on Monday"})})
+    with pytest.raises(ValueError, match=r"net\.safetensors: bad provenance in the header: 'on Monday'"):
+        transpike.load(path)

@@ -1,4 +1,4 @@
-"""The ``transpike`` command: demo, convert, eval, trace, compare.
+"""The ``transpike`` command: demo, convert, eval, trace, compare, info.
 
     transpike demo [--out DIR] [--time-steps 8]
     transpike convert --model NAME [--model-kwargs k=v ...] [--checkpoint FILE] [--weights NAME] --calib DATA
@@ -7,6 +7,7 @@
         [--resume]
     transpike trace (--snn SNN_FILE | --model NAME ... --calib DATA) --data DATA --time-steps T --out DIR
     transpike compare REFERENCE RUN [RUN ...] [--out DIR]
+    transpike info SNN_FILE [--json]
 
 Errors in what the user gave (a missing file, an unknown model, a bad option) print one line and
 exit with status 2; ``--debug`` shows the traceback.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import shutil
 import signal
@@ -40,7 +42,8 @@ from .energy import E_AC, E_MAC
 from .errors import ConversionError, FusionError, GraphError
 from .evaluate import World, evaluate, init_world
 from .exits import EXITS, ExitRule, check_rules
-from .io import load, rebuild_ann, save
+from .info import format_info, network_info
+from .io import file_sha256, load, rebuild_ann, save
 from .model import SpikingModel
 from .models import cached_weights, create_model, load_checkpoint, model_spec, spec_name, torchvision_weights
 from .neurons import NEURONS, ROUNDINGS
@@ -210,8 +213,9 @@ def calibration_batches(dataset, batches: int, batch_size: int, workers: int = 0
     return out
 
 
-def model_and_calibration(args: argparse.Namespace) -> tuple[torch.nn.Module, list[torch.Tensor], dict]:
-    """The ANN the options describe, its calibration batches and its model spec."""
+def model_and_calibration(args: argparse.Namespace) -> tuple[torch.nn.Module, list[torch.Tensor], dict, dict]:
+    """The ANN the options describe, its calibration batches, its model spec and where they came
+    from (the calibration data and, with its SHA-256, the checkpoint: ``convert``'s provenance)."""
     if not args.calib:
         raise UsageError("--calib is required to convert a model")
     positive("--calib-batches", args.calib_batches)
@@ -223,18 +227,21 @@ def model_and_calibration(args: argparse.Namespace) -> tuple[torch.nn.Module, li
     spec = model_spec(args.model, kwargs, weights, ann)
     calibration = load_dataset(args.calib, "train", ann, spec.get("weights"))  # checks the preset's size
     checkpoint = args.checkpoint or (weights and cached_weights(weights))
+    provenance = dict(calibration=dict(data=args.calib, batch_size=args.calib_batch_size))
     if checkpoint:
         load_checkpoint(ann, checkpoint)
+        provenance["checkpoint"] = dict(path=str(checkpoint), sha256=file_sha256(checkpoint))
     batches = calibration_batches(calibration, args.calib_batches, args.calib_batch_size, workers)
-    return ann, batches, spec
+    return ann, batches, spec, provenance
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise UsageError(f"--out {out}: file exists; pass --force to replace it")
-    ann, batches, spec = model_and_calibration(args)
-    snn = convert(ann, batches, **conversion_options(args), blocks=args.blocks, model_spec=spec)
+    ann, batches, spec, provenance = model_and_calibration(args)
+    snn = convert(ann, batches, **conversion_options(args), blocks=args.blocks, model_spec=spec,
+                  provenance=provenance)  # fmt: skip
     save(snn, out, overwrite=True)
     print(snn.report())
     print(f"\nwrote {out}")
@@ -306,6 +313,7 @@ def run_evaluation(
         time_steps=settings.time_steps,
         **counts,
         options=snn.options,
+        provenance=snn.provenance,
         device=settings.device,
         fused=settings.fuse,
         graphs=settings.graphs,
@@ -513,12 +521,13 @@ def evaluate_from_args(args: argparse.Namespace, settings: EvalSettings, world: 
         return
     if not args.model:
         raise UsageError("give --snn FILE, or --model NAME with --calib DATA")
-    ann, batches, spec = model_and_calibration(args)
+    ann, batches, spec, provenance = model_and_calibration(args)
     dataset = load_dataset(args.data, "test", ann, spec.get("weights"))
     meta = dict(model=args.model, data=args.data, snn_file=None)
     sweep, names = [], evaluation_names(args)
     for blocks, name in zip(args.blocks or [None], names, strict=True):
-        snn = convert(ann, batches, **conversion_options(args), blocks=blocks, model_spec=spec)
+        snn = convert(ann, batches, **conversion_options(args), blocks=blocks, model_spec=spec,
+                      provenance=provenance)  # fmt: skip
         quiet = len(names) > 1 and blocks != args.blocks[-1]
         file = file_name(name if len(names) > 1 else None)
         results = run_evaluation(snn, ann, dataset, settings, meta, world, not quiet, name, file)
@@ -551,8 +560,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
         snn = load(args.snn)
         ann, spec = rebuild_ann(snn), snn.model_spec or {}
     elif args.model:
-        ann, batches, spec = model_and_calibration(args)
-        snn = convert(ann, batches, **conversion_options(args), blocks=args.blocks, model_spec=spec)
+        ann, batches, spec, provenance = model_and_calibration(args)
+        snn = convert(ann, batches, **conversion_options(args), blocks=args.blocks, model_spec=spec,
+                      provenance=provenance)  # fmt: skip
     else:
         raise UsageError("give --snn FILE, or --model NAME with --calib DATA")
     dataset = load_dataset(args.data, "test", ann, spec.get("weights"))
@@ -581,6 +591,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    info = network_info(args.snn)
+    print(json.dumps(info, indent=1) if args.json else format_info(info))
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     if len(args.runs) < 2:
         raise UsageError("compare: give a reference and at least one evaluation to compare with it")
@@ -604,7 +620,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ann = digits.trained_digits_vit(lambda epoch, total: bar.update(epoch - bar.n))
     train, _ = digits.load_digits_split("train")
     spec = {"timm": "vit_tiny_patch16_224", "kwargs": digits.ARCHITECTURE}
-    snn = convert(ann, train.split(256), **conversion_options(args), model_spec=spec)
+    provenance = dict(calibration=dict(data="digits:train", batch_size=256))
+    snn = convert(ann, train.split(256), **conversion_options(args), model_spec=spec, provenance=provenance)
     test = load_dataset("digits:test")
     settings = EvalSettings.from_args(
         args, batch_size=256, limit=None, device="cpu", fuse=False, graphs=False, out=out
@@ -717,6 +734,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", help="also write compare.json, compare.csv and compare.png here")
     cmp.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     cmp.set_defaults(func=cmd_compare)
+
+    info = commands.add_parser(
+        "info", help="what a saved network is: model, options, calibration data, checkpoint, digest, modules"
+    )
+    info.add_argument("snn", metavar="SNN_FILE", help="a network written by 'transpike convert' or 'demo'")
+    info.add_argument("--json", action="store_true", help="print it as one JSON document")
+    info.set_defaults(func=cmd_info)
     return parser
 
 

@@ -346,21 +346,22 @@ def _run(network: nn.Module, x: Tensor, what: str, run: Callable = nn.Module.__c
 
 
 @torch.inference_mode()
-def calibrate(network: nn.Module, calibration: Tensor | Iterable, max_batches: int | None = None) -> int:
-    """Run the prepared network on calibration batches; returns the number of batches used.
+def calibrate(network: nn.Module, calibration: Tensor | Iterable, max_batches: int | None = None) -> dict:
+    """Run the prepared network on calibration batches; returns what it ran on: the number of
+    ``batches`` and ``samples`` used, and the ``sample_shape``.
 
     Every batch must be a finite floating-point tensor with the same sample shape as the first.
     """
-    count, shape = 0, None
+    count, samples, shape = 0, 0, None
     for index, x in enumerate(_batches(calibration)):
         if max_batches is not None and count >= max_batches:
             break
         shape = tuple(_check_batch(index, x, shape).shape[1:])
         _run(network, x, f"calibration batch {index}")
-        count += 1
+        count, samples = count + 1, samples + len(x)
     if count == 0:
         raise ValueError("calibration is empty: give at least one batch of inputs")
-    return count
+    return dict(batches=count, samples=samples, sample_shape=list(shape))
 
 
 def _describe(x: object) -> str:
@@ -451,6 +452,7 @@ def convert(
     *,
     max_batches: int | None = None,
     model_spec: dict | None = None,
+    provenance: dict | None = None,
     **options: object,
 ) -> SpikingModel:
     """Convert a trained ANN into a spiking network.
@@ -466,6 +468,9 @@ def convert(
         model_spec: how to rebuild the ANN, ``{"timm": name, "kwargs": {...}}`` (or
             ``"torchvision": name``; :func:`transpike.models.model_spec`); stored by
             :func:`transpike.save` so that :func:`transpike.load` needs no template model.
+        provenance: where the network came from (the calibration data's name, the checkpoint),
+            kept in ``snn.provenance`` with what calibration ran on (``calibration``: batches,
+            samples, sample shape) and saved with it; JSON values.
         **options: any other field of :class:`ConversionOptions` (levels_per_octave, granularity,
             threshold, horizon, rounding, neuron, compensation, strict, sit_steps, sit_mode, blocks).
 
@@ -510,5 +515,7 @@ def convert(
         for observer in network.modules():
             if isinstance(observer, HistogramObserver):
                 observer.reset()  # the audit's run is not calibration
-    calibrate(network, itertools.chain([first], batches), max_batches)
-    return SpikingModel(to_spiking(network, options), options.to_dict(), model_spec)
+    ran = calibrate(network, itertools.chain([first], batches), max_batches)
+    provenance = dict(provenance or {})
+    provenance["calibration"] = {**provenance.get("calibration", {}), **ran}
+    return SpikingModel(to_spiking(network, options), options.to_dict(), model_spec, provenance)

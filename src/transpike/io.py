@@ -2,14 +2,15 @@
 
 A file holds every tensor of the converted network (weights, thresholds) in safetensors format and,
 in the safetensors metadata, a JSON document with the format name and version, the conversion
-options and how to rebuild the ANN architecture. Loading rebuilds the architecture (from timm or
-torchvision, or from a template model you pass), converts its structure with the saved thresholds
-and loads the tensors, so the loaded network gives bit-identical outputs. No code is executed from
-the file.
+options, how to rebuild the ANN architecture and where the network came from (its provenance).
+Loading rebuilds the architecture (from timm or torchvision, or from a template model you pass),
+converts its structure with the saved thresholds and loads the tensors, so the loaded network gives
+bit-identical outputs. No code is executed from the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -46,6 +47,12 @@ def atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (of a checkpoint, to tell which one a network came from)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def save(snn: SpikingModel, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``snn`` to ``path`` (safetensors with a JSON header).
 
@@ -55,9 +62,8 @@ def save(snn: SpikingModel, path: str | os.PathLike, overwrite: bool = False) ->
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    header = dict(
-        format=FORMAT, version=VERSION, transpike=__version__, options=snn.options, model=snn.model_spec
-    )
+    header = dict(format=FORMAT, version=VERSION, transpike=__version__, options=snn.options,
+                  model=snn.model_spec, provenance=snn.provenance)  # fmt: skip
     tensors = {key: value.detach().cpu().contiguous() for key, value in snn.network.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"transpike": json.dumps(header)}))
     return path
@@ -132,4 +138,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> SpikingMode
             f"{path}: does not match the model: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )
-    return SpikingModel(network, options.to_dict(), header.get("model"))
+    provenance = header.get("provenance", {})  # none in files written before it was kept
+    if not isinstance(provenance, dict):
+        raise ValueError(f"{path}: bad provenance in the header: {provenance!r}")
+    return SpikingModel(network, options.to_dict(), header.get("model"), provenance)

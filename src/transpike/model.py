@@ -95,13 +95,24 @@ class SpikingModel(nn.Module):
         model_spec: how to rebuild the ANN architecture, ``{"timm": name, "kwargs": {...}}`` (or
             ``"torchvision": name``), so
             that :func:`transpike.load` needs no template model; None if unknown.
+        provenance: where it came from (:func:`transpike.convert`'s ``provenance``: what
+            calibration ran on, the calibration data's name, the checkpoint); saved with it, shown
+            by ``transpike info``, not part of :meth:`digest` (the same network calibrated from
+            another copy of the data is the same network).
     """
 
-    def __init__(self, network: nn.Module, options: dict, model_spec: dict | None = None) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        options: dict,
+        model_spec: dict | None = None,
+        provenance: dict | None = None,
+    ) -> None:
         super().__init__()
         self.network = network
         self.options = dict(options)
         self.model_spec = model_spec
+        self.provenance = dict(provenance or {})
         self._graphs: dict[tuple, StepGraphs] | None = None  # by input shape; see graph()
 
     def reset(self) -> None:
@@ -291,7 +302,7 @@ class SpikingModel(nn.Module):
         """
         network = parallel_network(self.network)
         link_rates(network, enabled=False)
-        return SpikingModel(network, self.options, self.model_spec)
+        return SpikingModel(network, self.options, self.model_spec, self.provenance)
 
     def report(self) -> ConversionReport:
         """What every module became: MT sites, EC modules, products, analog leftovers."""
