@@ -70,6 +70,15 @@ def test_demo_writes_results(tmp_path, capsys):
     assert {"path", "kind", "ann_macs", "snn_acs", "input_firing_rate"} <= set(energy["layers"][0])
     for name in ("energy", "firing_rates", "spike_levels", "early_exit", "accuracy_energy"):
         assert Image.open(out / f"{name}.png").size[0] > 100
+    for name, series in (("layers", ("snn_acs", "input_firing_rate")), ("sites", ("firing_rate",))):
+        lines = (out / f"{name}.csv").read_text().splitlines()  # one line per layer / MT site
+        assert lines[0].endswith(",".join(f"{key}_t{t}" for key in series for t in (1, 2, 3)))
+        assert len(lines) == len(energy[name]) + 1
+        for line, row in zip(lines[1:], energy[name], strict=True):
+            cells = line.split(",")
+            assert cells[0] == row["path"]
+            values = [v for key in series for v in row[key]]
+            assert [float(c) for c in cells[-len(values) :]] == pytest.approx(values, rel=1e-5)
     exits = (out / "early_exit.csv").read_text().splitlines()
     head = "rule,value,snn_top1,difference,difference_ci95,snn_top5,mean_steps,energy_ratio"
     assert exits[0] == head + ",exit_t1,exit_t2,exit_t3"

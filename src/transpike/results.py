@@ -1,7 +1,7 @@
 """Result files of an evaluation in one directory: results.json, results.csv, accuracy.png,
-early_exit.csv, early_exit.png and, with energy accounting, energy.png, firing_rates.png,
-spike_levels.png and accuracy_energy.png; those of a trace (trace.json, trace.csv, trace.png) and
-of a comparison (compare.json, compare.csv, compare.png).
+early_exit.csv, early_exit.png and, with energy accounting, layers.csv, sites.csv, energy.png,
+firing_rates.png, spike_levels.png and accuracy_energy.png; those of a trace (trace.json,
+trace.csv, trace.png) and of a comparison (compare.json, compare.csv, compare.png).
 
 A directory that already holds files is never written into unless ``force`` is given, and each
 file is written atomically, so an interrupted run leaves the previous results intact.
@@ -67,6 +67,13 @@ def write_results(results: dict, out: Path) -> list[Path]:
         paths.append(out / "accuracy_vs_blocks.png")
         atomic_write(paths[-1], lambda tmp: plot_blocks(results, tmp))
     if "energy" in results:
+        energy = results["energy"]
+        for name, table, scalars, series in (
+            ("layers", energy["layers"], ["path", "kind", "ann_macs"], ["snn_acs", "input_firing_rate"]),
+            ("sites", energy["sites"], ["path", "neurons"], ["firing_rate"]),
+        ):
+            paths.append(out / f"{name}.csv")
+            atomic_write(paths[-1], lambda tmp, rows=(table, scalars, series): _write_series_csv(tmp, *rows))
         for name, plot in (
             ("energy", plot_energy),
             ("firing_rates", plot_firing_rates),
@@ -78,6 +85,19 @@ def write_results(results: dict, out: Path) -> list[Path]:
             paths.append(out / "accuracy_energy.png")
             atomic_write(paths[-1], lambda tmp: plot_accuracy_energy(results, tmp))
     return paths
+
+
+def _write_series_csv(path: Path, rows: list[dict], scalars: list[str], series: list[str]) -> None:
+    """One line per row: its ``scalars``, then each of its ``series`` after t = 1..T (``NAME_tT``);
+    the energy report's layers (synaptic ACs and input firing rate per t) and MT sites (firing
+    rate per t), for tables and plots of one's own."""
+    steps = len(rows[0][series[0]]) if rows else 0
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(scalars + [f"{name}_t{t}" for name in series for t in range(1, steps + 1)])
+        for row in rows:
+            values = [f"{v:.6g}" for name in series for v in row[name]]
+            writer.writerow([row[name] for name in scalars] + values)
 
 
 def _write_exit_csv(results: dict, path: Path) -> None:
