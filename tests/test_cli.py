@@ -87,6 +87,8 @@ def test_demo_writes_results(tmp_path, capsys):
     assert rules == [(r.kind, r.value) for r in EXITS]
     printed = capsys.readouterr().out
     assert "SNN top-1" in printed and "ECMT form" in printed and "early exit" in printed
+    matched = results["matches_ann_from"]
+    assert (f"from t = {matched} on, the 95 %" if matched else "at t = 3 the 95 % interval") in printed
 
 
 def test_demo_refuses_to_overwrite(tmp_path, capsys):

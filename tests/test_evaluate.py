@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 import transpike
 from transpike.evaluate import evaluate
 from transpike.exits import exit_counts
-from transpike.scores import correct, paired_interval
+from transpike.scores import correct, matches_from, paired_interval
 
 
 @pytest.fixture
@@ -56,6 +56,15 @@ def test_evaluate_reports_what_simulate_predicts(setup):
     right, ann_right = outputs.argmax(-1) == y, logits.argmax(-1) == y
     lost, gained = (ann_right & ~right).sum(-1).double(), (right & ~ann_right).sum(-1).double()
     assert results["difference_ci95"] == paired_interval(lost, gained, 24).tolist()
+    differences = [top1 - results["ann_top1"] for top1 in results["snn_top1"]]
+    assert results["matches_ann_from"] == matches_from(differences, results["difference_ci95"])
+
+
+def test_matches_from_is_the_first_t_of_the_last_run_of_intervals_holding_zero():
+    assert matches_from([-9.0, -0.5, -3.0, 0.4, -0.2], [1.0] * 5) == 4  # t = 2 alone does not count
+    assert matches_from([-9.0, -0.5, -0.5], [1.0, 1.0, 0.4]) is None  # not at T
+    assert matches_from([0.0, 0.0], [0.5, 0.5]) == 1
+    assert matches_from([-1.0], [1.0]) == 1  # on the interval's edge: it holds 0
 
 
 def test_evaluate_reads_the_early_exits_from_the_same_run(setup):

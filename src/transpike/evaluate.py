@@ -22,7 +22,7 @@ from .energy import E_AC, E_MAC, count_dense_work, energy_report
 from .exits import EXITS, ExitRule, check_rules, exit_counts, exit_table
 from .model import SpikingModel
 from .progress import Progress
-from .scores import correct, disagreements, paired_interval
+from .scores import correct, disagreements, matches_from, paired_interval
 from .spikes import SpikeMonitor
 
 
@@ -83,7 +83,9 @@ def evaluate(
     Returns:
         dict with ``num_samples``, ``ann_top1``, ``snn_top1`` (list, index t-1 = after t steps),
         ``ann_top5``, ``snn_top5`` (the same for top-5), ``difference_ci95`` (per t, the half-width
-        of the 95 % interval of SNN top-1 - ANN top-1, :func:`paired_interval`), ``early_exit``
+        of the 95 % interval of SNN top-1 - ANN top-1, :func:`paired_interval`),
+        ``matches_ann_from`` (the first t from which every interval holds 0, or None:
+        :func:`~transpike.scores.matches_from`), ``early_exit``
         (one row per rule, :func:`~transpike.exits.exit_table`), ``resumed_samples`` (those
         counted before this run, from ``store``), with ``energy`` the
         :class:`~transpike.energy.EnergyReport` of all samples as ``energy`` and, with
@@ -176,6 +178,8 @@ def evaluate(
         difference_ci95=paired_interval(*counts[3 + 2 * time_steps : width].view(2, -1), samples).tolist(),
         resumed_samples=resumed,
     )
+    differences = [top1 - results["ann_top1"] for top1 in results["snn_top1"]]
+    results["matches_ann_from"] = matches_from(differences, results["difference_ci95"])
     if monitor is not None:
         results["energy"] = energy_report(monitor, dense, samples, time_steps, e_mac, e_ac)
     if exits:

@@ -174,6 +174,13 @@ def format_table(results: dict) -> str:
     columns = zip(results["snn_top1"], results["snn_top5"], results["difference_ci95"], strict=True)
     for t, (top1, top5, interval) in enumerate(columns, 1):
         lines.append(f"{t:>3}   {top1:8.2f} %   {top1 - ann:+6.2f} ± {interval:<12.2f}   {top5:8.2f} %")
+    matched = results.get("matches_ann_from")
+    steps = len(results["snn_top1"])
+    lines.append(
+        f"from t = {matched} on, the 95 % interval of SNN - ANN holds 0: these samples cannot tell them apart"
+        if matched
+        else f"at t = {steps} the 95 % interval of SNN - ANN still excludes 0"
+    )  # fmt: skip
     return "\n".join(lines)
 
 

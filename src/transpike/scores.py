@@ -46,6 +46,16 @@ def paired_interval(lost: Tensor, gained: Tensor, samples: int) -> Tensor:
     return 100.0 * 1.96 * ((p_lost + p_gained - (p_gained - p_lost) ** 2) / n).sqrt()
 
 
+def matches_from(differences: list[float], half_widths: list[float]) -> int | None:
+    """The first t from which the SNN cannot be told from the ANN at every later t: each 95 %
+    interval of SNN top-1 - ANN top-1 (difference ± half-width, :func:`paired_interval`) holds 0
+    from t to T. None if it does not hold at T. Not "equal": the data cannot tell them apart."""
+    t = len(differences)
+    while t > 0 and abs(differences[t - 1]) <= half_widths[t - 1]:
+        t -= 1
+    return t + 1 if t < len(differences) else None
+
+
 def mcnemar_p(lost: Tensor, gained: Tensor) -> Tensor:
     """Two-sided exact McNemar p-value of two classifiers scored on the same samples.
 
