@@ -10,6 +10,7 @@ from torch import nn
 import transpike
 from transpike import ConversionError, ConversionOptions
 from transpike.rules import Role, register
+from transpike.sites import Unconverted
 
 
 def snapshot(model):
@@ -151,16 +152,24 @@ class Outer(nn.Module):
 register(Outer, Role.CONTAINER)
 
 
-def test_a_part_left_analog_takes_constants_besides_its_input_but_not_another_tensor():
+@pytest.mark.parametrize("other_is_a_tensor", [False, True])
+def test_a_part_left_analog_reads_the_rate_of_every_tensor_it_takes(other_is_a_tensor):
+    """Constants go to it unchanged; a second tensor input is averaged like the first (an EC
+    module keeps each input's rate)."""
     x = torch.randn(8, 4)
     torch.manual_seed(0)
-    model = Outer(other_is_a_tensor=False).eval()
+    model = Outer(other_is_a_tensor).eval()
     snn = transpike.convert(model, torch.randn(64, 4), strict=False)
     assert [r.path for r in snn.report().analog] == ["part"]
-    assert relative_error(snn.simulate(x, 64)[-1], ann_output(model, x)) < 0.05
-    message = r"left analog \(\w+\) must take one tensor and constants, got \(Tensor, Tensor, float\)"
-    with pytest.raises(ValueError, match=message):
-        transpike.convert(Outer(other_is_a_tensor=True), torch.randn(64, 4), strict=False)
+    errors = [relative_error(snn.simulate(x, t)[-1], ann_output(model, x)) for t in (4, 64)]
+    assert errors[1] < 0.05 and errors[1] < errors[0] / 4
+    ec = snn.network.part
+    assert len(ec.others) == 2 and (ec.others[0] is not None) == other_is_a_tensor and ec.others[1] is None
+    held, total = sum(t.numel() * t.element_size() for t in ec.others if t is not None), snn.state_bytes()
+    ec.others = []
+    assert total - snn.state_bytes() == held  # the second input's rate counts as state
+    with pytest.raises(TypeError, match=r"left analog \(TwoInputs\) must take a tensor first, got float"):
+        Unconverted(TwoInputs(), "no rule")(0.5, x, 1.0)
 
 
 class Reusing(nn.Module):

@@ -257,6 +257,19 @@ def test_links_inside_the_decoder_layers_keep_the_output(norm_first, inputs):
     assert_links_keep_outputs(linked, x.double())
 
 
+def test_blocks_0_leaves_the_decoder_analog_on_the_rates_of_both_its_inputs(inputs):
+    """The decoder reads the queries (the same at every step) and the encoder's tokens: its EC
+    module keeps the rate of each, so the decoder left analog computes the ANN's output."""
+    calibration, x = inputs
+    model = query_vit()
+    ref = ann_output(model, x)
+    snn = transpike.convert(model, calibration, blocks=0)
+    assert [row.path for row in snn.report().analog] == ["encoder.layers.0", "decoder", "head"]
+    assert relative_error(snn.simulate(x, 4)[-1], ref) < 1e-5
+    converted = transpike.convert(model, calibration, blocks=1, neuron="burst", threshold="mse")
+    assert not converted.report().analog and relative_error(converted.simulate(x, 16)[-1], ref) < 0.01
+
+
 def test_what_the_cross_attention_cannot_take_is_refused(inputs):
     layer = nn.TransformerDecoderLayer(8, 2, batch_first=True)
     twin = ExplicitDecoderLayer(layer)
@@ -282,6 +295,3 @@ def test_what_the_cross_attention_cannot_take_is_refused(inputs):
     with pytest.raises(ConversionError, match="its multihead_attn: kdim=16 / vdim=16 differ") as error:
         transpike.convert(model, inputs[0])
     assert "decoder.layers.1" in str(error.value)
-    # blocks=k would leave the decoder analog, and an analog module keeps the rate of one input
-    with pytest.raises(ValueError, match=r"left analog \(TransformerDecoder\) must take one tensor"):
-        transpike.convert(query_vit(), inputs[0], blocks=0)

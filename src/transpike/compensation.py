@@ -40,15 +40,21 @@ class ExpectationCompensation(Stateful, nn.Module):
     F keeps its original parameters (e.g. LayerNorm affine) and is stored as ``self.f``.
 
     Args:
-        f: the nonlinear module (one tensor in, one tensor out).
+        f: the nonlinear module (a tensor, perhaps further tensors and constants, in; one tensor out).
         compensated: False gives the ablation "no EC": F applied to each step's input.
         analog: why F was left analog, if it was (no conversion rule with strict=False); it is then
             computed on rates exactly like an EC module, so the network stays correct.
 
-    Rate hand-over (set by :func:`transpike.rates.link_rates`): with ``takes_rate`` the input is
-    already the rate S(t)/t, as a producer that emits rates gives it, so F reads it directly
-    instead of re-averaging increments; with ``emits_rate`` the output is F(S(t)/t) itself,
-    uncompensated, for a reader that takes rates (the state F(t-1) and the compensation pass go).
+    F may take further tensors besides its input (a module left analog that reads two, such as a
+    Transformer decoder's targets and memory): each is kept as a running mean too, so F reads every
+    input's rate (a tensor that is the same at every step stays itself). Non-tensor arguments pass
+    unchanged.
+
+    Rate hand-over (set by :func:`transpike.rates.link_rates`): with ``takes_rate`` the first input
+    is already the rate S(t)/t, as a producer that emits rates gives it, so F reads it directly
+    instead of re-averaging increments (links name a reader's first input; further tensors are
+    always averaged); with ``emits_rate`` the output is F(S(t)/t) itself, uncompensated, for a
+    reader that takes rates (the state F(t-1) and the compensation pass go).
     """
 
     def __init__(self, f: nn.Module, compensated: bool = True, analog: str | None = None) -> None:
@@ -64,9 +70,9 @@ class ExpectationCompensation(Stateful, nn.Module):
 
     @torch.no_grad()  # state is updated in place: simulation, not training
     def forward(self, x: Tensor, *args: object, **constants: object) -> Tensor:
-        """O(t) for the step's input x. Further arguments go to F unchanged: they must be the same
-        at every step (an analog EVA block's rotary tables and mask flags, an analog XCiT block's
-        grid size)."""
+        """O(t) for the step's input x. Further tensor arguments are averaged like x; other
+        arguments and keyword arguments go to F unchanged: they must be the same at every step (an
+        analog EVA block's rotary tables and mask flags, an analog XCiT block's grid size)."""
         self.t += 1
         if not self.compensated:
             return self.f(x, *args, **constants)
@@ -78,23 +84,37 @@ class ExpectationCompensation(Stateful, nn.Module):
             rate = self.rate = x.clone()
         else:
             rate = self.rate.lerp_(x, 1.0 / self.t)
-        mean_now = self.f(rate, *args, **constants)
+        others = self._other_rates(args)
+        mean_now = self.f(rate, *others, **constants)
         if self.emits_rate:  # read before the rate is next updated (a reader takes it as it is)
             return mean_now
-        if rate is self.rate and mean_now.untyped_storage().data_ptr() == rate.untyped_storage().data_ptr():
-            # F returned its input or a view of it (Identity, Dropout in eval, x[:, 0]): the mean
-            # must not change when the rate is updated in place next step
+        storage = mean_now.untyped_storage().data_ptr()
+        kept = (k for k in (self.rate, *self.others) if k is not None)  # no rate kept under takes_rate
+        if any(k.untyped_storage().data_ptr() == storage for k in kept):
+            # F returned an input rate or a view of it (Identity, Dropout in eval, x[:, 0]): the
+            # mean must not change when the rate is updated in place next step
             mean_now = mean_now.clone()
         out = compensate(mean_now, self.mean, self.t, out=self.mean)
         self.mean = mean_now
         return out
 
-    state_names = ("t", "rate", "mean")
+    def _other_rates(self, args: tuple) -> tuple:
+        """``args`` with each tensor replaced by its running mean (kept in ``self.others``)."""
+        if self.t == 1:
+            self.others = [a.clone() if isinstance(a, Tensor) else None for a in args]
+        else:
+            for kept, a in zip(self.others, args, strict=True):
+                if kept is not None:
+                    kept.lerp_(a, 1.0 / self.t)
+        return tuple(a if kept is None else kept for kept, a in zip(self.others, args, strict=True))
+
+    state_names = ("t", "rate", "mean", "others")
 
     def reset(self) -> None:
         self.t = 0
         self.rate: Tensor | None = None
         self.mean: Tensor | None = None
+        self.others: list[Tensor | None] = []
 
     def extra_repr(self) -> str:
         return f"compensated={self.compensated}" + (f", analog={self.analog!r}" if self.analog else "")

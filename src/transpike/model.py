@@ -195,13 +195,11 @@ class SpikingModel(nn.Module):
 
         It depends on the input shape, not on the number of steps.
         """
-        return sum(
-            value.numel() * value.element_size()
-            for module in self.network.modules()
-            if isinstance(module, Stateful)
-            for value in module.state().values()
-            if isinstance(value, Tensor)
-        )
+        stateful = (module for module in self.network.modules() if isinstance(module, Stateful))
+        values = (value for module in stateful for value in module.state().values())
+        # an EC module keeps its further inputs' rates in a list
+        tensors = (t for v in values for t in (v if isinstance(v, list) else [v]))
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
 
     def ann_state_dict(self) -> dict[str, Tensor]:
         """The converted ANN's weights under the ANN's own keys (thresholds and SI-exp's

@@ -88,12 +88,11 @@ class Unconverted(nn.Module):
         self.reason = reason
 
     def forward(self, x: Tensor, *args: object, **constants: object) -> Tensor:
-        # its EC module keeps the rate of x alone: another tensor input would reach F as one step's
-        # value (keyword tensors are taken as the constants they are in timm: rotary tables)
-        if not isinstance(x, torch.Tensor) or any(isinstance(a, torch.Tensor) for a in args):
-            kinds = ", ".join(type(a).__name__ for a in (x, *args))
-            left = f"a module left analog ({type(self.module).__name__})"
-            raise TypeError(f"{left} must take one tensor and constants, got ({kinds})")
+        # its EC module keeps the rate of x and of every further positional tensor (keyword tensors
+        # are taken as the constants they are in timm: rotary tables)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"a module left analog ({type(self.module).__name__}) must take a tensor first, "
+                            f"got {type(x).__name__}")  # fmt: skip
         return self.module(x, *args, **constants)
 
     def extra_repr(self) -> str:

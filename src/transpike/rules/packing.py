@@ -1,7 +1,8 @@
 """Several tensors as one: what a twin hands a block or stage that takes or returns more than one
 tensor (CrossViT's branches, CoaT's scales, TNT's pixels and patches, MobileNetV5's stage outputs,
-EfficientViM's map and hidden state), so that ``blocks=k`` can leave it analog: an EC module keeps
-the rate of one tensor. The layout is a plain concatenation, so rates and increments pack alike."""
+EfficientViM's map and hidden state), so that ``blocks=k`` can leave it analog: an EC module reads
+the rate of each tensor it takes but returns one tensor, and a packed input and output also pass as
+one rate link. The layout is a plain concatenation, so rates and increments pack alike."""
 
 from __future__ import annotations
 

@@ -104,8 +104,8 @@ class JoinedParallelBlock(ParallelBlock):
     """timm ``ParallelBlock`` that runs its own copies of the model's position encodings of scales
     2-4 first (timm's model runs its one copy of each before every parallel block) and reads and
     returns those scales packed into one tensor (``shapes``: each scale's tokens and width;
-    ``sizes``: the four scales' grids), so that ``blocks=k`` can leave it analog (an EC module keeps
-    the rate of one tensor). The first scale, which the block passes unchanged, is not read."""
+    ``sizes``: the four scales' grids), so that ``blocks=k`` can leave it analog (an EC module
+    returns one tensor). The first scale, which the block passes unchanged, is not read."""
 
     shapes: list[tuple[int, int]]
     sizes: list[tuple[int, int]]

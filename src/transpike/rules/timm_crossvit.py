@@ -37,8 +37,8 @@ def _network_links(crossvit: CrossVit) -> list[Link]:
 
 class JoinedMultiScaleBlock(MultiScaleBlock):
     """timm ``MultiScaleBlock`` reading and returning both branches as one packed tensor (``shapes``:
-    each branch's tokens and width), so that ``blocks=k`` can leave it analog: an EC module keeps
-    the rate of one tensor."""
+    each branch's tokens and width), so that ``blocks=k`` can leave it analog: an EC module
+    returns one tensor."""
 
     shapes: list[tuple[int, int]]
 
