@@ -65,6 +65,12 @@ def test_demo_writes_results(tmp_path, capsys):
     assert chosen.time_steps == 3 and len(chosen.labels) == 719 and chosen.about["data"] == "digits:test"
     right = (chosen.snn == chosen.labels[:, None]).sum(0).double()
     assert results["snn_top1"] == (100.0 * right / 719).tolist()
+    classes = (out / "classes.csv").read_text().splitlines()  # one line per digit, from the predictions
+    assert classes[0].startswith("class,samples,ann_top1,snn_top1_t1,snn_top1_t2,snn_top1_t3,difference")
+    assert sum(int(line.split(",")[1]) for line in classes[1:]) == 719 and len(classes) == 11
+    zero = chosen.labels == 0
+    expected = 100.0 * (chosen.snn[zero, -1] == 0).double().mean().item()
+    assert float(classes[1].split(",")[5]) == pytest.approx(expected, abs=1e-4)
     energy = results["energy"]
     assert energy["ann_macs"] > 0 and len(energy["energy_ratio"]) == 3
     assert {"path", "kind", "ann_macs", "snn_acs", "input_firing_rate"} <= set(energy["layers"][0])
@@ -538,9 +544,10 @@ def test_blocks_sweep_and_sit_method(tmp_path, npz_data, capsys):
     assert results["options"]["method"] == "sit" and results["options"]["blocks"] == 2
     assert results["options"]["sit_norm_spikes"] is None  # auto: from the row length
     assert Image.open(out / "accuracy_vs_blocks.png").size[0] > 100
-    for blocks in (0, 1, 2):  # one predictions file per K
+    for blocks in (0, 1, 2):  # one predictions file and one per-class table per K
         chosen = load_predictions(out / f"predictions.blocks-{blocks}.safetensors")
         assert chosen.about["options"]["blocks"] == blocks
+        assert (out / f"classes.blocks-{blocks}.csv").is_file()
     assert "blocks   SNN top-1 at T   vs ANN, 95 % interval" in capsys.readouterr().out
     assert run("eval", "--snn", "x.safetensors", "--data", npz_data, "--time-steps", 2, "--blocks", 1,
                "--out", tmp_path / "r") == 2  # fmt: skip

@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 import transpike
 from transpike.evaluate import evaluate
 from transpike.exits import exit_counts
-from transpike.scores import correct, matches_from, paired_interval
+from transpike.scores import correct, matches_from, mcnemar_p, paired_interval, per_class
 
 
 @pytest.fixture
@@ -86,3 +86,21 @@ def test_evaluate_reads_the_early_exits_from_the_same_run(setup):
     assert all("energy_ratio" not in row for row in rows)
     no_exits = evaluate(snn, model, data, 2, progress=False, energy=False, exits=())
     assert "early_exit" not in no_exits
+
+
+def test_per_class_counts_each_class_apart():
+    gen = torch.Generator().manual_seed(2)
+    labels = torch.tensor([0, 0, 0, 2, 2, 5, 5, 5, 5])  # classes 1, 3 and 4 have no sample
+    ann = torch.where(torch.rand(9, generator=gen) < 0.8, labels, (labels + 1) % 6)
+    snn = torch.where(torch.rand(9, 3, generator=gen) < 0.6, labels[:, None], 3)
+    table = per_class(labels, ann, snn)
+    assert table["classes"].tolist() == [0, 2, 5] and table["samples"].tolist() == [3, 2, 4]
+    for i, c in enumerate((0, 2, 5)):  # one class at a time, as stated
+        mine = labels == c
+        assert table["ann_right"][i] == (ann[mine] == c).sum()
+        assert table["snn_right"][i].tolist() == (snn[mine] == c).sum(0).tolist()
+        lost = ((ann[mine] == c) & (snn[mine, -1] != c)).sum().item()
+        gained = ((ann[mine] != c) & (snn[mine, -1] == c)).sum().item()
+        assert (table["lost"][i], table["gained"][i]) == (lost, gained)
+        assert table["p"][i] == mcnemar_p(torch.tensor(lost), torch.tensor(gained))
+    assert (table["p_holm"] >= table["p"]).all()

@@ -54,13 +54,16 @@ from .progress import Progress
 from .results import (
     check_output_dir,
     format_blocks_table,
+    format_classes,
     format_comparison,
     format_exit_table,
     format_table,
+    write_classes,
     write_comparison,
     write_results,
     write_trace,
 )
+from .scores import per_class
 from .sit import MODES as SIT_MODES
 from .trace import sensitivity, trace
 
@@ -328,7 +331,12 @@ def run_evaluation(
         if report is not None:  # what each t costs, for a comparison to weigh against its accuracy
             about.update({k: results["energy"][k] for k in ("energy_ratio", "energy_ratio_full")})
         paths = [save_predictions(chosen, about, settings.out / predictions_file)]
+        classes = per_class(chosen["labels"], chosen["ann"], chosen["snn"])
+        # classes.csv beside predictions.safetensors (classes.blocks-K.csv in a --blocks sweep)
+        middle = predictions_file.removeprefix("predictions").removesuffix(".safetensors")
+        paths.append(write_classes(classes, settings.out / f"classes{middle}.csv"))
         print(format_table(results))
+        print(format_classes(classes))
         if report is not None:
             print("\n" + report.summary())
         if "early_exit" in results:

@@ -13,6 +13,8 @@ import csv
 import json
 from pathlib import Path
 
+import torch
+
 from .exits import ExitRule
 from .io import atomic_write
 from .plots import (
@@ -182,6 +184,44 @@ def format_table(results: dict) -> str:
         else f"at t = {steps} the 95 % interval of SNN - ANN still excludes 0"
     )  # fmt: skip
     return "\n".join(lines)
+
+
+def write_classes(table: dict, path: Path) -> Path:
+    """One line per class (:func:`~transpike.scores.per_class`): its samples, the ANN's top-1 and
+    the SNN's after every t (percent), then at T the difference, the samples right by the ANN only
+    and by the SNN only, and the exact McNemar p-value, raw and Holm-adjusted over the classes."""
+    steps = table["snn_right"].shape[1]
+    ann = 100.0 * table["ann_right"] / table["samples"]
+    snn = 100.0 * table["snn_right"] / table["samples"][:, None]
+    percent = torch.cat([ann[:, None], snn, (snn[:, -1] - ann)[:, None]], 1)  # [C, T + 2]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["class", "samples", "ann_top1", *(f"snn_top1_t{t}" for t in range(1, steps + 1)),
+                             "difference", "lost", "gained", "p_value", "p_holm"])  # fmt: skip
+            for i, c in enumerate(table["classes"].tolist()):
+                counts = [int(table[key][i]) for key in ("samples", "lost", "gained")]
+                ps = [f"{table[key][i].item():.4g}" for key in ("p", "p_holm")]
+                writer.writerow([c, counts[0], *(f"{v:.4f}" for v in percent[i].tolist()), *counts[1:], *ps])
+
+    atomic_write(path, write)
+    return path
+
+
+def format_classes(table: dict) -> str:
+    """One line: the classes whose SNN top-1 at T differs from the ANN's beyond chance (Holm-adjusted
+    exact McNemar p < 0.05), the largest losses first, or that none does."""
+    steps, total = table["snn_right"].shape[1], len(table["classes"])
+    differ = (table["p_holm"] < 0.05).nonzero().flatten().tolist()
+    if not differ:
+        return f"per class at t = {steps}: none of the {total} differs from the ANN beyond chance (Holm, 5 %)"
+    points = 100.0 * (table["snn_right"][:, -1] - table["ann_right"]) / table["samples"]
+    differ.sort(key=lambda i: points[i].item())
+    listed = ", ".join(f"{table['classes'][i].item()} ({points[i].item():+.1f})" for i in differ[:10])
+    more = f" and {len(differ) - 10} more" if len(differ) > 10 else ""
+    head = f"per class at t = {steps}: {len(differ)} of {total} differ from the ANN beyond chance (Holm, 5 %)"
+    return f"{head}: {listed}{more}"
 
 
 def format_exit_table(results: dict) -> str:

@@ -86,3 +86,26 @@ def holm(p: Tensor) -> Tensor:
     factors = torch.arange(p.numel(), 0, -1, dtype=p.dtype, device=p.device)
     adjusted = (p[order] * factors).clamp(max=1.0).cummax(0).values
     return torch.empty_like(p).scatter_(0, order, adjusted)
+
+
+def per_class(labels: Tensor, ann: Tensor, snn: Tensor) -> dict[str, Tensor]:
+    """The SNN against its ANN class by class, from every sample's top-1 classes: ``labels`` [N],
+    ``ann`` [N] and ``snn`` [N, T] (as :func:`~transpike.evaluate.evaluate` returns them).
+
+    Per class c that has samples (``classes``, ascending): ``samples``, ``ann_right`` (top-1
+    right), ``snn_right`` [C, T] (after t = 1..T), and at T ``lost`` and ``gained`` (right by the
+    ANN only, by the SNN only), the exact McNemar ``p`` (:func:`mcnemar_p`) and ``p_holm``, adjusted
+    over the classes (:func:`holm`): which classes the conversion loses beyond chance.
+    """
+    classes = labels.unique()
+    one_hot = labels[:, None] == classes[None, :]  # [N, C]
+    right_ann, right_snn = ann == labels, snn == labels[:, None]  # [N], [N, T]
+    lost, gained = right_ann & ~right_snn[:, -1], right_snn[:, -1] & ~right_ann
+
+    def count(hits: Tensor) -> Tensor:  # per class, of [N] or [N, T] flags
+        return one_hot.T.to(torch.float64) @ hits.to(torch.float64)
+
+    lost_c, gained_c = count(lost), count(gained)
+    p = mcnemar_p(lost_c, gained_c)
+    return dict(classes=classes, samples=count(torch.ones_like(labels)), ann_right=count(right_ann),
+                snn_right=count(right_snn), lost=lost_c, gained=gained_c, p=p, p_holm=holm(p))  # fmt: skip
