@@ -29,7 +29,8 @@ def model(classes):
 def test_integer_classes_with_paths_from_the_file_folder(tmp_path):
     """ImageNet's flat validation folder with Caffe's val.txt: 'FILE CLASS' per line."""
     images(tmp_path, ["a.png", "b.png", "c.png"])
-    (tmp_path / "val.txt").write_text("a.png 2\n\n# a comment\nb.png 0\n  c.png   1  \n")
+    # a byte-order mark and a Windows line end, as an editor may leave them
+    (tmp_path / "val.txt").write_text("\ufeffa.png 2\r\n\n# a comment\nb.png 0\n  c.png   1  \n")
     data = load_dataset(f"filelist:{tmp_path / 'val.txt'}", "test", model(3))
     assert len(data) == 3 and [data[i][1] for i in range(3)] == [2, 0, 1]
     x, _ = data[0]

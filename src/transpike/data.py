@@ -236,7 +236,7 @@ def read_list(file: Path, root: Path) -> list[tuple[int, Path, str]]:
         ValueError: naming the file and line of a line without a class, or the images not found.
     """
     try:
-        lines = file.read_text().splitlines()
+        lines = file.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not a path
     except UnicodeDecodeError as error:
         raise ValueError(f"{file}: not a text file ({error})") from None
     rows = []

@@ -97,13 +97,14 @@ def per_class(labels: Tensor, ann: Tensor, snn: Tensor) -> dict[str, Tensor]:
     ANN only, by the SNN only), the exact McNemar ``p`` (:func:`mcnemar_p`) and ``p_holm``, adjusted
     over the classes (:func:`holm`): which classes the conversion loses beyond chance.
     """
-    classes = labels.unique()
-    one_hot = labels[:, None] == classes[None, :]  # [N, C]
+    classes, index = labels.unique(return_inverse=True)  # each sample's row in the table
     right_ann, right_snn = ann == labels, snn == labels[:, None]  # [N], [N, T]
     lost, gained = right_ann & ~right_snn[:, -1], right_snn[:, -1] & ~right_ann
 
-    def count(hits: Tensor) -> Tensor:  # per class, of [N] or [N, T] flags
-        return one_hot.T.to(torch.float64) @ hits.to(torch.float64)
+    def count(hits: Tensor) -> Tensor:  # per class, of [N] or [N, T] flags (memory O(N·T), not N·C)
+        return hits.new_zeros((len(classes), *hits.shape[1:]), dtype=torch.float64).index_add_(
+            0, index, hits.to(torch.float64)
+        )
 
     lost_c, gained_c = count(lost), count(gained)
     p = mcnemar_p(lost_c, gained_c)
