@@ -100,11 +100,9 @@ class ExitRule:
     def __str__(self) -> str:
         return RULES[self.kind].reads.format(self.value)
 
-    def holds(self, outputs: Tensor) -> Tensor:
-        """Whether the rule holds for the outputs after t = 1..T: [T, B] from outputs [T, B, C]."""
-        kind = RULES[self.kind]
-        value = kind.measure(outputs)
-        return value <= self.value if kind.at_most else value >= self.value
+    def holds(self, measured: Tensor) -> Tensor:
+        """Whether the rule holds, given its kind's measure of the outputs (``RULES[kind].measure``)."""
+        return measured <= self.value if RULES[self.kind].at_most else measured >= self.value
 
 
 # the default rules: confidence thresholds c, and a top-1 unchanged for s steps (on the digits ViT
@@ -141,9 +139,10 @@ def exit_steps(outputs: Tensor, rules: Sequence[ExitRule | float]) -> Tensor:
         rules: the rules (a bare number is a confidence threshold c).
     """
     rules = check_rules(rules)
+    measured = {kind: RULES[kind].measure(outputs) for kind in {rule.kind for rule in rules}}  # once each
     reached = torch.empty(len(rules), *outputs.shape[:2], dtype=torch.bool, device=outputs.device)
     for index, rule in enumerate(rules):
-        reached[index] = rule.holds(outputs)
+        reached[index] = rule.holds(measured[rule.kind])
     reached[:, -1] = True  # the rule held at no step: the sample runs all T steps
     return reached.to(torch.uint8).argmax(1)  # the first step where it held (argmax takes the first)
 
