@@ -66,11 +66,12 @@ def test_demo_writes_results(tmp_path, capsys):
     right = (chosen.snn == chosen.labels[:, None]).sum(0).double()
     assert results["snn_top1"] == (100.0 * right / 719).tolist()
     classes = (out / "classes.csv").read_text().splitlines()  # one line per digit, from the predictions
-    assert classes[0].startswith("class,samples,ann_top1,snn_top1_t1,snn_top1_t2,snn_top1_t3,difference")
-    assert sum(int(line.split(",")[1]) for line in classes[1:]) == 719 and len(classes) == 11
+    assert classes[0].startswith("class,name,samples,ann_top1,snn_top1_t1,snn_top1_t2,snn_top1_t3,difference")
+    assert sum(int(line.split(",")[2]) for line in classes[1:]) == 719 and len(classes) == 11
     zero = chosen.labels == 0
     expected = 100.0 * (chosen.snn[zero, -1] == 0).double().mean().item()
-    assert float(classes[1].split(",")[5]) == pytest.approx(expected, abs=1e-4)
+    assert classes[1].split(",")[:2] == ["0", ""]  # the digits have no class names
+    assert float(classes[1].split(",")[6]) == pytest.approx(expected, abs=1e-4)
     energy = results["energy"]
     assert energy["ann_macs"] > 0 and len(energy["energy_ratio"]) == 3
     assert {"path", "kind", "ann_macs", "snn_acs", "input_firing_rate"} <= set(energy["layers"][0])

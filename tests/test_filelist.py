@@ -47,7 +47,7 @@ def test_named_classes_with_a_root_and_extra_fields(tmp_path):
     spec = f"filelist:{tmp_path / 'val' / 'val_annotations.txt'}:{tmp_path / 'val' / 'images'}"
     assert parse_spec(spec, "test")[0] == "filelist"
     data = load_dataset(spec, "test", model(2))
-    assert [data[i][1] for i in range(3)] == [1, 0, 1]
+    assert [data[i][1] for i in range(3)] == [1, 0, 1] and data.classes == ["n01443537", "n03444034"]
     assert data.paths[0] == tmp_path / "val" / "images" / "val_0.JPEG"
 
 
@@ -107,3 +107,6 @@ def test_a_list_of_an_image_folder_evaluates_as_the_folder(tmp_path):
     assert one["num_samples"] == two["num_samples"] == 4
     assert (one["ann_top1"], one["snn_top1"]) == (two["ann_top1"], two["snn_top1"])
     assert two["data"].startswith("filelist:")
+    for name in ("folder", "list"):  # classes named as the folder and the list name them
+        rows = (tmp_path / name / "classes.csv").read_text().splitlines()[1:]
+        assert [row.split(",")[:3] for row in rows] == [["0", "cat", "2"], ["1", "dog", "2"]]

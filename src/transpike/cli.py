@@ -334,9 +334,10 @@ def run_evaluation(
         classes = per_class(chosen["labels"], chosen["ann"], chosen["snn"])
         # classes.csv beside predictions.safetensors (classes.blocks-K.csv in a --blocks sweep)
         middle = predictions_file.removeprefix("predictions").removesuffix(".safetensors")
-        paths.append(write_classes(classes, settings.out / f"classes{middle}.csv"))
+        names = getattr(dataset, "classes", None)  # an image folder's or a list's class names
+        paths.append(write_classes(classes, settings.out / f"classes{middle}.csv", names))
         print(format_table(results))
-        print(format_classes(classes))
+        print(format_classes(classes, names))
         if report is not None:
             print("\n" + report.summary())
         if "early_exit" in results:

@@ -260,10 +260,13 @@ def read_list(file: Path, root: Path) -> list[tuple[int, Path, str]]:
     return rows
 
 
-def class_indices(file: Path, rows: list[tuple[int, Path, str]], classes: int | None) -> list[int]:
-    """The class index of each row of :func:`read_list`. Classes are either all integers (ImageNet's
-    val.txt) or all names (WordNet ids), numbered in sorted order as ImageFolder numbers its class
-    folders, which matches a model trained on such a folder only if every class appears.
+def class_indices(
+    file: Path, rows: list[tuple[int, Path, str]], classes: int | None
+) -> tuple[list[int], list[str]]:
+    """The class index of each row of :func:`read_list`, and the classes' names by index (none
+    for integer classes). Classes are either all integers (ImageNet's val.txt) or all names
+    (WordNet ids), numbered in sorted order as ImageFolder numbers its class folders, which
+    matches a model trained on such a folder only if every class appears.
 
     Raises:
         ValueError: given the model's number of ``classes``, a list naming another number of
@@ -274,7 +277,7 @@ def class_indices(file: Path, rows: list[tuple[int, Path, str]], classes: int | 
         for number, _, name in rows:
             if classes and int(name) >= classes:
                 raise ValueError(f"{file}, line {number}: class {name}, but the model has {classes}")
-        return [int(name) for name in names]
+        return [int(name) for name in names], []
     ordered = sorted(set(names))
     if classes and len(ordered) != classes:
         raise ValueError(
@@ -282,7 +285,7 @@ def class_indices(file: Path, rows: list[tuple[int, Path, str]], classes: int | 
             "sorted order, which gives the model's classes only if all of them appear; give integer classes"
         )
     index = {name: i for i, name in enumerate(ordered)}
-    return [index[name] for name in names]
+    return [index[name] for name in names], ordered
 
 
 class FileList(Dataset):
@@ -290,7 +293,7 @@ class FileList(Dataset):
 
     def __init__(self, file: Path, root: Path, transform=None, classes: int | None = None) -> None:
         rows = read_list(file, root)
-        self.labels = class_indices(file, rows, classes)
+        self.labels, self.classes = class_indices(file, rows, classes)  # names as ImageFolder's classes
         self.paths = [path for _, path, _ in rows]
         self.transform = transform
 

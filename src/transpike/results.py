@@ -186,8 +186,9 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_classes(table: dict, path: Path) -> Path:
-    """One line per class (:func:`~transpike.scores.per_class`): its samples, the ANN's top-1 and
+def write_classes(table: dict, path: Path, names: list[str] | None = None) -> Path:
+    """One line per class (:func:`~transpike.scores.per_class`): its index and name (``names``,
+    by index: an image folder's or a list's classes; empty without), its samples, the ANN's top-1 and
     the SNN's after every t (percent), then at T the difference, the samples right by the ANN only
     and by the SNN only, and the exact McNemar p-value, raw and Holm-adjusted over the classes."""
     steps = table["snn_right"].shape[1]
@@ -198,27 +199,35 @@ def write_classes(table: dict, path: Path) -> Path:
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["class", "samples", "ann_top1", *(f"snn_top1_t{t}" for t in range(1, steps + 1)),
-                             "difference", "lost", "gained", "p_value", "p_holm"])  # fmt: skip
+            per_t = [f"snn_top1_t{t}" for t in range(1, steps + 1)]
+            writer.writerow(["class", "name", "samples", "ann_top1", *per_t, "difference", "lost", "gained",
+                             "p_value", "p_holm"])  # fmt: skip
             for i, c in enumerate(table["classes"].tolist()):
                 counts = [int(table[key][i]) for key in ("samples", "lost", "gained")]
                 ps = [f"{table[key][i].item():.4g}" for key in ("p", "p_holm")]
-                writer.writerow([c, counts[0], *(f"{v:.4f}" for v in percent[i].tolist()), *counts[1:], *ps])
+                cells = [c, class_name(c, names), counts[0], *(f"{v:.4f}" for v in percent[i].tolist())]
+                writer.writerow([*cells, *counts[1:], *ps])
 
     atomic_write(path, write)
     return path
 
 
-def format_classes(table: dict) -> str:
+def class_name(index: int, names: list[str] | None) -> str:
+    """A class's name where the data names its classes (``names`` by index), else nothing."""
+    return names[index] if names and 0 <= index < len(names) else ""
+
+
+def format_classes(table: dict, names: list[str] | None = None) -> str:
     """One line: the classes whose SNN top-1 at T differs from the ANN's beyond chance (Holm-adjusted
-    exact McNemar p < 0.05), the largest losses first, or that none does."""
+    exact McNemar p < 0.05), the largest losses first, by index and name, or that none does."""
     steps, total = table["snn_right"].shape[1], len(table["classes"])
     differ = (table["p_holm"] < 0.05).nonzero().flatten().tolist()
     if not differ:
         return f"per class at t = {steps}: none of the {total} differs from the ANN beyond chance (Holm, 5 %)"
     points = 100.0 * (table["snn_right"][:, -1] - table["ann_right"]) / table["samples"]
     differ.sort(key=lambda i: points[i].item())
-    listed = ", ".join(f"{table['classes'][i].item()} ({points[i].item():+.1f})" for i in differ[:10])
+    labels = [" ".join(filter(None, [str(c), class_name(c, names)])) for c in table["classes"].tolist()]
+    listed = ", ".join(f"{labels[i]} ({points[i].item():+.1f})" for i in differ[:10])
     more = f" and {len(differ) - 10} more" if len(differ) > 10 else ""
     head = f"per class at t = {steps}: {len(differ)} of {total} differ from the ANN beyond chance (Holm, 5 %)"
     return f"{head}: {listed}{more}"
