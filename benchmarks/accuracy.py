@@ -101,14 +101,34 @@ def exit_cells(row: dict, confidences: tuple[float, ...] = (0.9, 0.99)) -> str:
     return " | ".join(cells)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/accuracy.json"))
+def digits_setup(
+    doc: str, out: str
+) -> tuple[argparse.Namespace, torch.nn.Module, torch.Tensor, TensorDataset]:
+    """The digits benchmarks' command line (``--out``, default ``out``; described by the script's
+    ``doc``) and what they run on: the trained ViT, the training images, the test set."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(out))
     args = parser.parse_args()
-
-    model = trained_digits_vit()
     x_train, _ = load_digits_split("train")
-    test = TensorDataset(*load_digits_split("test"))
+    return args, trained_digits_vit(), x_train, TensorDataset(*load_digits_split("test"))
+
+
+def write_output(path: Path, test: TensorDataset, rows: list[dict], **fields: object) -> None:
+    """A digits benchmark's ``rows`` as JSON at ``path``, with ``fields`` and what produced them."""
+    output = dict(
+        model="transpike.digits (ViT, 4 blocks, width 64)",
+        test_samples=len(test),
+        **fields,
+        machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        torch=torch.__version__,
+        rows=rows,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(output, indent=1))
+
+
+def main() -> None:
+    args, model, x_train, test = digits_setup(__doc__, "benchmarks/out/accuracy.json")
     rows = []
     for name, options in CONFIGS.items():
         snn = transpike.convert(model, x_train.split(256), **options)
@@ -137,18 +157,8 @@ def main() -> None:
     }
 
     ann = rows[0]["ann_top1"]
-    output = dict(
-        model="transpike.digits (ViT, 4 blocks, width 64)",
-        test_samples=len(test),
-        ann_top1=ann,
-        ann_macs_per_image=energy.ann_macs,
-        accounting_time_over_simulation=overhead,
-        machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        torch=torch.__version__,
-        rows=rows,
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(output, indent=1))
+    write_output(args.out, test, rows, ann_top1=ann, ann_macs_per_image=energy.ann_macs,
+                 accounting_time_over_simulation=overhead)  # fmt: skip
     print(
         f"\nANN top-1 {ann:.2f} % on {len(test)} test images; "
         f"simulation with accounting / without: {overhead}"

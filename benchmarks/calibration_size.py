@@ -12,17 +12,12 @@ and, in brackets, their range (largest - smallest).
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
-from pathlib import Path
 
 import torch
-from torch.utils.data import TensorDataset
+from accuracy import digits_setup, write_output
 
 import transpike
-from transpike.digits import load_digits_split, trained_digits_vit
 from transpike.evaluate import evaluate
 
 T = 8
@@ -37,13 +32,7 @@ CONFIGS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/calibration_size.json"))
-    args = parser.parse_args()
-
-    model = trained_digits_vit()
-    x_train, _ = load_digits_split("train")
-    test = TensorDataset(*load_digits_split("test"))
+    args, model, x_train, test = digits_setup(__doc__, "benchmarks/out/calibration_size.json")
     rows = []
     for name, options in CONFIGS.items():
         for size in SIZES:
@@ -59,16 +48,7 @@ def main() -> None:
                 flush=True,
             )
 
-    output = dict(
-        model="transpike.digits (ViT, 4 blocks, width 64)",
-        test_samples=len(test),
-        time_steps=T,
-        machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        torch=torch.__version__,
-        rows=rows,
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(output, indent=1))
+    write_output(args.out, test, rows, time_steps=T)
     print("\n| configuration | images | " + " | ".join(f"t = {t}" for t in STEPS) + " |")
     print("|---|---|" + "---|" * len(STEPS))
     for row in rows:

@@ -16,17 +16,11 @@ the ANN.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 from itertools import pairwise
-from pathlib import Path
 
-import torch
-from torch.utils.data import TensorDataset
+from accuracy import digits_setup, write_output
 
 import transpike
-from transpike.digits import load_digits_split, trained_digits_vit
 from transpike.evaluate import evaluate
 from transpike.exits import ExitRule
 
@@ -87,13 +81,7 @@ def fewest_steps(hull: list[tuple[float, float]], target: float) -> float | None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/exit_rules.json"))
-    args = parser.parse_args()
-
-    model = trained_digits_vit()
-    x_train, _ = load_digits_split("train")
-    test = TensorDataset(*load_digits_split("test"))
+    args, model, x_train, test = digits_setup(__doc__, "benchmarks/out/exit_rules.json")
     rules = [ExitRule(kind, value) for kind, values in THRESHOLDS.items() for value in values]
     rows = []
     for name, options in CONFIGS.items():
@@ -116,16 +104,7 @@ def main() -> None:
                          early_exit=result["early_exit"], summary=summary))  # fmt: skip
         print(f"{name}: ANN {ann:.2f} %, SNN " + " ".join(f"{a:.2f}" for a in result["snn_top1"]), flush=True)
 
-    output = dict(
-        model="transpike.digits (ViT, 4 blocks, width 64)",
-        test_samples=len(test),
-        time_steps=T,
-        machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        torch=torch.__version__,
-        rows=rows,
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(output, indent=1))
+    write_output(args.out, test, rows, time_steps=T)
 
     def cell(value: float | None, form: str) -> str:
         return "-" if value is None else format(value, form)
