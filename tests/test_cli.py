@@ -495,6 +495,8 @@ def test_torchrun_two_processes_match_one(tmp_path, npz_data):
         npz_data,
         "--calib-batches",
         2,
+        "--calib-batch-size",  # 10 of the 12 evaluated samples calibrate: counted by both processes
+        5,
         "--batch-size",
         4,
         "--data",
@@ -513,8 +515,9 @@ def test_torchrun_two_processes_match_one(tmp_path, npz_data):
                    check=True, env=env, capture_output=True, timeout=300)  # fmt: skip
     single, dist = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("single", "dist"))
     one, two = (load_predictions(tmp_path / d) for d in ("single", "dist"))  # gathered in sample order
-    assert all(torch.equal(getattr(one, k), getattr(two, k)) for k in ("labels", "ann", "snn"))
+    assert all(torch.equal(getattr(one, k), getattr(two, k)) for k in ("labels", "ann", "snn", "calibration"))
     assert dist["processes"] == 2 and dist["num_samples"] == single["num_samples"] == 12
+    assert dist["calibration_samples"] == single["calibration_samples"] == int(one.calibration.sum()) == 10
     assert dist["snn_top1"] == single["snn_top1"] and dist["ann_top1"] == single["ann_top1"]
     assert dist["difference_ci95"] == single["difference_ci95"]
     for one, two in zip(single["early_exit"], dist["early_exit"], strict=True):

@@ -41,6 +41,18 @@ def check_same_samples(reference: Predictions, other: Predictions) -> None:
                       stacklevel=2)  # fmt: skip
 
 
+def calibration_samples(run: Predictions) -> int | None:
+    """How many of ``run``'s samples its network was calibrated on (None: not known), with a
+    warning where any were: its side of a comparison was scored on data it had seen."""
+    if run.calibration is None:
+        return None
+    count = int(run.calibration.sum())
+    if count:
+        warnings.warn(f"{run.path}: {count} of its {len(run.labels)} samples were calibration samples of its "
+                      "network: it is scored on data it has seen", RuntimeWarning, stacklevel=2)  # fmt: skip
+    return count
+
+
 def paired_rows(labels: Tensor, first: Tensor, second: Tensor) -> list[dict]:
     """Per column of ``first`` and ``second`` (top-1 classes [N, T], or [N, 1] for one
     prediction each), the two top-1 accuracies (percent), ``difference`` (second - first),
@@ -80,8 +92,9 @@ def compare(reference: Predictions, others: list[Predictions]) -> dict:
     """Each of ``others`` against ``reference``, sample by sample, at every t both reached.
 
     Returns:
-        dict with ``reference`` (its file and what it evaluated), ``num_samples`` and, per other
-        evaluation, a ``comparisons`` entry: ``path``, ``about``, ``differs`` (the options it
+        dict with ``reference`` (its file, what it evaluated and its ``calibration_samples``,
+        :func:`calibration_samples`), ``num_samples`` and, per other evaluation, a ``comparisons``
+        entry: ``path``, ``about``, ``calibration_samples``, ``differs`` (the options it
         differs in, :func:`differing_options`), ``same_ann`` (both ANNs predict the same class for
         every sample), ``ann`` (the ANNs compared, :func:`paired_rows`'s dict) and ``rows``, one per
         t = 1..min(T, T'), each :func:`paired_rows`'s dict with ``t`` and the two networks' energy
@@ -101,6 +114,7 @@ def compare(reference: Predictions, others: list[Predictions]) -> dict:
             dict(
                 path=str(other.path),
                 about=other.about,
+                calibration_samples=calibration_samples(other),
                 differs=differing_options(reference.about, other.about),
                 same_ann=bool(torch.equal(reference.ann, other.ann)),
                 ann=paired_rows(reference.labels, reference.ann[:, None], other.ann[:, None])[0],
@@ -111,7 +125,11 @@ def compare(reference: Predictions, others: list[Predictions]) -> dict:
             )
         )
     return dict(
-        reference=dict(path=str(reference.path), about=reference.about),
+        reference=dict(
+            path=str(reference.path),
+            about=reference.about,
+            calibration_samples=calibration_samples(reference),
+        ),
         num_samples=len(reference.labels),
         comparisons=comparisons,
     )

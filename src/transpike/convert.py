@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from .audit import audit
 from .compensation import ExpectationCompensation, SpikingProduct
 from .errors import ConversionError, type_name
+from .fingerprints import fingerprints
 from .model import SpikingModel, device_dtype
 from .neurons import NEURONS, ROUNDINGS, MTNeuron
 from .observers import HistogramObserver
@@ -348,20 +349,23 @@ def _run(network: nn.Module, x: Tensor, what: str, run: Callable = nn.Module.__c
 @torch.inference_mode()
 def calibrate(network: nn.Module, calibration: Tensor | Iterable, max_batches: int | None = None) -> dict:
     """Run the prepared network on calibration batches; returns what it ran on: the number of
-    ``batches`` and ``samples`` used, and the ``sample_shape``.
+    ``batches`` and ``samples`` used, the ``sample_shape`` and every sample's ``fingerprints``
+    (:mod:`transpike.fingerprints`).
 
     Every batch must be a finite floating-point tensor with the same sample shape as the first.
     """
-    count, samples, shape = 0, 0, None
+    count, shape, seen = 0, None, []
     for index, x in enumerate(_batches(calibration)):
         if max_batches is not None and count >= max_batches:
             break
         shape = tuple(_check_batch(index, x, shape).shape[1:])
         _run(network, x, f"calibration batch {index}")
-        count, samples = count + 1, samples + len(x)
+        count += 1
+        seen.append(fingerprints(x))
     if count == 0:
         raise ValueError("calibration is empty: give at least one batch of inputs")
-    return dict(batches=count, samples=samples, sample_shape=list(shape))
+    seen = torch.cat(seen)
+    return dict(batches=count, samples=len(seen), sample_shape=list(shape), fingerprints=seen)
 
 
 def _describe(x: object) -> str:
@@ -516,6 +520,7 @@ def convert(
             if isinstance(observer, HistogramObserver):
                 observer.reset()  # the audit's run is not calibration
     ran = calibrate(network, itertools.chain([first], batches), max_batches)
+    seen = ran.pop("fingerprints")
     provenance = dict(provenance or {})
     provenance["calibration"] = {**provenance.get("calibration", {}), **ran}
-    return SpikingModel(to_spiking(network, options), options.to_dict(), model_spec, provenance)
+    return SpikingModel(to_spiking(network, options), options.to_dict(), model_spec, provenance, seen)

@@ -8,6 +8,7 @@ with the same totals; only rank 0 writes files.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from .energy import E_AC, E_MAC, count_dense_work, energy_report
 from .exits import EXITS, ExitRule, check_rules, exit_counts, exit_table
+from .fingerprints import seen
 from .model import SpikingModel
 from .progress import Progress
 from .scores import correct, disagreements, matches_from, paired_interval
@@ -76,7 +78,9 @@ def evaluate(
     ``workers`` processes read and preprocess the samples (0: this process). ``exits``: the
     early-exit rules (:mod:`transpike.exits`; a bare number is a confidence threshold), read from
     the same run (none: no early-exit rows). ``predictions``: also return every sample's label and
-    top-1 classes, to compare evaluations sample by sample (:mod:`transpike.compare`). With
+    top-1 classes, to compare evaluations sample by sample (:mod:`transpike.compare`). Where the
+    network kept its calibration samples' fingerprints, the evaluated samples among them are counted
+    (:mod:`transpike.fingerprints`). With
     ``store``, the running totals are saved as the evaluation goes (and when it stops on an
     exception), and a resumed evaluation continues from the saved ones (:mod:`transpike.progress`).
 
@@ -87,10 +91,12 @@ def evaluate(
         ``matches_ann_from`` (the first t from which every interval holds 0, or None:
         :func:`~transpike.scores.matches_from`), ``early_exit``
         (one row per rule, :func:`~transpike.exits.exit_table`), ``resumed_samples`` (those
-        counted before this run, from ``store``), with ``energy`` the
-        :class:`~transpike.energy.EnergyReport` of all samples as ``energy`` and, with
+        counted before this run, from ``store``), ``calibration_samples`` (how many of the samples
+        were calibration samples; None where the network does not know its own), with ``energy``
+        the :class:`~transpike.energy.EnergyReport` of all samples as ``energy`` and, with
         ``predictions``, ``predictions``: int32 tensors ``labels`` [N], ``ann`` [N] (the ANN's top-1
-        class) and ``snn`` [N, T] (the SNN's after t = 1..T), row i for the dataset's sample i.
+        class) and ``snn`` [N, T] (the SNN's after t = 1..T), and where known ``calibration`` [N]
+        (1: a calibration sample), row i for the dataset's sample i.
     """
     world = world or World()
     total = len(dataset) if limit is None else min(limit, len(dataset))
@@ -101,15 +107,17 @@ def evaluate(
     # counts: samples; ANN top-1 and top-5 correct; SNN top-1 correct after t = 1..T, then top-5;
     # the samples only the ANN, then only the SNN gets right (top-1) after t = 1..T; then per
     # early-exit rule, the samples exiting after t = 1..T, those right at their exit (top-1,
-    # top-5) and those only the ANN, then only the SNN gets right
+    # top-5) and those only the ANN, then only the SNN gets right; last the calibration samples met
     exits = check_rules(exits)
     width = 3 + 4 * time_steps
-    counts = torch.zeros(width + len(exits) * (time_steps + 4), dtype=torch.float64, device=device)
+    counts = torch.zeros(width + len(exits) * (time_steps + 4) + 1, dtype=torch.float64, device=device)
+    known = snn.calibration_fingerprints
     # Dense work is the same for every sample: count it on one sample, before spikes are monitored.
     dense = count_dense_work(snn, dataset[0][0].unsqueeze(0).to(device)) if energy else None
     shard = range(world.rank, total, world.size)
-    # this process's samples: label, ANN top-1, SNN top-1 after t = 1..T (rows past `done` unused)
-    chosen = torch.zeros(len(shard) if predictions else 0, 2 + time_steps, dtype=torch.int32, device=device)
+    # this process's samples: label, ANN top-1, SNN top-1 after t = 1..T, whether a calibration
+    # sample (rows past `done` unused)
+    chosen = torch.zeros(len(shard) if predictions else 0, 3 + time_steps, dtype=torch.int32, device=device)
     with torch.inference_mode(), SpikeMonitor(snn) if energy else nullcontext() as monitor:
 
         def totals(done: int) -> dict[str, Tensor]:
@@ -140,17 +148,19 @@ def evaluate(
                    disable=not (progress and world.is_main))  # fmt: skip
         try:
             for x, y in loader:
-                x, y = x.to(device), y.to(device)
+                calibrated = seen(x, known) if known is not None else torch.zeros(len(y), dtype=torch.bool)
+                x, y, calibrated = x.to(device), y.to(device), calibrated.to(device)
                 counts[0] += len(y)
                 logits, outputs = ann(x), snn.simulate(x, time_steps)
                 counts[1:3] += correct(logits, y)
                 counts[3:width] += torch.cat(
                     [correct(outputs, y), disagreements(logits, outputs, y)]
                 ).flatten()
-                counts[width:] += exit_counts(outputs, y, exits, logits).flatten()
+                counts[width:-1] += exit_counts(outputs, y, exits, logits).flatten()
+                counts[-1] += calibrated.sum()
                 if predictions:
                     chosen[done : done + len(y)] = torch.cat(
-                        [y[:, None], logits.argmax(-1)[:, None], outputs.argmax(-1).T], 1
+                        [y[:, None], logits.argmax(-1)[:, None], outputs.argmax(-1).T, calibrated[:, None]], 1
                     ).to(torch.int32)
                 done += len(y)
                 if store:
@@ -177,17 +187,28 @@ def evaluate(
         snn_top5=percent[3 + time_steps : 3 + 2 * time_steps],
         difference_ci95=paired_interval(*counts[3 + 2 * time_steps : width].view(2, -1), samples).tolist(),
         resumed_samples=resumed,
+        calibration_samples=int(counts[-1]) if known is not None else None,
     )
+    if results["calibration_samples"]:
+        warnings.warn(
+            f"{results['calibration_samples']} of the {samples} evaluated samples were calibration samples: "
+            "the thresholds were fitted on them, so the SNN is not scored on unseen data alone; keep "
+            "calibration and evaluation data apart",
+            UserWarning,
+            stacklevel=2,
+        )
     differences = [top1 - results["ann_top1"] for top1 in results["snn_top1"]]
     results["matches_ann_from"] = matches_from(differences, results["difference_ci95"])
     if monitor is not None:
         results["energy"] = energy_report(monitor, dense, samples, time_steps, e_mac, e_ac)
     if exits:
         ratio = results["energy"].ratio["ecmt"] if monitor is not None else None
-        results["early_exit"] = exit_table(counts[width:].view(len(exits), -1), exits, ratio)
+        results["early_exit"] = exit_table(counts[width:-1].view(len(exits), -1), exits, ratio)
     if predictions:
         rows = gather_samples(chosen, total, world).cpu()
-        results["predictions"] = dict(labels=rows[:, 0], ann=rows[:, 1], snn=rows[:, 2:])
+        results["predictions"] = dict(labels=rows[:, 0], ann=rows[:, 1], snn=rows[:, 2:-1])
+        if known is not None:
+            results["predictions"]["calibration"] = rows[:, -1]
     return results
 
 

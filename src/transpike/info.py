@@ -17,8 +17,9 @@ from .models import spec_name
 
 def network_info(path: str | Path) -> dict:
     """The description of the network saved at ``path``: ``file``, ``bytes``, ``written_by``
-    (transpike's version), ``model`` (name and arguments), ``options``, ``provenance``, ``digest``,
-    ``ann_parameters`` and ``report`` (``counts`` per role and ``rows``: path, module type, role,
+    (transpike's version), ``model`` (name and arguments), ``options``, ``provenance``,
+    ``calibration_fingerprints`` (how many it keeps, :mod:`transpike.fingerprints`; None: none),
+    ``digest``, ``ann_parameters`` and ``report`` (``counts`` per role and ``rows``: path, module type, role,
     detail).
 
     Raises:
@@ -28,6 +29,7 @@ def network_info(path: str | Path) -> dict:
     snn = load(path)
     report = snn.report()
     spec = snn.model_spec or {}
+    kept = snn.calibration_fingerprints
     return dict(
         file=str(path),
         bytes=Path(path).stat().st_size,
@@ -35,6 +37,7 @@ def network_info(path: str | Path) -> dict:
         model=dict(name=spec_name(spec) if spec else None, kwargs=spec.get("kwargs", {})),
         options=snn.options,
         provenance=snn.provenance,
+        calibration_fingerprints=None if kept is None else len(kept),
         digest=snn.digest(),
         ann_parameters=sum(value.numel() for value in snn.ann_state_dict().values()),
         report=dict(counts=report.counts(), rows=[vars(row) for row in report.rows]),
@@ -62,6 +65,12 @@ def format_info(info: dict) -> str:
                      f"{calibration['batches']} batches{batch}")  # fmt: skip
     else:
         lines.append("calibrated on: not recorded (a file written before transpike kept it)")
+    kept = info["calibration_fingerprints"]
+    lines.append(
+        f"calibration samples: {kept} fingerprints kept, so an evaluation counts those it meets"
+        if kept is not None
+        else "calibration samples: no fingerprints kept (a file written before transpike kept them)"
+    )
     checkpoint = info["provenance"].get("checkpoint")
     if checkpoint:
         lines.append(f"checkpoint: {checkpoint['path']} (SHA-256 {checkpoint['sha256']})")

@@ -2,7 +2,8 @@
 
 A file holds every tensor of the converted network (weights, thresholds) in safetensors format and,
 in the safetensors metadata, a JSON document with the format name and version, the conversion
-options, how to rebuild the ANN architecture and where the network came from (its provenance).
+options, how to rebuild the ANN architecture and where the network came from (its provenance);
+the calibration samples' fingerprints are one more tensor, ``@calibration_fingerprints``.
 Loading rebuilds the architecture (from timm or torchvision, or from a template model you pass),
 converts its structure with the saved thresholds and loads the tensors, so the loaded network gives
 bit-identical outputs. No code is executed from the file.
@@ -15,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -26,6 +28,8 @@ from .models import build_model
 
 FORMAT = "transpike.spiking-network"
 VERSION = 1
+# no state_dict key starts with "@": modules and tensors set as attributes have identifiers for names
+FINGERPRINTS = "@calibration_fingerprints"
 
 
 def atomic_write(path: Path, write) -> None:
@@ -65,6 +69,8 @@ def save(snn: SpikingModel, path: str | os.PathLike, overwrite: bool = False) ->
     header = dict(format=FORMAT, version=VERSION, transpike=__version__, options=snn.options,
                   model=snn.model_spec, provenance=snn.provenance)  # fmt: skip
     tensors = {key: value.detach().cpu().contiguous() for key, value in snn.network.state_dict().items()}
+    if snn.calibration_fingerprints is not None:
+        tensors[FINGERPRINTS] = snn.calibration_fingerprints.cpu().contiguous()
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"transpike": json.dumps(header)}))
     return path
 
@@ -120,6 +126,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> SpikingMode
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path}: bad conversion options in the header: {error}") from None
     tensors = load_file(path)
+    fingerprints = tensors.pop(FINGERPRINTS, None)  # none in files written before they were kept
+    if fingerprints is not None and (fingerprints.dtype != torch.int64 or fingerprints.dim() != 1):
+        raise ValueError(f"{path}: bad calibration fingerprints: {fingerprints.dtype} of shape "
+                         f"{tuple(fingerprints.shape)}, expected int64 [N]")  # fmt: skip
     network = prepare(model if model is not None else build_model(header.get("model"), str(path)), options)
 
     def saved_thresholds(observer, neuron_path):
@@ -141,4 +151,4 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> SpikingMode
     provenance = header.get("provenance", {})  # none in files written before it was kept
     if not isinstance(provenance, dict):
         raise ValueError(f"{path}: bad provenance in the header: {provenance!r}")
-    return SpikingModel(network, options.to_dict(), header.get("model"), provenance)
+    return SpikingModel(network, options.to_dict(), header.get("model"), provenance, fingerprints)

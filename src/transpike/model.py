@@ -99,6 +99,9 @@ class SpikingModel(nn.Module):
             calibration ran on, the calibration data's name, the checkpoint); saved with it, shown
             by ``transpike info``, not part of :meth:`digest` (the same network calibrated from
             another copy of the data is the same network).
+        calibration_fingerprints: int64 [N], a fingerprint of every calibration sample
+            (:mod:`transpike.fingerprints`), so that an evaluation can count the samples it was
+            calibrated on; None if unknown. Saved with it, not part of :meth:`digest`.
     """
 
     def __init__(
@@ -107,12 +110,14 @@ class SpikingModel(nn.Module):
         options: dict,
         model_spec: dict | None = None,
         provenance: dict | None = None,
+        calibration_fingerprints: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.network = network
         self.options = dict(options)
         self.model_spec = model_spec
         self.provenance = dict(provenance or {})
+        self.calibration_fingerprints = calibration_fingerprints
         self._graphs: dict[tuple, StepGraphs] | None = None  # by input shape; see graph()
 
     def reset(self) -> None:
@@ -300,7 +305,8 @@ class SpikingModel(nn.Module):
         """
         network = parallel_network(self.network)
         link_rates(network, enabled=False)
-        return SpikingModel(network, self.options, self.model_spec, self.provenance)
+        return SpikingModel(network, self.options, self.model_spec, self.provenance,
+                            self.calibration_fingerprints)  # fmt: skip
 
     def report(self) -> ConversionReport:
         """What every module became: MT sites, EC modules, products, analog leftovers."""

@@ -3,7 +3,8 @@
 ``transpike eval`` and ``transpike demo`` write ``predictions.safetensors`` next to
 ``results.json`` (in a ``--blocks`` sweep of several K, ``predictions.blocks-K.safetensors`` for
 each K): int32 tensors ``labels`` [N], ``ann`` [N] (the ANN's top-1 class) and ``snn`` [N, T] (the
-SNN's after t = 1..T), row i for sample i of the evaluation data, and in the safetensors metadata a
+SNN's after t = 1..T), row i for sample i of the evaluation data (where the network knew its
+calibration samples, also ``calibration`` [N]: 1 for a calibration sample), and in the safetensors metadata a
 JSON document saying what was evaluated (model, data, conversion options). Reading never unpickles
 and checks the layout, so a foreign or damaged file is refused with its name.
 """
@@ -40,6 +41,7 @@ class Predictions:
     ann: Tensor  # [N]
     snn: Tensor  # [N, T]
     about: dict
+    calibration: Tensor | None = None  # [N], 1: a calibration sample of the network; None: not known
 
     @property
     def time_steps(self) -> int:
@@ -48,7 +50,8 @@ class Predictions:
 
 def save_predictions(predictions: dict[str, Tensor], about: dict, path: Path) -> Path:
     """Write ``predictions`` (:func:`~transpike.evaluate.evaluate`'s) and ``about`` to ``path``."""
-    tensors = {name: predictions[name].to(torch.int32).contiguous() for name in ("labels", "ann", "snn")}
+    names = [name for name in ("labels", "ann", "snn", "calibration") if name in predictions]
+    tensors = {name: predictions[name].to(torch.int32).contiguous() for name in names}
     metadata = {"format": FORMAT, "version": str(VERSION), "about": json.dumps(about)}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -83,22 +86,23 @@ def load_predictions(path: str | Path) -> Predictions:
     if metadata.get("version") != str(VERSION):
         raise ValueError(f"{path}: predictions format version {metadata.get('version')}; this transpike "
                          f"reads version {VERSION}")  # fmt: skip
-    labels, ann, snn = (tensors.get(name) for name in ("labels", "ann", "snn"))
+    labels, ann, snn, calibration = (tensors.get(name) for name in ("labels", "ann", "snn", "calibration"))
     fits = (
         all(t is not None and t.dtype == torch.int32 for t in (labels, ann, snn))
         and labels.dim() == ann.dim() == 1
         and snn.dim() == 2
         and len(labels) == len(ann) == len(snn)
         and snn.shape[1] > 0
+        and (calibration is None or (calibration.dtype == torch.int32 and calibration.shape == labels.shape))
     )
     if not fits:
         shapes = {name: tuple(t.shape) for name, t in tensors.items()}
         raise ValueError(f"{path}: damaged predictions file (tensors {shapes}; expected int32 labels [N], "
-                         "ann [N] and snn [N, T])")  # fmt: skip
+                         "ann [N], snn [N, T] and optionally calibration [N])")  # fmt: skip
     try:
         about = json.loads(metadata.get("about", "{}"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: damaged predictions file ({error})") from None
     if not isinstance(about, dict):
         raise ValueError(f"{path}: damaged predictions file (its description is not a JSON object)")
-    return Predictions(path, labels, ann, snn, about)
+    return Predictions(path, labels, ann, snn, about, calibration)

@@ -183,6 +183,13 @@ def format_table(results: dict) -> str:
         if matched
         else f"at t = {steps} the 95 % interval of SNN - ANN still excludes 0"
     )  # fmt: skip
+    calibrated = results.get("calibration_samples")
+    if calibrated is not None:  # None: a network saved before its calibration samples were kept
+        lines.append(
+            f"{calibrated} of these samples were calibration samples: the thresholds were fitted on them"
+            if calibrated
+            else "none of these samples was a calibration sample"
+        )  # fmt: skip
     return "\n".join(lines)
 
 
