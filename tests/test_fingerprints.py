@@ -1,6 +1,8 @@
 """Calibration samples met in an evaluation: fingerprints kept by convert, saved, and counted."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,9 +12,9 @@ from torch.utils.data import TensorDataset
 
 import transpike
 from transpike import cli
-from transpike.compare import compare
+from transpike.compare import compare, differing_options
 from transpike.evaluate import evaluate
-from transpike.fingerprints import fingerprints, seen
+from transpike.fingerprints import fingerprints, seen, set_digest
 from transpike.info import format_info, network_info
 from transpike.io import FINGERPRINTS, read_header
 from transpike.predictions import load_predictions, save_predictions
@@ -31,6 +33,9 @@ def test_a_fingerprint_is_the_samples_values_whatever_its_batch_or_dtype():
     assert (fingerprints(nudged) != prints).tolist() == [False, False, True, False, False]
     assert seen(nudged, prints).tolist() == [True, True, False, True, True]
     assert fingerprints(x[:0]).shape == (0,) and fingerprints(torch.arange(3.0)).shape == (3,)
+    # the set's name: any order, the same; one sample more or less, another
+    assert set_digest(prints) == set_digest(prints.flip(0)) != set_digest(prints[1:])
+    assert len(set_digest(prints)) == 16
 
 
 @pytest.fixture
@@ -104,9 +109,13 @@ def test_info_and_the_command_line_say_what_was_kept(tmp_path, capsys):
     assert "none of these samples was a calibration sample" in capsys.readouterr().out
     info = network_info(tmp_path / "demo" / "snn.safetensors")
     assert info["calibration_fingerprints"] == info["provenance"]["calibration"]["samples"] == 1078
-    assert "calibration samples: 1078 fingerprints kept" in format_info(info)
+    assert info["calibration_set"] == set_digest(
+        transpike.load(tmp_path / "demo" / "snn.safetensors").calibration_fingerprints
+    )
+    assert f"calibration samples: 1078 fingerprints kept (set {info['calibration_set']})" in format_info(info)
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert results["calibration_samples"] == 0
+    assert results["calibration_samples"] == 0 and results["calibration_set"] == info["calibration_set"]
+    assert load_predictions(tmp_path / "demo").about["calibration_set"] == info["calibration_set"]
     # evaluated on its own calibration data (digits:train), every sample is one
     argv = ["eval", "--snn", str(tmp_path / "demo" / "snn.safetensors"), "--data", "digits:train",
             "--time-steps", "1", "--limit", "50", "--out", str(tmp_path / "train")]  # fmt: skip
@@ -127,6 +136,21 @@ def test_compare_warns_of_a_side_scored_on_its_calibration_samples(tmp_path):
         result = compare(b, [a])
     assert result["reference"]["calibration_samples"] is None
     assert result["comparisons"][0]["calibration_samples"] == 2
+    # the command prints a warning as what is wrong, not as Python's source line
+    argv = [sys.executable, "-m", "transpike", "compare", str(tmp_path / "b.safetensors"),
+            str(tmp_path / "a.safetensors"), "--out", str(tmp_path / "compared")]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("transpike: warning: ") and "2 of its 4 samples" in done.stderr
+    assert "RuntimeWarning" not in done.stderr
     save_predictions(dict(rows, calibration=torch.tensor([0, 1])), {}, tmp_path / "c.safetensors")
     with pytest.raises(ValueError, match=r"damaged predictions file .* optionally calibration"):
         load_predictions(tmp_path / "c.safetensors")
+
+
+def test_compare_names_another_calibration_set_as_a_difference():
+    first = dict(options={"levels": 8}, model="m", data="d", calibration_set="1a35cb9fb4523cda")
+    assert differing_options(first, {**first, "calibration_set": "0f0e0d0c0b0a0908"}) == {
+        "calibration_set": ["1a35cb9fb4523cda", "0f0e0d0c0b0a0908"]
+    }
+    assert differing_options(first, dict(first)) == {}

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from .energy import E_AC, E_MAC
 from .errors import ConversionError, FusionError, GraphError
 from .evaluate import World, evaluate, init_world
 from .exits import EXITS, ExitRule, check_rules
+from .fingerprints import set_digest
 from .info import format_info, network_info
 from .io import file_sha256, load, rebuild_ann, save
 from .model import SpikingModel
@@ -306,7 +308,7 @@ def run_evaluation(
         energy=settings.energy, e_mac=settings.e_mac, e_ac=settings.e_ac, store=store,
         workers=settings.workers, exits=settings.exits, predictions=True,
     )  # fmt: skip
-    chosen = counts.pop("predictions")
+    chosen, known = counts.pop("predictions"), snn.calibration_fingerprints
     report = counts.pop("energy", None)
     if report is not None:
         counts["energy"] = report.to_dict()
@@ -317,6 +319,7 @@ def run_evaluation(
         **counts,
         options=snn.options,
         provenance=snn.provenance,
+        calibration_set=None if known is None else set_digest(known),
         device=settings.device,
         fused=settings.fuse,
         graphs=settings.graphs,
@@ -327,7 +330,8 @@ def run_evaluation(
         predictions_file=predictions_file,
     )
     if world.is_main:
-        about = {k: results[k] for k in ("model", "data", "snn_file", "options", "transpike")}
+        kept = ("model", "data", "snn_file", "options", "calibration_set", "transpike")
+        about = {k: results[k] for k in kept}
         if report is not None:  # what each t costs, for a comparison to weigh against its accuracy
             about.update({k: results["energy"][k] for k in ("energy_ratio", "energy_ratio_full")})
         paths = [save_predictions(chosen, about, settings.out / predictions_file)]
@@ -753,8 +757,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def plain_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command prints it: what is wrong, not the source line that noticed it."""
+    return f"transpike: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    formatting = warnings.formatwarning
+    if not args.debug:
+        warnings.formatwarning = plain_warning
     try:
         return args.func(args)
     except (ValueError, FileExistsError, ConversionError, FusionError, GraphError) as error:
@@ -762,3 +774,5 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"transpike: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = formatting

@@ -80,10 +80,12 @@ def paired_rows(labels: Tensor, first: Tensor, second: Tensor) -> list[dict]:
 
 
 def differing_options(reference: dict, other: dict) -> dict:
-    """The conversion options and model settings two evaluations differ in: {name: [reference's,
+    """The conversion options, model, data and calibration set (``calibration_set``,
+    :func:`~transpike.fingerprints.set_digest`) two evaluations differ in: {name: [reference's,
     other's]}."""
-    first = {**reference.get("options", {}), **{k: reference.get(k) for k in ("model", "data")}}
-    second = {**other.get("options", {}), **{k: other.get(k) for k in ("model", "data")}}
+    named = ("model", "data", "calibration_set")
+    first = {**reference.get("options", {}), **{k: reference.get(k) for k in named}}
+    second = {**other.get("options", {}), **{k: other.get(k) for k in named}}
     return {k: [first.get(k), second.get(k)] for k in sorted(first.keys() | second.keys())
             if first.get(k) != second.get(k)}  # fmt: skip
 

@@ -28,6 +28,12 @@ def fingerprints(x: Tensor) -> Tensor:
     return torch.tensor([int.from_bytes(h, "little", signed=True) for h in hashes], dtype=torch.int64)
 
 
+def set_digest(prints: Tensor) -> str:
+    """The calibration set's name: the first 16 hex digits of the SHA-256 of its fingerprints in
+    sorted order, so the same samples give the same name in any order or batching."""
+    return hashlib.sha256(prints.sort().values.numpy().tobytes()).hexdigest()[:16]
+
+
 def seen(x: Tensor, known: Tensor) -> Tensor:
     """Which samples of batch ``x`` have a fingerprint in ``known``: bool [B] on the CPU."""
     return torch.isin(fingerprints(x), known)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .fingerprints import set_digest
 from .io import load, read_header
 from .model import ConversionReport, ReportRow
 from .models import spec_name
@@ -19,6 +20,7 @@ def network_info(path: str | Path) -> dict:
     """The description of the network saved at ``path``: ``file``, ``bytes``, ``written_by``
     (transpike's version), ``model`` (name and arguments), ``options``, ``provenance``,
     ``calibration_fingerprints`` (how many it keeps, :mod:`transpike.fingerprints`; None: none),
+    ``calibration_set`` (their :func:`~transpike.fingerprints.set_digest`; None: none),
     ``digest``, ``ann_parameters`` and ``report`` (``counts`` per role and ``rows``: path, module type, role,
     detail).
 
@@ -38,6 +40,7 @@ def network_info(path: str | Path) -> dict:
         options=snn.options,
         provenance=snn.provenance,
         calibration_fingerprints=None if kept is None else len(kept),
+        calibration_set=None if kept is None else set_digest(kept),
         digest=snn.digest(),
         ann_parameters=sum(value.numel() for value in snn.ann_state_dict().values()),
         report=dict(counts=report.counts(), rows=[vars(row) for row in report.rows]),
@@ -67,7 +70,8 @@ def format_info(info: dict) -> str:
         lines.append("calibrated on: not recorded (a file written before transpike kept it)")
     kept = info["calibration_fingerprints"]
     lines.append(
-        f"calibration samples: {kept} fingerprints kept, so an evaluation counts those it meets"
+        f"calibration samples: {kept} fingerprints kept (set {info['calibration_set']}), so an evaluation "
+        "counts those it meets"
         if kept is not None
         else "calibration samples: no fingerprints kept (a file written before transpike kept them)"
     )
