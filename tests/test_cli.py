@@ -703,6 +703,11 @@ def test_compare_tells_two_conversions_apart_sample_by_sample(tmp_path, npz_data
     assert "energy/ANN (full form)" in printed
     lines = (tmp_path / "cmp" / "compare.csv").read_text().splitlines()
     assert lines[0].startswith("reference,other,t,first_top1,second_top1,difference") and len(lines) == 4
+    assert "per class at t = 3: none of the" in printed  # 12 samples of 4 classes: too few for any
+    lines = (tmp_path / "cmp" / "compare_classes.csv").read_text().splitlines()
+    assert lines[0] == ("reference,other,t,class,name,samples,first_top1,second_top1,difference,first_only,"
+                        "second_only,p_value,p_holm")  # fmt: skip
+    assert len(lines) == 1 + len(result["comparisons"][0]["classes"]["classes"])
     assert Image.open(tmp_path / "cmp" / "compare.png").size[0] > 100
     # one run, a non-empty --out, and another data set are refused by name
     assert run("compare", tmp_path / "paper") == 2

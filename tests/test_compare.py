@@ -10,9 +10,10 @@ from scipy.stats import binomtest
 from torch.utils.data import TensorDataset
 
 import transpike
-from transpike.compare import compare, differing_options, paired_rows
+from transpike.compare import class_rows, compare, differing_options, paired_rows
 from transpike.evaluate import evaluate
 from transpike.predictions import Predictions, load_predictions, save_predictions
+from transpike.results import format_comparison, write_comparison
 from transpike.scores import holm, mcnemar_p, paired_interval
 
 
@@ -131,3 +132,27 @@ def test_predictions_files_round_trip_and_refuse_what_they_cannot_read(tmp_path)
     ):
         load_predictions(tmp_path / "newer")
     assert json.loads(json.dumps(load_predictions(path).about)) == {"model": "m", "data": "d"}
+
+
+def test_compare_names_the_classes_one_run_loses_beyond_chance(tmp_path):
+    # 3 classes of 60 samples: the second run loses 20 of class 1's, swaps 2 either way in class 2
+    labels = torch.arange(3).repeat_interleave(60)
+    first = labels.clone()
+    second = labels.clone()
+    second[60:80] = 0
+    second[120:122] = 0
+    first[122:124] = 0
+    table = class_rows(labels, first, second)
+    assert table["classes"] == [0, 1, 2] and table["samples"] == [60, 60, 60]
+    assert table["first_only"] == [0, 20, 2] and table["second_only"] == [0, 0, 2]
+    assert table["difference"] == pytest.approx([0.0, -100 / 3, 0.0])
+    assert table["p_value"][1] == pytest.approx(2 * 0.5**20) and table["p_value"][2] == 1.0
+    reference = predictions(labels.tolist(), [[c] for c in first.tolist()], class_names=["ant", "bee", "cat"])
+    other = predictions(labels.tolist(), [[c] for c in second.tolist()], path="other")
+    result = compare(reference, [other])
+    assert result["comparisons"][0]["classes"] == table
+    line = "per class at t = 1: 1 of 3 differ from the reference beyond chance (Holm, 5 %): 1 bee (-33.3)"
+    assert line in format_comparison(result)
+    paths = write_comparison(result, tmp_path)
+    lines = paths[2].read_text().splitlines()
+    assert lines[2].startswith("run,other,1,1,bee,60,100,66.6667,-33.3333,20,0,")

@@ -10,6 +10,7 @@ from PIL import Image
 from transpike import cli
 from transpike.data import load_dataset, parse_spec
 from transpike.models import create_model
+from transpike.predictions import load_predictions
 
 TINY = dict(img_size=16, patch_size=4, embed_dim=24, depth=1, num_heads=3)
 
@@ -107,6 +108,9 @@ def test_a_list_of_an_image_folder_evaluates_as_the_folder(tmp_path):
     assert one["num_samples"] == two["num_samples"] == 4
     assert (one["ann_top1"], one["snn_top1"]) == (two["ann_top1"], two["snn_top1"])
     assert two["data"].startswith("filelist:")
+    # calibrated on the folder: read through the list, the same images are found as calibration samples
+    assert one["calibration_samples"] == two["calibration_samples"] == 4
     for name in ("folder", "list"):  # classes named as the folder and the list name them
         rows = (tmp_path / name / "classes.csv").read_text().splitlines()[1:]
         assert [row.split(",")[:3] for row in rows] == [["0", "cat", "2"], ["1", "dog", "2"]]
+        assert load_predictions(tmp_path / name).about["class_names"] == ["cat", "dog"]

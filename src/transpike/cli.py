@@ -331,14 +331,14 @@ def run_evaluation(
     )
     if world.is_main:
         kept = ("model", "data", "snn_file", "options", "calibration_set", "transpike")
-        about = {k: results[k] for k in kept}
+        names = getattr(dataset, "classes", None)  # an image folder's or a list's class names
+        about = {k: results[k] for k in kept} | ({"class_names": list(names)} if names else {})
         if report is not None:  # what each t costs, for a comparison to weigh against its accuracy
             about.update({k: results["energy"][k] for k in ("energy_ratio", "energy_ratio_full")})
         paths = [save_predictions(chosen, about, settings.out / predictions_file)]
         classes = per_class(chosen["labels"], chosen["ann"], chosen["snn"])
         # classes.csv beside predictions.safetensors (classes.blocks-K.csv in a --blocks sweep)
         middle = predictions_file.removeprefix("predictions").removesuffix(".safetensors")
-        names = getattr(dataset, "classes", None)  # an image folder's or a list's class names
         paths.append(write_classes(classes, settings.out / f"classes{middle}.csv", names))
         print(format_table(results))
         print(format_classes(classes, names))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .predictions import Predictions
-from .scores import holm, mcnemar_p, paired_interval
+from .scores import holm, mcnemar_p, paired_interval, per_class
 
 
 def check_same_samples(reference: Predictions, other: Predictions) -> None:
@@ -79,6 +79,22 @@ def paired_rows(labels: Tensor, first: Tensor, second: Tensor) -> list[dict]:
     return [dict(zip(names, row, strict=True), difference=row[1] - row[0]) for row in columns]
 
 
+def class_rows(labels: Tensor, first: Tensor, second: Tensor) -> dict[str, list]:
+    """Class by class, ``first`` against ``second`` (top-1 classes [N] at one t): per class with
+    samples (``classes``, ascending), ``samples``, ``first_top1`` and ``second_top1`` (percent),
+    ``difference`` (second - first), ``first_only`` and ``second_only`` (the samples right by one
+    of them only), the exact McNemar ``p_value`` and ``p_holm``, adjusted over the classes
+    (:func:`~transpike.scores.per_class`, which compares an SNN with its ANN the same way)."""
+    table = per_class(labels, first, second[:, None])
+    samples = table["samples"]
+    first_top1, second_top1 = 100.0 * table["ann_right"] / samples, 100.0 * table["snn_right"][:, 0] / samples
+    columns = dict(classes=table["classes"], samples=samples.long(), first_top1=first_top1,
+                   second_top1=second_top1, difference=second_top1 - first_top1,
+                   first_only=table["lost"].long(), second_only=table["gained"].long(), p_value=table["p"],
+                   p_holm=table["p_holm"])  # fmt: skip
+    return {name: column.tolist() for name, column in columns.items()}
+
+
 def differing_options(reference: dict, other: dict) -> dict:
     """The conversion options, model, data and calibration set (``calibration_set``,
     :func:`~transpike.fingerprints.set_digest`) two evaluations differ in: {name: [reference's,
@@ -98,10 +114,11 @@ def compare(reference: Predictions, others: list[Predictions]) -> dict:
         :func:`calibration_samples`), ``num_samples`` and, per other evaluation, a ``comparisons``
         entry: ``path``, ``about``, ``calibration_samples``, ``differs`` (the options it
         differs in, :func:`differing_options`), ``same_ann`` (both ANNs predict the same class for
-        every sample), ``ann`` (the ANNs compared, :func:`paired_rows`'s dict) and ``rows``, one per
+        every sample), ``ann`` (the ANNs compared, :func:`paired_rows`'s dict), ``rows``, one per
         t = 1..min(T, T'), each :func:`paired_rows`'s dict with ``t`` and the two networks' energy
         relative to their ANN's after t steps, ``first_energy`` and ``second_energy`` (the full
-        form, :mod:`transpike.energy`; None for an evaluation that did not count spikes).
+        form, :mod:`transpike.energy`; None for an evaluation that did not count spikes), and
+        ``classes``, the two class by class at the last of those t (:func:`class_rows`).
 
     Raises:
         ValueError: an evaluation of other samples than the reference's.
@@ -124,6 +141,7 @@ def compare(reference: Predictions, others: list[Predictions]) -> dict:
                     dict(t=t, **row, first_energy=first[t - 1], second_energy=second[t - 1])
                     for t, row in enumerate(rows, 1)
                 ],
+                classes=class_rows(reference.labels, reference.snn[:, steps - 1], other.snn[:, steps - 1]),
             )
         )
     return dict(

@@ -227,17 +227,26 @@ def class_name(index: int, names: list[str] | None) -> str:
 def format_classes(table: dict, names: list[str] | None = None) -> str:
     """One line: the classes whose SNN top-1 at T differs from the ANN's beyond chance (Holm-adjusted
     exact McNemar p < 0.05), the largest losses first, by index and name, or that none does."""
-    steps, total = table["snn_right"].shape[1], len(table["classes"])
-    differ = (table["p_holm"] < 0.05).nonzero().flatten().tolist()
-    if not differ:
-        return f"per class at t = {steps}: none of the {total} differs from the ANN beyond chance (Holm, 5 %)"
     points = 100.0 * (table["snn_right"][:, -1] - table["ann_right"]) / table["samples"]
-    differ.sort(key=lambda i: points[i].item())
-    labels = [" ".join(filter(None, [str(c), class_name(c, names)])) for c in table["classes"].tolist()]
-    listed = ", ".join(f"{labels[i]} ({points[i].item():+.1f})" for i in differ[:10])
+    steps = table["snn_right"].shape[1]
+    classes, p_holm = table["classes"].tolist(), table["p_holm"].tolist()
+    return class_differences(classes, points.tolist(), p_holm, steps, names)
+
+
+def class_differences(
+    classes: list[int], points: list[float], p_holm: list[float], t: int, names: list[str] | None,
+    against: str = "the ANN",
+) -> str:  # fmt: skip
+    """One line naming the classes whose difference (``points``, per class) is beyond chance at
+    t (Holm-adjusted p < 0.05), the largest losses first, or saying that none is."""
+    differ = sorted((i for i, p in enumerate(p_holm) if p < 0.05), key=lambda i: points[i])
+    head, chance = f"per class at t = {t}:", f"from {against} beyond chance (Holm, 5 %)"
+    if not differ:
+        return f"{head} none of the {len(classes)} differs {chance}"
+    labels = [" ".join(filter(None, [str(c), class_name(c, names)])) for c in classes]
+    listed = ", ".join(f"{labels[i]} ({points[i]:+.1f})" for i in differ[:10])
     more = f" and {len(differ) - 10} more" if len(differ) > 10 else ""
-    head = f"per class at t = {steps}: {len(differ)} of {total} differ from the ANN beyond chance (Holm, 5 %)"
-    return f"{head}: {listed}{more}"
+    return f"{head} {len(differ)} of {len(classes)} differ {chance}: {listed}{more}"
 
 
 def format_exit_table(results: dict) -> str:
@@ -257,9 +266,10 @@ def format_exit_table(results: dict) -> str:
 
 def write_comparison(comparison: dict, out: Path) -> list[Path]:
     """Write a comparison (:func:`transpike.compare.compare`) as compare.json, compare.csv (one line
-    per compared evaluation and t) and compare.png."""
+    per compared evaluation and t), compare_classes.csv (one line per compared evaluation and
+    class, at the last t compared) and compare.png."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "compare.json", out / "compare.csv", out / "compare.png"]
+    paths = [out / "compare.json", out / "compare.csv", out / "compare_classes.csv", out / "compare.png"]
     atomic_write(paths[0], lambda tmp: tmp.write_text(json.dumps(comparison, indent=2) + "\n"))
     names = ["t", "first_top1", "second_top1", "difference", "difference_ci95", "p_value", "p_holm"]
 
@@ -275,8 +285,24 @@ def write_comparison(comparison: dict, out: Path) -> list[Path]:
                     writer.writerow([comparison["reference"]["path"], entry["path"], row["t"], *values,
                                      row["first_only"], row["second_only"], *costs])  # fmt: skip
 
+    class_names = comparison["reference"]["about"].get("class_names")
+    columns = ["samples", "first_top1", "second_top1", "difference", "first_only", "second_only", "p_value",
+               "p_holm"]  # fmt: skip
+
+    def write_classes_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["reference", "other", "t", "class", "name", *columns])
+            for entry in comparison["comparisons"]:
+                table, t = entry["classes"], len(entry["rows"])
+                first = [comparison["reference"]["path"], entry["path"], t]
+                for i, c in enumerate(table["classes"]):
+                    values = [f"{table[k][i]:.6g}" for k in columns]
+                    writer.writerow([*first, c, class_name(c, class_names), *values])
+
     atomic_write(paths[1], write_csv)
-    atomic_write(paths[2], lambda tmp: plot_comparison(comparison, tmp))
+    atomic_write(paths[2], write_classes_csv)
+    atomic_write(paths[3], lambda tmp: plot_comparison(comparison, tmp))
     return paths
 
 
@@ -311,6 +337,9 @@ def format_comparison(comparison: dict) -> str:
             counts = f"{row['first_only']:>12} / {row['second_only']:<6}"
             lines.append(f"  {row['t']:>3}   {row['first_top1']:7.2f} %  {row['second_top1']:7.2f} %   "
                          f"{_paired(row)}{counts}   {energy}".rstrip())  # fmt: skip
+        table = entry["classes"]
+        columns = (table["classes"], table["difference"], table["p_holm"], len(entry["rows"]))
+        lines.append("  " + class_differences(*columns, about.get("class_names"), "the reference"))
     lines += ["", "difference: this run's top-1 - the reference's, points; the interval and p count only the "
               "samples one of them gets right; p: McNemar's exact test, each t on its own; p (Holm): "
               "adjusted over the t compared; energy: each network's after t steps over its ANN's, the "
