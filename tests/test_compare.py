@@ -135,24 +135,28 @@ def test_predictions_files_round_trip_and_refuse_what_they_cannot_read(tmp_path)
 
 
 def test_compare_names_the_classes_one_run_loses_beyond_chance(tmp_path):
-    # 3 classes of 60 samples: the second run loses 20 of class 1's, swaps 2 either way in class 2
-    labels = torch.arange(3).repeat_interleave(60)
+    # 4 classes of 60 samples: the second run loses 20 of class 1's, gains 30 of class 2's and
+    # swaps 2 either way in class 3
+    labels = torch.arange(4).repeat_interleave(60)
     first = labels.clone()
     second = labels.clone()
     second[60:80] = 0
-    second[120:122] = 0
-    first[122:124] = 0
+    first[120:150] = 0
+    second[180:182] = 0
+    first[182:184] = 0
     table = class_rows(labels, first, second)
-    assert table["classes"] == [0, 1, 2] and table["samples"] == [60, 60, 60]
-    assert table["first_only"] == [0, 20, 2] and table["second_only"] == [0, 0, 2]
-    assert table["difference"] == pytest.approx([0.0, -100 / 3, 0.0])
-    assert table["p_value"][1] == pytest.approx(2 * 0.5**20) and table["p_value"][2] == 1.0
-    reference = predictions(labels.tolist(), [[c] for c in first.tolist()], class_names=["ant", "bee", "cat"])
+    assert table["classes"] == [0, 1, 2, 3] and table["samples"] == [60] * 4
+    assert table["first_only"] == [0, 20, 0, 2] and table["second_only"] == [0, 0, 30, 2]
+    assert table["difference"] == pytest.approx([0.0, -100 / 3, 50.0, 0.0])
+    assert table["p_value"][1] == pytest.approx(2 * 0.5**20) and table["p_value"][3] == 1.0
+    reference = predictions(
+        labels.tolist(), [[c] for c in first.tolist()], class_names=["ant", "bee", "cat", "dog"]
+    )
     other = predictions(labels.tolist(), [[c] for c in second.tolist()], path="other")
     result = compare(reference, [other])
     assert result["comparisons"][0]["classes"] == table
-    line = "per class at t = 1: 1 of 3 differ from the reference beyond chance (Holm, 5 %): 1 bee (-33.3)"
-    assert line in format_comparison(result)
+    line = "per class at t = 1: 2 of 4 differ from the reference beyond chance (Holm, 5 %): "
+    assert line + "2 cat (+50.0), 1 bee (-33.3)" in format_comparison(result)  # the largest first
     paths = write_comparison(result, tmp_path)
     lines = paths[2].read_text().splitlines()
     assert lines[2].startswith("run,other,1,1,bee,60,100,66.6667,-33.3333,20,0,")

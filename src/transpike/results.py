@@ -226,7 +226,7 @@ def class_name(index: int, names: list[str] | None) -> str:
 
 def format_classes(table: dict, names: list[str] | None = None) -> str:
     """One line: the classes whose SNN top-1 at T differs from the ANN's beyond chance (Holm-adjusted
-    exact McNemar p < 0.05), the largest losses first, by index and name, or that none does."""
+    exact McNemar p < 0.05), the largest differences first, by index and name, or that none does."""
     points = 100.0 * (table["snn_right"][:, -1] - table["ann_right"]) / table["samples"]
     steps = table["snn_right"].shape[1]
     classes, p_holm = table["classes"].tolist(), table["p_holm"].tolist()
@@ -238,8 +238,8 @@ def class_differences(
     against: str = "the ANN",
 ) -> str:  # fmt: skip
     """One line naming the classes whose difference (``points``, per class) is beyond chance at
-    t (Holm-adjusted p < 0.05), the largest losses first, or saying that none is."""
-    differ = sorted((i for i, p in enumerate(p_holm) if p < 0.05), key=lambda i: points[i])
+    t (Holm-adjusted p < 0.05), the largest differences first, or saying that none is."""
+    differ = sorted((i for i, p in enumerate(p_holm) if p < 0.05), key=lambda i: -abs(points[i]))
     head, chance = f"per class at t = {t}:", f"from {against} beyond chance (Holm, 5 %)"
     if not differ:
         return f"{head} none of the {len(classes)} differs {chance}"
