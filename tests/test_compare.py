@@ -11,6 +11,7 @@ from torch.utils.data import TensorDataset
 
 import transpike
 from transpike.compare import class_rows, compare, differing_options, paired_rows
+from transpike.data import spread
 from transpike.evaluate import evaluate
 from transpike.predictions import Predictions, load_predictions, save_predictions
 from transpike.results import format_comparison, write_comparison
@@ -98,7 +99,33 @@ def test_evaluate_returns_every_samples_top1_in_order(images):
     assert torch.equal(chosen["snn"], snn.simulate(x, 4).argmax(-1).T.int())
     right = (chosen["snn"] == y[:, None]).sum(0).double()
     assert results["snn_top1"] == (100.0 * right / 11).tolist()  # the counts and the rows agree
+    assert chosen["index"].tolist() == list(range(11))
     assert "predictions" not in evaluate(snn, model, TensorDataset(x, y), 2, progress=False, energy=False)
+    # a limit takes samples spread evenly: 4 of 11 are samples 0, 2, 5 and 8
+    data = TensorDataset(x, y)
+    part = evaluate(snn, model, data, 2, limit=4, progress=False, energy=False, predictions=True)
+    assert part["predictions"]["index"].tolist() == [0, 2, 5, 8] and part["num_samples"] == 4
+    assert torch.equal(part["predictions"]["snn"], chosen["snn"][[0, 2, 5, 8], :2])
+
+
+def test_spread_gives_every_class_of_sorted_data_its_share():
+    assert spread(10, 3) == [0, 3, 6] and spread(5, None) == spread(5, 9) == [0, 1, 2, 3, 4]
+    labels = torch.arange(1000).repeat_interleave(50)  # ImageNet's validation set, sorted by class
+    assert labels[spread(len(labels), 1000)].tolist() == list(range(1000))  # one image of each class
+    assert labels[spread(len(labels), 3000)].bincount().tolist() == [3] * 1000
+    assert spread(0, 5) == []
+
+
+def test_compare_refuses_evaluations_of_other_samples_by_index(tmp_path):
+    reference = predictions([0, 1], [[0], [1]])
+    other = predictions([0, 1], [[0], [1]], path="other")
+    assert compare(reference, [other])  # files without indices: the labels decide
+    reference, other = (
+        Predictions(p.path, p.labels, p.ann, p.snn, p.about, index=torch.tensor(i, dtype=torch.int32))
+        for p, i in ((reference, [0, 4]), (other, [0, 5]))
+    )
+    with pytest.raises(ValueError, match="other and run evaluated other samples of their data"):
+        compare(reference, [other])
 
 
 def test_predictions_files_round_trip_and_refuse_what_they_cannot_read(tmp_path):

@@ -65,11 +65,10 @@ def test_evaluate_counts_and_marks_the_calibration_samples_it_meets(part_calibra
     assert marks.dtype == torch.int32 and marks.nonzero().flatten().tolist() == sorted(chosen)
     table = format_table(results)
     assert "9 of these samples were calibration samples: the thresholds were fitted on them" in table
-    with pytest.warns(
-        UserWarning, match="6 of the 7 evaluated"
-    ):  # --limit: the first seven, 6 not among them
+    # limit=7: samples 0, 2, 5, 8, 11, 14 and 17 (spread evenly), the first four calibration samples
+    with pytest.warns(UserWarning, match="4 of the 7 evaluated"):
         results = evaluate(snn, model, data, 1, limit=7, progress=False, energy=False)
-    assert results["calibration_samples"] == 6
+    assert results["calibration_samples"] == 4
 
 
 def test_a_network_without_fingerprints_counts_nothing(part_calibrated, recwarn):
@@ -144,7 +143,7 @@ def test_compare_warns_of_a_side_scored_on_its_calibration_samples(tmp_path):
     assert done.stderr.startswith("transpike: warning: ") and "2 of its 4 samples" in done.stderr
     assert "RuntimeWarning" not in done.stderr
     save_predictions(dict(rows, calibration=torch.tensor([0, 1])), {}, tmp_path / "c.safetensors")
-    with pytest.raises(ValueError, match=r"damaged predictions file .* optionally calibration"):
+    with pytest.raises(ValueError, match=r"damaged predictions file .* optionally index and calibration"):
         load_predictions(tmp_path / "c.safetensors")
 
 

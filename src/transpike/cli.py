@@ -31,14 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from . import digits
 from ._version import __version__
 from .compare import compare
 from .convert import GRANULARITIES, METHODS, THRESHOLDS, ConversionOptions, convert
-from .data import SPEC_HELP, load_dataset, parse_spec
+from .data import SPEC_HELP, load_dataset, parse_spec, spread
 from .energy import E_AC, E_MAC
 from .errors import ConversionError, FusionError, GraphError
 from .evaluate import World, evaluate, init_world
@@ -579,7 +579,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     else:
         raise UsageError("give --snn FILE, or --model NAME with --calib DATA")
     dataset = load_dataset(args.data, "test", ann, spec.get("weights"))
-    first = next(iter(DataLoader(dataset, batch_size=args.samples)), None)  # the first samples, in order
+    chosen = Subset(dataset, spread(len(dataset), args.samples))
+    first = next(iter(DataLoader(chosen, batch_size=args.samples)), None)
     if first is None:
         raise UsageError(f"--data {args.data}: holds no samples")
     x = first[0]
@@ -683,7 +684,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help=f"evaluation data: {SPEC_HELP} (default split: test)")
     ev.add_argument("--time-steps", type=int, required=True)
     ev.add_argument("--batch-size", type=int, default=64)
-    ev.add_argument("--limit", type=int, help="evaluate only the first N samples")
+    ev.add_argument(
+        "--limit",
+        type=int,
+        help="evaluate N samples spread evenly over the data (every class of a "
+        "class-sorted folder gets its share)",
+    )
     ev.add_argument("--device", default="cpu", help="cpu or cuda")
     ev.add_argument(
         "--fuse", action="store_true",
@@ -722,7 +728,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--snn", help="a network written by 'transpike convert'")
     add_model_args(tr, required=False)
     tr.add_argument("--data", required=True, help=f"inputs: {SPEC_HELP} (default split: test)")
-    tr.add_argument("--samples", type=int, default=8, help="trace the first N samples, one batch (default 8)")
+    tr.add_argument(
+        "--samples",
+        type=int,
+        default=8,
+        help="trace N samples spread evenly over the data, one batch (default 8)",
+    )
     tr.add_argument("--time-steps", type=int, required=True)
     tr.add_argument("--device", default="cpu", help="cpu or cuda")
     tr.add_argument(

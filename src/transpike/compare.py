@@ -28,6 +28,10 @@ def check_same_samples(reference: Predictions, other: Predictions) -> None:
     if n != m:
         raise ValueError(f"{other.path} holds {m} samples and {reference.path} {n}: compare evaluations of "
                          "the same data (and --limit)")  # fmt: skip
+    indices = reference.index, other.index
+    if None not in indices and not torch.equal(*indices):
+        raise ValueError(f"{other.path} and {reference.path} evaluated other samples of their data: compare "
+                         "evaluations with the same --limit")  # fmt: skip
     differ = (reference.labels != other.labels).nonzero().flatten()
     if len(differ):
         raise ValueError(

@@ -205,6 +205,15 @@ def load_dataset(
     return CIFAR(Path(path), kind, split, transform)
 
 
+def spread(size: int, n: int | None) -> list[int]:
+    """Which samples of a dataset of ``size`` a run of ``n`` of them takes: ``n`` spread evenly,
+    sample ⌊i·size/n⌋ for i < n, so that data stored class by class (an image folder, ImageNet's
+    validation list) gives every class its share, where the first ``n`` would give the first
+    classes only; all of them when ``n`` is None or at least ``size``."""
+    n = size if n is None else min(n, size)
+    return [i * size // n for i in range(n)]
+
+
 def list_and_root(spec: str, rest: str) -> tuple[Path, Path]:
     """The list file of a ``filelist:FILE[:ROOT]`` spec and the folder its relative paths start
     from (ROOT, or the file's own folder)."""

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from .data import spread
 from .energy import E_AC, E_MAC, count_dense_work, energy_report
 from .exits import EXITS, ExitRule, check_rules, exit_counts, exit_table
 from .fingerprints import seen
@@ -75,7 +76,9 @@ def evaluate(
 ) -> dict:
     """Top-1 accuracy (percent) of the ANN and of the SNN after each t = 1..T, and what it cost.
 
-    ``workers`` processes read and preprocess the samples (0: this process). ``exits``: the
+    ``limit``: evaluate that many samples, spread evenly over the data (:func:`~transpike.data.spread`:
+    every class of data stored class by class gets its share). ``workers`` processes read and
+    preprocess the samples (0: this process). ``exits``: the
     early-exit rules (:mod:`transpike.exits`; a bare number is a confidence threshold), read from
     the same run (none: no early-exit rows). ``predictions``: also return every sample's label and
     top-1 classes, to compare evaluations sample by sample (:mod:`transpike.compare`). Where the
@@ -95,11 +98,13 @@ def evaluate(
         were calibration samples; None where the network does not know its own), with ``energy``
         the :class:`~transpike.energy.EnergyReport` of all samples as ``energy`` and, with
         ``predictions``, ``predictions``: int32 tensors ``labels`` [N], ``ann`` [N] (the ANN's top-1
-        class) and ``snn`` [N, T] (the SNN's after t = 1..T), and where known ``calibration`` [N]
-        (1: a calibration sample), row i for the dataset's sample i.
+        class), ``snn`` [N, T] (the SNN's after t = 1..T), ``index`` [N] (the dataset's sample
+        each row is: 0..N-1 without ``limit``) and where known ``calibration`` [N] (1: a
+        calibration sample).
     """
     world = world or World()
-    total = len(dataset) if limit is None else min(limit, len(dataset))
+    indices = spread(len(dataset), limit)
+    total, dataset = len(indices), Subset(dataset, indices)
     if total == 0:
         raise ValueError("the evaluation data is empty")
     snn.to(device)
@@ -206,7 +211,8 @@ def evaluate(
         results["early_exit"] = exit_table(counts[width:-1].view(len(exits), -1), exits, ratio)
     if predictions:
         rows = gather_samples(chosen, total, world).cpu()
-        results["predictions"] = dict(labels=rows[:, 0], ann=rows[:, 1], snn=rows[:, 2:-1])
+        index = torch.tensor(indices, dtype=torch.int32)
+        results["predictions"] = dict(labels=rows[:, 0], ann=rows[:, 1], snn=rows[:, 2:-1], index=index)
         if known is not None:
             results["predictions"]["calibration"] = rows[:, -1]
     return results

@@ -3,8 +3,9 @@
 ``transpike eval`` and ``transpike demo`` write ``predictions.safetensors`` next to
 ``results.json`` (in a ``--blocks`` sweep of several K, ``predictions.blocks-K.safetensors`` for
 each K): int32 tensors ``labels`` [N], ``ann`` [N] (the ANN's top-1 class) and ``snn`` [N, T] (the
-SNN's after t = 1..T), row i for sample i of the evaluation data (where the network knew its
-calibration samples, also ``calibration`` [N]: 1 for a calibration sample), and in the safetensors metadata a
+SNN's after t = 1..T) and ``index`` [N] (which sample of the evaluation data each row is; files
+written before it was kept: row i is sample i), where the network knew its calibration samples
+also ``calibration`` [N] (1 for a calibration sample), and in the safetensors metadata a
 JSON document saying what was evaluated (model, data, conversion options). Reading never unpickles
 and checks the layout, so a foreign or damaged file is refused with its name.
 """
@@ -42,6 +43,7 @@ class Predictions:
     snn: Tensor  # [N, T]
     about: dict
     calibration: Tensor | None = None  # [N], 1: a calibration sample of the network; None: not known
+    index: Tensor | None = None  # [N], the evaluation data's sample of each row; None: row i is sample i
 
     @property
     def time_steps(self) -> int:
@@ -50,7 +52,7 @@ class Predictions:
 
 def save_predictions(predictions: dict[str, Tensor], about: dict, path: Path) -> Path:
     """Write ``predictions`` (:func:`~transpike.evaluate.evaluate`'s) and ``about`` to ``path``."""
-    names = [name for name in ("labels", "ann", "snn", "calibration") if name in predictions]
+    names = [name for name in ("labels", "ann", "snn", "index", "calibration") if name in predictions]
     tensors = {name: predictions[name].to(torch.int32).contiguous() for name in names}
     metadata = {"format": FORMAT, "version": str(VERSION), "about": json.dumps(about)}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,23 +88,27 @@ def load_predictions(path: str | Path) -> Predictions:
     if metadata.get("version") != str(VERSION):
         raise ValueError(f"{path}: predictions format version {metadata.get('version')}; this transpike "
                          f"reads version {VERSION}")  # fmt: skip
-    labels, ann, snn, calibration = (tensors.get(name) for name in ("labels", "ann", "snn", "calibration"))
+    labels, ann, snn, index, calibration = (
+        tensors.get(k) for k in ("labels", "ann", "snn", "index", "calibration")
+    )
     fits = (
         all(t is not None and t.dtype == torch.int32 for t in (labels, ann, snn))
         and labels.dim() == ann.dim() == 1
         and snn.dim() == 2
         and len(labels) == len(ann) == len(snn)
         and snn.shape[1] > 0
-        and (calibration is None or (calibration.dtype == torch.int32 and calibration.shape == labels.shape))
+        and all(
+            t is None or (t.dtype == torch.int32 and t.shape == labels.shape) for t in (index, calibration)
+        )
     )
     if not fits:
         shapes = {name: tuple(t.shape) for name, t in tensors.items()}
         raise ValueError(f"{path}: damaged predictions file (tensors {shapes}; expected int32 labels [N], "
-                         "ann [N], snn [N, T] and optionally calibration [N])")  # fmt: skip
+                         "ann [N], snn [N, T] and optionally index and calibration [N])")  # fmt: skip
     try:
         about = json.loads(metadata.get("about", "{}"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: damaged predictions file ({error})") from None
     if not isinstance(about, dict):
         raise ValueError(f"{path}: damaged predictions file (its description is not a JSON object)")
-    return Predictions(path, labels, ann, snn, about, calibration)
+    return Predictions(path, labels, ann, snn, about, calibration, index)
