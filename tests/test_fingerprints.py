@@ -65,10 +65,20 @@ def test_evaluate_counts_and_marks_the_calibration_samples_it_meets(part_calibra
     assert marks.dtype == torch.int32 and marks.nonzero().flatten().tolist() == sorted(chosen)
     table = format_table(results)
     assert "9 of these samples were calibration samples: the thresholds were fitted on them" in table
+    # beside, the figures on the 11 samples kept apart from calibration
+    rows, apart = results["predictions"], marks == 0
+    snn_right = (rows["snn"][apart] == rows["labels"][apart, None]).double().mean(0) * 100
+    assert results["kept_apart"] == dict(
+        samples=11,
+        ann_top1=pytest.approx(100 * (rows["ann"][apart] == rows["labels"][apart]).double().mean().item()),
+        snn_top1=pytest.approx(snn_right.tolist()),
+    )
+    ann_top1, snn_top1 = results["kept_apart"]["ann_top1"], results["kept_apart"]["snn_top1"][-1]
+    assert f"on the other 11 alone: ANN top-1 {ann_top1:.2f} %, SNN {snn_top1:.2f} % after t = 2" in table
     # limit=7: samples 0, 2, 5, 8, 11, 14 and 17 (spread evenly), the first four calibration samples
     with pytest.warns(UserWarning, match="4 of the 7 evaluated"):
         results = evaluate(snn, model, data, 1, limit=7, progress=False, energy=False)
-    assert results["calibration_samples"] == 4
+    assert results["calibration_samples"] == 4 and "kept_apart" not in results  # needs the predictions
 
 
 def test_a_network_without_fingerprints_counts_nothing(part_calibrated, recwarn):
@@ -120,7 +130,8 @@ def test_info_and_the_command_line_say_what_was_kept(tmp_path, capsys):
             "--time-steps", "1", "--limit", "50", "--out", str(tmp_path / "train")]  # fmt: skip
     with pytest.warns(UserWarning, match="50 of the 50 evaluated samples were calibration samples"):
         assert cli.main(argv) == 0
-    assert "50 of these samples were calibration samples" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "50 of these samples were calibration samples" in printed and "on the other" not in printed
     assert int(load_predictions(tmp_path / "train").calibration.sum()) == 50
 
 

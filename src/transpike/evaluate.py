@@ -25,7 +25,7 @@ from .exits import EXITS, ExitRule, check_rules, exit_counts, exit_table
 from .fingerprints import seen
 from .model import SpikingModel
 from .progress import Progress
-from .scores import correct, disagreements, matches_from, paired_interval
+from .scores import correct, disagreements, matches_from, paired_interval, top1_among
 from .spikes import SpikeMonitor
 
 
@@ -95,7 +95,9 @@ def evaluate(
         :func:`~transpike.scores.matches_from`), ``early_exit``
         (one row per rule, :func:`~transpike.exits.exit_table`), ``resumed_samples`` (those
         counted before this run, from ``store``), ``calibration_samples`` (how many of the samples
-        were calibration samples; None where the network does not know its own), with ``energy``
+        were calibration samples; None where the network does not know its own; where some but not
+        all were and with ``predictions``, ``kept_apart``: the top-1 on the others alone,
+        :func:`~transpike.scores.top1_among`), with ``energy``
         the :class:`~transpike.energy.EnergyReport` of all samples as ``energy`` and, with
         ``predictions``, ``predictions``: int32 tensors ``labels`` [N], ``ann`` [N] (the ANN's top-1
         class), ``snn`` [N, T] (the SNN's after t = 1..T), ``index`` [N] (the dataset's sample
@@ -215,6 +217,9 @@ def evaluate(
         results["predictions"] = dict(labels=rows[:, 0], ann=rows[:, 1], snn=rows[:, 2:-1], index=index)
         if known is not None:
             results["predictions"]["calibration"] = rows[:, -1]
+            kept_apart = rows[:, -1] == 0
+            if 0 < results["calibration_samples"] < samples:  # the figures without them, beside
+                results["kept_apart"] = top1_among(rows[:, 0], rows[:, 1], rows[:, 2:-1], kept_apart)
     return results
 
 

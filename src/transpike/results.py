@@ -190,6 +190,10 @@ def format_table(results: dict) -> str:
             if calibrated
             else "none of these samples was a calibration sample"
         )  # fmt: skip
+    apart = results.get("kept_apart")
+    if apart:
+        lines.append(f"on the other {apart['samples']} alone: ANN top-1 {apart['ann_top1']:.2f} %, SNN "
+                     f"{apart['snn_top1'][-1]:.2f} % after t = {steps}")  # fmt: skip
     return "\n".join(lines)
 
 

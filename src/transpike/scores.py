@@ -88,6 +88,16 @@ def holm(p: Tensor) -> Tensor:
     return torch.empty_like(p).scatter_(0, order, adjusted)
 
 
+def top1_among(labels: Tensor, ann: Tensor, snn: Tensor, chosen: Tensor) -> dict:
+    """Top-1 (percent) of the ANN and of the SNN after every t on the ``chosen`` samples only (bool
+    [N]), from every sample's top-1 classes ``labels`` [N], ``ann`` [N] and ``snn`` [N, T]:
+    ``samples``, ``ann_top1``, ``snn_top1`` (list over t)."""
+    n = int(chosen.sum())
+    right_ann, right_snn = ann[chosen] == labels[chosen], snn[chosen] == labels[chosen, None]
+    return dict(samples=n, ann_top1=100.0 * right_ann.sum().item() / n,
+                snn_top1=(100.0 * right_snn.sum(0).double() / n).tolist())  # fmt: skip
+
+
 def per_class(labels: Tensor, ann: Tensor, snn: Tensor) -> dict[str, Tensor]:
     """The SNN against its ANN class by class, from every sample's top-1 classes: ``labels`` [N],
     ``ann`` [N] and ``snn`` [N, T] (as :func:`~transpike.evaluate.evaluate` returns them).
