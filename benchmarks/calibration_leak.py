@@ -10,7 +10,8 @@ evaluation found to be calibration samples (:mod:`transpike.fingerprints`).
 
 Part 2: what counting them costs: ``evaluate`` of the same network with its fingerprints and
 without (``calibration_fingerprints = None``), alternated, median seconds over the repeats, on the
-digits test set and on random 224 px images through a random-init vit_tiny.
+digits test set and on random 224 px images through a random-init vit_tiny; and the time to
+fingerprint one 224 px image (median over the repeats of a batch of 32).
 
     python benchmarks/calibration_leak.py [--out benchmarks/out/calibration_leak.json]
 """
@@ -28,10 +29,11 @@ from torch.utils.data import TensorDataset
 import transpike
 from transpike.compare import paired_rows
 from transpike.evaluate import evaluate
+from transpike.fingerprints import fingerprints
 
 T = 8
 STEPS = (1, 2, 4, 8)
-REPEATS = 5
+REPEATS = 9
 CONFIGS = {
     "paper default": {},
     "mse + nearest": dict(threshold="mse", rounding="nearest"),
@@ -72,8 +74,8 @@ def timed(snn, model, data, steps: int, batch: int) -> dict:
     """Median seconds of ``evaluate`` with the fingerprints kept and without, alternated."""
     kept, seconds = snn.calibration_fingerprints, {"with": [], "without": []}
     for _ in range(REPEATS):
-        for case, fingerprints in (("with", kept), ("without", None)):
-            snn.calibration_fingerprints = fingerprints
+        for case, prints in (("with", kept), ("without", None)):
+            snn.calibration_fingerprints = prints
             start = time.perf_counter()
             evaluate(snn, model, data, steps, batch_size=batch, progress=False, energy=False, exits=())
             seconds[case].append(time.perf_counter() - start)
@@ -89,6 +91,12 @@ def cost(model, x_train, test) -> list[dict]:
     x = torch.randn(48, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     images = TensorDataset(x[16:], torch.zeros(32, dtype=torch.long))
     large = timed(transpike.convert(vit, x[:16]), vit, images, 4, 8)
+    hashing = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        fingerprints(x[16:])
+        hashing.append((time.perf_counter() - start) / 32)
+    large["fingerprint_ms"] = 1e3 * statistics.median(hashing)
     return [dict(data="digits test, 8 px", **digits), dict(data="random vit_tiny, 224 px", **large)]
 
 
@@ -105,6 +113,7 @@ def main() -> None:
             for s in row["steps"]
         ]
         print(f"| {row['config']} | {row['found'][0]} / {row['found'][1]} | " + " | ".join(cells) + " |")
+    print(f"\nfingerprinting one 224 px image: {costs[1]['fingerprint_ms']:.2f} ms")
     print("\n| data | samples | T | with fingerprints (s) | without (s) | ratio |\n|---|---|---|---|---|---|")
     for c in costs:
         print(f"| {c['data']} | {c['samples']} | {c['time_steps']} | {c['with']:.3f} | {c['without']:.3f} | "

@@ -14,7 +14,7 @@ import transpike
 from transpike import cli
 from transpike.compare import compare, differing_options
 from transpike.evaluate import evaluate
-from transpike.fingerprints import fingerprints, seen, set_digest
+from transpike.fingerprints import WithFingerprints, fingerprints, set_digest
 from transpike.info import format_info, network_info
 from transpike.io import FINGERPRINTS, read_header
 from transpike.predictions import load_predictions, save_predictions
@@ -31,7 +31,9 @@ def test_a_fingerprint_is_the_samples_values_whatever_its_batch_or_dtype():
     nudged = x.clone()
     nudged[2, 1, 0, 0] = torch.nextafter(nudged[2, 1, 0, 0], torch.tensor(9.0))  # one value, one ulp
     assert (fingerprints(nudged) != prints).tolist() == [False, False, True, False, False]
-    assert seen(nudged, prints).tolist() == [True, True, False, True, True]
+    data = WithFingerprints(TensorDataset(nudged, torch.arange(5)))
+    assert [torch.isin(data[i][2], prints).item() for i in range(5)] == [True, True, False, True, True]
+    assert len(data) == 5 and data[3][1] == 3 and torch.equal(data[3][0], x[3])
     assert fingerprints(x[:0]).shape == (0,) and fingerprints(torch.arange(3.0)).shape == (3,)
     # the set's name: any order, the same; one sample more or less, another
     assert set_digest(prints) == set_digest(prints.flip(0)) != set_digest(prints[1:])
@@ -79,6 +81,10 @@ def test_evaluate_counts_and_marks_the_calibration_samples_it_meets(part_calibra
     with pytest.warns(UserWarning, match="4 of the 7 evaluated"):
         results = evaluate(snn, model, data, 1, limit=7, progress=False, energy=False)
     assert results["calibration_samples"] == 4 and "kept_apart" not in results  # needs the predictions
+    # hashed in a loading process, the same
+    with pytest.warns(UserWarning, match="4 of the 7 evaluated"):
+        loaded = evaluate(snn, model, data, 1, limit=7, progress=False, energy=False, workers=1)
+    assert loaded["snn_top1"] == results["snn_top1"] and loaded["calibration_samples"] == 4
 
 
 def test_a_network_without_fingerprints_counts_nothing(part_calibrated, recwarn):

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .data import spread
 from .energy import E_AC, E_MAC, count_dense_work, energy_report
 from .exits import EXITS, ExitRule, check_rules, exit_counts, exit_table
-from .fingerprints import seen
+from .fingerprints import WithFingerprints
 from .model import SpikingModel
 from .progress import Progress
 from .scores import correct, disagreements, matches_from, paired_interval, top1_among
@@ -149,13 +149,14 @@ def evaluate(
                 monitor.load_state({name: saved[name].to(device) for name in ("sums", "maxima")}, time_steps)
         done = resumed = 0 if saved is None else int(saved["done"])
         last = totals(done) if store else None  # the totals of the last whole batch
-        loader = DataLoader(Subset(dataset, shard[done:]), batch_size, num_workers=workers,
+        source = dataset if known is None else WithFingerprints(dataset)
+        loader = DataLoader(Subset(source, shard[done:]), batch_size, num_workers=workers,
                             pin_memory=device.startswith("cuda"))  # fmt: skip
         bar = tqdm(total=len(shard), initial=done, desc="evaluate", unit="img",
                    disable=not (progress and world.is_main))  # fmt: skip
         try:
-            for x, y in loader:
-                calibrated = seen(x, known) if known is not None else torch.zeros(len(y), dtype=torch.bool)
+            for x, y, *prints in loader:  # prints: [the batch's fingerprints] where known is not None
+                calibrated = torch.isin(prints[0], known) if prints else torch.zeros(len(y), dtype=torch.bool)
                 x, y, calibrated = x.to(device), y.to(device), calibrated.to(device)
                 counts[0] += len(y)
                 logits, outputs = ann(x), snn.simulate(x, time_steps)
