@@ -1,6 +1,7 @@
 """Evaluations compared sample by sample: McNemar's test, the predictions files, transpike.compare."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from scipy.stats import binomtest
 from torch.utils.data import TensorDataset
 
 import transpike
+from transpike import cli
 from transpike.compare import class_rows, compare, differing_options, paired_rows
 from transpike.data import spread
 from transpike.evaluate import evaluate
@@ -187,3 +189,26 @@ def test_compare_names_the_classes_one_run_loses_beyond_chance(tmp_path):
     paths = write_comparison(result, tmp_path)
     lines = paths[2].read_text().splitlines()
     assert lines[2].startswith("run,other,1,1,bee,60,100,66.6667,-33.3333,20,0,")
+
+
+def test_compare_takes_the_classes_at_any_t_both_reached(tmp_path, capsys):
+    # two steps: the runs differ on class 1 after one step, agree after two
+    labels = [0] * 20 + [1] * 20
+    reference = predictions(labels, [[c, c] for c in labels])
+    other = predictions(labels, [[0, c] for c in labels], path="other")
+    last, first = (compare(reference, [other], t)["comparisons"][0] for t in (None, 1))
+    assert (last["classes_t"], last["classes"]["difference"]) == (2, [0.0, 0.0])
+    assert (first["classes_t"], first["classes"]["difference"]) == (1, [0.0, -100.0])
+    with pytest.raises(ValueError, match=r"classes at t = 3: other and run both reach t = 1\.\.2 only"):
+        compare(reference, [other], 3)
+    files = [str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")]
+    for run, path in zip((reference, other), files, strict=True):
+        save_predictions(
+            dict(labels=run.labels.clone(), ann=run.ann.clone(), snn=run.snn.clone()), {}, Path(path)
+        )
+    assert cli.main(["compare", *files, "--classes-at", "1"]) == 0
+    assert "per class at t = 1: 1 of 2 differ from the reference beyond chance" in capsys.readouterr().out
+    assert cli.main(["compare", *files, "--classes-at", "0", "--out", str(tmp_path / "none")]) == 2
+    assert "--classes-at" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    assert cli.main(["compare", *files, "--classes-at", "3", "--out", str(tmp_path / "none")]) == 2
+    assert "both reach t = 1..2 only" in capsys.readouterr().err and not (tmp_path / "none").exists()

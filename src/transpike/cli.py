@@ -614,9 +614,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     if len(args.runs) < 2:
         raise UsageError("compare: give a reference and at least one evaluation to compare with it")
-    out = check_output_dir(args.out, args.force) if args.out else None
+    if args.classes_at is not None:
+        positive("--classes-at", args.classes_at)
     reference, *others = (load_predictions(path) for path in args.runs)
-    comparison = compare(reference, others)
+    comparison = compare(reference, others, args.classes_at)
+    out = check_output_dir(args.out, args.force) if args.out else None
     print(format_comparison(comparison))
     if out is not None:
         paths = write_comparison(comparison, out)
@@ -755,7 +757,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="results directories of 'transpike eval' or 'demo' (or their predictions files) on the same "
         "data; the first is the reference",
     )  # fmt: skip
-    cmp.add_argument("--out", help="also write compare.json, compare.csv and compare.png here")
+    cmp.add_argument(
+        "--classes-at",
+        type=int,
+        metavar="T",
+        help="compare class by class after T steps (default: the last step both reached)",
+    )
+    cmp.add_argument(
+        "--out", help="also write compare.json, compare.csv, compare_classes.csv and compare.png here"
+    )
     cmp.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     cmp.set_defaults(func=cmd_compare)
 

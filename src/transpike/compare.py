@@ -110,8 +110,9 @@ def differing_options(reference: dict, other: dict) -> dict:
             if first.get(k) != second.get(k)}  # fmt: skip
 
 
-def compare(reference: Predictions, others: list[Predictions]) -> dict:
-    """Each of ``others`` against ``reference``, sample by sample, at every t both reached.
+def compare(reference: Predictions, others: list[Predictions], classes_at: int | None = None) -> dict:
+    """Each of ``others`` against ``reference``, sample by sample, at every t both reached, and class
+    by class at t = ``classes_at`` (default: the last t both reached).
 
     Returns:
         dict with ``reference`` (its file, what it evaluated and its ``calibration_samples``,
@@ -121,11 +122,12 @@ def compare(reference: Predictions, others: list[Predictions]) -> dict:
         every sample), ``ann`` (the ANNs compared, :func:`paired_rows`'s dict), ``rows``, one per
         t = 1..min(T, T'), each :func:`paired_rows`'s dict with ``t`` and the two networks' energy
         relative to their ANN's after t steps, ``first_energy`` and ``second_energy`` (the full
-        form, :mod:`transpike.energy`; None for an evaluation that did not count spikes), and
-        ``classes``, the two class by class at the last of those t (:func:`class_rows`).
+        form, :mod:`transpike.energy`; None for an evaluation that did not count spikes),
+        ``classes_t`` and ``classes``, the two class by class at that t (:func:`class_rows`).
 
     Raises:
-        ValueError: an evaluation of other samples than the reference's.
+        ValueError: an evaluation of other samples than the reference's, or ``classes_at`` past
+            the steps both reached.
     """
     comparisons = []
     for other in others:
@@ -133,6 +135,11 @@ def compare(reference: Predictions, others: list[Predictions]) -> dict:
         steps = min(reference.time_steps, other.time_steps)
         rows = paired_rows(reference.labels, reference.snn[:, :steps], other.snn[:, :steps])
         first, second = (run.about.get("energy_ratio_full") or [None] * steps for run in (reference, other))
+        t = steps if classes_at is None else classes_at
+        if not 1 <= t <= steps:
+            raise ValueError(
+                f"classes at t = {t}: {other.path} and {reference.path} both reach t = 1..{steps} only"
+            )
         comparisons.append(
             dict(
                 path=str(other.path),
@@ -145,7 +152,8 @@ def compare(reference: Predictions, others: list[Predictions]) -> dict:
                     dict(t=t, **row, first_energy=first[t - 1], second_energy=second[t - 1])
                     for t, row in enumerate(rows, 1)
                 ],
-                classes=class_rows(reference.labels, reference.snn[:, steps - 1], other.snn[:, steps - 1]),
+                classes_t=t,
+                classes=class_rows(reference.labels, reference.snn[:, t - 1], other.snn[:, t - 1]),
             )
         )
     return dict(

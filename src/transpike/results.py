@@ -271,7 +271,7 @@ def format_exit_table(results: dict) -> str:
 def write_comparison(comparison: dict, out: Path) -> list[Path]:
     """Write a comparison (:func:`transpike.compare.compare`) as compare.json, compare.csv (one line
     per compared evaluation and t), compare_classes.csv (one line per compared evaluation and
-    class, at the last t compared) and compare.png."""
+    class, at the t the classes were compared at) and compare.png."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "compare.json", out / "compare.csv", out / "compare_classes.csv", out / "compare.png"]
     atomic_write(paths[0], lambda tmp: tmp.write_text(json.dumps(comparison, indent=2) + "\n"))
@@ -298,7 +298,7 @@ def write_comparison(comparison: dict, out: Path) -> list[Path]:
             writer = csv.writer(handle)
             writer.writerow(["reference", "other", "t", "class", "name", *columns])
             for entry in comparison["comparisons"]:
-                table, t = entry["classes"], len(entry["rows"])
+                table, t = entry["classes"], entry["classes_t"]
                 first = [comparison["reference"]["path"], entry["path"], t]
                 for i, c in enumerate(table["classes"]):
                     values = [f"{table[k][i]:.6g}" for k in columns]
@@ -342,7 +342,7 @@ def format_comparison(comparison: dict) -> str:
             lines.append(f"  {row['t']:>3}   {row['first_top1']:7.2f} %  {row['second_top1']:7.2f} %   "
                          f"{_paired(row)}{counts}   {energy}".rstrip())  # fmt: skip
         table = entry["classes"]
-        columns = (table["classes"], table["difference"], table["p_holm"], len(entry["rows"]))
+        columns = (table["classes"], table["difference"], table["p_holm"], entry["classes_t"])
         lines.append("  " + class_differences(*columns, about.get("class_names"), "the reference"))
     lines += ["", "difference: this run's top-1 - the reference's, points; the interval and p count only the "
               "samples one of them gets right; p: McNemar's exact test, each t on its own; p (Holm): "
