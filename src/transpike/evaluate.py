@@ -76,15 +76,15 @@ def evaluate(
 ) -> dict:
     """Top-1 accuracy (percent) of the ANN and of the SNN after each t = 1..T, and what it cost.
 
-    ``limit``: evaluate that many samples, spread evenly over the data (:func:`~transpike.data.spread`:
-    every class of data stored class by class gets its share). ``workers`` processes read and
-    preprocess the samples (0: this process). ``exits``: the
+    ``limit``: evaluate that many samples, spread evenly over the data
+    (:func:`~transpike.data.spread`: every class of data stored class by class gets its share).
+    ``workers`` processes read and preprocess the samples (0: this process). ``exits``: the
     early-exit rules (:mod:`transpike.exits`; a bare number is a confidence threshold), read from
     the same run (none: no early-exit rows). ``predictions``: also return every sample's label and
     top-1 classes, to compare evaluations sample by sample (:mod:`transpike.compare`). Where the
-    network kept its calibration samples' fingerprints, the evaluated samples among them are counted
-    (:mod:`transpike.fingerprints`). With
-    ``store``, the running totals are saved as the evaluation goes (and when it stops on an
+    network kept its calibration samples' fingerprints, the evaluated samples among them are
+    counted, with a warning (on the main process) when there are any (:mod:`transpike.fingerprints`).
+    With ``store``, the running totals are saved as the evaluation goes (and when it stops on an
     exception), and a resumed evaluation continues from the saved ones (:mod:`transpike.progress`).
 
     Returns:
@@ -197,7 +197,7 @@ def evaluate(
         resumed_samples=resumed,
         calibration_samples=int(counts[-1]) if known is not None else None,
     )
-    if results["calibration_samples"]:
+    if results["calibration_samples"] and world.is_main:  # once, not once per process
         warnings.warn(
             f"{results['calibration_samples']} of the {samples} evaluated samples were calibration samples: "
             "the thresholds were fitted on them, so the SNN is not scored on unseen data alone; keep "
@@ -218,9 +218,8 @@ def evaluate(
         results["predictions"] = dict(labels=rows[:, 0], ann=rows[:, 1], snn=rows[:, 2:-1], index=index)
         if known is not None:
             results["predictions"]["calibration"] = rows[:, -1]
-            kept_apart = rows[:, -1] == 0
             if 0 < results["calibration_samples"] < samples:  # the figures without them, beside
-                results["kept_apart"] = top1_among(rows[:, 0], rows[:, 1], rows[:, 2:-1], kept_apart)
+                results["kept_apart"] = top1_among(rows[:, 0], rows[:, 1], rows[:, 2:-1], rows[:, -1] == 0)
     return results
 
 
