@@ -58,13 +58,15 @@ def test_demo_writes_results(tmp_path, capsys):
     assert results["num_samples"] == 719
     assert (out / "results.csv").read_text().splitlines()[
         0
-    ] == "t,snn_top1,ann_top1,difference,snn_top5,ann_top5,difference_ci95"
+    ] == "t,snn_top1,ann_top1,difference,snn_top5,ann_top5,difference_ci95,agreement"
     assert Image.open(out / "accuracy.png").size[0] > 100
     assert (out / "snn.safetensors").is_file()
     chosen = load_predictions(out / results["predictions_file"])  # every sample's top-1 after each t
     assert chosen.time_steps == 3 and len(chosen.labels) == 719 and chosen.about["data"] == "digits:test"
     right = (chosen.snn == chosen.labels[:, None]).sum(0).double()
     assert results["snn_top1"] == (100.0 * right / 719).tolist()
+    same = (chosen.snn == chosen.ann[:, None]).sum(0).double()  # the SNN's top-1 is the ANN's, right or not
+    assert results["agreement"] == (100.0 * same / 719).tolist()
     classes = (out / "classes.csv").read_text().splitlines()  # one line per digit, from the predictions
     assert classes[0].startswith("class,name,samples,ann_top1,snn_top1_t1,snn_top1_t2,snn_top1_t3,difference")
     assert sum(int(line.split(",")[2]) for line in classes[1:]) == 719 and len(classes) == 11
@@ -94,6 +96,7 @@ def test_demo_writes_results(tmp_path, capsys):
     assert rules == [(r.kind, r.value) for r in EXITS]
     printed = capsys.readouterr().out
     assert "SNN top-1" in printed and "ECMT form" in printed and "early exit" in printed
+    assert "same top-1 as ANN" in printed
     matched = results["matches_ann_from"]
     assert (f"from t = {matched} on, the 95 %" if matched else "at t = 3 the 95 % interval") in printed
 
@@ -552,7 +555,7 @@ def test_blocks_sweep_and_sit_method(tmp_path, npz_data, capsys):
         chosen = load_predictions(out / f"predictions.blocks-{blocks}.safetensors")
         assert chosen.about["options"]["blocks"] == blocks
         assert (out / f"classes.blocks-{blocks}.csv").is_file()
-    assert "blocks   SNN top-1 at T   vs ANN, 95 % interval" in capsys.readouterr().out
+    assert "blocks   SNN top-1 at T   vs ANN, 95 % interval   same top-1 as ANN" in capsys.readouterr().out
     assert run("eval", "--snn", "x.safetensors", "--data", npz_data, "--time-steps", 2, "--blocks", 1,
                "--out", tmp_path / "r") == 2  # fmt: skip
 

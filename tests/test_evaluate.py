@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 import transpike
 from transpike.evaluate import evaluate
 from transpike.exits import exit_counts
-from transpike.scores import correct, matches_from, mcnemar_p, paired_interval, per_class
+from transpike.scores import agreement, correct, matches_from, mcnemar_p, paired_interval, per_class
 
 
 @pytest.fixture
@@ -58,6 +58,17 @@ def test_evaluate_reports_what_simulate_predicts(setup):
     assert results["difference_ci95"] == paired_interval(lost, gained, 24).tolist()
     differences = [top1 - results["ann_top1"] for top1 in results["snn_top1"]]
     assert results["matches_ann_from"] == matches_from(differences, results["difference_ci95"])
+    assert results["agreement"] == percent(outputs.argmax(-1) == logits.argmax(-1))
+
+
+def test_agreement_sees_what_equal_accuracies_hide():
+    # 4 samples of 3 classes: after t = 2 the SNN loses sample 0 and gains sample 1, so its top-1
+    # equals the ANN's, yet it decides half of the samples differently
+    y = torch.tensor([0, 1, 2, 0])
+    logits = torch.eye(3)[[0, 2, 2, 1]] * 5  # the ANN: right on samples 0 and 2
+    outputs = torch.stack([logits, torch.eye(3)[[1, 1, 2, 1]]])  # [T = 2, B, C]
+    assert correct(outputs, y)[0].tolist() == [2, 2] and correct(logits, y)[0] == 2
+    assert agreement(logits, outputs).tolist() == [4, 2]
 
 
 def test_matches_from_is_the_first_t_of_the_last_run_of_intervals_holding_zero():

@@ -549,6 +549,7 @@ def evaluate_from_args(args: argparse.Namespace, settings: EvalSettings, world: 
                 blocks=blocks,
                 snn_top1=results["snn_top1"],
                 difference_ci95=results["difference_ci95"],
+                agreement=results["agreement"],
                 energy_ratio=results.get("energy", {}).get("energy_ratio"),
             )
         )

@@ -25,7 +25,7 @@ from .exits import EXITS, ExitRule, check_rules, exit_counts, exit_table
 from .fingerprints import WithFingerprints
 from .model import SpikingModel
 from .progress import Progress
-from .scores import correct, disagreements, matches_from, paired_interval, top1_among
+from .scores import agreement, correct, disagreements, matches_from, paired_interval, top1_among
 from .spikes import SpikeMonitor
 
 
@@ -90,7 +90,8 @@ def evaluate(
     Returns:
         dict with ``num_samples``, ``ann_top1``, ``snn_top1`` (list, index t-1 = after t steps),
         ``ann_top5``, ``snn_top5`` (the same for top-5), ``difference_ci95`` (per t, the half-width
-        of the 95 % interval of SNN top-1 - ANN top-1, :func:`paired_interval`),
+        of the 95 % interval of SNN top-1 - ANN top-1, :func:`paired_interval`), ``agreement``
+        (per t, the percentage of samples whose SNN top-1 is the ANN's top-1, right or wrong),
         ``matches_ann_from`` (the first t from which every interval holds 0, or None:
         :func:`~transpike.scores.matches_from`), ``early_exit``
         (one row per rule, :func:`~transpike.exits.exit_table`), ``resumed_samples`` (those
@@ -112,11 +113,12 @@ def evaluate(
     snn.to(device)
     ann.to(device).eval()
     # counts: samples; ANN top-1 and top-5 correct; SNN top-1 correct after t = 1..T, then top-5;
-    # the samples only the ANN, then only the SNN gets right (top-1) after t = 1..T; then per
+    # the samples only the ANN, then only the SNN gets right (top-1) after t = 1..T; those whose SNN
+    # top-1 is the ANN's after t = 1..T; then per
     # early-exit rule, the samples exiting after t = 1..T, those right at their exit (top-1,
     # top-5) and those only the ANN, then only the SNN gets right; last the calibration samples met
     exits = check_rules(exits)
-    width = 3 + 4 * time_steps
+    width = 3 + 5 * time_steps
     counts = torch.zeros(width + len(exits) * (time_steps + 4) + 1, dtype=torch.float64, device=device)
     known = snn.calibration_fingerprints
     # Dense work is the same for every sample: count it on one sample, before spikes are monitored.
@@ -162,7 +164,7 @@ def evaluate(
                 logits, outputs = ann(x), snn.simulate(x, time_steps)
                 counts[1:3] += correct(logits, y)
                 counts[3:width] += torch.cat(
-                    [correct(outputs, y), disagreements(logits, outputs, y)]
+                    [correct(outputs, y), disagreements(logits, outputs, y), agreement(logits, outputs)[None]]
                 ).flatten()
                 counts[width:-1] += exit_counts(outputs, y, exits, logits).flatten()
                 counts[-1] += calibrated.sum()
@@ -193,7 +195,10 @@ def evaluate(
         snn_top1=percent[3 : 3 + time_steps],
         ann_top5=percent[2],
         snn_top5=percent[3 + time_steps : 3 + 2 * time_steps],
-        difference_ci95=paired_interval(*counts[3 + 2 * time_steps : width].view(2, -1), samples).tolist(),
+        difference_ci95=paired_interval(
+            *counts[3 + 2 * time_steps : width - time_steps].view(2, -1), samples
+        ).tolist(),
+        agreement=percent[width - time_steps : width],
         resumed_samples=resumed,
         calibration_samples=int(counts[-1]) if known is not None else None,
     )

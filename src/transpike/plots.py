@@ -38,11 +38,12 @@ def _against(ax: plt.Axes, xs: list | None, xlabel: str, ylabel: str, legend: st
 def plot_accuracy(results: dict, path: Path) -> Path:
     """SNN top-1 after t steps for t = 1..T, with the 95 % interval of its difference to the ANN's
     as error bars (a bar that crosses the ANN's line: a difference the data cannot tell from 0),
-    and the ANN's top-1 as a horizontal line."""
+    the ANN's top-1 as a horizontal line, and the share of samples whose SNN top-1 is the ANN's."""
     steps = list(range(1, len(results["snn_top1"]) + 1))
     with _figure(path) as ax:
         ax.errorbar(steps, results["snn_top1"], yerr=results["difference_ci95"], marker="o", capsize=3,
                     label="SNN (bars: 95 % interval of SNN - ANN)")  # fmt: skip
+        ax.plot(steps, results["agreement"], marker="s", linestyle=":", label="SNN top-1 = ANN top-1")
         ax.axhline(
             results["ann_top1"], color="gray", linestyle="--", label=f"ANN ({results['ann_top1']:.2f} %)"
         )
@@ -148,7 +149,8 @@ def plot_spike_levels(energy: dict, path: Path) -> Path:
 
 
 def plot_blocks(results: dict, path: Path) -> Path:
-    """SNN top-1 after T steps against the number of converted Transformer blocks."""
+    """SNN top-1 after T steps, and the share of samples whose SNN top-1 is the ANN's, against the
+    number of converted Transformer blocks."""
     sweep = results["blocks_sweep"]
     blocks = [row["blocks"] for row in sweep]
     with _figure(path) as ax:
@@ -161,6 +163,8 @@ def plot_blocks(results: dict, path: Path) -> Path:
             capsize=3,
             label="SNN (bars: 95 % interval of SNN - ANN)",
         )
+        ax.plot(blocks, [row["agreement"][-1] for row in sweep], marker="s", linestyle=":",
+                label="SNN top-1 = ANN top-1")  # fmt: skip
         ax.axhline(results["ann_top1"], color="gray", linestyle="--", label="ANN")
         _against(
             ax, blocks, "converted blocks k", f"top-1 after T = {results['time_steps']} (%)", "lower left"

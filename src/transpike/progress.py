@@ -30,8 +30,9 @@ from .io import atomic_write
 
 FOLDER = "progress"
 # of the tensors' layout and key (2: early-exit counts; 3: each sample's predictions; 4: early-exit
-# rules of several kinds; 5: the calibration samples met): others are refused
-VERSION = 5
+# rules of several kinds; 5: the calibration samples met; 6: the samples where the SNN's top-1 is the
+# ANN's): others are refused
+VERSION = 6
 INTERVAL = 60.0  # seconds between saves: what a killed run may have to repeat
 
 

@@ -50,12 +50,22 @@ def write_results(results: dict, out: Path) -> list[Path]:
         with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(
-                ["t", "snn_top1", "ann_top1", "difference", "snn_top5", "ann_top5", "difference_ci95"]
+                [
+                    "t",
+                    "snn_top1",
+                    "ann_top1",
+                    "difference",
+                    "snn_top5",
+                    "ann_top5",
+                    "difference_ci95",
+                    "agreement",
+                ]
             )
             ann1, ann5 = results["ann_top1"], results["ann_top5"]
-            columns = zip(results["snn_top1"], results["snn_top5"], results["difference_ci95"], strict=True)
-            for t, (top1, top5, interval) in enumerate(columns, 1):
-                row = [top1, ann1, top1 - ann1, top5, ann5, interval]
+            columns = zip(*(results[key] for key in ("snn_top1", "snn_top5", "difference_ci95", "agreement")),
+                          strict=True)  # fmt: skip
+            for t, (top1, top5, interval, same) in enumerate(columns, 1):
+                row = [top1, ann1, top1 - ann1, top5, ann5, interval, same]
                 writer.writerow([t, *(f"{value:.4f}" for value in row)])
 
     atomic_write(csv_path, write_csv)
@@ -159,10 +169,11 @@ def write_trace(trace: dict, out: Path) -> list[Path]:
 
 def format_blocks_table(ann_top1: float, sweep: list[dict]) -> str:
     """Accuracy after T steps as the number of converted blocks grows (SIT Tables 2-4)."""
-    lines = ["", "  blocks   SNN top-1 at T   vs ANN, 95 % interval"]
+    lines = ["", "  blocks   SNN top-1 at T   vs ANN, 95 % interval   same top-1 as ANN"]
     for row in sweep:
-        top1, interval = row["snn_top1"][-1], row["difference_ci95"][-1]
-        lines.append(f"{row['blocks']:>8}   {top1:12.2f} %   {top1 - ann_top1:+6.2f} ± {interval:.2f}")
+        top1, interval, same = (row[key][-1] for key in ("snn_top1", "difference_ci95", "agreement"))
+        versus = f"{top1 - ann_top1:+6.2f} ± {interval:<12.2f}"
+        lines.append(f"{row['blocks']:>8}   {top1:12.2f} %   {versus}   {same:15.2f} %")
     return "\n".join(lines)
 
 
@@ -172,10 +183,13 @@ def format_table(results: dict) -> str:
     resumed = results.get("resumed_samples", 0)
     counted = f" ({resumed} of them counted by the interrupted run)" if resumed else ""
     head = f"ANN top-1: {ann:.2f} %, top-5: {results['ann_top5']:.2f} % on {results['num_samples']} samples"
-    lines = [head + counted, "", "  t   SNN top-1   vs ANN, 95 % interval   SNN top-5"]
-    columns = zip(results["snn_top1"], results["snn_top5"], results["difference_ci95"], strict=True)
-    for t, (top1, top5, interval) in enumerate(columns, 1):
-        lines.append(f"{t:>3}   {top1:8.2f} %   {top1 - ann:+6.2f} ± {interval:<12.2f}   {top5:8.2f} %")
+    lines = [head + counted, "", "  t   SNN top-1   vs ANN, 95 % interval   SNN top-5   same top-1 as ANN"]
+    columns = zip(
+        *(results[key] for key in ("snn_top1", "difference_ci95", "snn_top5", "agreement")), strict=True
+    )
+    for t, (top1, interval, top5, same) in enumerate(columns, 1):
+        versus = f"{top1 - ann:+6.2f} ± {interval:<12.2f}"
+        lines.append(f"{t:>3}   {top1:8.2f} %   {versus}   {top5:8.2f} %   {same:15.2f} %")
     matched = results.get("matches_ann_from")
     steps = len(results["snn_top1"])
     lines.append(

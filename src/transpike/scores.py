@@ -27,6 +27,14 @@ def disagreements(logits: Tensor, outputs: Tensor, y: Tensor) -> Tensor:
     return torch.stack([(ann & ~snn).sum(-1), (snn & ~ann).sum(-1)])
 
 
+def agreement(logits: Tensor, outputs: Tensor) -> Tensor:
+    """Per t, the samples whose SNN top-1 is the ANN's, right or wrong: [T] for the ANN's
+    ``logits`` [B, C] and the SNN's ``outputs`` [T, B, C]. How faithfully the conversion keeps the
+    ANN's decisions, which the two top-1s hide where the SNN loses some samples and gains as many;
+    it needs no labels."""
+    return (outputs.argmax(-1) == logits.argmax(-1)).sum(-1)
+
+
 def paired_interval(lost: Tensor, gained: Tensor, samples: int) -> Tensor:
     """Half-width, in points, of the 95 % interval of SNN top-1 - ANN top-1 from paired samples
     (or of any second classifier's top-1 against a first's).
