@@ -226,7 +226,9 @@ def test_the_trace_command(tmp_path, capsys):
     assert cli.main([*argv, "--samples", "5", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "<output>" in printed and "the ANN's output error with noise" in printed
+    assert "5 of the 5 traced samples were calibration samples" in printed  # calibrated on the same data
     saved = json.loads((out / "trace.json").read_text())
+    assert saved["calibration_samples"] == 5
     assert saved["samples"] == 5 and saved["time_steps"] == 4 and saved["rows"][-1]["path"] == "<output>"
     assert saved["sensitivity"]["noise"] == 0.01 and saved["sensitivity"]["output_error"] > 0
     lines = (out / "trace.csv").read_text().splitlines()
@@ -240,6 +242,12 @@ def test_the_trace_command(tmp_path, capsys):
     base = ["trace", "--data", f"npz:{path}", "--time-steps", "4", "--samples", "5"]
     assert cli.main([*base, "--snn", str(snn_file), "--out", str(again)]) == 0
     assert json.loads((again / "trace.json").read_text())["rows"] == saved["rows"]
+    other = tmp_path / "other.npz"  # other images: none was calibrated on
+    np.savez(other, x=torch.rand(6, 3, 16, 16, generator=gen).numpy(), y=np.arange(6) % 4)
+    unseen = ["trace", "--data", f"npz:{other}", "--time-steps", "2", "--snn", str(snn_file)]
+    assert cli.main([*unseen, "--out", str(tmp_path / "unseen")]) == 0
+    assert "none of the traced samples was a calibration sample" in capsys.readouterr().out
+    assert json.loads((tmp_path / "unseen" / "trace.json").read_text())["calibration_samples"] == 0
     assert cli.main([*base, "--snn", str(snn_file), "--out", str(out)]) == 2
     assert cli.main([*base, "--snn", str(snn_file), "--levels", "4", "--out", str(tmp_path / "x")]) == 2
     assert cli.main([*base, "--snn", str(snn_file), "--noise", "0", "--out", str(tmp_path / "y")]) == 2

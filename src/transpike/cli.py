@@ -43,7 +43,7 @@ from .energy import E_AC, E_MAC
 from .errors import ConversionError, FusionError, GraphError
 from .evaluate import World, evaluate, init_world
 from .exits import EXITS, ExitRule, check_rules
-from .fingerprints import set_digest
+from .fingerprints import fingerprints, set_digest
 from .info import format_info, network_info
 from .io import file_sha256, load, rebuild_ann, save
 from .model import SpikingModel
@@ -588,15 +588,25 @@ def cmd_trace(args: argparse.Namespace) -> int:
     snn.to(args.device)
     result = trace(snn, x, args.time_steps)
     amplified = sensitivity(snn, x, args.noise)
+    known = snn.calibration_fingerprints  # traced samples the thresholds were fitted on flatter it
+    calibrated = None if known is None else int(torch.isin(fingerprints(x), known).sum())
     print(result.summary())
     print(
         f"\nthe ANN's output error with noise of relative size {args.noise:g} at every MT site's input: "
         f"{amplified:.3g} ({amplified / args.noise:.2g}x the noise)"
     )
+    if calibrated is not None:  # None: a network saved before its calibration samples were kept
+        print(
+            f"{calibrated} of the {len(x)} traced samples were calibration samples: the thresholds were "
+            "fitted on them"
+            if calibrated
+            else "none of the traced samples was a calibration sample"
+        )  # fmt: skip
     meta = dict(
         model=spec_name(spec) if spec else str(args.snn),
         data=args.data,
         samples=len(x),
+        calibration_samples=calibrated,
         options=snn.options,
         sensitivity=dict(noise=args.noise, output_error=amplified),
         transpike=__version__,
