@@ -93,7 +93,10 @@ def test_evaluate_reads_the_early_exits_from_the_same_run(setup):
     counts = exit_counts(snn.simulate(x, 5), y, (0.3, 0.5), model(x))
     rows = evaluate(snn, model, data, 5, batch_size=24, progress=False, exits=(0.3, 0.5),
                     energy=False)["early_exit"]  # fmt: skip
-    assert [row["snn_top1"] for row in rows] == (100.0 * counts[:, -4] / 24).tolist()
+    assert [row["snn_top1"] for row in rows] == (
+        100.0 * counts[:, 5] / 24
+    ).tolist()  # after the T exit counts
+    assert [row["agreement"] for row in rows] == (100.0 * counts[:, -1] / 24).tolist()
     assert all("energy_ratio" not in row for row in rows)
     no_exits = evaluate(snn, model, data, 2, progress=False, energy=False, exits=())
     assert "early_exit" not in no_exits

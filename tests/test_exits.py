@@ -17,15 +17,16 @@ def test_a_sample_exits_at_its_first_confident_step():
     assert exit_steps(logits, (0.5, 1.0)).tolist() == [[0, 0, 0], [2, 2, 2]]
     # exits after t = 1, 2, 3; right at exit: class 0 (right), class 1 (wrong), class 0 at t = 3
     # (right); two classes, so top-5 is always right. The ANN says 0, 0, 1: it alone is right on the
-    # second sample, the SNN alone on the third
+    # second sample, the SNN alone on the third; they give the same class to the first alone
     ann = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     counts = exit_counts(logits, torch.tensor([0, 0, 0]), (0.8,), ann)
-    assert counts.tolist() == [[1, 1, 1, 2, 3, 1, 1]]
+    assert counts.tolist() == [[1, 1, 1, 2, 3, 1, 1, 1]]
     (row,) = exit_table(counts, (0.8,), energy_ratio=[0.1, 0.3, 0.6])
     assert row["snn_top1"] == pytest.approx(200 / 3) and row["mean_steps"] == pytest.approx(2.0)
     # one lost, one gained of 3, plus 1/2 in each cell: p_l = p_g = 1.5/5
     assert row["snn_top5"] == 100.0 and row["difference_ci95"] == pytest.approx(196 * (0.6 / 5) ** 0.5)
     assert row["exits"] == pytest.approx([1 / 3] * 3) and row["energy_ratio"] == pytest.approx(1.0 / 3)
+    assert row["agreement"] == pytest.approx(100 / 3)
     assert "energy_ratio" not in exit_table(counts, (0.8,))[0]
 
 
@@ -38,7 +39,7 @@ def test_exit_counts_follow_the_rule_sample_by_sample():
     counts = exit_counts(outputs, labels, confidences, ann)
     probabilities = outputs.softmax(-1)
     for row, c in zip(counts, confidences, strict=True):
-        exits, right, right5, lost, gained = [0] * 6, 0, 0, 0, 0
+        exits, right, right5, lost, gained, same = [0] * 6, 0, 0, 0, 0, 0
         for b in range(40):  # the rule as stated, one sample at a time
             t = next((t for t in range(6) if probabilities[t, b].max() >= c), 5)
             exits[t] += 1
@@ -46,7 +47,8 @@ def test_exit_counts_follow_the_rule_sample_by_sample():
             right += snn
             right5 += int(labels[b] in outputs[t, b].topk(5).indices)
             lost, gained = lost + (by_ann and not snn), gained + (snn and not by_ann)
-        assert row.tolist() == [*exits, right, right5, lost, gained]
+            same += int(outputs[t, b].argmax() == ann[b].argmax())
+        assert row.tolist() == [*exits, right, right5, lost, gained, same]
 
 
 def test_every_rule_follows_its_equation_sample_by_sample():

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .data import spread
 from .energy import E_AC, E_MAC, count_dense_work, energy_report
-from .exits import EXITS, ExitRule, check_rules, exit_counts, exit_table
+from .exits import EXITS, SCORES, ExitRule, check_rules, exit_counts, exit_table
 from .fingerprints import WithFingerprints
 from .model import SpikingModel
 from .progress import Progress
@@ -116,10 +116,11 @@ def evaluate(
     # the samples only the ANN, then only the SNN gets right (top-1) after t = 1..T; those whose SNN
     # top-1 is the ANN's after t = 1..T; then per
     # early-exit rule, the samples exiting after t = 1..T, those right at their exit (top-1,
-    # top-5) and those only the ANN, then only the SNN gets right; last the calibration samples met
+    # top-5), those only the ANN, then only the SNN gets right, and those agreeing with the ANN; last
+    # the calibration samples met
     exits = check_rules(exits)
     width = 3 + 5 * time_steps
-    counts = torch.zeros(width + len(exits) * (time_steps + 4) + 1, dtype=torch.float64, device=device)
+    counts = torch.zeros(width + len(exits) * (time_steps + SCORES) + 1, dtype=torch.float64, device=device)
     known = snn.calibration_fingerprints
     # Dense work is the same for every sample: count it on one sample, before spikes are monitored.
     dense = count_dense_work(snn, dataset[0][0].unsqueeze(0).to(device)) if energy else None

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .scores import correct, disagreements, paired_interval
+from .scores import agreement, correct, disagreements, paired_interval
 
 
 def confidence(outputs: Tensor) -> Tensor:
@@ -147,10 +147,14 @@ def exit_steps(outputs: Tensor, rules: Sequence[ExitRule | float]) -> Tensor:
     return reached.to(torch.uint8).argmax(1)  # the first step where it held (argmax takes the first)
 
 
+SCORES = 5  # counts per rule after its exits: top-1, top-5, right by the ANN only, by the SNN only, agreeing
+
+
 def exit_counts(outputs: Tensor, labels: Tensor, rules: Sequence[ExitRule | float], logits: Tensor) -> Tensor:
     """Per rule, counts of the samples: exiting after t = 1..T steps, then right at their exit step
     (top-1, top-5), then right only by the ANN and only by the SNN (top-1; for the paired interval,
-    :func:`~transpike.scores.paired_interval`): [R, T + 4].
+    :func:`~transpike.scores.paired_interval`), then those whose top-1 at their exit step is the
+    ANN's: [R, T + SCORES].
 
     Args:
         outputs: the SNN's outputs after t = 1..T, [T, B, classes].
@@ -161,7 +165,9 @@ def exit_counts(outputs: Tensor, labels: Tensor, rules: Sequence[ExitRule | floa
     steps = exit_steps(outputs, rules)  # [R, B]
     chosen = outputs.gather(0, steps[..., None].expand(-1, -1, outputs.shape[-1]))  # [R, B, classes]
     exited = torch.nn.functional.one_hot(steps, outputs.shape[0]).sum(1)  # [R, T]
-    scores = torch.cat([correct(chosen, labels), disagreements(logits, chosen, labels)])  # [4, R]
+    scores = torch.cat(
+        [correct(chosen, labels), disagreements(logits, chosen, labels), agreement(logits, chosen)[None]]
+    )  # [SCORES, R]
     return torch.cat([exited, scores.T], 1).to(torch.float64)
 
 
@@ -170,22 +176,24 @@ def exit_table(
 ) -> list[dict]:
     """The results of :func:`exit_counts` summed over all samples, one dict per rule: ``rule`` (its
     kind) and ``value``, ``snn_top1`` and ``snn_top5`` (percent), ``difference_ci95`` (the
-    half-width of the 95 % interval of SNN top-1 - ANN top-1), ``mean_steps`` (the mean of t*),
+    half-width of the 95 % interval of SNN top-1 - ANN top-1), ``agreement`` (percent of samples
+    whose top-1 at their exit step is the ANN's), ``mean_steps`` (the mean of t*),
     ``exits`` (share of samples exiting after t = 1..T) and, given the energy after every t,
     ``energy_ratio``: Σ_t share(t)·E(t), the average sample's energy after its exit step (an
     estimate: samples that exit early may spike less or more than the average one).
     """
-    samples = int(counts[0, :-4].sum())
+    samples = int(counts[0, :-SCORES].sum())
     rows = []
     for rule, row in zip(check_rules(rules), counts, strict=True):
-        share = row[:-4] / samples
+        share, (top1, top5, lost, gained, same) = row[:-SCORES] / samples, row[-SCORES:]
         steps = torch.arange(1, share.numel() + 1, dtype=share.dtype)
         entry = dict(
             rule=rule.kind,
             value=rule.value,
-            snn_top1=(100.0 * row[-4] / samples).item(),
-            snn_top5=(100.0 * row[-3] / samples).item(),
-            difference_ci95=paired_interval(row[-2], row[-1], samples).item(),
+            snn_top1=(100.0 * top1 / samples).item(),
+            snn_top5=(100.0 * top5 / samples).item(),
+            difference_ci95=paired_interval(lost, gained, samples).item(),
+            agreement=(100.0 * same / samples).item(),
             mean_steps=(share * steps).sum().item(),
             exits=share.tolist(),
         )

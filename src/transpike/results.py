@@ -115,7 +115,8 @@ def _write_series_csv(path: Path, rows: list[dict], scalars: list[str], series: 
 def _write_exit_csv(results: dict, path: Path) -> None:
     """One line per early-exit rule (its kind and threshold): top-1, its difference to the ANN's
     with the 95 % interval, top-5, the mean number of steps, the energy estimate (empty without
-    energy accounting) and the share exiting after each t."""
+    energy accounting), the share of samples whose top-1 at exit is the ANN's, and the share
+    exiting after each t."""
     rows = results["early_exit"]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -128,13 +129,20 @@ def _write_exit_csv(results: dict, path: Path) -> None:
             "snn_top5",
             "mean_steps",
             "energy_ratio",
+            "agreement",
         ]
         writer.writerow(head + [f"exit_t{t}" for t in range(1, len(rows[0]["exits"]) + 1)])
         for row in rows:
             energy = f"{row['energy_ratio']:.4f}" if "energy_ratio" in row else ""
             values = [row["snn_top1"], row["snn_top1"] - results["ann_top1"], row["difference_ci95"],
                       row["snn_top5"], row["mean_steps"]]  # fmt: skip
-            cells = [row["rule"], f"{row['value']:g}", *(f"{v:.4f}" for v in values), energy]
+            cells = [
+                row["rule"],
+                f"{row['value']:g}",
+                *(f"{v:.4f}" for v in values),
+                energy,
+                f"{row['agreement']:.4f}",
+            ]
             writer.writerow(cells + [f"{share:.6f}" for share in row["exits"]])
 
 
@@ -271,13 +279,13 @@ def format_exit_table(results: dict) -> str:
     """The early-exit table printed by the command line (:mod:`transpike.exits`)."""
     rows, ann = results["early_exit"], results["ann_top1"]
     energy = "energy_ratio" in rows[0]
-    head = f"  {'rule':<34}   SNN top-1   vs ANN, 95 % interval   mean t"
+    head = f"  {'rule':<34}   SNN top-1   vs ANN, 95 % interval   same top-1 as ANN   mean t"
     head += "   energy SNN/ANN (ECMT form, estimate)" if energy else ""
     lines = ["early exit: each sample stops after the first t where its output meets the rule (or T)", head]
     for row in rows:
         rule = str(ExitRule(row["rule"], row["value"]))
         line = f"  {rule:<34}   {row['snn_top1']:8.2f} %   {row['snn_top1'] - ann:+6.2f} ± "
-        line += f"{row['difference_ci95']:<12.2f}   {row['mean_steps']:6.2f}"
+        line += f"{row['difference_ci95']:<12.2f}   {row['agreement']:15.2f} %   {row['mean_steps']:6.2f}"
         lines.append(line + (f"   {row['energy_ratio']:36.3f}" if energy else ""))
     return "\n".join(lines)
 
