@@ -706,6 +706,11 @@ def test_compare_tells_two_conversions_apart_sample_by_sample(tmp_path, npz_data
     assert "energy/ANN (full form)" in printed
     lines = (tmp_path / "cmp" / "compare.csv").read_text().splitlines()
     assert lines[0].startswith("reference,other,t,first_top1,second_top1,difference") and len(lines) == 4
+    assert lines[0].endswith(",first_agreement,second_agreement,agreement_p_value")
+    kept = result["comparisons"][0]["agreement"]  # each run's agreement with the ANN, as eval counted it
+    assert [row["first_top1"] for row in kept] == pytest.approx(paper["agreement"])
+    assert [row["second_top1"] for row in kept] == pytest.approx(mse["agreement"])
+    assert "same top-1 as the ANN at t = 3: " in printed
     assert "per class at t = 3: none of the" in printed  # 12 samples of 4 classes: too few for any
     lines = (tmp_path / "cmp" / "compare_classes.csv").read_text().splitlines()
     assert lines[0] == ("reference,other,t,class,name,samples,first_top1,second_top1,difference,first_only,"

@@ -79,6 +79,24 @@ def test_compare_reads_every_t_both_reached_and_names_what_differs():
     assert differing_options({"model": "a", "options": {}}, {"model": "b"}) == {"model": ["a", "b"]}
 
 
+def test_compare_tests_which_run_keeps_more_of_the_anns_decisions():
+    # the ANN is wrong on sample 3; both runs get 3 of 4 right, but the reference decides as the
+    # ANN on samples 0 and 1 only, the other on all four
+    reference = predictions([0, 1, 2, 3], [[0], [1], [0], [3]], ann=[0, 1, 2, 0])
+    other = predictions([0, 1, 2, 3], [[0], [1], [2], [0]], ann=[0, 1, 2, 0], path="other")
+    (entry,) = compare(reference, [other])["comparisons"]
+    assert entry["rows"][0]["difference"] == 0.0
+    (kept,) = entry["agreement"]
+    assert (kept["first_top1"], kept["second_top1"]) == (50.0, 100.0)
+    assert (kept["first_only"], kept["second_only"]) == (0, 2) and kept["p_value"] == mcnemar_p(0, 2).item()
+    assert "same top-1 as the ANN at t = 1: 50.00 % -> 100.00 %: +50.00" in format_comparison(
+        compare(reference, [other])
+    )
+    # ANNs that decide differently leave nothing to pair the runs' agreement on
+    elsewhere = predictions([0, 1, 2, 3], [[0], [1], [2], [0]], path="elsewhere")
+    assert compare(reference, [elsewhere])["comparisons"][0]["agreement"] is None
+
+
 def test_compare_refuses_other_samples_and_warns_of_other_data():
     reference = predictions([0, 1, 2], [[0], [1], [2]])
     with pytest.raises(ValueError, match="holds 2 samples and run 3: compare evaluations of the same data"):

@@ -7,7 +7,9 @@ samples only one of them gets right, and the exact McNemar p-value of "both are 
 accurate". Each t is a test of its own, so with T of them one plain p below 0.05 by chance is
 likely; Holm's adjustment over the t compared (``p_holm``) keeps that chance below 0.05 for all of
 them together. Taken apart, two accuracies near 97 % on the 719 digits test images would leave
-their difference uncertain by ± 1.7 points, hiding differences that pairing shows.
+their difference uncertain by ± 1.7 points, hiding differences that pairing shows. Where the two
+share their ANN, the same test against the ANN's top-1 instead of the labels says which conversion
+keeps more of the ANN's decisions (``agreement``).
 """
 
 from __future__ import annotations
@@ -123,6 +125,10 @@ def compare(reference: Predictions, others: list[Predictions], classes_at: int |
         t = 1..min(T, T'), each :func:`paired_rows`'s dict with ``t`` and the two networks' energy
         relative to their ANN's after t steps, ``first_energy`` and ``second_energy`` (the full
         form, :mod:`transpike.energy`; None for an evaluation that did not count spikes),
+        ``agreement`` (where the ANNs are the same: the same rows scored against the ANN's top-1
+        instead of the labels, so ``first_top1`` is the share of samples whose reference SNN
+        decides as the ANN, and the test is of which conversion keeps more of its decisions; None
+        where the ANNs differ),
         ``classes_t`` and ``classes``, the two class by class at that t (:func:`class_rows`).
 
     Raises:
@@ -134,6 +140,7 @@ def compare(reference: Predictions, others: list[Predictions], classes_at: int |
         check_same_samples(reference, other)
         steps = min(reference.time_steps, other.time_steps)
         rows = paired_rows(reference.labels, reference.snn[:, :steps], other.snn[:, :steps])
+        same_ann = bool(torch.equal(reference.ann, other.ann))
         first, second = (run.about.get("energy_ratio_full") or [None] * steps for run in (reference, other))
         t = steps if classes_at is None else classes_at
         if not 1 <= t <= steps:
@@ -146,12 +153,15 @@ def compare(reference: Predictions, others: list[Predictions], classes_at: int |
                 about=other.about,
                 calibration_samples=calibration_samples(other),
                 differs=differing_options(reference.about, other.about),
-                same_ann=bool(torch.equal(reference.ann, other.ann)),
+                same_ann=same_ann,
                 ann=paired_rows(reference.labels, reference.ann[:, None], other.ann[:, None])[0],
                 rows=[
                     dict(t=t, **row, first_energy=first[t - 1], second_energy=second[t - 1])
                     for t, row in enumerate(rows, 1)
                 ],
+                agreement=paired_rows(reference.ann, reference.snn[:, :steps], other.snn[:, :steps])
+                if same_ann
+                else None,
                 classes_t=t,
                 classes=class_rows(reference.labels, reference.snn[:, t - 1], other.snn[:, t - 1]),
             )

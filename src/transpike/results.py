@@ -292,8 +292,10 @@ def format_exit_table(results: dict) -> str:
 
 def write_comparison(comparison: dict, out: Path) -> list[Path]:
     """Write a comparison (:func:`transpike.compare.compare`) as compare.json, compare.csv (one line
-    per compared evaluation and t), compare_classes.csv (one line per compared evaluation and
-    class, at the t the classes were compared at) and compare.png."""
+    per compared evaluation and t, with each run's share of samples decided as the ANN decides and
+    the McNemar p of their difference, where the ANNs are the same), compare_classes.csv (one
+    line per compared evaluation and class, at the t the classes were compared at) and
+    compare.png."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "compare.json", out / "compare.csv", out / "compare_classes.csv", out / "compare.png"]
     atomic_write(paths[0], lambda tmp: tmp.write_text(json.dumps(comparison, indent=2) + "\n"))
@@ -303,13 +305,20 @@ def write_comparison(comparison: dict, out: Path) -> list[Path]:
         with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
             energy = ["first_energy", "second_energy"]
-            writer.writerow(["reference", "other", *names, "first_only", "second_only", *energy])
+            agreement = ["first_agreement", "second_agreement", "agreement_p_value"]
+            writer.writerow(["reference", "other", *names, "first_only", "second_only", *energy, *agreement])
             for entry in comparison["comparisons"]:
-                for row in entry["rows"]:
+                kept = entry["agreement"] or [None] * len(entry["rows"])  # None: the ANNs differ
+                for row, same in zip(entry["rows"], kept, strict=True):
                     values = [f"{row[k]:.6g}" for k in names[1:]]
                     costs = ["" if row[k] is None else f"{row[k]:.6g}" for k in energy]
+                    shares = (
+                        [""] * 3
+                        if same is None
+                        else [f"{same[k]:.6g}" for k in ("first_top1", "second_top1", "p_value")]
+                    )
                     writer.writerow([comparison["reference"]["path"], entry["path"], row["t"], *values,
-                                     row["first_only"], row["second_only"], *costs])  # fmt: skip
+                                     row["first_only"], row["second_only"], *costs, *shares])  # fmt: skip
 
     class_names = comparison["reference"]["about"].get("class_names")
     columns = ["samples", "first_top1", "second_top1", "difference", "first_only", "second_only", "p_value",
@@ -363,6 +372,14 @@ def format_comparison(comparison: dict) -> str:
             counts = f"{row['first_only']:>12} / {row['second_only']:<6}"
             lines.append(f"  {row['t']:>3}   {row['first_top1']:7.2f} %  {row['second_top1']:7.2f} %   "
                          f"{_paired(row)}{counts}   {energy}".rstrip())  # fmt: skip
+        if entry["agreement"]:
+            last = entry["agreement"][-1]
+            lines.append(
+                f"  same top-1 as the ANN at t = {len(entry['agreement'])}: {last['first_top1']:.2f} % -> "
+                f"{last['second_top1']:.2f} %: {last['difference']:+.2f} ± {last['difference_ci95']:.2f}, "
+                f"McNemar p {last['p_value']:.2g} ({last['first_only']} / {last['second_only']} "
+                "kept by one only)"
+            )
         table = entry["classes"]
         columns = (table["classes"], table["difference"], table["p_holm"], entry["classes_t"])
         lines.append("  " + class_differences(*columns, about.get("class_names"), "the reference"))
