@@ -6,6 +6,7 @@ from conftest import tiny_vit
 from torch.utils.data import TensorDataset
 
 import transpike
+from transpike.data import UNLABELLED
 from transpike.evaluate import evaluate
 from transpike.exits import exit_counts
 from transpike.scores import agreement, correct, matches_from, mcnemar_p, paired_interval, per_class
@@ -59,6 +60,18 @@ def test_evaluate_reports_what_simulate_predicts(setup):
     differences = [top1 - results["ann_top1"] for top1 in results["snn_top1"]]
     assert results["matches_ann_from"] == matches_from(differences, results["difference_ci95"])
     assert results["agreement"] == percent(outputs.argmax(-1) == logits.argmax(-1))
+
+
+def test_evaluate_against_the_ann_scores_agreement_and_needs_no_labels(setup):
+    snn, model, x, y = setup
+    results = evaluate(snn, model, TensorDataset(x, y), 4, batch_size=7, progress=False, against_ann=True)
+    assert results["ann_top1"] == results["ann_top5"] == 100.0 and results["scored_against"] == "ann"
+    assert results["snn_top1"] == results["agreement"]
+    unlabelled = TensorDataset(x, torch.full_like(y, UNLABELLED))
+    again = evaluate(snn, model, unlabelled, 4, batch_size=7, progress=False, energy=False, against_ann=True)
+    assert again["snn_top1"] == results["snn_top1"]  # the labels are not read
+    with pytest.raises(ValueError, match="samples without labels: score them against the ANN's top-1"):
+        evaluate(snn, model, unlabelled, 2, progress=False, energy=False)
 
 
 def test_agreement_sees_what_equal_accuracies_hide():

@@ -1,4 +1,5 @@
-"""filelist:FILE[:ROOT] data: the images a list file names, each with its class."""
+"""filelist:FILE[:ROOT] data: the images a list file names, each with its class; images:PATH data:
+every image under a folder, without labels, scored against the ANN."""
 
 import json
 
@@ -8,7 +9,7 @@ import torch
 from PIL import Image
 
 from transpike import cli
-from transpike.data import load_dataset, parse_spec
+from transpike.data import UNLABELLED, load_dataset, parse_spec
 from transpike.models import create_model
 from transpike.predictions import load_predictions
 
@@ -114,3 +115,55 @@ def test_a_list_of_an_image_folder_evaluates_as_the_folder(tmp_path):
         rows = (tmp_path / name / "classes.csv").read_text().splitlines()[1:]
         assert [row.split(",")[:3] for row in rows] == [["0", "cat", "2"], ["1", "dog", "2"]]
         assert load_predictions(tmp_path / name).about["class_names"] == ["cat", "dog"]
+
+
+def test_images_without_labels_are_every_image_under_a_folder_in_sorted_order(tmp_path):
+    images(tmp_path / "b", ["2.png", "1.jpg"])
+    images(tmp_path, ["a.PNG"])
+    (tmp_path / "notes.txt").write_text("not an image")
+    data = load_dataset(f"images:{tmp_path}", "test", model(3))
+    assert [p.relative_to(tmp_path).as_posix() for p in data.paths] == ["a.PNG", "b/1.jpg", "b/2.png"]
+    assert [data[i][1] for i in range(3)] == [UNLABELLED] * 3 and data[0][0].shape == (3, 16, 16)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"images data .*empty: no image files under it \(.jpg"):
+        load_dataset(f"images:{tmp_path / 'empty'}", "test", model(3))
+
+
+def test_images_without_labels_calibrate_trace_and_evaluate_against_the_ann(tmp_path, capsys):
+    images(tmp_path / "calib", [f"{i}.png" for i in range(4)])
+    images(tmp_path / "test" / "x", [f"{i}.png" for i in range(3)], size=(24, 20))  # not the calibration ones
+    kwargs = [f"{k}={v}" for k, v in TINY.items()] + ["num_classes=3"]
+    calib = f"images:{tmp_path / 'calib'}"
+    argv = [
+        "--model",
+        "vit_tiny_patch16_224",
+        "--model-kwargs",
+        *kwargs,
+        "--calib",
+        calib,
+        "--time-steps",
+        "3",
+    ]
+    out = tmp_path / "eval"
+    assert cli.main(["eval", *argv, "--data", f"images:{tmp_path / 'test'}", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "scored against the ANN's own top-1, not labels" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["scored_against"] == "ann" and results["ann_top1"] == 100.0 and results["num_samples"] == 3
+    assert results["snn_top1"] == results["agreement"]  # the SNN's top-1 against the ANN's is agreement
+    chosen = load_predictions(out)
+    assert torch.equal(chosen.labels, chosen.ann) and chosen.about["scored_against"] == "ann"
+    # labelled data scored against the ANN reads the same, and the labels are not read
+    labelled = tmp_path / "labelled"
+    data = f"imagefolder:{tmp_path / 'test'}"
+    assert cli.main(["eval", *argv, "--data", data, "--against-ann", "--out", str(labelled)]) == 0
+    again = json.loads((labelled / "results.json").read_text())
+    assert again["snn_top1"] == results["snn_top1"] and again["ann_top1"] == 100.0
+    # against the labels the two are not compared, and the trace needs no labels either
+    assert cli.main(["eval", *argv, "--data", data, "--out", str(tmp_path / "by-labels")]) == 0
+    capsys.readouterr()
+    assert cli.main(["compare", str(out), str(tmp_path / "by-labels")]) == 2
+    assert "was scored against the labels and" in capsys.readouterr().err
+    trace = ["trace", *argv, "--data", f"images:{tmp_path / 'test'}", "--out", str(tmp_path / "trace")]
+    assert cli.main(trace) == 0
+    assert json.loads((tmp_path / "trace" / "trace.json").read_text())["samples"] == 3

@@ -270,6 +270,7 @@ class EvalSettings:
     resume: bool = False
     workers: int = 0
     exits: tuple[ExitRule, ...] = EXITS
+    against_ann: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides) -> EvalSettings:
@@ -306,7 +307,7 @@ def run_evaluation(
     counts = evaluate(
         snn, ann, dataset, settings.time_steps, settings.batch_size, settings.limit, settings.device, world,
         energy=settings.energy, e_mac=settings.e_mac, e_ac=settings.e_ac, store=store,
-        workers=settings.workers, exits=settings.exits, predictions=True,
+        workers=settings.workers, exits=settings.exits, predictions=True, against_ann=settings.against_ann,
     )  # fmt: skip
     chosen, known = counts.pop("predictions"), snn.calibration_fingerprints
     report = counts.pop("energy", None)
@@ -330,7 +331,7 @@ def run_evaluation(
         predictions_file=predictions_file,
     )
     if world.is_main:
-        kept = ("model", "data", "snn_file", "options", "calibration_set", "transpike")
+        kept = ("model", "data", "snn_file", "options", "calibration_set", "scored_against", "transpike")
         names = getattr(dataset, "classes", None)  # an image folder's or a list's class names
         about = {k: results[k] for k in kept} | ({"class_names": list(names)} if names else {})
         if report is not None:  # what each t costs, for a comparison to weigh against its accuracy
@@ -501,7 +502,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         workers = default_workers(device, cpus, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     else:
         workers = args.workers
-    settings = EvalSettings.from_args(args, device=device, workers=workers)
+    # data without labels can only be scored against the ANN
+    against = args.against_ann or parse_spec(args.data, "test")[0] == "images"
+    settings = EvalSettings.from_args(args, device=device, workers=workers, against_ann=against)
     if world.is_main:
         prepare_output(settings.out, args.resume, args.force, evaluation_names(args))
     world.barrier()  # no process saves totals before stale ones are cleared
@@ -696,6 +699,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(ev, required=False)
     ev.add_argument("--data", required=True, help=f"evaluation data: {SPEC_HELP} (default split: test)")
     ev.add_argument("--time-steps", type=int, required=True)
+    ev.add_argument(
+        "--against-ann", action="store_true",
+        help="score the SNN against the ANN's top-1 instead of the labels (which are not read): how "
+        "faithfully it keeps the ANN's decisions; implied by data without labels, images:PATH",
+    )  # fmt: skip
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument(
         "--limit",

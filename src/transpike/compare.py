@@ -24,8 +24,9 @@ from .scores import holm, mcnemar_p, paired_interval, per_class
 
 
 def check_same_samples(reference: Predictions, other: Predictions) -> None:
-    """Refuse two evaluations of different samples, naming the files; warn where their data specs
-    differ though the labels agree (the same test set read from two places, or two test sets)."""
+    """Refuse two evaluations of different samples, or scored one against the labels and the other
+    against its ANN, naming the files; warn where their data specs differ though the labels agree
+    (the same test set read from two places, or two test sets)."""
     n, m = len(reference.labels), len(other.labels)
     if n != m:
         raise ValueError(f"{other.path} holds {m} samples and {reference.path} {n}: compare evaluations of "
@@ -34,11 +35,22 @@ def check_same_samples(reference: Predictions, other: Predictions) -> None:
     if None not in indices and not torch.equal(*indices):
         raise ValueError(f"{other.path} and {reference.path} evaluated other samples of their data: compare "
                          "evaluations with the same --limit")  # fmt: skip
+    scored = [run.about.get("scored_against", "labels") for run in (reference, other)]
+    if scored[0] != scored[1]:
+        named = {"labels": "the labels", "ann": "its ANN's top-1"}
+        first, second = (named.get(value, repr(value)) for value in scored)
+        raise ValueError(f"{other.path} was scored against {second} and {reference.path} against {first}: "
+                         "compare evaluations scored alike")  # fmt: skip
     differ = (reference.labels != other.labels).nonzero().flatten()
     if len(differ):
+        why = (
+            "their ANNs decide differently"
+            if scored[0] == "ann"
+            else "not the same samples in the same order"
+        )
         raise ValueError(
             f"{other.path} and {reference.path}: the labels differ at {len(differ)} of {n} samples "
-            f"(the first is sample {int(differ[0])}): not the same samples in the same order"
+            f"(the first is sample {int(differ[0])}): {why}"
         )
     data = reference.about.get("data"), other.about.get("data")
     if data[0] != data[1]:

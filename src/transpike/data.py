@@ -4,6 +4,8 @@
     npz:PATH                         arrays x (N,C,H,W or N,H,W) and y (N,); uint8 x is divided by 255,
                                      float x is fed as stored
     imagefolder:PATH                 an ImageNet-style folder tree (one folder per class)
+    images:PATH                      every image file under PATH, in sorted order, without labels (for
+                                     calibration, a trace, or an evaluation scored against the ANN)
     cifar10:PATH[:train|:test]       CIFAR-10, python version, already on disk (PATH/cifar-10-batches-py)
     cifar100:PATH[:train|:test]      CIFAR-100, python version, already on disk (PATH/cifar-100-python)
     filelist:FILE[:ROOT]             images a list file names, one per line with its class, paths from
@@ -33,9 +35,10 @@ from torch.utils.data import Dataset, TensorDataset
 
 from .digits import load_digits_split
 
-KINDS = ("digits", "npz", "imagefolder", "cifar10", "cifar100", "filelist")
+KINDS = ("digits", "npz", "imagefolder", "images", "cifar10", "cifar100", "filelist")
+UNLABELLED = -1  # the label of a sample whose class is not known (images:PATH)
 SPEC_HELP = (
-    "digits[:train|:test], npz:PATH, imagefolder:PATH, "
+    "digits[:train|:test], npz:PATH, imagefolder:PATH, images:PATH, "
     "cifar10:PATH[:train|:test], cifar100:PATH[:train|:test], filelist:FILE[:ROOT]"
 )
 
@@ -194,7 +197,9 @@ def load_dataset(
         return _npz(path)
     transform = _preset(model, weights) if weights else _hf_processor(model) or _timm_transform(model, spec)
     if kind == "filelist":
-        return FileList(*list_and_root(spec, path), transform, _classes(model))
+        return file_list(*list_and_root(spec, path), transform, _classes(model))
+    if kind == "images":
+        return image_files(Path(path), transform)
     if kind == "imagefolder":
         from torchvision.datasets import ImageFolder
 
@@ -297,14 +302,14 @@ def class_indices(
     return [index[name] for name in names], ordered
 
 
-class FileList(Dataset):
-    """The images a list file names (:func:`read_list`, :func:`class_indices`), through ``transform``."""
+class ImageFiles(Dataset):
+    """Image files with their labels (``classes``: the labels' names, by index, where known),
+    through ``transform``."""
 
-    def __init__(self, file: Path, root: Path, transform=None, classes: int | None = None) -> None:
-        rows = read_list(file, root)
-        self.labels, self.classes = class_indices(file, rows, classes)  # names as ImageFolder's classes
-        self.paths = [path for _, path, _ in rows]
-        self.transform = transform
+    def __init__(
+        self, paths: list[Path], labels: list[int], transform=None, classes: list[str] | None = None
+    ) -> None:
+        self.paths, self.labels, self.transform, self.classes = paths, labels, transform, classes
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -314,6 +319,25 @@ class FileList(Dataset):
 
         image = default_loader(str(self.paths[index]))
         return (self.transform(image) if self.transform else image), self.labels[index]
+
+
+def file_list(file: Path, root: Path, transform=None, classes: int | None = None) -> ImageFiles:
+    """The images a list file names (:func:`read_list`), labelled as :func:`class_indices` numbers
+    their classes (names in sorted order, as ImageFolder's)."""
+    rows = read_list(file, root)
+    labels, names = class_indices(file, rows, classes)
+    return ImageFiles([path for _, path, _ in rows], labels, transform, names)
+
+
+def image_files(root: Path, transform=None) -> ImageFiles:
+    """Every image file under ``root`` (any depth; the extensions torchvision's image folders read),
+    sorted by path, each labelled :data:`UNLABELLED`."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS))
+    if not paths:
+        raise ValueError(f"images data {root}: no image files under it ({', '.join(IMG_EXTENSIONS)})")
+    return ImageFiles(paths, [UNLABELLED] * len(paths), transform)
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from .data import spread
+from .data import UNLABELLED, spread
 from .energy import E_AC, E_MAC, count_dense_work, energy_report
 from .exits import EXITS, SCORES, ExitRule, check_rules, exit_counts, exit_table
 from .fingerprints import WithFingerprints
@@ -73,8 +73,14 @@ def evaluate(
     workers: int = 0,
     exits: Sequence[ExitRule | float] = EXITS,
     predictions: bool = False,
+    against_ann: bool = False,
 ) -> dict:
     """Top-1 accuracy (percent) of the ANN and of the SNN after each t = 1..T, and what it cost.
+
+    ``against_ann``: score against the ANN's top-1 class instead of the labels, which are then not
+    read (data without labels, :data:`~transpike.data.UNLABELLED`, needs it): the ANN's top-1 is
+    100 % and the SNN's is the share of samples it decides as the ANN does, with every interval,
+    early-exit row and per-class figure read the same way.
 
     ``limit``: evaluate that many samples, spread evenly over the data
     (:func:`~transpike.data.spread`: every class of data stored class by class gets its share).
@@ -92,6 +98,7 @@ def evaluate(
         ``ann_top5``, ``snn_top5`` (the same for top-5), ``difference_ci95`` (per t, the half-width
         of the 95 % interval of SNN top-1 - ANN top-1, :func:`paired_interval`), ``agreement``
         (per t, the percentage of samples whose SNN top-1 is the ANN's top-1, right or wrong),
+        ``scored_against`` ("labels" or "ann"),
         ``matches_ann_from`` (the first t from which every interval holds 0, or None:
         :func:`~transpike.scores.matches_from`), ``early_exit``
         (one row per rule, :func:`~transpike.exits.exit_table`), ``resumed_samples`` (those
@@ -142,7 +149,7 @@ def evaluate(
         if store:  # what a resumed evaluation must share with the interrupted one
             key = dict(network=snn.digest(), samples=total, time_steps=time_steps, processes=world.size,
                        energy=energy, exit_rules=[[r.kind, r.value] for r in exits],
-                       predictions=predictions)  # fmt: skip
+                       predictions=predictions, against_ann=against_ann)  # fmt: skip
             saved = store.restore(key, world.rank)
         if saved is not None:
             counts.copy_(saved["counts"])
@@ -160,9 +167,13 @@ def evaluate(
         try:
             for x, y, *prints in loader:  # prints: [the batch's fingerprints] where known is not None
                 calibrated = torch.isin(prints[0], known) if prints else torch.zeros(len(y), dtype=torch.bool)
+                if not against_ann and bool((y == UNLABELLED).any()):
+                    raise ValueError("the evaluation data has samples without labels: score them against the "
+                                     "ANN's top-1 (against_ann=True, --against-ann)")  # fmt: skip
                 x, y, calibrated = x.to(device), y.to(device), calibrated.to(device)
                 counts[0] += len(y)
                 logits, outputs = ann(x), snn.simulate(x, time_steps)
+                y = logits.argmax(-1) if against_ann else y
                 counts[1:3] += correct(logits, y)
                 counts[3:width] += torch.cat(
                     [correct(outputs, y), disagreements(logits, outputs, y), agreement(logits, outputs)[None]]
@@ -201,6 +212,7 @@ def evaluate(
         ).tolist(),
         agreement=percent[width - time_steps : width],
         resumed_samples=resumed,
+        scored_against="ann" if against_ann else "labels",
         calibration_samples=int(counts[-1]) if known is not None else None,
     )
     if results["calibration_samples"] and world.is_main:  # once, not once per process

@@ -191,6 +191,9 @@ def format_table(results: dict) -> str:
     resumed = results.get("resumed_samples", 0)
     counted = f" ({resumed} of them counted by the interrupted run)" if resumed else ""
     head = f"ANN top-1: {ann:.2f} %, top-5: {results['ann_top5']:.2f} % on {results['num_samples']} samples"
+    if results.get("scored_against") == "ann":
+        head = (f"scored against the ANN's own top-1, not labels: SNN top-1 is the share of the "
+                f"{results['num_samples']} samples decided as the ANN decides")  # fmt: skip
     lines = [head + counted, "", "  t   SNN top-1   vs ANN, 95 % interval   SNN top-5   same top-1 as ANN"]
     columns = zip(
         *(results[key] for key in ("snn_top1", "difference_ci95", "snn_top5", "agreement")), strict=True
