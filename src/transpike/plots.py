@@ -43,12 +43,13 @@ def plot_accuracy(results: dict, path: Path) -> Path:
     with _figure(path) as ax:
         ax.errorbar(steps, results["snn_top1"], yerr=results["difference_ci95"], marker="o", capsize=3,
                     label="SNN (bars: 95 % interval of SNN - ANN)")  # fmt: skip
-        ax.plot(steps, results["agreement"], marker="s", linestyle=":", label="SNN top-1 = ANN top-1")
+        ax.plot(steps, results["agreement"], marker="s", linestyle=":", label="SNN: same top-1 as the ANN")
         ax.axhline(
             results["ann_top1"], color="gray", linestyle="--", label=f"ANN ({results['ann_top1']:.2f} %)"
         )
-        ax.set_title(f"{results.get('model', '')} ({results.get('method', '')})", fontsize=9)
-        _against(ax, steps, "time steps t", "top-1 accuracy (%)", "lower right")
+        scored = ", scored against the ANN's top-1" if results.get("scored_against") == "ann" else ""
+        ax.set_title(f"{results.get('model', '')} ({results.get('method', '')}){scored}", fontsize=9)
+        _against(ax, steps, "time steps t", "top-1 accuracy, agreement (%)", "lower right")
     return path
 
 
@@ -164,7 +165,7 @@ def plot_blocks(results: dict, path: Path) -> Path:
             label="SNN (bars: 95 % interval of SNN - ANN)",
         )
         ax.plot(blocks, [row["agreement"][-1] for row in sweep], marker="s", linestyle=":",
-                label="SNN top-1 = ANN top-1")  # fmt: skip
+                label="SNN: same top-1 as the ANN")  # fmt: skip
         ax.axhline(results["ann_top1"], color="gray", linestyle="--", label="ANN")
         _against(
             ax, blocks, "converted blocks k", f"top-1 after T = {results['time_steps']} (%)", "lower left"
