@@ -167,3 +167,22 @@ def test_images_without_labels_calibrate_trace_and_evaluate_against_the_ann(tmp_
     trace = ["trace", *argv, "--data", f"images:{tmp_path / 'test'}", "--out", str(tmp_path / "trace")]
     assert cli.main(trace) == 0
     assert json.loads((tmp_path / "trace" / "trace.json").read_text())["samples"] == 3
+
+
+def test_an_image_that_cannot_be_read_is_named(tmp_path, capsys):
+    images(tmp_path / "cls", ["good.png"])
+    (tmp_path / "cls" / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "cls" / "cut.png").write_bytes((tmp_path / "cls" / "good.png").read_bytes()[:60])
+    for spec in (f"images:{tmp_path}", f"imagefolder:{tmp_path}"):
+        data = load_dataset(spec, "test", model(3))  # sorted: broken, cut, good
+        with pytest.raises(ValueError, match=r"image .*broken.png: not an image file PIL can read"):
+            data[0]
+        with pytest.raises(ValueError, match=r"image .*cut.png: cannot be read \(image file is truncated"):
+            data[1]
+    kwargs = [f"{k}={v}" for k, v in TINY.items()] + ["num_classes=3"]
+    data = f"images:{tmp_path}"
+    argv = ["trace", "--model", "vit_tiny_patch16_224", "--model-kwargs", *kwargs, "--calib", data,
+            "--data", data, "--time-steps", "2", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err  # calibration reads the images in an order of its own
+    assert error.startswith("transpike: error: image ") and ("broken.png: " in error or "cut.png: " in error)

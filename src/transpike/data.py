@@ -204,7 +204,7 @@ def load_dataset(
         from torchvision.datasets import ImageFolder
 
         try:
-            return ImageFolder(path, transform=transform)
+            return ImageFolder(path, transform=transform, loader=read_image)
         except (FileNotFoundError, RuntimeError) as error:
             raise ValueError(f"imagefolder data {path}: {error}") from None
     return CIFAR(Path(path), kind, split, transform)
@@ -315,10 +315,21 @@ class ImageFiles(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        from torchvision.datasets.folder import default_loader
-
-        image = default_loader(str(self.paths[index]))
+        image = read_image(self.paths[index])
         return (self.transform(image) if self.transform else image), self.labels[index]
+
+
+def read_image(path: str | Path):
+    """An image file as an RGB PIL image (torchvision's loader), or a ValueError naming the file."""
+    from PIL import UnidentifiedImageError
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(str(path))
+    except UnidentifiedImageError:
+        raise ValueError(f"image {path}: not an image file PIL can read") from None
+    except (OSError, SyntaxError) as error:  # a missing or truncated file, a malformed header
+        raise ValueError(f"image {path}: cannot be read ({error})") from None
 
 
 def file_list(file: Path, root: Path, transform=None, classes: int | None = None) -> ImageFiles:
