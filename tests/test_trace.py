@@ -49,6 +49,8 @@ def test_the_output_row_is_the_simulations_error_and_the_analog_network_is_the_a
     assert {"neuron", "layer", "product", "ec", "output"} <= kinds
     assert ("analog" in kinds) == ("blocks" in options)
     assert all(len(row.error) == 6 and len(row.input_error or row.error) == 6 for row in result.rows)
+    same = (y.argmax(-1) == ref.argmax(-1)).double().mean(-1) * 100  # per t: samples decided as the ANN
+    assert result.agreement == pytest.approx(same.tolist())
 
 
 def test_rows_follow_the_forward_and_each_neuron_precedes_its_module(data):
@@ -150,10 +152,10 @@ def test_worst_summary_and_files_data(data):
     assert len(worst) == 3 and worst[0].added(4) >= worst[1].added(4) >= worst[2].added(4)
     assert all(worst[-1].added(4) >= row.added(4) for row in result.rows[:-1] if row not in worst)
     summary = result.summary(3)
-    assert "<output>" in summary and worst[0].path in summary
+    assert "<output>" in summary and worst[0].path in summary and "same top-1 as the ANN: t=1: " in summary
     assert all(row.path in str(result) for row in result.rows)
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
-    assert data["time_steps"] == 4 and len(data["rows"]) == len(result.rows)
+    assert data["time_steps"] == 4 and len(data["rows"]) == len(result.rows) and len(data["agreement"]) == 4
 
 
 def test_sensitivity_measures_the_anns_amplification():

@@ -136,11 +136,13 @@ def _number(value: float) -> str:
 @dataclass(frozen=True)
 class Trace:
     """Errors of every converted module against the ANN, in the order the modules run, and of the
-    network's output (the last row). ``str(trace)`` is the whole table; :meth:`summary` the output's
-    errors and the modules that add the most."""
+    network's output (the last row), with ``agreement``: per t, the percentage of the output's rows
+    (a classifier's samples) whose top-1 is the ANN's. ``str(trace)`` is the whole table;
+    :meth:`summary` the output's errors and the modules that add the most."""
 
     time_steps: int
     rows: list[TraceRow]
+    agreement: list[float]
 
     @property
     def output(self) -> TraceRow:
@@ -167,7 +169,7 @@ class Trace:
         rows = [
             {**asdict(r), "error": clean(r.error), "input_error": clean(r.input_error)} for r in self.rows
         ]
-        return dict(time_steps=self.time_steps, rows=rows)
+        return dict(time_steps=self.time_steps, rows=rows, agreement=self.agreement)
 
     def _table(self, rows: list[TraceRow], t: int | None = None) -> str:
         steps = _steps(self.time_steps)
@@ -186,8 +188,10 @@ class Trace:
         """The output's error by t, the ``count`` modules that add the most at t = T, and the
         neurons that saturate most."""
         t = self.time_steps
+        same = "   ".join(f"t={s}: {self.agreement[s - 1]:.1f} %" for s in _steps(t))
         text = (
-            f"relative error against the ANN after t steps\n{self._table([self.output])}\n\n"
+            f"relative error against the ANN after t steps\n{self._table([self.output])}\n"
+            f"same top-1 as the ANN: {same}\n\n"
             f"the {count} modules that add the most error at t={t}\n{self._table(self.worst(count), t)}"
         )
         saturated = self.saturated()
@@ -343,7 +347,8 @@ def trace(snn: SpikingModel, x: Tensor, time_steps: int) -> Trace:
     rows.append(
         TraceRow("<output>", "output", type(snn.network).__name__, _rms(expected), output_error, None)
     )
-    return Trace(time_steps, rows)
+    same = (y.argmax(-1) == expected.argmax(-1)).flatten(1).double().mean(1)  # [T]: rows deciding as the ANN
+    return Trace(time_steps, rows, (100.0 * same).tolist())
 
 
 def _rms(value: Tensor) -> float:
