@@ -2,7 +2,8 @@
 
 ``transpike eval`` and ``transpike demo`` write ``predictions.safetensors`` next to
 ``results.json`` (in a ``--blocks`` sweep of several K, ``predictions.blocks-K.safetensors`` for
-each K): int32 tensors ``labels`` [N], ``ann`` [N] (the ANN's top-1 class) and ``snn`` [N, T] (the
+each K): int32 tensors ``labels`` [N] (the ANN's top-1 where the evaluation was scored against it,
+``scored_against`` "ann" in the metadata), ``ann`` [N] (the ANN's top-1 class) and ``snn`` [N, T] (the
 SNN's after t = 1..T) and ``index`` [N] (which sample of the evaluation data each row is; files
 written before it was kept: row i is sample i), where the network knew its calibration samples
 also ``calibration`` [N] (1 for a calibration sample), and in the safetensors metadata a
