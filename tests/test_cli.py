@@ -56,6 +56,7 @@ def test_demo_writes_results(tmp_path, capsys):
         assert key in results
     assert results["time_steps"] == 3 and len(results["snn_top1"]) == 3
     assert results["num_samples"] == 719
+    assert results["command"] == f"transpike demo --out {out} --time-steps 3"  # what produced it, to rerun
     assert (out / "results.csv").read_text().splitlines()[
         0
     ] == "t,snn_top1,ann_top1,difference,snn_top5,ann_top5,difference_ci95,agreement"
@@ -561,10 +562,11 @@ def test_blocks_sweep_and_sit_method(tmp_path, npz_data, capsys):
 
 
 def results_of(out, resumed=0):
-    """results.json of ``out`` but for the run's own time, checking how many samples it resumed from."""
+    """results.json of ``out`` but for the run's own time and command line, checking how many
+    samples it resumed from."""
     results = json.loads((out / "results.json").read_text())
     assert results.pop("resumed_samples") == resumed
-    results.pop("seconds")
+    results.pop("seconds"), results.pop("command")
     return results
 
 
@@ -697,6 +699,9 @@ def test_compare_tells_two_conversions_apart_sample_by_sample(tmp_path, npz_data
     assert "options that differ: rounding 'greedy' -> 'nearest', threshold 'percentile' -> 'mse'" in printed
     assert "ANN: the same top-1 for every sample" in printed
     result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert result["command"].startswith("transpike compare ") and result["command"].endswith(
+        " --out " + str(tmp_path / "cmp")
+    )
     paper, mse = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("paper", "mse"))
     rows = result["comparisons"][0]["rows"]
     assert [row["first_top1"] for row in rows] == pytest.approx(paper["snn_top1"])

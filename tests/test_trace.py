@@ -230,7 +230,7 @@ def test_the_trace_command(tmp_path, capsys):
     assert "<output>" in printed and "the ANN's output error with noise" in printed
     assert "5 of the 5 traced samples were calibration samples" in printed  # calibrated on the same data
     saved = json.loads((out / "trace.json").read_text())
-    assert saved["calibration_samples"] == 5
+    assert saved["calibration_samples"] == 5 and saved["command"].startswith("transpike trace --model ")
     assert saved["samples"] == 5 and saved["time_steps"] == 4 and saved["rows"][-1]["path"] == "<output>"
     assert saved["sensitivity"]["noise"] == 0.01 and saved["sensitivity"]["output_error"] > 0
     lines = (out / "trace.csv").read_text().splitlines()

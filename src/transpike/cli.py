@@ -19,6 +19,7 @@ import argparse
 import ast
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -532,14 +533,14 @@ def evaluate_from_args(args: argparse.Namespace, settings: EvalSettings, world: 
         ann = rebuild_ann(snn)
         name = spec_name(snn.model_spec) if snn.model_spec else str(args.snn)
         dataset = load_dataset(args.data, "test", ann, (snn.model_spec or {}).get("weights"))
-        meta = dict(model=name, data=args.data, snn_file=args.snn)
+        meta = dict(model=name, data=args.data, snn_file=args.snn, command=args.command)
         run_evaluation(snn, ann, dataset, settings, meta, world, name="eval")
         return
     if not args.model:
         raise UsageError("give --snn FILE, or --model NAME with --calib DATA")
     ann, batches, spec, provenance = model_and_calibration(args)
     dataset = load_dataset(args.data, "test", ann, spec.get("weights"))
-    meta = dict(model=args.model, data=args.data, snn_file=None)
+    meta = dict(model=args.model, data=args.data, snn_file=None, command=args.command)
     sweep, names = [], evaluation_names(args)
     for blocks, name in zip(args.blocks or [None], names, strict=True):
         snn = convert(ann, batches, **conversion_options(args), blocks=blocks, model_spec=spec,
@@ -606,6 +607,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
             else "none of the traced samples was a calibration sample"
         )  # fmt: skip
     meta = dict(
+        command=args.command,
         model=spec_name(spec) if spec else str(args.snn),
         data=args.data,
         samples=len(x),
@@ -635,7 +637,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out, args.force) if args.out else None
     print(format_comparison(comparison))
     if out is not None:
-        paths = write_comparison(comparison, out)
+        paths = write_comparison({"command": args.command, **comparison}, out)
         print("\nwrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -656,7 +658,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = EvalSettings.from_args(
         args, batch_size=256, limit=None, device="cpu", fuse=False, graphs=False, out=out
     )
-    meta = dict(model="transpike digits ViT", data="digits:test", snn_file=str(out / "snn.safetensors"))
+    meta = dict(model="transpike digits ViT", data="digits:test", snn_file=str(out / "snn.safetensors"),
+                command=args.command)  # fmt: skip
     run_evaluation(snn, ann, test, settings, meta, World())
     save(snn, out / "snn.safetensors", overwrite=True)
     print(f"wrote {out / 'snn.safetensors'}\ndemo finished in {time.perf_counter() - start:.0f} s")
@@ -804,6 +807,8 @@ def plain_warning(message, category, filename, lineno, line=None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # the command line as typed, kept in the result files: what produced them, to run again
+    args.command = shlex.join(["transpike", *(sys.argv[1:] if argv is None else argv)])
     formatting = warnings.formatwarning
     if not args.debug:
         warnings.formatwarning = plain_warning
