@@ -33,12 +33,16 @@ def converted(tmp_path):
 
 def test_info_names_model_options_provenance_and_digest(converted, capsys):
     path = converted / "net.safetensors"
+    kwargs = [f"{k}={v}" for k, v in KWARGS.items()]
     info = network_info(path)
     sha = hashlib.sha256((converted / "w.safetensors").read_bytes()).hexdigest()
     assert info["provenance"] == dict(
         calibration=dict(data=f"npz:{converted / 'calib.npz'}", batch_size=4, batches=3, samples=10,
                          sample_shape=[3, 16, 16]),
         checkpoint=dict(path=str(converted / "w.safetensors"), sha256=sha),
+        command=f"transpike convert --model vit_tiny_patch16_224 --model-kwargs {' '.join(kwargs)} "
+                f"--checkpoint {converted / 'w.safetensors'} --calib npz:{converted / 'calib.npz'} "
+                f"--calib-batch-size 4 --out {path}",
     )  # fmt: skip
     assert info["model"] == dict(name="vit_tiny_patch16_224", kwargs=KWARGS)
     assert info["digest"] == transpike.load(path).digest() and info["bytes"] == path.stat().st_size
@@ -55,6 +59,7 @@ def test_info_names_model_options_provenance_and_digest(converted, capsys):
         in printed
     )
     assert f"(SHA-256 {sha})" in printed and "blocks.0.attn.qkv" in printed
+    assert "converted by: transpike convert --model vit_tiny_patch16_224" in printed
     assert cli.main(["info", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(info))
 

@@ -233,7 +233,9 @@ def model_and_calibration(args: argparse.Namespace) -> tuple[torch.nn.Module, li
     spec = model_spec(args.model, kwargs, weights, ann)
     calibration = load_dataset(args.calib, "train", ann, spec.get("weights"))  # checks the preset's size
     checkpoint = args.checkpoint or (weights and cached_weights(weights))
-    provenance = dict(calibration=dict(data=args.calib, batch_size=args.calib_batch_size))
+    provenance = dict(
+        calibration=dict(data=args.calib, batch_size=args.calib_batch_size), command=args.command
+    )
     if checkpoint:
         load_checkpoint(ann, checkpoint)
         provenance["checkpoint"] = dict(path=str(checkpoint), sha256=file_sha256(checkpoint))

@@ -78,5 +78,7 @@ def format_info(info: dict) -> str:
     checkpoint = info["provenance"].get("checkpoint")
     if checkpoint:
         lines.append(f"checkpoint: {checkpoint['path']} (SHA-256 {checkpoint['sha256']})")
+    if "command" in info["provenance"]:
+        lines.append(f"converted by: {info['provenance']['command']}")
     report = ConversionReport([ReportRow(**row) for row in info["report"]["rows"]])
     return "\n".join([*lines, f"digest: {info['digest']}", "", str(report)])
