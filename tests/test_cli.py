@@ -16,7 +16,7 @@ from PIL import Image
 
 import transpike
 from transpike import cli, digits
-from transpike.data import load_dataset
+from transpike.data import UNLABELLED, load_dataset
 from transpike.evaluate import World, evaluate
 from transpike.exits import EXITS
 from transpike.io import rebuild_ann
@@ -384,11 +384,23 @@ def test_every_data_spec(kind, tmp_path):
     assert x.dtype == torch.float32 and int(y) >= 0
 
 
-def test_npz_without_x_and_y_names_the_arrays_it_holds(tmp_path):
+def test_npz_without_x_names_the_arrays_it_holds_and_without_y_has_no_labels(tmp_path):
     np.savez(tmp_path / "d.npz", images=np.zeros((2, 3, 8, 8), np.float32), labels=np.zeros(2, np.int64))
-    message = r"d\.npz: needs arrays 'x' \(images\) and 'y' \(labels\), found 'images', 'labels'"
+    message = r"d\.npz: needs an array 'x' \(images; 'y', labels, if known\), found 'images', 'labels'"
     with pytest.raises(ValueError, match=message):
         load_dataset(f"npz:{tmp_path / 'd.npz'}", "test", torch.nn.Identity())
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 3, 8, 8), np.float32))
+    assert load_dataset(f"npz:{tmp_path / 'x.npz'}", "test").tensors[1].tolist() == [UNLABELLED] * 2
+
+
+def test_eval_of_data_without_labels_asks_for_against_ann(tmp_path, npz_data, capsys):
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(2).random((5, 3, 16, 16), dtype=np.float32))
+    argv = ["eval", *MODEL, "--calib", npz_data, "--data", f"npz:{tmp_path / 'x.npz'}", "--time-steps", 2,
+            "--no-energy"]  # fmt: skip
+    assert run(*argv, "--out", tmp_path / "a") == 2
+    assert "samples without labels: score them against the ANN's top-1" in capsys.readouterr().err
+    assert run(*argv, "--against-ann", "--out", tmp_path / "b") == 0
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["ann_top1"] == 100.0
 
 
 def test_cifar_pickle_payload_is_refused(tmp_path):

@@ -1,8 +1,8 @@
 """Dataset specs for the command line: where calibration and evaluation images come from.
 
     digits[:train|:test]             sklearn's digits (built in; the default data)
-    npz:PATH                         arrays x (N,C,H,W or N,H,W) and y (N,); uint8 x is divided by 255,
-                                     float x is fed as stored
+    npz:PATH                         arrays x (N,C,H,W or N,H,W) and y (N,; left out: no labels); uint8
+                                     x is divided by 255, float x is fed as stored
     imagefolder:PATH                 an ImageNet-style folder tree (one folder per class)
     images:PATH                      every image file under PATH, in sorted order, without labels (for
                                      calibration, a trace, or an evaluation scored against the ANN)
@@ -70,12 +70,17 @@ def _npz(path: str) -> TensorDataset:
     try:
         with np.load(path, allow_pickle=False) as arrays:
             names = arrays.files
-            x, y = (arrays["x"], arrays["y"]) if {"x", "y"} <= set(names) else (None, None)
+            x = arrays["x"] if "x" in names else None
+            y = arrays["y"] if "y" in names else None
     except (OSError, ValueError) as error:
         raise ValueError(f"npz data {path}: cannot be read as .npz without pickle ({error})") from None
     if x is None:
         found = ", ".join(map(repr, names)) or "none"
-        raise ValueError(f"npz data {path}: needs arrays 'x' (images) and 'y' (labels), found {found}")
+        raise ValueError(
+            f"npz data {path}: needs an array 'x' (images; 'y', labels, if known), found {found}"
+        )
+    if y is None:  # images without labels
+        y = np.full(len(x), UNLABELLED)
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
