@@ -186,3 +186,9 @@ def test_an_image_that_cannot_be_read_is_named(tmp_path, capsys):
     assert cli.main(argv) == 2
     error = capsys.readouterr().err  # calibration reads the images in an order of its own
     assert error.startswith("transpike: error: image ") and ("broken.png: " in error or "cut.png: " in error)
+    # read by a loading process, whose traceback torch puts in the message: the message alone
+    assert cli.main([*argv, "--workers", "1"]) == 2
+    error = capsys.readouterr().err
+    assert (
+        error.startswith("transpike: error: image ") and "Traceback" not in error and error.count("\n") == 1
+    )

@@ -807,6 +807,17 @@ def plain_warning(message, category, filename, lineno, line=None) -> str:
     return f"transpike: warning: {message}\n"
 
 
+def plain_error(error: Exception) -> str:
+    """An error as the command prints it: its message, and for one raised while a loading process
+    read a sample (which torch raises again with that process's traceback in the message) the
+    original message alone."""
+    text = str(error)
+    if "\nOriginal Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]  # "ValueError: image x.png: cannot be read (...)"
+    return last.partition(": ")[2] or last
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # the command line as typed, kept in the result files: what produced them, to run again
@@ -819,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileExistsError, ConversionError, FusionError, GraphError) as error:
         if args.debug:
             raise
-        print(f"transpike: error: {error}", file=sys.stderr)
+        print(f"transpike: error: {plain_error(error)}", file=sys.stderr)
         return 2
     finally:
         warnings.formatwarning = formatting
