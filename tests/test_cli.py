@@ -393,14 +393,14 @@ def test_npz_without_x_names_the_arrays_it_holds_and_without_y_has_no_labels(tmp
     assert load_dataset(f"npz:{tmp_path / 'x.npz'}", "test").tensors[1].tolist() == [UNLABELLED] * 2
 
 
-def test_eval_of_data_without_labels_asks_for_against_ann(tmp_path, npz_data, capsys):
+def test_eval_scores_data_without_labels_against_the_ann(tmp_path, npz_data, capsys):
     np.savez(tmp_path / "x.npz", x=np.random.default_rng(2).random((5, 3, 16, 16), dtype=np.float32))
     argv = ["eval", *MODEL, "--calib", npz_data, "--data", f"npz:{tmp_path / 'x.npz'}", "--time-steps", 2,
             "--no-energy"]  # fmt: skip
-    assert run(*argv, "--out", tmp_path / "a") == 2
-    assert "samples without labels: score them against the ANN's top-1" in capsys.readouterr().err
-    assert run(*argv, "--against-ann", "--out", tmp_path / "b") == 0
-    assert json.loads((tmp_path / "b" / "results.json").read_text())["ann_top1"] == 100.0
+    assert run(*argv, "--out", tmp_path / "a") == 0  # no --against-ann: the data has no labels
+    assert "scored against the ANN's own top-1, not labels" in capsys.readouterr().out
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert results["ann_top1"] == 100.0 and results["scored_against"] == "ann"
 
 
 def test_cifar_pickle_payload_is_refused(tmp_path):

@@ -39,7 +39,7 @@ from . import digits
 from ._version import __version__
 from .compare import compare
 from .convert import GRANULARITIES, METHODS, THRESHOLDS, ConversionOptions, convert
-from .data import SPEC_HELP, load_dataset, parse_spec, spread
+from .data import SPEC_HELP, has_labels, load_dataset, parse_spec, spread
 from .energy import E_AC, E_MAC
 from .errors import ConversionError, FusionError, GraphError
 from .evaluate import World, evaluate, init_world
@@ -310,7 +310,8 @@ def run_evaluation(
     counts = evaluate(
         snn, ann, dataset, settings.time_steps, settings.batch_size, settings.limit, settings.device, world,
         energy=settings.energy, e_mac=settings.e_mac, e_ac=settings.e_ac, store=store,
-        workers=settings.workers, exits=settings.exits, predictions=True, against_ann=settings.against_ann,
+        workers=settings.workers, exits=settings.exits, predictions=True,
+        against_ann=settings.against_ann or not has_labels(dataset),  # without labels, only against the ANN
     )  # fmt: skip
     chosen, known = counts.pop("predictions"), snn.calibration_fingerprints
     report = counts.pop("energy", None)
@@ -505,9 +506,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         workers = default_workers(device, cpus, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     else:
         workers = args.workers
-    # data without labels can only be scored against the ANN
-    against = args.against_ann or parse_spec(args.data, "test")[0] == "images"
-    settings = EvalSettings.from_args(args, device=device, workers=workers, against_ann=against)
+    settings = EvalSettings.from_args(args, device=device, workers=workers)
     if world.is_main:
         prepare_output(settings.out, args.resume, args.force, evaluation_names(args))
     world.barrier()  # no process saves totals before stale ones are cleared
@@ -707,7 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--against-ann", action="store_true",
         help="score the SNN against the ANN's top-1 instead of the labels (which are not read): how "
-        "faithfully it keeps the ANN's decisions; implied by data without labels, images:PATH",
+        "faithfully it keeps the ANN's decisions; data without labels (images:PATH, npz without y) is "
+        "always scored so",
     )  # fmt: skip
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument(

@@ -215,6 +215,12 @@ def load_dataset(
     return CIFAR(Path(path), kind, split, transform)
 
 
+def has_labels(dataset: Dataset) -> bool:
+    """Whether a dataset's samples have labels: its first sample's is not :data:`UNLABELLED`
+    (``images:PATH`` and npz files without ``y`` have none; an empty dataset counts as labelled)."""
+    return len(dataset) == 0 or int(dataset[0][1]) != UNLABELLED
+
+
 def spread(size: int, n: int | None) -> list[int]:
     """Which samples of a dataset of ``size`` a run of ``n`` of them takes: ``n`` spread evenly,
     sample ⌊i·size/n⌋ for i < n, so that data stored class by class (an image folder, ImageNet's
