@@ -344,6 +344,12 @@ def write_comparison(comparison: dict, out: Path) -> list[Path]:
     return paths
 
 
+def _shift(row: dict) -> str:
+    """One paired comparison in words: "97.08 % -> 97.50 %: +0.42 ± 0.60, McNemar p 0.23"."""
+    return (f"{row['first_top1']:.2f} % -> {row['second_top1']:.2f} %: {row['difference']:+.2f} ± "
+            f"{row['difference_ci95']:.2f}, McNemar p {row['p_value']:.2g}")  # fmt: skip
+
+
 def _paired(row: dict) -> str:
     """A paired difference, its 95 % interval, McNemar p-value and the Holm-adjusted one:
     "+1.25 ± 0.80   0.0021   0.013"."""
@@ -361,10 +367,7 @@ def format_comparison(comparison: dict) -> str:
         differs = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in entry["differs"].items()) or "nothing"
         ann = entry["ann"]
         same = f"the same top-1 for every sample ({ann['first_top1']:.2f} %)"
-        ann_line = same if entry["same_ann"] else (
-            f"{ann['first_top1']:.2f} % -> {ann['second_top1']:.2f} %: {ann['difference']:+.2f} ± "
-            f"{ann['difference_ci95']:.2f}, McNemar p {ann['p_value']:.2g}"
-        )  # fmt: skip
+        ann_line = same if entry["same_ann"] else _shift(ann)
         head = "    t   reference   this run   difference, 95 % interval   p        p (Holm)"
         head += "   right by one only   energy/ANN (full form)"
         lines += ["", f"{entry['path']} against the reference", f"  options that differ: {differs}",
@@ -377,12 +380,8 @@ def format_comparison(comparison: dict) -> str:
                          f"{_paired(row)}{counts}   {energy}".rstrip())  # fmt: skip
         if entry["agreement"]:
             last = entry["agreement"][-1]
-            lines.append(
-                f"  same top-1 as the ANN at t = {len(entry['agreement'])}: {last['first_top1']:.2f} % -> "
-                f"{last['second_top1']:.2f} %: {last['difference']:+.2f} ± {last['difference_ci95']:.2f}, "
-                f"McNemar p {last['p_value']:.2g} ({last['first_only']} / {last['second_only']} "
-                "kept by one only)"
-            )
+            lines.append(f"  same top-1 as the ANN at t = {len(entry['agreement'])}: {_shift(last)} "
+                         f"({last['first_only']} / {last['second_only']} kept by one only)")  # fmt: skip
         table = entry["classes"]
         columns = (table["classes"], table["difference"], table["p_holm"], entry["classes_t"])
         lines.append("  " + class_differences(*columns, about.get("class_names"), "the reference"))
