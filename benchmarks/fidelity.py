@@ -56,6 +56,12 @@ CONFIGS = {
     "sit": dict(method="sit"),
     "sit+burst+mse": dict(method="sit", neuron="burst", threshold="mse"),
     "sit28+burst+mse": dict(method="sit", neuron="burst", threshold="mse", sit_steps=28),
+    "w8": dict(weight_bits=8),
+    "w4": dict(weight_bits=4),
+    "burst+mse+w8": dict(neuron="burst", threshold="mse", weight_bits=8),
+    "burst+mse+w6": dict(neuron="burst", threshold="mse", weight_bits=6),
+    "burst+mse+w4": dict(neuron="burst", threshold="mse", weight_bits=4),
+    "burst+mse+w8-layer": dict(neuron="burst", threshold="mse", weight_bits=8, weight_granularity="tensor"),
 }
 
 

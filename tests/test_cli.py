@@ -117,6 +117,7 @@ def test_demo_refuses_to_overwrite(tmp_path, capsys):
         ("ecmt", []),
         ("sit", []),
         ("ecmt", ["--threshold", "mse", "--rounding", "nearest", "--levels-per-octave", 4]),
+        ("ecmt", ["--weight-bits", 5, "--weight-granularity", "tensor"]),
     ],
 )
 def test_convert_then_eval_equals_eval_with_conversion(tmp_path, npz_data, method, extra):
@@ -143,9 +144,11 @@ def test_convert_then_eval_equals_eval_with_conversion(tmp_path, npz_data, metho
     assert a["snn_top1"] == b["snn_top1"] and a["ann_top1"] == b["ann_top1"]
     assert a["num_samples"] == 12 and a["model"] == "vit_tiny_patch16_224"
     assert a["options"]["method"] == b["options"]["method"] == method
-    assert a["options"]["levels_per_octave"] == (4 if extra else 1) and a["options"]["levels"] == (
-        29 if extra else 8
-    )
+    finer = "--levels-per-octave" in extra
+    assert a["options"]["levels_per_octave"] == (4 if finer else 1)
+    assert a["options"]["levels"] == (29 if finer else 8)
+    bits = "--weight-bits" in extra  # the rounded network's ANN, rebuilt from its file, is the float one
+    assert a["options"]["weight_bits"] == b["options"]["weight_bits"] == (5 if bits else None)
     assert c["fused"] and not a["fused"]
     assert (c["snn_top1"], c["energy"]) == (a["snn_top1"], a["energy"])  # same spikes, compiled
     kinds = [(row["rule"], row["value"]) for row in b["early_exit"]]

@@ -145,6 +145,15 @@ def add_conversion_args(parser: argparse.ArgumentParser) -> None:
         help="SI-norm's spike-train length N for --method sit: resolution 1/N, about N ACs per "
         "softmax row and step (default auto: 256 x the row length rounded to a power of two)",
     )
+    group.add_argument(
+        "--weight-bits", type=int, default=None, metavar="B",
+        help="round every synaptic weight (the layers fed by spikes) to B bits, 2..16, before "
+        "calibration: the accuracy of a chip that stores them so (default: float)",
+    )  # fmt: skip
+    group.add_argument(
+        "--weight-granularity", default="channel", choices=GRANULARITIES,
+        help="one scale per output channel (default) or per layer, for --weight-bits",
+    )  # fmt: skip
 
 
 def add_energy_args(parser: argparse.ArgumentParser) -> None:

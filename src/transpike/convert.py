@@ -27,6 +27,7 @@ from .fingerprints import fingerprints
 from .model import SpikingModel, device_dtype
 from .neurons import NEURONS, ROUNDINGS, MTNeuron
 from .observers import HistogramObserver
+from .precision import quantized_layer
 from .rates import link_rates
 from .rules import Role, rule_for
 from .sit import MODES as SIT_MODES
@@ -72,6 +73,11 @@ class ConversionOptions:
             stage by stage); later blocks and everything after them stay analog, computed on rates
             (SIT-conversion's Tables 2-4), but for linear, stateless modules (dropout, pools),
             kept as they are.
+        weight_bits: b, the bits of every synaptic weight (the weight layers fed by MT neurons),
+            rounded before calibration to a symmetric grid of 2^b - 1 values (:mod:`transpike.precision`);
+            None (default): float. The float weights are kept beside them, as the network's ANN.
+        weight_granularity: "channel" (one scale per output channel, default) or "tensor" (one per
+            layer) for ``weight_bits``.
     """
 
     method: str = "ecmt"
@@ -89,6 +95,8 @@ class ConversionOptions:
     sit_mode: str = "shift"
     sit_norm_spikes: int | None = None
     blocks: int | None = None
+    weight_bits: int | None = None
+    weight_granularity: str = "channel"
 
     def __post_init__(self) -> None:
         choices = {
@@ -98,6 +106,7 @@ class ConversionOptions:
             "rounding": ROUNDINGS,
             "neuron": NEURONS,
             "sit_mode": SIT_MODES,
+            "weight_granularity": GRANULARITIES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -131,6 +140,9 @@ class ConversionOptions:
             fitted = sorted(shipped_fits(shifted=self.sit_mode == "shift"))
             if self.sit_steps not in fitted:
                 raise ValueError(f"sit_steps must be one of the fitted K {fitted}, got {self.sit_steps!r}")
+        bits = self.weight_bits
+        if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16):
+            raise ValueError(f"weight_bits must be an integer in [2, 16] or None, got {bits!r}")
         if self.neuron == "burst" and self.levels > 16:
             raise ValueError(f"levels must be <= 16 for the burst neuron, got {self.levels}")
 
@@ -302,7 +314,12 @@ def _prepare(
     if rule.role is Role.WEIGHT:
         if path in direct:  # direct coding: it sees the input at every step, no neuron before it
             return module
-        return Observed(module, HistogramObserver(rule.channel_dims if per_channel else (), path))
+        observer = HistogramObserver(rule.channel_dims if per_channel else (), path)
+        if options.weight_bits is None:
+            return Observed(module, observer)
+        # quantized before calibration: the thresholds are set on what the rounded synapses produce
+        layer, ann_weight = quantized_layer(module, rule, options.weight_bits, options.weight_granularity)
+        return Observed(layer, observer, ann_weight)
     if rule.role is Role.PRODUCT:
         module.site_a = HistogramObserver(module.channels_a if per_channel else (), _join(path, "site_a"))
         module.site_b = HistogramObserver(module.channels_b if per_channel else (), _join(path, "site_b"))
@@ -423,7 +440,7 @@ def _to_spiking(
         )
 
     if isinstance(module, Observed):
-        return SpikingLayer(neuron(module.observer, "neuron"), module.layer)
+        return SpikingLayer(neuron(module.observer, "neuron"), module.layer, module.ann_weight)
     if isinstance(module, Product):
         return SpikingProduct(
             neuron(module.site_a, "neuron_a"),
@@ -476,7 +493,8 @@ def convert(
             kept in ``snn.provenance`` with what calibration ran on (``calibration``: batches,
             samples, sample shape) and saved with it; JSON values.
         **options: any other field of :class:`ConversionOptions` (levels_per_octave, granularity,
-            threshold, horizon, rounding, neuron, compensation, strict, sit_steps, sit_mode, blocks).
+            threshold, horizon, rounding, neuron, compensation, strict, sit_steps, sit_mode, blocks,
+            weight_bits, weight_granularity).
 
     Returns:
         The :class:`SpikingModel`; ``snn.simulate(x, time_steps)`` gives outputs for every t.

@@ -215,9 +215,10 @@ class SpikingModel(nn.Module):
         state dict exactly; a twin that holds a parameter under another name says so in its
         ``ann_keys`` (``nn.MultiheadAttention``'s packed projection), and one that holds it in
         parts maps each part to (name, index): the parts are joined along the first dimension in
-        index order (cross-attention's query and key-value projections).
+        index order (cross-attention's query and key-value projections). A layer whose weight was
+        quantized gives its float weight (``ann_weight``), not the rounded one.
         """
-        renames, spiking, twin_keys, parts = {}, [], {}, {}
+        renames, spiking, twin_keys, parts, floats = {}, [], {}, {}, {}
         for path, module in self.network.named_modules():
             prefix = f"{path}." if path else ""
             for key, ann in getattr(module, "ann_keys", {}).items():
@@ -225,14 +226,17 @@ class SpikingModel(nn.Module):
                 twin_keys[prefix + key] = (prefix + ann[0], ann[1]) if part else prefix + ann
             if isinstance(module, SpikingLayer):
                 renames[f"{prefix}layer."] = prefix
+                if module.ann_weight is not None:
+                    floats[f"{prefix}layer.weight"] = f"{prefix}ann_weight"
             elif isinstance(module, ExpectationCompensation):
                 renames[f"{prefix}f."] = prefix
             elif isinstance(module, (MTNeuron, SpikingSoftmax)):
                 spiking.append(prefix)
-        state = {}
-        for key, value in self.network.state_dict().items():
-            if any(key.startswith(prefix) for prefix in spiking):
+        state, network = {}, self.network.state_dict()
+        for key, value in network.items():
+            if any(key.startswith(prefix) for prefix in spiking) or key in floats.values():
                 continue
+            value = network[floats[key]] if key in floats else value
             for old, new in renames.items():
                 if key.startswith(old):
                     key = new + key[len(old) :]

@@ -33,12 +33,17 @@ class StandsInForLayer(nn.Module):
 
 
 class Observed(StandsInForLayer):
-    """A weight layer whose input is an MT site: ``layer(observer(x))``."""
+    """A weight layer whose input is an MT site: ``layer(observer(x))``.
 
-    def __init__(self, layer: nn.Module, observer: nn.Module) -> None:
+    ``ann_weight``: the float weight of a layer whose weight was quantized
+    (:mod:`transpike.precision`), handed on to its :class:`~transpike.synapses.SpikingLayer`.
+    """
+
+    def __init__(self, layer: nn.Module, observer: nn.Module, ann_weight: Tensor | None = None) -> None:
         super().__init__()
         self.observer = observer
         self.layer = layer
+        self.ann_weight = ann_weight
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layer(self.observer(x))

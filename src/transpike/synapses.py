@@ -28,13 +28,18 @@ class SpikingLayer(StandsInForLayer):
     neuron's spikes, for readers that take rates (the operand neurons after qkv, the GELU EC
     after fc1, the norms reading the residual stream): the running mean of ``layer(x(τ))`` over
     τ ≤ t, which they would otherwise keep. See :func:`rate_output`.
+
+    ``ann_weight``: where the layer's weight was quantized (:mod:`transpike.precision`), the ANN's
+    float weight, saved with the network so that its ANN stays the float one
+    (:meth:`~transpike.model.SpikingModel.ann_state_dict`); None otherwise.
     """
 
-    def __init__(self, neuron: MTNeuron, layer: nn.Module) -> None:
+    def __init__(self, neuron: MTNeuron, layer: nn.Module, ann_weight: Tensor | None = None) -> None:
         super().__init__()
         self.neuron = neuron
         self.layer = layer
         self.emits_rate = False
+        self.register_buffer("ann_weight", ann_weight)
 
     def forward(self, current: Tensor) -> Tensor:
         spikes = self.neuron(current)

@@ -1,0 +1,152 @@
+"""Synaptic precision (``weight_bits``): the weights of the layers fed by spikes on a b-bit grid."""
+
+import copy
+
+import pytest
+import torch
+from conftest import ann_output, assert_round_trip, random_images, relative_error, tiny_vit
+from test_hybrid import hybrid
+from test_torch_transformer import TorchViT
+from torch import nn
+
+import transpike
+from transpike import SpikingLayer
+from transpike.io import rebuild_ann
+from transpike.precision import quantize, quantized_layer
+from transpike.rules import rule_for
+
+
+def synapses(snn) -> dict[str, SpikingLayer]:
+    return {path: m for path, m in snn.network.named_modules() if isinstance(m, SpikingLayer)}
+
+
+def test_quantize_by_hand():
+    weight = torch.tensor([[0.5, -1.0, 0.26], [0.0, 0.0, 0.0], [0.1, 0.2, -0.3]])
+    # 3 bits: q = 3; row 0: s = 1/3, W/s = [1.5, -3, 0.78] -> [2, -3, 1] (half to even)
+    assert torch.allclose(
+        quantize(weight, 3, 0),
+        torch.tensor([[2 / 3, -1.0, 1 / 3], [0.0, 0.0, 0.0], [0.1, 0.2, -0.3]]),
+    )
+    # one scale for the tensor: s = 1/3; 0.1/s = 0.3 -> 0, 0.2/s = 0.6 -> 1, -0.3/s = -0.9 -> -1
+    assert torch.allclose(
+        quantize(weight, 3, None),
+        torch.tensor([[2 / 3, -1.0, 1 / 3], [0.0, 0.0, 0.0], [0.0, 1 / 3, -1 / 3]]),
+    )
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_quantize_keeps_at_most_2b_minus_1_values_within_half_a_step(bits):
+    weight = torch.randn(6, 40, generator=torch.Generator().manual_seed(0))
+    q = quantize(weight, bits, 0)
+    step = weight.abs().amax(1, keepdim=True) / (2 ** (bits - 1) - 1)
+    assert all(len(row.unique()) <= 2**bits - 1 for row in q)
+    assert torch.allclose(q / step, (q / step).round(), atol=1e-5)  # on each row's grid
+    assert ((q - weight).abs() <= step / 2 + 1e-7).all()
+    assert torch.allclose(q.abs().amax(1), weight.abs().amax(1))  # the largest weight is on the grid
+
+
+def test_transposed_convolution_scales_per_output_channel():
+    conv = nn.ConvTranspose2d(3, 5, 2)  # weight [in 3, out 5, 2, 2]
+    before = conv.weight.detach().clone()
+    layer, original = quantized_layer(conv, rule_for(conv), 4, "channel")
+    assert torch.equal(original, before)
+    largest = original.abs().amax(dim=(0, 2, 3))
+    assert torch.allclose(layer.weight.abs().amax(dim=(0, 2, 3)), largest)
+    steps = (layer.weight / (largest / 7).view(1, 5, 1, 1)).detach()
+    assert torch.allclose(steps, steps.round(), atol=1e-5)
+
+
+def test_synapses_are_quantized_before_calibration(images):
+    """Every layer fed by spikes is on its grid; the input layer, biases and norms stay float;
+    the thresholds are those of the float conversion of the ANN holding the rounded weights."""
+    calibration, x = images
+    model = tiny_vit()
+    snn = transpike.convert(model, calibration, weight_bits=4)
+    layers = synapses(snn)
+    assert len(layers) == 9  # 4 per block and the head
+    rounded = copy.deepcopy(model)
+    for path, spiking in layers.items():
+        weight = spiking.layer.weight
+        assert torch.allclose(quantize(weight, 4, 0), weight)
+        assert not torch.equal(weight, spiking.ann_weight)
+        assert torch.equal(spiking.ann_weight, model.get_submodule(path).weight)
+        assert torch.equal(spiking.layer.bias, model.get_submodule(path).bias)
+        rounded.get_submodule(path).weight.data = weight.clone()
+    assert torch.equal(snn.network.patch_embed.proj.weight, model.patch_embed.proj.weight)
+    reference = transpike.convert(rounded, calibration)
+    for (path, spiking), other in zip(layers.items(), synapses(reference).values(), strict=True):
+        assert torch.equal(spiking.neuron.theta_pos, other.neuron.theta_pos), path
+    assert torch.equal(snn.simulate(x, 4), reference.simulate(x, 4))
+    assert set(snn.ann_state_dict()) == set(model.state_dict())
+    assert all(torch.equal(value, model.state_dict()[k]) for k, value in snn.ann_state_dict().items())
+
+
+def test_more_bits_come_closer_to_the_float_network(images):
+    calibration, x = images
+    model = tiny_vit()
+    ref = ann_output(model, x)
+    errors = [
+        relative_error(transpike.convert(model, calibration, weight_bits=bits, neuron="burst",
+                                         threshold="mse").simulate(x, 16)[-1], ref)
+        for bits in (3, 5, 16)
+    ]  # fmt: skip
+    float_error = relative_error(
+        transpike.convert(model, calibration, neuron="burst", threshold="mse").simulate(x, 16)[-1], ref
+    )
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] == pytest.approx(float_error, abs=1e-3)
+
+
+@pytest.mark.parametrize("granularity", ["channel", "tensor"])
+def test_quantized_network_round_trips_with_its_float_ann(tmp_path, images, granularity):
+    calibration, x = images
+    snn = transpike.convert(tiny_vit(), calibration, weight_bits=5, weight_granularity=granularity)
+    assert snn.options["weight_bits"] == 5 and snn.options["weight_granularity"] == granularity
+    assert_round_trip(snn, tiny_vit, x, tmp_path / "q.safetensors")
+    float_snn = transpike.convert(tiny_vit(), calibration)
+    assert snn.digest() != float_snn.digest()
+
+
+def test_packed_projection_gives_back_its_float_weights(tmp_path):
+    """nn.MultiheadAttention's packed in_proj_weight: its twin's qkv layer is rounded, the
+    ANN rebuilt from the network gets the float one."""
+
+    def build():
+        torch.manual_seed(0)
+        return TorchViT().eval()
+
+    calibration, x = random_images(16, counts=(8, 3))
+    snn = transpike.convert(build(), calibration, weight_bits=6)
+    qkv = snn.network.get_submodule("encoder.layers.0.self_attn.qkv")
+    assert torch.allclose(quantize(qkv.layer.weight, 6, 0), qkv.layer.weight)
+    assert_round_trip(snn, build, x, tmp_path / "torch.safetensors")
+
+
+def test_standardized_convolution_stores_its_computed_weight_rounded():
+    """A weight-standardized convolution becomes the plain one on the rounded standardized weight;
+    the ANN gets the raw weight back."""
+    calibration, x = random_images(32, counts=(8, 2))
+    model = hybrid("resnetv2")
+    snn = transpike.convert(model, calibration, weight_bits=8)
+    standardized = [(p, m) for p, m in synapses(snn).items() if "stages" in p]
+    assert standardized
+    for path, spiking in standardized:
+        original = model.get_submodule(path)
+        plain = rule_for(original).plain(original)
+        assert type(spiking.layer) is type(plain)
+        assert torch.allclose(spiking.layer.weight, quantize(plain.weight, 8, 0))
+        assert torch.equal(spiking.ann_weight, original.weight)
+    with torch.no_grad():
+        assert torch.equal(rebuild_ann(snn, hybrid("resnetv2"))(x), model(x))
+    assert snn.simulate(x, 4).isfinite().all()
+
+
+@pytest.mark.parametrize("bits", [1, 17, True, 8.0, "8"])
+def test_bad_weight_bits_are_refused(images, bits):
+    with pytest.raises(ValueError, match="weight_bits must be an integer in"):
+        transpike.convert(tiny_vit(), images[0], weight_bits=bits)
+
+
+def test_bad_weight_granularity_is_refused(images):
+    with pytest.raises(ValueError, match="weight_granularity must be one of"):
+        transpike.convert(tiny_vit(), images[0], weight_bits=8, weight_granularity="row")
