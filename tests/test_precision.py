@@ -8,11 +8,14 @@ from conftest import ann_output, assert_round_trip, random_images, relative_erro
 from test_hybrid import hybrid
 from test_torch_transformer import TorchViT
 from torch import nn
+from torch.utils.data import TensorDataset
 
 import transpike
 from transpike import SpikingLayer
+from transpike.evaluate import evaluate
 from transpike.io import rebuild_ann
 from transpike.precision import quantize, quantized_layer
+from transpike.results import format_table
 from transpike.rules import rule_for
 
 
@@ -150,3 +153,16 @@ def test_bad_weight_bits_are_refused(images, bits):
 def test_bad_weight_granularity_is_refused(images):
     with pytest.raises(ValueError, match="weight_granularity must be one of"):
         transpike.convert(tiny_vit(), images[0], weight_bits=8, weight_granularity="row")
+
+
+def test_the_table_says_the_synapses_are_rounded(images):
+    calibration, x = images
+    model = tiny_vit()
+    data = TensorDataset(x, torch.arange(len(x)) % 5)
+    for granularity, per in (("channel", "output channel"), ("tensor", "layer")):
+        snn = transpike.convert(model, calibration, weight_bits=6, weight_granularity=granularity)
+        results = evaluate(snn, model, data, 2, progress=False, energy=False) | {"options": snn.options}
+        assert f"synaptic weights rounded to 6 bits (one scale per {per})" in format_table(results)
+    snn = transpike.convert(model, calibration)
+    results = evaluate(snn, model, data, 2, progress=False, energy=False) | {"options": snn.options}
+    assert "rounded" not in format_table(results)

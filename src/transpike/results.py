@@ -208,6 +208,11 @@ def format_table(results: dict) -> str:
         if matched
         else f"at t = {steps} the 95 % interval of SNN - ANN still excludes 0"
     )  # fmt: skip
+    options = results.get("options", {})
+    if options.get("weight_bits"):
+        per = "output channel" if options["weight_granularity"] == "channel" else "layer"
+        lines.append(f"synaptic weights rounded to {options['weight_bits']} bits (one scale per {per}), the "
+                     "ANN's float: SNN - ANN includes the rounding")  # fmt: skip
     calibrated = results.get("calibration_samples")
     if calibrated is not None:  # None: a network saved before its calibration samples were kept
         lines.append(
