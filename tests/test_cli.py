@@ -554,6 +554,38 @@ def test_torchrun_two_processes_match_one(tmp_path, npz_data):
             assert one[key] == pytest.approx(two[key])
 
 
+def test_weight_bits_sweep(tmp_path, npz_data, capsys):
+    """--weight-bits with several values: one conversion each, its own predictions and per-class
+    files, a table and a plot of top-1 against the bits; "float" is the unrounded conversion."""
+    out = tmp_path / "bits"
+    argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--time-steps", 2]
+    assert run(*argv, "--weight-bits", "float", 6, 3, "--out", out) == 0
+    results = json.loads((out / "results.json").read_text())
+    sweep = results["weight_bits_sweep"]
+    assert [row["weight_bits"] for row in sweep] == [None, 6, 3]
+    assert results["options"]["weight_bits"] == 3  # the last conversion's, as its table
+    assert run(*argv, "--out", tmp_path / "float") == 0  # the same as the sweep's "float" point
+    assert sweep[0]["snn_top1"] == json.loads((tmp_path / "float" / "results.json").read_text())["snn_top1"]
+    assert Image.open(out / "accuracy_vs_weight_bits.png").size[0] > 100
+    for bits, name in ((None, "float"), (6, "6"), (3, "3")):
+        assert (
+            load_predictions(out / f"predictions.bits-{name}.safetensors").about["options"]["weight_bits"]
+            == bits
+        )
+        assert (out / f"classes.bits-{name}.csv").is_file()
+    printed = capsys.readouterr().out
+    assert "weight bits   SNN top-1 at T   vs ANN, 95 % interval   same top-1 as ANN" in printed
+    assert re.search(r"\n +float +[\d.]+ %", printed) and "accuracy_vs_weight_bits.png" in printed
+    assert run(*argv, "--blocks", 1, 2, "--weight-bits", 8, 4, "--out", tmp_path / "both") == 2
+    assert "--blocks and --weight-bits both list several values" in capsys.readouterr().err
+    assert run("eval", "--snn", "x.safetensors", "--data", npz_data, "--time-steps", 2, "--weight-bits", 8,
+               "--out", tmp_path / "snn") == 2  # fmt: skip
+    assert "--weight-bits" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(*argv, "--weight-bits", "eight", "--out", tmp_path / "bad")
+    assert "a number of bits or 'float', not 'eight'" in capsys.readouterr().err
+
+
 def test_blocks_sweep_and_sit_method(tmp_path, npz_data, capsys):
     out = tmp_path / "sweep"
     argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--time-steps", 2, "--method", "sit",

@@ -50,16 +50,17 @@ from .io import file_sha256, load, rebuild_ann, save
 from .model import SpikingModel
 from .models import cached_weights, create_model, load_checkpoint, model_spec, spec_name, torchvision_weights
 from .neurons import NEURONS, ROUNDINGS
+from .plots import sweep_label
 from .predictions import FILE as PREDICTIONS_FILE
 from .predictions import file_name, load_predictions, save_predictions
 from .progress import FOLDER as PROGRESS_FOLDER
 from .progress import Progress
 from .results import (
     check_output_dir,
-    format_blocks_table,
     format_classes,
     format_comparison,
     format_exit_table,
+    format_sweep_table,
     format_table,
     write_classes,
     write_comparison,
@@ -101,7 +102,18 @@ def norm_spikes(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
-def add_conversion_args(parser: argparse.ArgumentParser) -> None:
+def weight_bits(text: str) -> int | None:
+    """A --weight-bits value: a number of bits, or "float" (not rounded)."""
+    if text == "float":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of bits or 'float', not {text!r}") from None
+
+
+def add_conversion_args(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
+    """The conversion options' flags; with ``sweep`` (``eval``), --weight-bits takes several values."""
     group = parser.add_argument_group("conversion")
     group.add_argument("--method", default="ecmt", choices=METHODS)
     group.add_argument(
@@ -145,10 +157,11 @@ def add_conversion_args(parser: argparse.ArgumentParser) -> None:
         help="SI-norm's spike-train length N for --method sit: resolution 1/N, about N ACs per "
         "softmax row and step (default auto: 256 x the row length rounded to a power of two)",
     )
+    several = "; several B (and 'float'): accuracy as B falls, one conversion each" if sweep else ""
     group.add_argument(
-        "--weight-bits", type=int, default=None, metavar="B",
+        "--weight-bits", type=weight_bits, nargs="+" if sweep else None, default=None, metavar="B",
         help="round every synaptic weight (the layers fed by spikes) to B bits, 2..16, before "
-        "calibration: the accuracy of a chip that stores them so (default: float)",
+        f"calibration: the accuracy of a chip that stores them so (default: float){several}",
     )  # fmt: skip
     group.add_argument(
         "--weight-granularity", default="channel", choices=GRANULARITIES,
@@ -450,11 +463,25 @@ def process_device(device: str) -> str:
     return f"cuda:{local_rank}"
 
 
+def sweep_points(args: argparse.Namespace) -> tuple[str | None, list[tuple[str, dict]]]:
+    """The conversions ``eval`` evaluates: the option swept (None: one conversion), and for each
+    conversion the name of its totals and files and its ``blocks`` and ``weight_bits``: one per
+    --blocks K or per --weight-bits B, of which one may list several values."""
+    blocks, bits = args.blocks or [None], args.weight_bits or [None]
+    if len(blocks) > 1 and len(bits) > 1:
+        raise UsageError("--blocks and --weight-bits both list several values: sweep one at a time")
+    over = "blocks" if len(blocks) > 1 else "weight_bits" if len(bits) > 1 else None
+    points = []
+    for k, b in ((k, b) for k in blocks for b in bits):
+        parts = [f"blocks-{k}"] if k is not None else []
+        parts += [f"bits-{sweep_label(b)}"] if over == "weight_bits" else []
+        points.append((".".join(parts) or "eval", dict(blocks=k, weight_bits=b)))
+    return over, points
+
+
 def evaluation_names(args: argparse.Namespace) -> list[str]:
-    """The names under which ``eval`` keeps each evaluation's totals: one per --blocks K."""
-    if args.snn or not args.blocks:
-        return ["eval"]
-    return [f"blocks-{blocks}" for blocks in args.blocks]
+    """The names under which ``eval`` keeps each evaluation's totals (:func:`sweep_points`)."""
+    return ["eval"] if args.snn else [name for name, _ in sweep_points(args)[1]]
 
 
 def prepare_output(out: Path, resume: bool, force: bool, names: list[str]) -> None:
@@ -537,7 +564,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def evaluate_from_args(args: argparse.Namespace, settings: EvalSettings, world: World) -> None:
-    """The evaluations ``eval`` asks for: of a saved network, or of conversions (one per --blocks K)."""
+    """The evaluations ``eval`` asks for: of a saved network, or of conversions (one per --blocks K
+    or --weight-bits B)."""
     if args.snn:
         snn = load(args.snn)
         ann = rebuild_ann(snn)
@@ -551,25 +579,29 @@ def evaluate_from_args(args: argparse.Namespace, settings: EvalSettings, world: 
     ann, batches, spec, provenance = model_and_calibration(args)
     dataset = load_dataset(args.data, "test", ann, spec.get("weights"))
     meta = dict(model=args.model, data=args.data, snn_file=None, command=args.command)
-    sweep, names = [], evaluation_names(args)
-    for blocks, name in zip(args.blocks or [None], names, strict=True):
-        snn = convert(ann, batches, **conversion_options(args), blocks=blocks, model_spec=spec,
+    sweep, (over, points) = [], sweep_points(args)
+    for index, (name, point) in enumerate(points):
+        snn = convert(ann, batches, **{**conversion_options(args), **point}, model_spec=spec,
                       provenance=provenance)  # fmt: skip
-        quiet = len(names) > 1 and blocks != args.blocks[-1]
-        file = file_name(name if len(names) > 1 else None)
-        results = run_evaluation(snn, ann, dataset, settings, meta, world, not quiet, name, file)
+        last = index == len(points) - 1
+        file = file_name(name if over else None)
+        results = run_evaluation(snn, ann, dataset, settings, meta, world, last, name, file)
         sweep.append(
             dict(
-                blocks=blocks,
+                **point,
                 snn_top1=results["snn_top1"],
                 difference_ci95=results["difference_ci95"],
                 agreement=results["agreement"],
                 energy_ratio=results.get("energy", {}).get("energy_ratio"),
             )
         )
-    if len(sweep) > 1 and world.is_main:
-        print(format_blocks_table(results["ann_top1"], sweep))
-        write_results({**results, "blocks_sweep": sweep}, settings.out)
+    if over and world.is_main:
+        print(format_sweep_table(results["ann_top1"], sweep, over))
+        paths = write_results({**results, f"{over}_sweep": sweep}, settings.out)
+        print(
+            "\nwrote "
+            + ", ".join(str(p) for p in paths if p.name in ("results.json", f"accuracy_vs_{over}.png"))
+        )
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
@@ -753,7 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--blocks", type=int, nargs="+", metavar="K",
         help="convert only the first K Transformer blocks; several K: accuracy as K grows",
     )  # fmt: skip
-    add_conversion_args(ev)
+    add_conversion_args(ev, sweep=True)
     add_energy_args(ev)
     ev.set_defaults(func=cmd_eval)
 

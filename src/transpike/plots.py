@@ -149,27 +149,38 @@ def plot_spike_levels(energy: dict, path: Path) -> Path:
     return path
 
 
-def plot_blocks(results: dict, path: Path) -> Path:
+#: what ``eval`` may sweep (a results key ``OVER_sweep``), and its axis label
+SWEEP_AXES = {"blocks": "converted blocks k", "weight_bits": "synaptic weight bits"}
+
+
+def sweep_label(value: int | None) -> str:
+    """A sweep point as printed: its number, or "float" for synapses left unrounded."""
+    return "float" if value is None else str(value)
+
+
+def plot_sweep(results: dict, over: str, path: Path) -> Path:
     """SNN top-1 after T steps, and the share of samples whose SNN top-1 is the ANN's, against the
-    number of converted Transformer blocks."""
-    sweep = results["blocks_sweep"]
-    blocks = [row["blocks"] for row in sweep]
+    swept option ``over``: the number of converted Transformer blocks, or the synaptic weights'
+    bits (one tick per value, in the order given; "float" for unrounded)."""
+    sweep = results[f"{over}_sweep"]
+    values = [row[over] for row in sweep]
+    xs = values if over == "blocks" else list(range(len(values)))
     with _figure(path) as ax:
         top1, intervals = ([row[key][-1] for row in sweep] for key in ("snn_top1", "difference_ci95"))
         ax.errorbar(
-            blocks,
+            xs,
             top1,
             yerr=intervals,
             marker="o",
             capsize=3,
             label="SNN (bars: 95 % interval of SNN - ANN)",
         )
-        ax.plot(blocks, [row["agreement"][-1] for row in sweep], marker="s", linestyle=":",
+        ax.plot(xs, [row["agreement"][-1] for row in sweep], marker="s", linestyle=":",
                 label="SNN: same top-1 as the ANN")  # fmt: skip
         ax.axhline(results["ann_top1"], color="gray", linestyle="--", label="ANN")
-        _against(
-            ax, blocks, "converted blocks k", f"top-1 after T = {results['time_steps']} (%)", "lower left"
-        )
+        _against(ax, xs, SWEEP_AXES[over], f"top-1 after T = {results['time_steps']} (%)", "lower left")
+        if over != "blocks":
+            ax.set_xticks(xs, [sweep_label(value) for value in values])
     return path
 
 

@@ -18,15 +18,17 @@ import torch
 from .exits import ExitRule
 from .io import atomic_write
 from .plots import (
+    SWEEP_AXES,
     plot_accuracy,
     plot_accuracy_energy,
-    plot_blocks,
     plot_comparison,
     plot_early_exit,
     plot_energy,
     plot_firing_rates,
     plot_spike_levels,
+    plot_sweep,
     plot_trace,
+    sweep_label,
 )
 
 
@@ -75,9 +77,10 @@ def write_results(results: dict, out: Path) -> list[Path]:
         paths += [out / "early_exit.csv", out / "early_exit.png"]
         atomic_write(paths[-2], lambda tmp: _write_exit_csv(results, tmp))
         atomic_write(paths[-1], lambda tmp: plot_early_exit(results, tmp))
-    if "blocks_sweep" in results:
-        paths.append(out / "accuracy_vs_blocks.png")
-        atomic_write(paths[-1], lambda tmp: plot_blocks(results, tmp))
+    for over in SWEEP_AXES:
+        if f"{over}_sweep" in results:
+            paths.append(out / f"accuracy_vs_{over}.png")
+            atomic_write(paths[-1], lambda tmp, over=over: plot_sweep(results, over, tmp))
     if "energy" in results:
         energy = results["energy"]
         for name, table, scalars, series in (
@@ -175,13 +178,15 @@ def write_trace(trace: dict, out: Path) -> list[Path]:
     return paths
 
 
-def format_blocks_table(ann_top1: float, sweep: list[dict]) -> str:
-    """Accuracy after T steps as the number of converted blocks grows (SIT Tables 2-4)."""
-    lines = ["", "  blocks   SNN top-1 at T   vs ANN, 95 % interval   same top-1 as ANN"]
+def format_sweep_table(ann_top1: float, sweep: list[dict], over: str) -> str:
+    """Accuracy after T steps at each value of the swept option ``over``: the number of converted
+    blocks (SIT Tables 2-4) or the synaptic weights' bits."""
+    name = over.replace("_", " ")
+    lines = ["", f"{name:>11}   SNN top-1 at T   vs ANN, 95 % interval   same top-1 as ANN"]
     for row in sweep:
         top1, interval, same = (row[key][-1] for key in ("snn_top1", "difference_ci95", "agreement"))
         versus = f"{top1 - ann_top1:+6.2f} ± {interval:<12.2f}"
-        lines.append(f"{row['blocks']:>8}   {top1:12.2f} %   {versus}   {same:15.2f} %")
+        lines.append(f"{sweep_label(row[over]):>11}   {top1:12.2f} %   {versus}   {same:15.2f} %")
     return "\n".join(lines)
 
 
