@@ -17,6 +17,7 @@ from transpike.io import rebuild_ann
 from transpike.precision import quantize, quantized_layer
 from transpike.results import format_table
 from transpike.rules import rule_for
+from transpike.trace import rounding, trace
 
 
 def synapses(snn) -> dict[str, SpikingLayer]:
@@ -166,3 +167,23 @@ def test_the_table_says_the_synapses_are_rounded(images):
     snn = transpike.convert(model, calibration)
     results = evaluate(snn, model, data, 2, progress=False, energy=False) | {"options": snn.options}
     assert "rounded" not in format_table(results)
+
+
+def test_the_trace_compares_with_the_rounded_ann_and_rounding_says_how_far_it_is(images):
+    """The trace's reference is the ANN holding the rounded weights (burst + mse converges to it);
+    ``rounding`` gives that ANN's distance from the float one."""
+    calibration, x = images
+    model = tiny_vit()
+    snn = transpike.convert(model, calibration, weight_bits=4, neuron="burst", threshold="mse")
+    rounded = transpike.prepare(model, transpike.ConversionOptions(weight_bits=4))
+    with torch.no_grad():
+        reference, expected = rounded(x), model(x)
+    traced = trace(snn, x, 16).output.error[-1]
+    assert traced == pytest.approx(relative_error(snn.simulate(x, 16)[-1], reference))
+    found = rounding(snn, model, x)
+    assert found["weight_bits"] == 4
+    assert found["output_error"] == pytest.approx(relative_error(reference, expected), rel=1e-5)
+    assert found["output_error"] > 10 * traced  # here the rounding dominates
+    same = (reference.argmax(-1) == expected.argmax(-1)).double().mean().item()
+    assert found["agreement"] == pytest.approx(100 * same)
+    assert rounding(transpike.convert(model, calibration), model, x) is None

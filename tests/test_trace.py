@@ -233,6 +233,7 @@ def test_the_trace_command(tmp_path, capsys):
     assert saved["calibration_samples"] == 5 and saved["command"].startswith("transpike trace --model ")
     assert saved["samples"] == 5 and saved["time_steps"] == 4 and saved["rows"][-1]["path"] == "<output>"
     assert saved["sensitivity"]["noise"] == 0.01 and saved["sensitivity"]["output_error"] > 0
+    assert saved["rounding"] is None  # float synapses
     lines = (out / "trace.csv").read_text().splitlines()
     assert lines[0].startswith("index,path,kind,type,scale,error_t1") and len(lines) == len(saved["rows"]) + 1
     assert lines[0].endswith("saturation_t4") and saved["rows"][1]["saturation"] is not None
@@ -250,6 +251,13 @@ def test_the_trace_command(tmp_path, capsys):
     assert cli.main([*unseen, "--out", str(tmp_path / "unseen")]) == 0
     assert "none of the traced samples was a calibration sample" in capsys.readouterr().out
     assert json.loads((tmp_path / "unseen" / "trace.json").read_text())["calibration_samples"] == 0
+    rounded = tmp_path / "rounded"  # synapses of 4 bits: what the rounding alone costs, printed and saved
+    assert cli.main([*argv, "--samples", "5", "--weight-bits", "4", "--out", str(rounded)]) == 0
+    assert (
+        "with its synapses rounded to 4 bits, the ANN the trace compares with is" in capsys.readouterr().out
+    )
+    saved = json.loads((rounded / "trace.json").read_text())["rounding"]
+    assert saved["weight_bits"] == 4 and saved["output_error"] > 0 and 0 <= saved["agreement"] <= 100
     assert cli.main([*base, "--snn", str(snn_file), "--out", str(out)]) == 2
     assert cli.main([*base, "--snn", str(snn_file), "--levels", "4", "--out", str(tmp_path / "x")]) == 2
     assert cli.main([*base, "--snn", str(snn_file), "--noise", "0", "--out", str(tmp_path / "y")]) == 2

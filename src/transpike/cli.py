@@ -69,7 +69,7 @@ from .results import (
 )
 from .scores import per_class
 from .sit import MODES as SIT_MODES
-from .trace import sensitivity, trace
+from .trace import rounding, sensitivity, trace
 
 CALIBRATION = dict(calib_batches=16, calib_batch_size=32)  # the calibration sample's defaults
 
@@ -634,6 +634,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     snn.to(args.device)
     result = trace(snn, x, args.time_steps)
     amplified = sensitivity(snn, x, args.noise)
+    rounded = rounding(snn, ann.to(args.device), x)
     known = snn.calibration_fingerprints  # traced samples the thresholds were fitted on flatter it
     calibrated = None if known is None else int(torch.isin(fingerprints(x), known).sum())
     print(result.summary())
@@ -641,6 +642,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
         f"\nthe ANN's output error with noise of relative size {args.noise:g} at every MT site's input: "
         f"{amplified:.3g} ({amplified / args.noise:.2g}x the noise)"
     )
+    if rounded is not None:
+        print(
+            f"with its synapses rounded to {rounded['weight_bits']} bits, the ANN the trace compares with is "
+            f"{rounded['output_error']:.3g} from the float ANN's output and decides "
+            f"{rounded['agreement']:.1f} % as it does"
+        )  # fmt: skip
     if calibrated is not None:  # None: a network saved before its calibration samples were kept
         print(
             f"{calibrated} of the {len(x)} traced samples were calibration samples: the thresholds were "
@@ -656,6 +663,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         calibration_samples=calibrated,
         options=snn.options,
         sensitivity=dict(noise=args.noise, output_error=amplified),
+        rounding=rounded,
         transpike=__version__,
     )
     paths = write_trace({**meta, **result.to_dict()}, out)

@@ -11,7 +11,9 @@ it F of the input rate). The trace gives, for every converted module and every t
 the same for what the module reads (a product: both operands together). The values a come from
 :func:`analog_network`, a copy of the converted network with every spiking module replaced by the
 ANN module it stands for, at the same path: no template model is needed, and it computes what the
-ANN computes (the tests check it on every family's test model).
+ANN computes (the tests check it on every family's test model). With synaptic weights rounded to b
+bits (``weight_bits``) that ANN holds the rounded weights: the trace is the conversion's error, and
+:func:`rounding` gives what the rounding alone costs against the float ANN.
 
 Reading it: an MT neuron whose error exceeds its input error adds the error of its thresholds (a
 rate quantized to its levels), more so where it saturates (``saturation``: its share of outputs
@@ -386,6 +388,27 @@ def sensitivity(snn: SpikingModel, x: Tensor, noise: float = 0.01, seed: int = 0
     for path in sites:
         analog.get_submodule(path).register_forward_pre_hook(perturb)
     return relative_error(analog(x), expected)
+
+
+@torch.inference_mode()
+def rounding(snn: SpikingModel, ann: nn.Module, x: Tensor) -> dict | None:
+    """What rounding the synaptic weights (``weight_bits``) alone does to the ANN: the output's
+    relative error of the ANN holding the rounded weights (:func:`analog_network`, the reference of
+    :func:`trace`) against the float ``ann``, and the share (percent) of outputs whose top-1 is the
+    float ANN's. None where the synapses are float.
+
+    Args:
+        snn: the converted network.
+        ann: the float ANN (:func:`transpike.io.rebuild_ann`), on the network's device.
+        x: one batch of inputs.
+    """
+    if snn.options.get("weight_bits") is None:
+        return None
+    x = snn._input(x)
+    rounded, expected = analog_network(snn.network)(x), ann(x)
+    same = (rounded.argmax(-1) == expected.argmax(-1)).double().mean().item()
+    return dict(weight_bits=snn.options["weight_bits"], output_error=relative_error(rounded, expected),
+                agreement=100.0 * same)  # fmt: skip
 
 
 def _stands_for(module: nn.Module) -> str:
