@@ -563,6 +563,8 @@ def test_weight_bits_sweep(tmp_path, npz_data, capsys):
     results = json.loads((out / "results.json").read_text())
     sweep = results["weight_bits_sweep"]
     assert [row["weight_bits"] for row in sweep] == [None, 6, 3]
+    assert sweep[0]["rounded_ann_top1"] is None and 0 <= sweep[2]["rounded_ann_top1"] <= 100
+    assert results["rounded_ann_top1"] == sweep[2]["rounded_ann_top1"]  # the last conversion's
     assert results["options"]["weight_bits"] == 3  # the last conversion's, as its table
     assert run(*argv, "--out", tmp_path / "float") == 0  # the same as the sweep's "float" point
     assert sweep[0]["snn_top1"] == json.loads((tmp_path / "float" / "results.json").read_text())["snn_top1"]
@@ -574,7 +576,10 @@ def test_weight_bits_sweep(tmp_path, npz_data, capsys):
         )
         assert (out / f"classes.bits-{name}.csv").is_file()
     printed = capsys.readouterr().out
-    assert "weight bits   SNN top-1 at T   vs ANN, 95 % interval   same top-1 as ANN" in printed
+    assert (
+        "weight bits   SNN top-1 at T   vs ANN, 95 % interval   same top-1 as ANN   ANN with rounded"
+        in printed
+    )
     assert re.search(r"\n +float +[\d.]+ %", printed) and "accuracy_vs_weight_bits.png" in printed
     assert run(*argv, "--blocks", 1, 2, "--weight-bits", 8, 4, "--out", tmp_path / "both") == 2
     assert "--blocks and --weight-bits both list several values" in capsys.readouterr().err

@@ -161,12 +161,23 @@ def test_the_table_says_the_synapses_are_rounded(images):
     model = tiny_vit()
     data = TensorDataset(x, torch.arange(len(x)) % 5)
     for granularity, per in (("channel", "output channel"), ("tensor", "layer")):
-        snn = transpike.convert(model, calibration, weight_bits=6, weight_granularity=granularity)
+        snn = transpike.convert(model, calibration, weight_bits=3, weight_granularity=granularity)
         results = evaluate(snn, model, data, 2, progress=False, energy=False) | {"options": snn.options}
-        assert f"synaptic weights rounded to 6 bits (one scale per {per})" in format_table(results)
+        table = format_table(results)
+        assert f"synaptic weights rounded to 3 bits (one scale per {per})" in table
+        # the ANN with the rounded weights, scored on the same samples
+        options = transpike.ConversionOptions(weight_bits=3, weight_granularity=granularity)
+        with torch.no_grad():
+            right = (transpike.prepare(model, options)(x).argmax(-1) == data.tensors[1]).double().mean()
+        assert results["rounded_ann_top1"] == pytest.approx(100 * right.item())
+        rounded = results["rounded_ann_top1"]
+        assert (
+            f"the ANN with the rounded weights: top-1 {rounded:.2f} % ({rounded - results['ann_top1']:+.2f})"
+            in table
+        )
     snn = transpike.convert(model, calibration)
     results = evaluate(snn, model, data, 2, progress=False, energy=False) | {"options": snn.options}
-    assert "rounded" not in format_table(results)
+    assert "rounded" not in format_table(results) and "rounded_ann_top1" not in results
 
 
 def test_the_trace_compares_with_the_rounded_ann_and_rounding_says_how_far_it_is(images):

@@ -592,6 +592,7 @@ def evaluate_from_args(args: argparse.Namespace, settings: EvalSettings, world: 
                 snn_top1=results["snn_top1"],
                 difference_ci95=results["difference_ci95"],
                 agreement=results["agreement"],
+                rounded_ann_top1=results.get("rounded_ann_top1"),
                 energy_ratio=results.get("energy", {}).get("energy_ratio"),
             )
         )

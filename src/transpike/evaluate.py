@@ -27,6 +27,7 @@ from .model import SpikingModel
 from .progress import Progress
 from .scores import agreement, correct, disagreements, matches_from, paired_interval, top1_among
 from .spikes import SpikeMonitor
+from .trace import analog_network
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,9 @@ def evaluate(
         ``ann_top5``, ``snn_top5`` (the same for top-5), ``difference_ci95`` (per t, the half-width
         of the 95 % interval of SNN top-1 - ANN top-1, :func:`paired_interval`), ``agreement``
         (per t, the percentage of samples whose SNN top-1 is the ANN's top-1, right or wrong),
-        ``scored_against`` ("labels" or "ann"),
+        ``scored_against`` ("labels" or "ann"), where the synapses are rounded (``weight_bits``)
+        ``rounded_ann_top1`` (the top-1 of the ANN holding the rounded weights, which the SNN
+        converges to: SNN - ANN is the rounding's part plus the conversion's),
         ``matches_ann_from`` (the first t from which every interval holds 0, or None:
         :func:`~transpike.scores.matches_from`), ``early_exit``
         (one row per rule, :func:`~transpike.exits.exit_table`), ``resumed_samples`` (those
@@ -123,11 +126,13 @@ def evaluate(
     # the samples only the ANN, then only the SNN gets right (top-1) after t = 1..T; those whose SNN
     # top-1 is the ANN's after t = 1..T; then per
     # early-exit rule, the samples exiting after t = 1..T, those right at their exit (top-1,
-    # top-5), those only the ANN, then only the SNN gets right, and those agreeing with the ANN; last
-    # the calibration samples met
+    # top-5), those only the ANN, then only the SNN gets right, and those agreeing with the ANN; then
+    # the calibration samples met; last the top-1 correct of the ANN holding the rounded synapses
     exits = check_rules(exits)
     width = 3 + 5 * time_steps
-    counts = torch.zeros(width + len(exits) * (time_steps + SCORES) + 1, dtype=torch.float64, device=device)
+    counts = torch.zeros(width + len(exits) * (time_steps + SCORES) + 2, dtype=torch.float64, device=device)
+    # with rounded synapses, the ANN they make (made before the monitor hooks the network's modules)
+    rounded = analog_network(snn.network) if snn.options.get("weight_bits") is not None else None
     known = snn.calibration_fingerprints
     # Dense work is the same for every sample: count it on one sample, before spikes are monitored.
     dense = count_dense_work(snn, dataset[0][0].unsqueeze(0).to(device)) if energy else None
@@ -178,8 +183,10 @@ def evaluate(
                 counts[3:width] += torch.cat(
                     [correct(outputs, y), disagreements(logits, outputs, y), agreement(logits, outputs)[None]]
                 ).flatten()
-                counts[width:-1] += exit_counts(outputs, y, exits, logits).flatten()
-                counts[-1] += calibrated.sum()
+                counts[width:-2] += exit_counts(outputs, y, exits, logits).flatten()
+                counts[-2] += calibrated.sum()
+                if rounded is not None:
+                    counts[-1] += correct(rounded(x), y)[0]
                 if predictions:
                     chosen[done : done + len(y)] = torch.cat(
                         [y[:, None], logits.argmax(-1)[:, None], outputs.argmax(-1).T, calibrated[:, None]], 1
@@ -213,8 +220,10 @@ def evaluate(
         agreement=percent[width - time_steps : width],
         resumed_samples=resumed,
         scored_against="ann" if against_ann else "labels",
-        calibration_samples=int(counts[-1]) if known is not None else None,
+        calibration_samples=int(counts[-2]) if known is not None else None,
     )
+    if rounded is not None:
+        results["rounded_ann_top1"] = percent[-1]
     if results["calibration_samples"] and world.is_main:  # once, not once per process
         warnings.warn(
             f"{results['calibration_samples']} of the {samples} evaluated samples were calibration samples: "
@@ -229,7 +238,7 @@ def evaluate(
         results["energy"] = energy_report(monitor, dense, samples, time_steps, e_mac, e_ac)
     if exits:
         ratio = results["energy"].ratio["ecmt"] if monitor is not None else None
-        results["early_exit"] = exit_table(counts[width:-1].view(len(exits), -1), exits, ratio)
+        results["early_exit"] = exit_table(counts[width:-2].view(len(exits), -1), exits, ratio)
     if predictions:
         rows = gather_samples(chosen, total, world).cpu()
         index = torch.tensor(indices, dtype=torch.int32)

@@ -178,8 +178,12 @@ def plot_sweep(results: dict, over: str, path: Path) -> Path:
         ax.plot(xs, [row["agreement"][-1] for row in sweep], marker="s", linestyle=":",
                 label="SNN: same top-1 as the ANN")  # fmt: skip
         ax.axhline(results["ann_top1"], color="gray", linestyle="--", label="ANN")
+        if over == "weight_bits":  # what the SNN tends to: the ANN holding the rounded weights
+            rounded = [row.get("rounded_ann_top1") for row in sweep]
+            rounded = [results["ann_top1"] if value is None else value for value in rounded]
+            ax.plot(xs, rounded, marker="x", color="gray", linestyle="-.", label="ANN, rounded weights")
         _against(ax, xs, SWEEP_AXES[over], f"top-1 after T = {results['time_steps']} (%)", "lower left")
-        if over != "blocks":
+        if over == "weight_bits":
             ax.set_xticks(xs, [sweep_label(value) for value in values])
     return path
 

@@ -31,8 +31,8 @@ from .io import atomic_write
 FOLDER = "progress"
 # of the tensors' layout and key (2: early-exit counts; 3: each sample's predictions; 4: early-exit
 # rules of several kinds; 5: the calibration samples met; 6: the samples where the SNN's top-1 is the
-# ANN's): others are refused
-VERSION = 6
+# ANN's; 7: the top-1 of the ANN with rounded synapses): others are refused
+VERSION = 7
 INTERVAL = 60.0  # seconds between saves: what a killed run may have to repeat
 
 

@@ -180,13 +180,19 @@ def write_trace(trace: dict, out: Path) -> list[Path]:
 
 def format_sweep_table(ann_top1: float, sweep: list[dict], over: str) -> str:
     """Accuracy after T steps at each value of the swept option ``over``: the number of converted
-    blocks (SIT Tables 2-4) or the synaptic weights' bits."""
-    name = over.replace("_", " ")
-    lines = ["", f"{name:>11}   SNN top-1 at T   vs ANN, 95 % interval   same top-1 as ANN"]
+    blocks (SIT Tables 2-4) or the synaptic weights' bits, with the top-1 of the ANN holding the
+    rounded weights (the float ANN's for "float")."""
+    name, bits = over.replace("_", " "), over == "weight_bits"
+    head = f"{name:>11}   SNN top-1 at T   vs ANN, 95 % interval   same top-1 as ANN"
+    lines = ["", head + ("   ANN with rounded weights" if bits else "")]
     for row in sweep:
         top1, interval, same = (row[key][-1] for key in ("snn_top1", "difference_ci95", "agreement"))
         versus = f"{top1 - ann_top1:+6.2f} ± {interval:<12.2f}"
-        lines.append(f"{sweep_label(row[over]):>11}   {top1:12.2f} %   {versus}   {same:15.2f} %")
+        line = f"{sweep_label(row[over]):>11}   {top1:12.2f} %   {versus}   {same:15.2f} %"
+        if bits:
+            rounded = row.get("rounded_ann_top1")
+            line += f"   {ann_top1 if rounded is None else rounded:22.2f} %"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -218,6 +224,10 @@ def format_table(results: dict) -> str:
         per = "output channel" if options["weight_granularity"] == "channel" else "layer"
         lines.append(f"synaptic weights rounded to {options['weight_bits']} bits (one scale per {per}), the "
                      "ANN's float: SNN - ANN includes the rounding")  # fmt: skip
+        rounded = results.get("rounded_ann_top1")
+        if rounded is not None:
+            lines.append(f"the ANN with the rounded weights: top-1 {rounded:.2f} % ({rounded - ann:+.2f}), "
+                         "which the SNN tends to as t grows")  # fmt: skip
     calibrated = results.get("calibration_samples")
     if calibrated is not None:  # None: a network saved before its calibration samples were kept
         lines.append(
