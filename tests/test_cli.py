@@ -588,7 +588,7 @@ def test_weight_bits_sweep(tmp_path, npz_data, capsys):
     assert "--weight-bits" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run(*argv, "--weight-bits", "eight", "--out", tmp_path / "bad")
-    assert "a number of bits or 'float', not 'eight'" in capsys.readouterr().err
+    assert "expected an integer or 'float', got 'eight'" in capsys.readouterr().err
 
 
 def test_blocks_sweep_and_sit_method(tmp_path, npz_data, capsys):

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,24 +92,19 @@ def parse_kwargs(items: list[str]) -> dict:
     return kwargs
 
 
-def norm_spikes(text: str) -> int | None:
-    """``--sit-norm-spikes``: an integer N, or "auto" (None: from each softmax's row length)."""
-    if text == "auto":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+def int_or(word: str) -> Callable[[str], int | None]:
+    """An argparse type: an integer, or ``word`` for None (``--sit-norm-spikes auto``: from each
+    softmax's row length; ``--weight-bits float``: not rounded)."""
 
+    def parse(text: str) -> int | None:
+        if text == word:
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer or {word!r}, got {text!r}") from None
 
-def weight_bits(text: str) -> int | None:
-    """A --weight-bits value: a number of bits, or "float" (not rounded)."""
-    if text == "float":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a number of bits or 'float', not {text!r}") from None
+    return parse
 
 
 def add_conversion_args(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
@@ -152,14 +147,14 @@ def add_conversion_args(parser: argparse.ArgumentParser, sweep: bool = False) ->
     )
     group.add_argument(
         "--sit-norm-spikes",
-        type=norm_spikes,
+        type=int_or("auto"),
         default=None,
         help="SI-norm's spike-train length N for --method sit: resolution 1/N, about N ACs per "
         "softmax row and step (default auto: 256 x the row length rounded to a power of two)",
     )
     several = "; several B (and 'float'): accuracy as B falls, one conversion each" if sweep else ""
     group.add_argument(
-        "--weight-bits", type=weight_bits, nargs="+" if sweep else None, default=None, metavar="B",
+        "--weight-bits", type=int_or("float"), nargs="+" if sweep else None, default=None, metavar="B",
         help="round every synaptic weight (the layers fed by spikes) to B bits, 2..16, before "
         f"calibration: the accuracy of a chip that stores them so (default: float){several}",
     )  # fmt: skip
