@@ -62,6 +62,8 @@ CONFIGS = {
     "burst+mse+w6": dict(neuron="burst", threshold="mse", weight_bits=6),
     "burst+mse+w4": dict(neuron="burst", threshold="mse", weight_bits=4),
     "burst+mse+w8-layer": dict(neuron="burst", threshold="mse", weight_bits=8, weight_granularity="tensor"),
+    "burst+mse+w6-mse": dict(neuron="burst", threshold="mse", weight_bits=6, weight_scale="mse"),
+    "burst+mse+w4-mse": dict(neuron="burst", threshold="mse", weight_bits=4, weight_scale="mse"),
 }
 
 

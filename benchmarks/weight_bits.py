@@ -1,7 +1,8 @@
 """Synaptic precision on the digits ViT: what storing the synaptic weights with b bits costs.
 
-The small ViT of ``transpike.digits`` is converted with ``weight_bits`` = 8, 6, 4, 3 (one scale per
-output channel, and 8 and 4 with one scale per layer) and without (float), for the paper's default
+The small ViT of ``transpike.digits`` is converted with ``weight_bits`` = 8, 6, 4, 3, 2 (one scale per
+output channel, and 8 and 4 with one scale per layer; 4, 3 and 2 also with the least-squares scale,
+``weight_scale="mse"``) and without (float), for the paper's default
 and for burst neurons with mse thresholds; calibrated on the training split, evaluated on the test
 split against the float ANN. Per run: SNN top-1 after t = 1, 2, 4, 8, the share of test images
 decided as the float ANN decides (agreement) at t = 4 and 8, the top-1 of the ANN holding the same
@@ -29,6 +30,10 @@ PRECISIONS = {
     "3 bits": dict(weight_bits=3),
     "8 bits, one scale per layer": dict(weight_bits=8, weight_granularity="tensor"),
     "4 bits, one scale per layer": dict(weight_bits=4, weight_granularity="tensor"),
+    "4 bits, least-squares scale": dict(weight_bits=4, weight_scale="mse"),
+    "3 bits, least-squares scale": dict(weight_bits=3, weight_scale="mse"),
+    "2 bits": dict(weight_bits=2),
+    "2 bits, least-squares scale": dict(weight_bits=2, weight_scale="mse"),
 }
 
 

@@ -14,7 +14,7 @@ import transpike
 from transpike import SpikingLayer
 from transpike.evaluate import evaluate
 from transpike.io import rebuild_ann
-from transpike.precision import quantize, quantized_layer
+from transpike.precision import quantize, quantized_layer, weight_scale
 from transpike.results import format_table
 from transpike.rules import rule_for
 from transpike.trace import rounding, trace
@@ -36,6 +36,28 @@ def test_quantize_by_hand():
         quantize(weight, 3, None),
         torch.tensor([[2 / 3, -1.0, 1 / 3], [0.0, 0.0, 0.0], [0.0, 1 / 3, -1 / 3]]),
     )
+
+
+def test_mse_scale_by_hand():
+    """2 bits, grid {-s, 0, s}: for [3, 2, 2, 2] "max" takes s = 3 (2/3 rounds to 1: squared error 3),
+    "mse" the s minimizing (3 - s)² + 3·(2 - s)², s = 9/4 = 0.75·max (error 0.75); a slice of zeros
+    keeps the step 1/q = 1."""
+    weight = torch.tensor([[3.0, 2.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
+    assert torch.equal(quantize(weight, 2, 0), torch.tensor([[3.0] * 4, [0.0] * 4]))
+    assert torch.allclose(quantize(weight, 2, 0, "mse"), torch.tensor([[2.25] * 4, [0.0] * 4]))
+    assert torch.allclose(weight_scale(weight, 2, 0, "mse"), torch.tensor([[2.25], [1.0]]))
+    assert torch.equal(weight_scale(weight, 2, 0), torch.tensor([[3.0], [1.0]]))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_mse_scale_never_rounds_worse_than_max(bits):
+    weight = torch.randn(16, 200, generator=torch.Generator().manual_seed(1))
+    errors = [(quantize(weight, bits, 0, m) - weight).square().sum(1) for m in ("max", "mse")]
+    assert (errors[1] <= errors[0]).all()
+    if bits <= 4:  # Gaussian weights: clipping the tails pays on every channel
+        assert (errors[1] < errors[0]).all()
+    whole = [(quantize(weight, bits, None, m) - weight).square().sum() for m in ("max", "mse")]
+    assert whole[1] <= whole[0]
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
@@ -83,6 +105,20 @@ def test_synapses_are_quantized_before_calibration(images):
     assert torch.equal(snn.simulate(x, 4), reference.simulate(x, 4))
     assert set(snn.ann_state_dict()) == set(model.state_dict())
     assert all(torch.equal(value, model.state_dict()[k]) for k, value in snn.ann_state_dict().items())
+
+
+def test_mse_scale_in_conversion(images):
+    """``weight_scale="mse"`` stores each synapse on its least-squares grid (the output's error need
+    not fall with the weights': BENCHMARKS.md §1 and §2)."""
+    calibration, _ = images
+    model = tiny_vit()
+    snn = transpike.convert(model, calibration, weight_bits=3, weight_scale="mse")
+    for path, spiking in synapses(snn).items():
+        weight = model.get_submodule(path).weight.detach()
+        assert torch.equal(spiking.layer.weight, quantize(weight, 3, 0, "mse"))
+        assert not torch.equal(spiking.layer.weight, quantize(weight, 3, 0))
+    with pytest.raises(ValueError, match="weight_scale must be one of"):
+        transpike.convert(model, calibration, weight_bits=3, weight_scale="percentile")
 
 
 def test_more_bits_come_closer_to_the_float_network(images):

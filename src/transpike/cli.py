@@ -51,6 +51,7 @@ from .model import SpikingModel
 from .models import cached_weights, create_model, load_checkpoint, model_spec, spec_name, torchvision_weights
 from .neurons import NEURONS, ROUNDINGS
 from .plots import sweep_label
+from .precision import SCALES
 from .predictions import FILE as PREDICTIONS_FILE
 from .predictions import file_name, load_predictions, save_predictions
 from .progress import FOLDER as PROGRESS_FOLDER
@@ -161,6 +162,11 @@ def add_conversion_args(parser: argparse.ArgumentParser, sweep: bool = False) ->
     group.add_argument(
         "--weight-granularity", default="channel", choices=GRANULARITIES,
         help="one scale per output channel (default) or per layer, for --weight-bits",
+    )  # fmt: skip
+    group.add_argument(
+        "--weight-scale", default="max", choices=SCALES,
+        help="for --weight-bits: the largest weight at the grid's end (default), or the scale of least "
+        "squared rounding error (clips the largest weights; pays at few bits)",
     )  # fmt: skip
 
 

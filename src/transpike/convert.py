@@ -27,7 +27,7 @@ from .fingerprints import fingerprints
 from .model import SpikingModel, device_dtype
 from .neurons import NEURONS, ROUNDINGS, MTNeuron
 from .observers import HistogramObserver
-from .precision import quantized_layer
+from .precision import SCALES, quantized_layer
 from .rates import link_rates
 from .rules import Role, rule_for
 from .sit import MODES as SIT_MODES
@@ -78,6 +78,9 @@ class ConversionOptions:
             None (default): float. The float weights are kept beside them, as the network's ANN.
         weight_granularity: "channel" (one scale per output channel, default) or "tensor" (one per
             layer) for ``weight_bits``.
+        weight_scale: "max" (default: the largest weight on the grid's end, none clipped) or "mse"
+            (the scale minimizing the rounding's squared error, clipping the largest weights;
+            :func:`~transpike.precision.weight_scale`) for ``weight_bits``.
     """
 
     method: str = "ecmt"
@@ -97,6 +100,7 @@ class ConversionOptions:
     blocks: int | None = None
     weight_bits: int | None = None
     weight_granularity: str = "channel"
+    weight_scale: str = "max"
 
     def __post_init__(self) -> None:
         choices = {
@@ -107,6 +111,7 @@ class ConversionOptions:
             "neuron": NEURONS,
             "sit_mode": SIT_MODES,
             "weight_granularity": GRANULARITIES,
+            "weight_scale": SCALES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -318,7 +323,9 @@ def _prepare(
         if options.weight_bits is None:
             return Observed(module, observer)
         # quantized before calibration: the thresholds are set on what the rounded synapses produce
-        layer, ann_weight = quantized_layer(module, rule, options.weight_bits, options.weight_granularity)
+        layer, ann_weight = quantized_layer(
+            module, rule, options.weight_bits, options.weight_granularity, options.weight_scale
+        )
         return Observed(layer, observer, ann_weight)
     if rule.role is Role.PRODUCT:
         module.site_a = HistogramObserver(module.channels_a if per_channel else (), _join(path, "site_a"))
@@ -494,7 +501,7 @@ def convert(
             samples, sample shape) and saved with it; JSON values.
         **options: any other field of :class:`ConversionOptions` (levels_per_octave, granularity,
             threshold, horizon, rounding, neuron, compensation, strict, sit_steps, sit_mode, blocks,
-            weight_bits, weight_granularity).
+            weight_bits, weight_granularity, weight_scale).
 
     Returns:
         The :class:`SpikingModel`; ``snn.simulate(x, time_steps)`` gives outputs for every t.

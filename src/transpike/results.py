@@ -222,8 +222,10 @@ def format_table(results: dict) -> str:
     options = results.get("options", {})
     if options.get("weight_bits"):
         per = "output channel" if options["weight_granularity"] == "channel" else "layer"
-        lines.append(f"synaptic weights rounded to {options['weight_bits']} bits (one scale per {per}), the "
-                     "ANN's float: SNN - ANN includes the rounding")  # fmt: skip
+        chosen = ", of least squared error" if options.get("weight_scale") == "mse" else ""
+        bits = options["weight_bits"]
+        lines.append(f"synaptic weights rounded to {bits} bits (one scale per {per}{chosen}), the ANN's "
+                     "float: SNN - ANN includes the rounding")  # fmt: skip
         rounded = results.get("rounded_ann_top1")
         if rounded is not None:
             lines.append(f"the ANN with the rounded weights: top-1 {rounded:.2f} % ({rounded - ann:+.2f}), "
