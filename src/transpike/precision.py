@@ -37,7 +37,8 @@ def weight_scale(weight: Tensor, bits: int, axis: int | None, method: str = "max
     - "mse": ``s = r·max|W| / q`` with the ratio r of :data:`RATIOS` that minimizes the slice's
       ``Σ (W - W_q)²``: the MSE-optimal clipping that OMSE (Choukroun et al. 2019) solves for, by
       search. It clips the few largest weights for a finer step for all the others, which pays at
-      few bits. The loop is over the candidate ratios, each pass covering every slice at once.
+      few bits. The loop is over the candidate ratios, each pass covering every slice at once:
+      82 passes over the weights, about a second per million weights on two CPU cores.
 
     A slice of zeros gets the step 1/q (its weights stay 0). Returns s, broadcastable to W.
     """
