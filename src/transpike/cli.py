@@ -717,8 +717,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'snn.safetensors'}\ndemo finished in {time.perf_counter() - start:.0f} s")
     print(
         "other settings: --threshold mse --rounding nearest --levels-per-octave 4 (one spike per "
-        "step) or --neuron burst --threshold mse; measured in BENCHMARKS.md. Run one into another "
-        f"--out OTHER, then 'transpike compare {out} OTHER' tells, image by image, whether it is better"
+        "step) or --neuron burst --threshold mse; --weight-bits 4 for synapses of 4 bits; measured in "
+        "BENCHMARKS.md. Run one into another --out OTHER, then 'transpike compare "
+        f"{out} OTHER' tells, image by image, whether the two differ"
     )
     return 0
 
