@@ -673,6 +673,8 @@ def test_a_resumed_blocks_sweep_skips_the_finished_evaluations(tmp_path, npz_dat
         assert run(*fewer, "--out", out, "--resume") == 2
         assert re.search(r"holds the totals of blocks-\d, which this command does not evaluate",
                          capsys.readouterr().err)  # fmt: skip
+    assert run(*argv[:-3], "--weight-bits", 8, 4, "--out", out, "--resume") == 2  # bits-8, bits-4: not these
+    assert "holds the totals of blocks-1, blocks-2, which this command does not" in capsys.readouterr().err
     assert len(list((out / "progress").iterdir())) == 2 and seen == []
     assert run(*argv, "--out", out, "--resume") == 0
     assert seen == [4, 4]  # blocks=2's last two batches only

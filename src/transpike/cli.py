@@ -498,8 +498,8 @@ def prepare_output(out: Path, resume: bool, force: bool, names: list[str]) -> No
         if others:
             raise UsageError(
                 f"--resume: {progress} holds the totals of {', '.join(others)}, which this command does "
-                f"not evaluate (it evaluates {', '.join(names)}): give the interrupted run's --blocks "
-                "(or --snn / --model)"
+                f"not evaluate (it evaluates {', '.join(names)}): give the interrupted run's --blocks and "
+                "--weight-bits (or --snn / --model)"
             )
         return
     if progress.is_dir() and not force:
