@@ -233,4 +233,13 @@ def test_the_trace_compares_with_the_rounded_ann_and_rounding_says_how_far_it_is
     assert found["output_error"] > 10 * traced  # here the rounding dominates
     same = (reference.argmax(-1) == expected.argmax(-1)).double().mean().item()
     assert found["agreement"] == pytest.approx(100 * same)
+    # each synaptic layer alone rounded, the rest float: the head's by hand
+    assert {row["path"] for row in found["layers"]} == set(synapses(snn))
+    errors = [row["output_error"] for row in found["layers"]]
+    assert errors == sorted(errors, reverse=True)
+    head_only = copy.deepcopy(model)
+    head_only.head.weight.data = quantize(model.head.weight.detach(), 4, 0)
+    with torch.no_grad():
+        by_hand = relative_error(head_only(x), expected)
+    assert next(r for r in found["layers"] if r["path"] == "head")["output_error"] == pytest.approx(by_hand)
     assert rounding(transpike.convert(model, calibration), model, x) is None

@@ -253,11 +253,13 @@ def test_the_trace_command(tmp_path, capsys):
     assert json.loads((tmp_path / "unseen" / "trace.json").read_text())["calibration_samples"] == 0
     rounded = tmp_path / "rounded"  # synapses of 4 bits: what the rounding alone costs, printed and saved
     assert cli.main([*argv, "--samples", "5", "--weight-bits", "4", "--out", str(rounded)]) == 0
-    assert (
-        "with its synapses rounded to 4 bits, the ANN the trace compares with is" in capsys.readouterr().out
-    )
+    printed = capsys.readouterr().out
+    assert "with its synapses rounded to 4 bits, the ANN the trace compares with is" in printed
     saved = json.loads((rounded / "trace.json").read_text())["rounding"]
     assert saved["weight_bits"] == 4 and saved["output_error"] > 0 and 0 <= saved["agreement"] <= 100
+    assert "the synaptic layers whose rounding alone moves the ANN's output most" in printed
+    errors = [row["output_error"] for row in saved["layers"]]
+    assert len(errors) == 9 and errors == sorted(errors, reverse=True)  # 4 per block and the head
     assert cli.main([*base, "--snn", str(snn_file), "--out", str(out)]) == 2
     assert cli.main([*base, "--snn", str(snn_file), "--levels", "4", "--out", str(tmp_path / "x")]) == 2
     assert cli.main([*base, "--snn", str(snn_file), "--noise", "0", "--out", str(tmp_path / "y")]) == 2

@@ -650,6 +650,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
             f"{rounded['output_error']:.3g} from the float ANN's output and decides "
             f"{rounded['agreement']:.1f} % as it does"
         )  # fmt: skip
+        print("the synaptic layers whose rounding alone moves the ANN's output most (relative error):")
+        for row in rounded["layers"][:5]:
+            print(f"  {row['path']:<48} {row['output_error']:.3g}")
     if calibrated is not None:  # None: a network saved before its calibration samples were kept
         print(
             f"{calibrated} of the {len(x)} traced samples were calibration samples: the thresholds were "

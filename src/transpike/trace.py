@@ -29,16 +29,19 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from .compensation import ExpectationCompensation, SpikingProduct
+from .convert import ConversionOptions, prepare
 from .model import SpikingModel
 from .neurons import MTNeuron, top_level
+from .precision import quantized_layer
+from .rules import rule_for
 from .sit import SpikingSoftmax
-from .sites import Product
+from .sites import Observed, Product
 from .synapses import SpikingLayer
 
 #: converted module types and what each row calls them
@@ -394,21 +397,39 @@ def sensitivity(snn: SpikingModel, x: Tensor, noise: float = 0.01, seed: int = 0
 def rounding(snn: SpikingModel, ann: nn.Module, x: Tensor) -> dict | None:
     """What rounding the synaptic weights (``weight_bits``) alone does to the ANN: the output's
     relative error of the ANN holding the rounded weights (:func:`analog_network`, the reference of
-    :func:`trace`) against the float ``ann``, and the share (percent) of outputs whose top-1 is the
-    float ANN's. None where the synapses are float.
+    :func:`trace`) against the float ``ann``, the share (percent) of outputs whose top-1 is the
+    float ANN's, and ``layers``: for each synaptic layer, the output's error when it alone is
+    rounded (the rest float), largest first: where fewer bits cost the most, and where more would
+    pay. None where the synapses are float.
 
     Args:
         snn: the converted network.
         ann: the float ANN (:func:`transpike.io.rebuild_ann`), on the network's device.
         x: one batch of inputs.
     """
-    if snn.options.get("weight_bits") is None:
+    options = ConversionOptions(**snn.options)
+    if options.weight_bits is None:
         return None
     x = snn._input(x)
     rounded, expected = analog_network(snn.network)(x), ann(x)
     same = (rounded.argmax(-1) == expected.argmax(-1)).double().mean().item()
-    return dict(weight_bits=snn.options["weight_bits"], output_error=relative_error(rounded, expected),
-                agreement=100.0 * same)  # fmt: skip
+    network = prepare(ann, replace(options, weight_bits=None))  # the float ANN, its synapses observed
+    synapses = {p for p, m in snn.network.named_modules() if isinstance(m, SpikingLayer)}
+    layers = []
+    for path, site in [
+        (p, m) for p, m in network.named_modules() if isinstance(m, Observed) and p in synapses
+    ]:
+        kept = site.layer
+        site.layer = quantized_layer(copy.deepcopy(kept), rule_for(kept), options.weight_bits,
+                                     options.weight_granularity, options.weight_scale)[0]  # fmt: skip
+        layers.append(dict(path=path, output_error=relative_error(network(x), expected)))
+        site.layer = kept
+    return dict(
+        weight_bits=options.weight_bits,
+        output_error=relative_error(rounded, expected),
+        agreement=100.0 * same,
+        layers=sorted(layers, key=lambda row: row["output_error"], reverse=True),
+    )
 
 
 def _stands_for(module: nn.Module) -> str:
