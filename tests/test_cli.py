@@ -559,7 +559,7 @@ def test_weight_bits_sweep(tmp_path, npz_data, capsys):
     files, a table and a plot of top-1 against the bits; "float" is the unrounded conversion."""
     out = tmp_path / "bits"
     argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--time-steps", 2]
-    assert run(*argv, "--weight-bits", "float", 6, 3, "--out", out) == 0
+    assert run(*argv, "--weight-bits", "float", 6, 3, "--weight-bits-at", "head=8", "--out", out) == 0
     results = json.loads((out / "results.json").read_text())
     sweep = results["weight_bits_sweep"]
     assert [row["weight_bits"] for row in sweep] == [None, 6, 3]
@@ -569,17 +569,13 @@ def test_weight_bits_sweep(tmp_path, npz_data, capsys):
     assert run(*argv, "--out", tmp_path / "float") == 0  # the same as the sweep's "float" point
     assert sweep[0]["snn_top1"] == json.loads((tmp_path / "float" / "results.json").read_text())["snn_top1"]
     assert Image.open(out / "accuracy_vs_weight_bits.png").size[0] > 100
-    for bits, name in ((None, "float"), (6, "6"), (3, "3")):
-        assert (
-            load_predictions(out / f"predictions.bits-{name}.safetensors").about["options"]["weight_bits"]
-            == bits
-        )
+    for bits, name in ((None, "float"), (6, "6"), (3, "3")):  # the head at 8 bits, but at "float"
+        options = load_predictions(out / f"predictions.bits-{name}.safetensors").about["options"]
+        assert options["weight_bits"] == bits
+        assert options["weight_bits_at"] == (None if bits is None else {"head": 8})
         assert (out / f"classes.bits-{name}.csv").is_file()
     printed = capsys.readouterr().out
-    assert (
-        "weight bits   SNN top-1 at T   vs ANN, 95 % interval   same top-1 as ANN   ANN with rounded"
-        in printed
-    )
+    assert "   same top-1 as ANN   ANN with rounded weights" in printed
     assert re.search(r"\n +float +[\d.]+ %", printed) and "accuracy_vs_weight_bits.png" in printed
     assert run(*argv, "--blocks", 1, 2, "--weight-bits", 8, 4, "--out", tmp_path / "both") == 2
     assert "--blocks and --weight-bits both list several values" in capsys.readouterr().err
@@ -589,6 +585,10 @@ def test_weight_bits_sweep(tmp_path, npz_data, capsys):
     with pytest.raises(SystemExit):
         run(*argv, "--weight-bits", "eight", "--out", tmp_path / "bad")
     assert "expected an integer or 'float', got 'eight'" in capsys.readouterr().err
+    for bad, said in (("head", "expected PATH=B pairs, got head"), ("head=8bit", "got '8bit'")):
+        with pytest.raises(SystemExit):
+            run(*argv, "--weight-bits", 4, "--weight-bits-at", bad, "--out", tmp_path / "bad")
+        assert said in capsys.readouterr().err
 
 
 def test_blocks_sweep_and_sit_method(tmp_path, npz_data, capsys):

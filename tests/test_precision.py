@@ -243,3 +243,45 @@ def test_the_trace_compares_with_the_rounded_ann_and_rounding_says_how_far_it_is
         by_hand = relative_error(head_only(x), expected)
     assert next(r for r in found["layers"] if r["path"] == "head")["output_error"] == pytest.approx(by_hand)
     assert rounding(transpike.convert(model, calibration), model, x) is None
+
+
+def test_bits_at_takes_the_most_specific_path():
+    at = {"blocks.1": 6, "blocks.1.mlp": None, "head": 8}
+    options = transpike.ConversionOptions(weight_bits=4, weight_bits_at=at)
+    paths = ("blocks.1.attn.qkv", "blocks.1.mlp.fc1", "blocks.10.mlp.fc1", "head")
+    assert [options.bits_at(p) for p in paths] == [6, None, 4, 8]
+
+
+def test_some_layers_keep_other_bits(tmp_path, images):
+    calibration, x = images
+    model = tiny_vit()
+    at = {"head": 8, "blocks.0": None, "blocks.0.mlp.fc2": 6}
+    snn = transpike.convert(model, calibration, weight_bits=3, weight_bits_at=at)
+    for path, spiking in synapses(snn).items():
+        weight, original = spiking.layer.weight, model.get_submodule(path).weight.detach()
+        bits = snn.options["weight_bits_at"].get(path, None if path.startswith("blocks.0.") else 3)
+        if bits is None:
+            assert spiking.ann_weight is None and torch.equal(weight, original), path
+        else:
+            assert torch.equal(weight, quantize(original, bits, 0)), path
+    assert_round_trip(snn, tiny_vit, x, tmp_path / "mixed.safetensors")
+    assert transpike.load(tmp_path / "mixed.safetensors", tiny_vit()).options["weight_bits_at"] == at
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(weight_bits_at={"head": 8}), "give weight_bits"),
+        (dict(weight_bits=4, weight_bits_at={"hed": 8}), "no synaptic layer .* under 'hed'; they are under"),
+        (
+            dict(weight_bits=4, weight_bits_at={"patch_embed": 8}),
+            "no synaptic layer",
+        ),  # direct coding: no synapse
+        (dict(weight_bits=4, weight_bits_at={"head": 1}), r"weight_bits_at\['head'\] must be an integer"),
+        (dict(weight_bits=4, weight_bits_at={"head": True}), r"weight_bits_at\['head'\] must be an integer"),
+        (dict(weight_bits=4, weight_bits_at=[("head", 8)]), "weight_bits_at must map module paths to bits"),
+    ],
+)
+def test_bad_weight_bits_at_is_refused(images, options, message):
+    with pytest.raises(ValueError, match=message):
+        transpike.convert(tiny_vit(), images[0], **options)

@@ -108,6 +108,19 @@ def int_or(word: str) -> Callable[[str], int | None]:
     return parse
 
 
+class PathBits(argparse.Action):
+    """``--weight-bits-at PATH=B ...``: {path: bits}, B a number of bits or "float"."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        pairs = [value.partition("=") for value in values]
+        if not all(path and sep for path, sep, _ in pairs):
+            raise argparse.ArgumentError(self, f"expected PATH=B pairs, got {' '.join(values)}")
+        try:
+            setattr(namespace, self.dest, {path: int_or("float")(bits) for path, _, bits in pairs})
+        except argparse.ArgumentTypeError as error:
+            raise argparse.ArgumentError(self, str(error)) from None
+
+
 def add_conversion_args(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
     """The conversion options' flags; with ``sweep`` (``eval``), --weight-bits takes several values."""
     group = parser.add_argument_group("conversion")
@@ -162,6 +175,11 @@ def add_conversion_args(parser: argparse.ArgumentParser, sweep: bool = False) ->
     group.add_argument(
         "--weight-granularity", default="channel", choices=GRANULARITIES,
         help="one scale per output channel (default) or per layer, for --weight-bits",
+    )  # fmt: skip
+    group.add_argument(
+        "--weight-bits-at", nargs="+", action=PathBits, default=None, metavar="PATH=B",
+        help="with --weight-bits: the layers at or under module PATH keep B bits ('float': not rounded), "
+        "e.g. head=8 (trace --weight-bits lists the layers whose rounding costs the most)",
     )  # fmt: skip
     group.add_argument(
         "--weight-scale", default="max", choices=SCALES,
@@ -476,7 +494,8 @@ def sweep_points(args: argparse.Namespace) -> tuple[str | None, list[tuple[str, 
     for k, b in ((k, b) for k in blocks for b in bits):
         parts = [f"blocks-{k}"] if k is not None else []
         parts += [f"bits-{sweep_label(b)}"] if over == "weight_bits" else []
-        points.append((".".join(parts) or "eval", dict(blocks=k, weight_bits=b)))
+        float_point = {"weight_bits_at": None} if b is None else {}  # "float": every synapse float
+        points.append((".".join(parts) or "eval", dict(blocks=k, weight_bits=b, **float_point)))
     return over, points
 
 

@@ -81,6 +81,10 @@ class ConversionOptions:
         weight_scale: "max" (default: the largest weight on the grid's end, none clipped) or "mse"
             (the scale minimizing the rounding's squared error, clipping the largest weights;
             :func:`~transpike.precision.weight_scale`) for ``weight_bits``.
+        weight_bits_at: with ``weight_bits``, {module path: b or None}: the synapses of the layers
+            at or under a path keep b bits instead (None: float), the most specific path winning
+            (:meth:`bits_at`); e.g. ``{"head": 8}`` keeps the classifier at 8 bits where the rest
+            has 4 (``transpike trace`` lists the layers whose rounding costs the most).
     """
 
     method: str = "ecmt"
@@ -101,6 +105,7 @@ class ConversionOptions:
     weight_bits: int | None = None
     weight_granularity: str = "channel"
     weight_scale: str = "max"
+    weight_bits_at: dict[str, int | None] | None = None
 
     def __post_init__(self) -> None:
         choices = {
@@ -145,11 +150,26 @@ class ConversionOptions:
             fitted = sorted(shipped_fits(shifted=self.sit_mode == "shift"))
             if self.sit_steps not in fitted:
                 raise ValueError(f"sit_steps must be one of the fitted K {fitted}, got {self.sit_steps!r}")
-        bits = self.weight_bits
-        if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16):
-            raise ValueError(f"weight_bits must be an integer in [2, 16] or None, got {bits!r}")
+        at = self.weight_bits_at or {}
+        if not isinstance(at, dict) or not all(isinstance(path, str) and path for path in at):
+            raise ValueError(f"weight_bits_at must map module paths to bits, got {at!r}")
+        if at and self.weight_bits is None:
+            raise ValueError("weight_bits_at sets some layers' bits apart from weight_bits: give weight_bits")
+        given = [("weight_bits", self.weight_bits)] + [(f"weight_bits_at[{p!r}]", b) for p, b in at.items()]
+        for name, bits in given:
+            if bits is not None and (
+                isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16
+            ):
+                raise ValueError(f"{name} must be an integer in [2, 16] or None, got {bits!r}")
         if self.neuron == "burst" and self.levels > 16:
             raise ValueError(f"levels must be <= 16 for the burst neuron, got {self.levels}")
+
+    def bits_at(self, path: str) -> int | None:
+        """The bits of the synapses of the layer at ``path``: those of the longest path of
+        ``weight_bits_at`` that is ``path`` or one of its ancestors, else ``weight_bits``."""
+        at = self.weight_bits_at or {}
+        found = [p for p in at if path == p or path.startswith(p + ".")]
+        return at[max(found, key=len)] if found else self.weight_bits
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -173,7 +193,14 @@ def prepare(model: nn.Module, options: ConversionOptions, analog: dict[str, str]
     analog = dict(analog or {})
     if options.blocks is not None:
         analog |= _after_blocks(network, options.blocks)
-    return _prepare(network, "", options, direct=frozenset(), analog=analog)
+    network = _prepare(network, "", options, direct=frozenset(), analog=analog)
+    synapses = [path for path, module in network.named_modules() if isinstance(module, Observed)]
+    for path in options.weight_bits_at or {}:
+        if not any(p == path or p.startswith(path + ".") for p in synapses):
+            tops = sorted({p.split(".")[0] for p in synapses})
+            raise ValueError(f"weight_bits_at: no synaptic layer (a weight layer fed by spikes) at or under "
+                             f"{path!r}; they are under {tops}")  # fmt: skip
+    return network
 
 
 def copied(model: nn.Module) -> nn.Module:
@@ -320,11 +347,12 @@ def _prepare(
         if path in direct:  # direct coding: it sees the input at every step, no neuron before it
             return module
         observer = HistogramObserver(rule.channel_dims if per_channel else (), path)
-        if options.weight_bits is None:
+        bits = options.bits_at(path)
+        if bits is None:
             return Observed(module, observer)
         # quantized before calibration: the thresholds are set on what the rounded synapses produce
         layer, ann_weight = quantized_layer(
-            module, rule, options.weight_bits, options.weight_granularity, options.weight_scale
+            module, rule, bits, options.weight_granularity, options.weight_scale
         )
         return Observed(layer, observer, ann_weight)
     if rule.role is Role.PRODUCT:
@@ -501,7 +529,7 @@ def convert(
             samples, sample shape) and saved with it; JSON values.
         **options: any other field of :class:`ConversionOptions` (levels_per_octave, granularity,
             threshold, horizon, rounding, neuron, compensation, strict, sit_steps, sit_mode, blocks,
-            weight_bits, weight_granularity, weight_scale).
+            weight_bits, weight_granularity, weight_scale, weight_bits_at).
 
     Returns:
         The :class:`SpikingModel`; ``snn.simulate(x, time_steps)`` gives outputs for every t.

@@ -223,9 +223,10 @@ def format_table(results: dict) -> str:
     if options.get("weight_bits"):
         per = "output channel" if options["weight_granularity"] == "channel" else "layer"
         chosen = ", of least squared error" if options.get("weight_scale") == "mse" else ""
-        bits = options["weight_bits"]
-        lines.append(f"synaptic weights rounded to {bits} bits (one scale per {per}{chosen}), the ANN's "
-                     "float: SNN - ANN includes the rounding")  # fmt: skip
+        bits, at = options["weight_bits"], options.get("weight_bits_at") or {}
+        apart = "".join(f", {path}: {sweep_label(b)}" for path, b in at.items())
+        lines.append(f"synaptic weights rounded to {bits} bits (one scale per {per}{chosen}{apart}), the "
+                     "ANN's float: SNN - ANN includes the rounding")  # fmt: skip
         rounded = results.get("rounded_ann_top1")
         if rounded is not None:
             lines.append(f"the ANN with the rounded weights: top-1 {rounded:.2f} % ({rounded - ann:+.2f}), "
