@@ -398,8 +398,8 @@ def rounding(snn: SpikingModel, ann: nn.Module, x: Tensor) -> dict | None:
     """What rounding the synaptic weights (``weight_bits``) alone does to the ANN: the output's
     relative error of the ANN holding the rounded weights (:func:`analog_network`, the reference of
     :func:`trace`) against the float ``ann``, the share (percent) of outputs whose top-1 is the
-    float ANN's, and ``layers``: for each synaptic layer, the output's error when it alone is
-    rounded (the rest float), largest first: where fewer bits cost the most, and where more would
+    float ANN's, and ``layers``: for each rounded synaptic layer, the output's error when it alone
+    is rounded (the rest float), largest first: where fewer bits cost the most, and where more would
     pay. None where the synapses are float.
 
     Args:
@@ -413,15 +413,15 @@ def rounding(snn: SpikingModel, ann: nn.Module, x: Tensor) -> dict | None:
     x = snn._input(x)
     rounded, expected = analog_network(snn.network)(x), ann(x)
     same = (rounded.argmax(-1) == expected.argmax(-1)).double().mean().item()
-    network = prepare(ann, replace(options, weight_bits=None))  # the float ANN, its synapses observed
-    synapses = {p for p, m in snn.network.named_modules() if isinstance(m, SpikingLayer)}
+    # the float ANN, its synapses observed
+    network = prepare(ann, replace(options, weight_bits=None, weight_bits_at=None))
+    bits = {p: options.bits_at(p) for p, m in snn.network.named_modules() if isinstance(m, SpikingLayer)}
+    sites = [(p, m) for p, m in network.named_modules() if isinstance(m, Observed) and bits.get(p)]
     layers = []
-    for path, site in [
-        (p, m) for p, m in network.named_modules() if isinstance(m, Observed) and p in synapses
-    ]:
+    for path, site in sites:
         kept = site.layer
-        site.layer = quantized_layer(copy.deepcopy(kept), rule_for(kept), options.weight_bits,
-                                     options.weight_granularity, options.weight_scale)[0]  # fmt: skip
+        chosen = (options.weight_granularity, options.weight_scale)
+        site.layer = quantized_layer(copy.deepcopy(kept), rule_for(kept), bits[path], *chosen)[0]
         layers.append(dict(path=path, output_error=relative_error(network(x), expected)))
         site.layer = kept
     return dict(
