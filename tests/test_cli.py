@@ -585,6 +585,11 @@ def test_weight_bits_sweep(tmp_path, npz_data, capsys):
     with pytest.raises(SystemExit):
         run(*argv, "--weight-bits", "eight", "--out", tmp_path / "bad")
     assert "expected an integer or 'float', got 'eight'" in capsys.readouterr().err
+    assert run(*argv, "--weight-bits-at", "head=8", "--out", tmp_path / "alone") == 2  # without --weight-bits
+    assert (
+        "weight_bits_at sets some layers' bits apart from weight_bits: give weight_bits"
+        in capsys.readouterr().err
+    )
     for bad, said in (("head", "expected PATH=B pairs, got head"), ("head=8bit", "got '8bit'")):
         with pytest.raises(SystemExit):
             run(*argv, "--weight-bits", 4, "--weight-bits-at", bad, "--out", tmp_path / "bad")

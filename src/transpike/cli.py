@@ -494,7 +494,8 @@ def sweep_points(args: argparse.Namespace) -> tuple[str | None, list[tuple[str, 
     for k, b in ((k, b) for k in blocks for b in bits):
         parts = [f"blocks-{k}"] if k is not None else []
         parts += [f"bits-{sweep_label(b)}"] if over == "weight_bits" else []
-        float_point = {"weight_bits_at": None} if b is None else {}  # "float": every synapse float
+        # a sweep's "float": every synapse float, whatever --weight-bits-at says of the others
+        float_point = {"weight_bits_at": None} if b is None and over == "weight_bits" else {}
         points.append((".".join(parts) or "eval", dict(blocks=k, weight_bits=b, **float_point)))
     return over, points
 
