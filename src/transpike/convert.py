@@ -168,7 +168,7 @@ class ConversionOptions:
         """The bits of the synapses of the layer at ``path``: those of the longest path of
         ``weight_bits_at`` that is ``path`` or one of its ancestors, else ``weight_bits``."""
         at = self.weight_bits_at or {}
-        found = [p for p in at if path == p or path.startswith(p + ".")]
+        found = [p for p in at if _within(path, p)]
         return at[max(found, key=len)] if found else self.weight_bits
 
     def to_dict(self) -> dict:
@@ -177,6 +177,11 @@ class ConversionOptions:
 
 def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
+
+
+def _within(path: str, ancestor: str) -> bool:
+    """Whether the module at ``path`` is the one at ``ancestor`` or lies under it."""
+    return path == ancestor or path.startswith(ancestor + ".")
 
 
 def prepare(model: nn.Module, options: ConversionOptions, analog: dict[str, str] | None = None) -> nn.Module:
@@ -196,7 +201,7 @@ def prepare(model: nn.Module, options: ConversionOptions, analog: dict[str, str]
     network = _prepare(network, "", options, direct=frozenset(), analog=analog)
     synapses = [path for path, module in network.named_modules() if isinstance(module, Observed)]
     for path in options.weight_bits_at or {}:
-        if not any(p == path or p.startswith(path + ".") for p in synapses):
+        if not any(_within(p, path) for p in synapses):
             tops = sorted({p.split(".")[0] for p in synapses})
             raise ValueError(f"weight_bits_at: no synaptic layer (a weight layer fed by spikes) at or under "
                              f"{path!r}; they are under {tops}")  # fmt: skip

@@ -417,10 +417,9 @@ def rounding(snn: SpikingModel, ann: nn.Module, x: Tensor) -> dict | None:
     network = prepare(ann, replace(options, weight_bits=None, weight_bits_at=None))
     bits = {p: options.bits_at(p) for p, m in snn.network.named_modules() if isinstance(m, SpikingLayer)}
     sites = [(p, m) for p, m in network.named_modules() if isinstance(m, Observed) and bits.get(p)]
-    layers = []
+    layers, chosen = [], (options.weight_granularity, options.weight_scale)
     for path, site in sites:
         kept = site.layer
-        chosen = (options.weight_granularity, options.weight_scale)
         site.layer = quantized_layer(copy.deepcopy(kept), rule_for(kept), bits[path], *chosen)[0]
         layers.append(dict(path=path, output_error=relative_error(network(x), expected)))
         site.layer = kept
