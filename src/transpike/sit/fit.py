@@ -16,6 +16,7 @@ import heapq
 import itertools
 import json
 import math
+import multiprocessing
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -347,8 +348,10 @@ def main(argv: list[str] | None = None) -> None:
     chain = [last, *args.longer]
     if not 1 <= first <= last or chain != sorted(set(chain)):
         parser.error(f"--steps {first} {last} --longer {args.longer}: K must be >= 1 and increasing")
-    # the two ranges are independent: one process each
-    with ProcessPoolExecutor(max_workers=len(RANGES)) as pool:
+    # the two ranges are independent: one process each, started afresh, since a forked child of a
+    # process that has run autograd (a test session, a notebook) cannot run it again
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(RANGES), mp_context=spawn) as pool:
         jobs = {
             key: pool.submit(
                 _fit_range,
