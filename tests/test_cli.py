@@ -446,6 +446,9 @@ CALIB = ["--calib", "digits"]
         (["eval", "--snn", "x", "--calib-batch-size", "8", *EVAL], "--calib-batch-size: x is a converted"),
         (["eval", *MODEL, *CALIB, "--calib-batch-size", "0", *EVAL], "--calib-batch-size must be >= 1"),
         (["eval", "--snn", "x", "--workers", "-1", *EVAL], "--workers must be >= 0, got -1"),
+        (["eval", "--snn", "x", "--e-ac", "-1", *EVAL], "--e-ac = -1.0: the energy of one operation"),
+        (["eval", "--snn", "x", "--arithmetic", "int8", "--e-float", "nan", *EVAL], "--e-float = nan"),
+        (["demo", "--e-mac", "inf", "--out", "d"], "--e-mac = inf"),
         (["eval", "--snn", "x", "--exit-confidence", "0.9", "0", *EVAL], "--exit-confidence: early-exit"),
         (
             ["eval", "--snn", "x", "--exit-entropy", "1.5", *EVAL],
@@ -794,3 +797,23 @@ def test_compare_tells_two_conversions_apart_sample_by_sample(tmp_path, npz_data
     capsys.readouterr()
     assert run("compare", tmp_path / "paper", tmp_path / "elsewhere") == 2
     assert "the labels differ at" in capsys.readouterr().err
+
+
+def test_arithmetic_sets_the_energy_per_operation_and_compare_names_it(tmp_path, npz_data, capsys):
+    """--arithmetic int8 prices the same spikes at 0.3 pJ per MAC, 0.1 per AC (here --e-ac 0.05
+    overrides it) and 4.6 per float op; compare names the prices two runs differ in."""
+    argv = ["eval", *MODEL, "--calib", npz_data, "--data", npz_data, "--time-steps", 3]
+    assert run(*argv, "--out", tmp_path / "fp32") == 0
+    assert run(*argv, "--arithmetic", "int8", "--e-ac", 0.05, "--out", tmp_path / "int8") == 0
+    fp32, int8 = (json.loads((tmp_path / d / "results.json").read_text())["energy"] for d in ("fp32", "int8"))
+    assert [fp32[k] for k in ("e_mac_pj", "e_ac_pj", "e_float_pj")] == [4.6, 0.9, 4.6]
+    assert [int8[k] for k in ("e_mac_pj", "e_ac_pj", "e_float_pj")] == [0.3, 0.05, 4.6]
+    assert int8["snn_acs"] == fp32["snn_acs"]  # the same spikes, other prices
+    scale = (0.05 / 0.3) / (0.9 / 4.6)
+    assert int8["energy_ratio"] == pytest.approx([r * scale for r in fp32["energy_ratio"]])
+    ann = 0.3 * int8["ann_macs"] + 4.6 * int8["ann_float_ops"]
+    assert int8["ann_energy_pj"] == pytest.approx(ann)
+    assert int8["energy_ratio_full"] == pytest.approx([e / ann for e in int8["snn_energy_pj"]])
+    assert "0.3 pJ per MAC, 0.05 per AC, 4.6 per float op" in capsys.readouterr().out
+    assert run("compare", tmp_path / "fp32", tmp_path / "int8", "--out", tmp_path / "cmp") == 0
+    assert "options that differ: e_ac_pj 0.9 -> 0.05, e_mac_pj 4.6 -> 0.3" in capsys.readouterr().out

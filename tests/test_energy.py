@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import transpike
 from transpike import MTNeuron, burst_fire, mt_fire, spike_planes
-from transpike.energy import E_AC, E_MAC, count_dense_work
+from transpike.energy import ARITHMETIC, E_AC, E_FLOAT, E_MAC, count_dense_work
 from transpike.sit import SpikingSoftmax, fs_spikes
 from transpike.spikes import SpikeMonitor, SpikeStatistics, _burst_codes, operand_nonzeros, product_operations
 
@@ -223,6 +223,50 @@ def test_energy_constants_are_configurable(images):
     default = transpike.account(snn, x, 2)
     cheap = transpike.account(snn, x, 2, e_mac=4.6, e_ac=0.45)
     assert cheap.ratio["ecmt"] == pytest.approx([r / 2 for r in default.ratio["ecmt"]])
+
+
+def test_arithmetic_is_horowitz_table():
+    """A MAC is a multiply and an add, an AC the add alone (45 nm, Horowitz 2014); fp32 is the default."""
+    assert (
+        ARITHMETIC["fp32"]
+        == dict(e_mac=E_MAC, e_ac=E_AC, e_float=E_FLOAT)
+        == dict(e_mac=4.6, e_ac=0.9, e_float=4.6)
+    )
+    assert ARITHMETIC["fp16"] == dict(e_mac=1.5, e_ac=0.4, e_float=1.5)  # 1.1 + 0.4
+    assert ARITHMETIC["int8"] == dict(e_mac=0.3, e_ac=0.1, e_float=4.6)  # 0.2 + 0.1: 32-bit sums; fp32 floats
+
+
+def test_each_operation_is_priced_apart(images):
+    """The full form by hand: synaptic ACs at e_ac, analog MACs at e_mac and elementwise float
+    operations at e_float, in the SNN after t steps and in the ANN; the ECMT form ignores e_float."""
+    calibration, x = images
+    snn = transpike.convert(tiny_vit(), calibration)
+    fp32 = transpike.account(snn, x, 3)
+    report = transpike.account(snn, x, 3, **ARITHMETIC["int8"])
+    assert report.acs == fp32.acs and report.ann_macs == fp32.ann_macs
+    macs = report.snn_analog_macs_per_step
+    assert 0 < macs < report.snn_float_ops_per_step  # the patch embedding's MACs and the float work
+    floats = report.snn_float_ops_per_step - macs
+    steps = torch.arange(1, 4, dtype=torch.float64)
+    snn_energy = 0.1 * torch.tensor(report.acs).cumsum(0) + steps * (0.3 * macs + 4.6 * floats)
+    assert report.snn_energy == pytest.approx(snn_energy.tolist())
+    assert report.ann_energy == pytest.approx(0.3 * report.ann_macs + 4.6 * report.ann_float_ops)
+    assert report.ratio["full"] == pytest.approx((snn_energy / report.ann_energy).tolist())
+    assert report.ratio["ecmt"] == pytest.approx([r * (0.1 / 0.3) / (0.9 / 4.6) for r in fp32.ratio["ecmt"]])
+    floating = transpike.account(snn, x, 3, e_float=1.0)
+    assert floating.ratio["ecmt"] == fp32.ratio["ecmt"] and floating.ratio["full"] != fp32.ratio["full"]
+    assert report.to_dict()["e_float_pj"] == 4.6 and "4.6 per float op" in str(report)
+    first = next((t for t in (1, 2, 3) if report.ratio["full"][t - 1] > 1), None)
+    assert report.costlier_from() == first == report.to_dict()["costlier_from"]["full"]
+    assert report.costlier_from("ecmt") is None  # 3 steps of ACs at a third of a MAC each: < 1
+    assert (f"from t = {first} on" if first else "within t <= 3 the SNN spends less") in str(report)
+
+
+@pytest.mark.parametrize("name, value", [("e_ac", -0.1), ("e_mac", float("nan")), ("e_float", float("inf"))])
+def test_bad_energy_per_operation_is_refused_by_name(name, value):
+    snn = transpike.convert(nn.Sequential(nn.Linear(4, 2)).eval(), torch.randn(32, 4))
+    with pytest.raises(ValueError, match=f"{name} = {value}: the energy of one operation"):
+        transpike.account(snn, torch.randn(3, 4), 2, **{name: value})
 
 
 @pytest.mark.parametrize("norm_spikes", [1024, None])

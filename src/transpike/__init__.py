@@ -8,7 +8,7 @@ y = snn.simulate(x, time_steps=8)   # [T, B, classes]; y[t-1] is the prediction 
 from ._version import __version__
 from .compensation import ExpectationCompensation, SpikingProduct, compensate
 from .convert import ConversionOptions, calibrate, convert, prepare, to_spiking
-from .energy import EnergyReport, account
+from .energy import ARITHMETIC, EnergyReport, account
 from .errors import ConversionError, FusionError, GraphError
 from .io import load, save
 from .model import ConversionReport, SpikingModel
@@ -16,6 +16,7 @@ from .neurons import MTNeuron, burst_fire, mt_fire, spike_planes
 from .synapses import ParallelLayer, SpikingLayer, parallel_weights
 
 __all__ = [
+    "ARITHMETIC",
     "ConversionError",
     "ConversionOptions",
     "ConversionReport",

@@ -40,7 +40,7 @@ from ._version import __version__
 from .compare import compare
 from .convert import GRANULARITIES, METHODS, THRESHOLDS, ConversionOptions, convert
 from .data import SPEC_HELP, has_labels, load_dataset, parse_spec, spread
-from .energy import E_AC, E_MAC
+from .energy import ARITHMETIC, check_costs
 from .errors import ConversionError, FusionError, GraphError
 from .evaluate import World, evaluate, init_world
 from .exits import EXITS, ExitRule, check_rules
@@ -192,9 +192,16 @@ def add_energy_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("energy")
     group.add_argument("--no-energy", action="store_true", help="skip spike and energy accounting")
     group.add_argument(
-        "--e-mac", type=float, default=E_MAC, help=f"pJ per multiply-accumulate (default {E_MAC})"
-    )
-    group.add_argument("--e-ac", type=float, default=E_AC, help=f"pJ per accumulate (default {E_AC})")
+        "--arithmetic", default="fp32", choices=ARITHMETIC,
+        help="the number format of the chip, the SNN's and its ANN's alike, which sets the energy of "
+        "one operation (45 nm): " + "; ".join(
+            f"{name}: MAC {c['e_mac']:g}, AC {c['e_ac']:g}, float op {c['e_float']:g} pJ"
+            for name, c in ARITHMETIC.items()
+        ) + " (int8 accumulates in 32 bits; its float work stays fp32)",
+    )  # fmt: skip
+    operations = dict(mac="multiply-accumulate", ac="accumulate", float="elementwise float op")
+    for name, what in operations.items():
+        group.add_argument(f"--e-{name}", type=float, help=f"pJ per {what} (default: the --arithmetic's)")
 
 
 def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -311,6 +318,7 @@ class EvalSettings:
     energy: bool
     e_mac: float
     e_ac: float
+    e_float: float
     resume: bool = False
     workers: int = 0
     exits: tuple[ExitRule, ...] = EXITS
@@ -320,6 +328,10 @@ class EvalSettings:
     def from_args(cls, args: argparse.Namespace, **overrides) -> EvalSettings:
         values = {name: getattr(args, name) for name in cls.__dataclass_fields__ if hasattr(args, name)}
         values["energy"] = not args.no_energy
+        # the arithmetic's energy of each operation, where --e-mac, --e-ac or --e-float does not set it
+        given = {k: getattr(args, k) for k in ARITHMETIC[args.arithmetic] if getattr(args, k) is not None}
+        check_costs({"--" + k.replace("_", "-"): v for k, v in given.items()})
+        values.update(ARITHMETIC[args.arithmetic] | given)
         if hasattr(args, "exit_confidence"):
             values["exits"] = exit_rules(args)
         values.update(overrides)
@@ -350,7 +362,8 @@ def run_evaluation(
     )
     counts = evaluate(
         snn, ann, dataset, settings.time_steps, settings.batch_size, settings.limit, settings.device, world,
-        energy=settings.energy, e_mac=settings.e_mac, e_ac=settings.e_ac, store=store,
+        energy=settings.energy, e_mac=settings.e_mac, e_ac=settings.e_ac, e_float=settings.e_float,
+        store=store,
         workers=settings.workers, exits=settings.exits, predictions=True,
         against_ann=settings.against_ann or not has_labels(dataset),  # without labels, only against the ANN
     )  # fmt: skip
@@ -380,7 +393,8 @@ def run_evaluation(
         names = getattr(dataset, "classes", None)  # an image folder's or a list's class names
         about = {k: results[k] for k in kept} | ({"class_names": list(names)} if names else {})
         if report is not None:  # what each t costs, for a comparison to weigh against its accuracy
-            about.update({k: results["energy"][k] for k in ("energy_ratio", "energy_ratio_full")})
+            costs = ("energy_ratio", "energy_ratio_full", "e_mac_pj", "e_ac_pj", "e_float_pj")
+            about.update({k: results["energy"][k] for k in costs})
         paths = [save_predictions(chosen, about, settings.out / predictions_file)]
         classes = per_class(chosen["labels"], chosen["ann"], chosen["snn"])
         # classes.csv beside predictions.safetensors (classes.blocks-K.csv in a --blocks sweep)
@@ -720,6 +734,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     positive("--time-steps", args.time_steps)
     out = check_output_dir(args.out, args.force)
+    settings = EvalSettings.from_args(
+        args, batch_size=256, limit=None, device="cpu", fuse=False, graphs=False, out=out
+    )
     start = time.perf_counter()
     with tqdm(
         total=digits.TRAINING["epochs"], desc="train digits ViT (once, then cached)", unit="epoch"
@@ -730,9 +747,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     provenance = dict(calibration=dict(data="digits:train", batch_size=256))
     snn = convert(ann, train.split(256), **conversion_options(args), model_spec=spec, provenance=provenance)
     test = load_dataset("digits:test")
-    settings = EvalSettings.from_args(
-        args, batch_size=256, limit=None, device="cpu", fuse=False, graphs=False, out=out
-    )
     meta = dict(model="transpike digits ViT", data="digits:test", snn_file=str(out / "snn.safetensors"),
                 command=args.command)  # fmt: skip
     run_evaluation(snn, ann, test, settings, meta, World())

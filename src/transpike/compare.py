@@ -114,10 +114,11 @@ def class_rows(labels: Tensor, first: Tensor, second: Tensor) -> dict[str, list]
 
 
 def differing_options(reference: dict, other: dict) -> dict:
-    """The conversion options, model, data and calibration set (``calibration_set``,
-    :func:`~transpike.fingerprints.set_digest`) two evaluations differ in: {name: [reference's,
-    other's]}."""
-    named = ("model", "data", "calibration_set")
+    """The conversion options, model, data, calibration set (``calibration_set``,
+    :func:`~transpike.fingerprints.set_digest`) and energy per operation (``e_mac_pj``, ``e_ac_pj``,
+    ``e_float_pj``: where they differ, so do the energies compared) two evaluations differ in:
+    {name: [reference's, other's]}."""
+    named = ("model", "data", "calibration_set", "e_mac_pj", "e_ac_pj", "e_float_pj")
     first = {**reference.get("options", {}), **{k: reference.get(k) for k in named}}
     second = {**other.get("options", {}), **{k: other.get(k) for k in named}}
     return {k: [first.get(k), second.get(k)] for k in sorted(first.keys() | second.keys())

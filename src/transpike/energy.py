@@ -12,11 +12,16 @@ Two kinds of work are counted, both from what actually runs:
   MACs use PyTorch's own flop formulas (``torch.utils.flop_counter``); an elementwise op counts one
   operation per output element.
 
-Energy (45 nm, Horowitz 2014): E_MAC = 4.6 pJ, E_AC = 0.9 pJ by default. Three SNN/ANN ratios at
-every t:
+Energy (45 nm, Horowitz 2014): E_MAC = 4.6 pJ, E_AC = 0.9 pJ by default (32-bit float), and
+E_float (an elementwise float operation) = E_MAC. :data:`ARITHMETIC` holds the three costs for
+other number formats from the same table (a MAC is a multiply of the operands' format and an add in
+the accumulator's; an AC is that add alone): ``int8`` is a chip with 8-bit weights and activations
+accumulating in 32-bit integers, the ANN it is compared with on the same arithmetic, and the float
+work (EC modules, norms, softmax) still in 32-bit float. Three SNN/ANN ratios at every t:
 
 - ``ecmt``: E_AC·ACs(≤t) / (E_MAC·MACs), synaptic operations only, as ECMT reports it;
-- ``full``: (E_AC·ACs(≤t) + E_MAC·t·analog float work per step) / (E_MAC·(MACs + ANN float work));
+- ``full``: (E_AC·ACs(≤t) + t·(E_MAC·analog MACs + E_float·analog float ops) per step) /
+  (E_MAC·MACs + E_float·ANN float ops), with the energies themselves (pJ per sample);
 - ``sit``: SIT-conversion's formula, Σ_l FLOPs_ANN(l)·SpikeNum_l(≤t)/NeuronNum_l · E_AC over
   Σ_l FLOPs_ANN(l)·E_MAC (for a product, NeuronNum and SpikeNum of both operands).
 
@@ -32,6 +37,7 @@ the same input stays in the ANN's float work.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -49,7 +55,38 @@ from .sit import SpikingSoftmax
 from .spikes import SpikeMonitor
 from .synapses import SpikingLayer
 
-E_MAC, E_AC = 4.6, 0.9  # pJ per operation, 45 nm CMOS
+# pJ per add and per multiply, 45 nm CMOS at 0.9 V (Horowitz, ISSCC 2014, "Computing's energy problem")
+ADD_PJ = {"int8": 0.03, "int32": 0.1, "fp16": 0.4, "fp32": 0.9}
+MULT_PJ = {"int8": 0.2, "int32": 3.1, "fp16": 1.1, "fp32": 3.7}
+
+
+def costs(operands: str, accumulator: str, floats: str) -> dict[str, float]:
+    """pJ per MAC (a multiply of two ``operands``, an add in the ``accumulator``'s format), per AC
+    (that add alone: a spike adds a weight to a membrane potential) and per elementwise float
+    operation (charged a MAC of the ``floats`` format, as the full form always has)."""
+    return dict(
+        e_mac=round(MULT_PJ[operands] + ADD_PJ[accumulator], 6),
+        e_ac=ADD_PJ[accumulator],
+        e_float=round(MULT_PJ[floats] + ADD_PJ[floats], 6),
+    )
+
+
+# A chip's arithmetic, the SNN's and its ANN's alike: keyword arguments of account and evaluate.
+ARITHMETIC = {
+    "fp32": costs("fp32", "fp32", "fp32"),
+    "fp16": costs("fp16", "fp16", "fp16"),
+    "int8": costs("int8", "int32", "fp32"),  # float work (EC modules, norms, softmax) stays fp32
+}
+E_MAC, E_AC, E_FLOAT = ARITHMETIC["fp32"].values()
+
+
+def check_costs(prices: dict[str, float]) -> None:
+    """Refuse an energy per operation that is negative or not finite, naming its argument."""
+    for name, value in prices.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} = {value}: the energy of one operation is a finite number of pJ, >= 0")
+
+
 # Dense products that stay dense in the SNN: the direct-input layer, whatever EC modules compute and
 # linear work between modules on their outputs (ConViT's constant positional attention times V).
 ANALOG_MAC_ROLES = ("direct-input", "analog", "ann-nonlinear", "ec", "other")
@@ -180,7 +217,8 @@ def count_dense_work(snn: SpikingModel, x: Tensor) -> DenseWork:
 class EnergyReport:
     """Per-layer operation counts and SNN/ANN energy ratios at every t, per sample.
 
-    ``layers``: weight layers and products fed by spikes (ANN MACs, SNN ACs per step, input firing
+    ``ann_energy``, ``snn_energy``: pJ per sample of the ANN and of the SNN after t steps (the full
+    form). ``layers``: weight layers and products fed by spikes (ANN MACs, SNN ACs per step, input firing
     rate per step). ``analog``: the float work that stays analog, per module and step. ``sites``:
     every MT site's firing rate per step and cumulative, and its spikes per level and sign.
     """
@@ -189,9 +227,13 @@ class EnergyReport:
     samples: int
     e_mac: float
     e_ac: float
+    e_float: float
     ann_macs: float
     ann_float_ops: float
-    snn_float_ops_per_step: float
+    snn_float_ops_per_step: float  # the analog MACs and elementwise float operations of one step
+    snn_analog_macs_per_step: float
+    ann_energy: float
+    snn_energy: list[float]
     acs: list[float]  # synaptic operations at step t (not cumulative)
     softmax_acs: list[float]  # the spiking softmaxes' ACs at step t (method "sit"; in "full" only)
     ratio: dict[str, list[float]]  # "ecmt", "full", "sit": SNN/ANN energy after t steps
@@ -206,14 +248,19 @@ class EnergyReport:
         return dict(
             e_mac_pj=self.e_mac,
             e_ac_pj=self.e_ac,
+            e_float_pj=self.e_float,
             ann_macs=self.ann_macs,
             ann_float_ops=self.ann_float_ops,
             snn_float_ops_per_step=self.snn_float_ops_per_step,
+            snn_analog_macs_per_step=self.snn_analog_macs_per_step,
+            ann_energy_pj=self.ann_energy,
+            snn_energy_pj=self.snn_energy,
             snn_acs=self.acs,
             softmax_acs=self.softmax_acs,
             energy_ratio=self.ratio["ecmt"],
             energy_ratio_full=self.ratio["full"],
             energy_ratio_sit=self.ratio["sit"],
+            costlier_from={form: self.costlier_from(form) for form in self.ratio},
             max_spikes_per_neuron_step=self.max_spikes_per_neuron_step,
             level_histogram=self.level_histogram,
             layers=self.layers,
@@ -222,17 +269,30 @@ class EnergyReport:
             sites=self.sites,
         )
 
+    def costlier_from(self, form: str = "full") -> int | None:
+        """The first t after which the SNN has spent more than its ANN (``form``: "ecmt", "full" or
+        "sit"; None: not within T)."""
+        return next((t for t, ratio in enumerate(self.ratio[form], 1) if ratio > 1), None)
+
     def summary(self) -> str:
         lines = [
             f"ANN: {self.ann_macs / 1e6:.2f} M MACs + {self.ann_float_ops / 1e6:.2f} M other float ops per "
             f"sample; SNN: {self.snn_float_ops_per_step / 1e6:.2f} M analog float ops per step",
-            "  t   ACs (M)   energy SNN/ANN: ECMT form   full form   SIT formula",
+            f"at {self.e_mac:g} pJ per MAC, {self.e_ac:g} per AC, {self.e_float:g} per float op: ANN "
+            f"{self.ann_energy / 1e6:.4g} µJ per sample",
+            "  t   ACs (M)   energy SNN/ANN: ECMT form   full form   SIT formula   SNN µJ (full)",
         ]
         lines += [
             f"{t + 1:>3}   {sum(self.acs[: t + 1]) / 1e6:7.2f}   {self.ratio['ecmt'][t]:25.3f}   "
-            f"{self.ratio['full'][t]:9.3f}   {self.ratio['sit'][t]:11.3f}"
+            f"{self.ratio['full'][t]:9.3f}   {self.ratio['sit'][t]:11.3f}   {self.snn_energy[t] / 1e6:13.4g}"
             for t in range(self.time_steps)
         ]
+        costlier = self.costlier_from()
+        lines.append(
+            f"the SNN has spent more than its ANN from t = {costlier} on (full form)"
+            if costlier
+            else f"within t <= {self.time_steps} the SNN spends less than its ANN (full form)"
+        )
         if self.softmaxes:
             exp, norm = (
                 sum(row[key][-1] for row in self.softmaxes) for key in ("si_exp_spikes", "si_norm_spikes")
@@ -288,8 +348,10 @@ def energy_report(
     time_steps: int,
     e_mac: float = E_MAC,
     e_ac: float = E_AC,
+    e_float: float = E_FLOAT,
 ) -> EnergyReport:
-    """Combine spike counts (summed over ``samples`` inputs) with the dense work of one step."""
+    """Combine spike counts (summed over ``samples`` inputs) with the dense work of one step, at
+    ``e_mac``, ``e_ac`` and ``e_float`` pJ per operation."""
     steps = torch.arange(1, time_steps + 1, dtype=torch.float64)
     macs = {path: value for (path, role), value in dense.macs.items() if role in ("weight", "product")}
     layers, sit_acs = [], torch.zeros(time_steps, dtype=torch.float64)
@@ -315,7 +377,8 @@ def energy_report(
         for (_, role), value in dense.elementwise.items()
         if role in ("ann-nonlinear", "ann-replaced", "other")
     )
-    snn_float = sum(row["float_ops"] + row["macs"] for row in analog)
+    snn_macs = sum(row["macs"] for row in analog)
+    snn_float = sum(row["float_ops"] for row in analog)
     acs = sum(
         (_padded(r.operations, time_steps) for r in monitor.operations.values()), torch.zeros(time_steps)
     )
@@ -324,7 +387,8 @@ def energy_report(
     softmaxes = _softmax_rows(monitor, samples, time_steps)
     rows = [row["acs"] for row in softmaxes]
     softmax_acs = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), time_steps).sum(0)
-    full = spent + e_ac * softmax_acs.cumsum(0) + e_mac * steps * snn_float
+    full = spent + e_ac * softmax_acs.cumsum(0) + steps * (e_mac * snn_macs + e_float * snn_float)
+    ann_energy = e_mac * ann_macs + e_float * ann_float
     histograms = [r.histogram for r in monitor.sites.values() if r.histogram is not None]
     same_levels = histograms and all(h.shape == histograms[0].shape for h in histograms)
     return EnergyReport(
@@ -332,14 +396,18 @@ def energy_report(
         samples=samples,
         e_mac=e_mac,
         e_ac=e_ac,
+        e_float=e_float,
         ann_macs=ann_macs,
         ann_float_ops=ann_float,
-        snn_float_ops_per_step=snn_float,
+        snn_float_ops_per_step=snn_macs + snn_float,
+        snn_analog_macs_per_step=snn_macs,
+        ann_energy=ann_energy,
+        snn_energy=full.tolist(),
         acs=acs.tolist(),
         softmax_acs=softmax_acs.tolist(),
         ratio=dict(
             ecmt=(spent / (e_mac * ann_macs)).tolist(),
-            full=(full / (e_mac * (ann_macs + ann_float))).tolist(),
+            full=(full / ann_energy).tolist(),
             sit=(e_ac * sit_acs / (e_mac * max(sum(macs.values()), 1e-30))).tolist(),
         ),
         layers=layers,
@@ -352,7 +420,12 @@ def energy_report(
 
 
 def account(
-    snn: SpikingModel, x: Tensor, time_steps: int, e_mac: float = E_MAC, e_ac: float = E_AC
+    snn: SpikingModel,
+    x: Tensor,
+    time_steps: int,
+    e_mac: float = E_MAC,
+    e_ac: float = E_AC,
+    e_float: float = E_FLOAT,
 ) -> EnergyReport:
     """Simulate ``time_steps`` steps on x and report what every layer did and cost, per sample.
 
@@ -360,9 +433,11 @@ def account(
         snn: the converted network.
         x: an input batch.
         time_steps: T.
-        e_mac, e_ac: energy per multiply-accumulate and per accumulate (pJ).
+        e_mac, e_ac, e_float: energy per multiply-accumulate, per accumulate and per elementwise
+            float operation (pJ); ``**ARITHMETIC["int8"]`` gives all three for another arithmetic.
     """
+    check_costs(dict(e_mac=e_mac, e_ac=e_ac, e_float=e_float))
     dense = count_dense_work(snn, x[:1])  # the same for every sample: one is enough
     with SpikeMonitor(snn) as monitor:
         snn.simulate(x, time_steps)
-    return energy_report(monitor, dense, x.shape[0], time_steps, e_mac, e_ac)
+    return energy_report(monitor, dense, x.shape[0], time_steps, e_mac, e_ac, e_float)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from .data import UNLABELLED, spread
-from .energy import E_AC, E_MAC, count_dense_work, energy_report
+from .energy import E_AC, E_FLOAT, E_MAC, check_costs, count_dense_work, energy_report
 from .exits import EXITS, SCORES, ExitRule, check_rules, exit_counts, exit_table
 from .fingerprints import WithFingerprints
 from .model import SpikingModel
@@ -70,6 +70,7 @@ def evaluate(
     energy: bool = True,
     e_mac: float = E_MAC,
     e_ac: float = E_AC,
+    e_float: float = E_FLOAT,
     store: Progress | None = None,
     workers: int = 0,
     exits: Sequence[ExitRule | float] = EXITS,
@@ -88,7 +89,8 @@ def evaluate(
     ``workers`` processes read and preprocess the samples (0: this process). ``exits``: the
     early-exit rules (:mod:`transpike.exits`; a bare number is a confidence threshold), read from
     the same run (none: no early-exit rows). ``predictions``: also return every sample's label and
-    top-1 classes, to compare evaluations sample by sample (:mod:`transpike.compare`). Where the
+    top-1 classes, to compare evaluations sample by sample (:mod:`transpike.compare`). ``e_mac``,
+    ``e_ac``, ``e_float``: pJ per operation, as for :func:`~transpike.energy.account`. Where the
     network kept its calibration samples' fingerprints, the evaluated samples among them are
     counted, with a warning (on the main process) when there are any (:mod:`transpike.fingerprints`).
     With ``store``, the running totals are saved as the evaluation goes (and when it stops on an
@@ -116,6 +118,7 @@ def evaluate(
         calibration sample).
     """
     world = world or World()
+    check_costs(dict(e_mac=e_mac, e_ac=e_ac, e_float=e_float))
     indices = spread(len(dataset), limit)
     total, dataset = len(indices), Subset(dataset, indices)
     if total == 0:
@@ -235,7 +238,7 @@ def evaluate(
     differences = [top1 - results["ann_top1"] for top1 in results["snn_top1"]]
     results["matches_ann_from"] = matches_from(differences, results["difference_ci95"])
     if monitor is not None:
-        results["energy"] = energy_report(monitor, dense, samples, time_steps, e_mac, e_ac)
+        results["energy"] = energy_report(monitor, dense, samples, time_steps, e_mac, e_ac, e_float)
     if exits:
         ratio = results["energy"].ratio["ecmt"] if monitor is not None else None
         results["early_exit"] = exit_table(counts[width:-2].view(len(exits), -1), exits, ratio)

@@ -114,13 +114,18 @@ def plot_accuracy_energy(results: dict, path: Path) -> Path:
 
 
 def plot_energy(energy: dict, path: Path) -> Path:
-    """SNN/ANN energy after t steps: ECMT's form, the full form and SIT's formula."""
+    """SNN/ANN energy after t steps: ECMT's form, the full form and SIT's formula, at the energy
+    per operation it names."""
     steps = list(range(1, len(energy["energy_ratio"]) + 1))
     with _figure(path) as ax:
         ax.plot(steps, energy["energy_ratio"], marker="o", label="ECMT form (synaptic ACs)")
         ax.plot(steps, energy["energy_ratio_full"], marker="s", label="full (+ analog float work)")
         ax.plot(steps, energy["energy_ratio_sit"], marker="^", label="SIT formula")
         ax.axhline(1.0, color="gray", linestyle="--", label="ANN")
+        ax.set_title(
+            f"{energy['e_mac_pj']:g} pJ per MAC, {energy['e_ac_pj']:g} per AC, {energy['e_float_pj']:g} per "
+            "float op", fontsize=8,
+        )  # fmt: skip
         _against(ax, steps, "time steps t", "energy SNN / ANN")
     return path
 
