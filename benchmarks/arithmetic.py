@@ -1,14 +1,14 @@
 """Energy at a chip's arithmetic: the same spikes priced as fp32, fp16 and int8 operations.
 
-One simulation per network counts its spikes and dense work (``SpikeMonitor``,
-``count_dense_work``); ``energy_report`` prices those counts at each arithmetic of
-``transpike.energy.ARITHMETIC`` (45 nm, Horowitz 2014; int8: 8-bit operands, 32-bit sums, float
-work in fp32), the SNN's and its ANN's alike. Networks: the digits ViT on its 719 test images (the
-paper's default, burst neurons with mse thresholds and 8-bit synapses, and SIT's spiking softmax)
-and a random-init ViT-Tiny at 224 px on 8 random images (the paper's default). Per network and
-arithmetic: SNN/ANN energy in ECMT's form and in the full form at t = 1, 2, 4, 8, the ANN's and the
-SNN's energy per sample at T (µJ, full form), and the first t after which the SNN has spent more
-than its ANN (full form; none: not within T).
+One simulation per network counts its spikes and dense work (``transpike.account``);
+``EnergyReport.priced`` prices those counts at each arithmetic of ``transpike.energy.ARITHMETIC``
+(45 nm, Horowitz 2014; int8: 8-bit operands, 32-bit sums, float work in fp32), the SNN's and its
+ANN's alike. Networks: the digits ViT on its 719 test images (the paper's default, burst neurons
+with mse thresholds and 8-bit synapses, and SIT's spiking softmax) and a random-init ViT-Tiny at 224
+px on 8 random images (the paper's default). Per network and arithmetic: SNN/ANN energy in ECMT's
+form and in the full form at t = 1, 2, 4, 8, the ANN's and the SNN's energy per sample at T (µJ,
+full form), and the first t after which the SNN has spent more than its ANN (full form; none: not
+within T).
 
     python benchmarks/arithmetic.py [--out benchmarks/out/arithmetic.json]
 """
@@ -25,8 +25,7 @@ import torch
 
 import transpike
 from transpike.digits import load_digits_split, trained_digits_vit
-from transpike.energy import ARITHMETIC, EnergyReport, count_dense_work, energy_report
-from transpike.spikes import SpikeMonitor
+from transpike.energy import ARITHMETIC, EnergyReport
 
 T = 8
 STEPS = (1, 2, 4, 8)
@@ -39,10 +38,8 @@ DIGITS = {
 
 def priced(snn: transpike.SpikingModel, x: torch.Tensor) -> dict[str, EnergyReport]:
     """One simulation of x for T steps, its counts priced at every arithmetic."""
-    dense = count_dense_work(snn, x[:1])
-    with SpikeMonitor(snn) as monitor, torch.inference_mode():
-        snn.simulate(x, T)
-    return {name: energy_report(monitor, dense, len(x), T, **costs) for name, costs in ARITHMETIC.items()}
+    report = transpike.account(snn, x, T)
+    return {name: report.priced(**costs) for name, costs in ARITHMETIC.items()}
 
 
 def rows_of(network: str, config: str, reports: dict[str, EnergyReport]) -> list[dict]:

@@ -244,6 +244,8 @@ def test_each_operation_is_priced_apart(images):
     fp32 = transpike.account(snn, x, 3)
     report = transpike.account(snn, x, 3, **ARITHMETIC["int8"])
     assert report.acs == fp32.acs and report.ann_macs == fp32.ann_macs
+    repriced = fp32.priced(**ARITHMETIC["int8"])  # the same counts, no second simulation
+    assert repriced.to_dict() == report.to_dict() and fp32.e_ac == 0.9
     macs = report.snn_analog_macs_per_step
     assert 0 < macs < report.snn_float_ops_per_step  # the patch embedding's MACs and the float work
     floats = report.snn_float_ops_per_step - macs
@@ -267,6 +269,8 @@ def test_bad_energy_per_operation_is_refused_by_name(name, value):
     snn = transpike.convert(nn.Sequential(nn.Linear(4, 2)).eval(), torch.randn(32, 4))
     with pytest.raises(ValueError, match=f"{name} = {value}: the energy of one operation"):
         transpike.account(snn, torch.randn(3, 4), 2, **{name: value})
+    with pytest.raises(ValueError, match=f"{name} = {value}: the energy of one operation"):
+        transpike.account(snn, torch.randn(3, 4), 2).priced(**{name: value})
 
 
 @pytest.mark.parametrize("norm_spikes", [1024, None])

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -217,10 +217,12 @@ def count_dense_work(snn: SpikingModel, x: Tensor) -> DenseWork:
 class EnergyReport:
     """Per-layer operation counts and SNN/ANN energy ratios at every t, per sample.
 
-    ``ann_energy``, ``snn_energy``: pJ per sample of the ANN and of the SNN after t steps (the full
-    form). ``layers``: weight layers and products fed by spikes (ANN MACs, SNN ACs per step, input firing
-    rate per step). ``analog``: the float work that stays analog, per module and step. ``sites``:
-    every MT site's firing rate per step and cumulative, and its spikes per level and sign.
+    The counts are kept apart from the energy per operation (``e_mac``, ``e_ac``, ``e_float``):
+    ``ratio``, ``ann_energy`` and ``snn_energy`` price them, and :meth:`priced` gives the same
+    counts at other prices without simulating again. ``layers``: weight layers and products fed by
+    spikes (ANN MACs, SNN ACs per step, input firing rate per step). ``analog``: the float work
+    that stays analog, per module and step. ``sites``: every MT site's firing rate per step and
+    cumulative, and its spikes per level and sign.
     """
 
     time_steps: int
@@ -230,13 +232,12 @@ class EnergyReport:
     e_float: float
     ann_macs: float
     ann_float_ops: float
-    snn_float_ops_per_step: float  # the analog MACs and elementwise float operations of one step
     snn_analog_macs_per_step: float
-    ann_energy: float
-    snn_energy: list[float]
+    snn_elementwise_ops_per_step: float
     acs: list[float]  # synaptic operations at step t (not cumulative)
     softmax_acs: list[float]  # the spiking softmaxes' ACs at step t (method "sit"; in "full" only)
-    ratio: dict[str, list[float]]  # "ecmt", "full", "sit": SNN/ANN energy after t steps
+    sit_acs: list[float]  # SIT: Σ_l FLOPs_ANN(l)·SpikeNum_l(≤t)/NeuronNum_l after t steps
+    synaptic_macs: float  # SIT: Σ_l FLOPs_ANN(l) over the weight layers and products
     layers: list[dict]
     analog: list[dict]
     softmaxes: list[dict]
@@ -268,6 +269,42 @@ class EnergyReport:
             softmaxes=self.softmaxes,
             sites=self.sites,
         )
+
+    @property
+    def snn_float_ops_per_step(self) -> float:
+        """The analog MACs and elementwise float operations of one step."""
+        return self.snn_analog_macs_per_step + self.snn_elementwise_ops_per_step
+
+    @property
+    def ann_energy(self) -> float:
+        """pJ per sample of the ANN: E_MAC·MACs + E_float·float ops."""
+        return self.e_mac * self.ann_macs + self.e_float * self.ann_float_ops
+
+    @property
+    def snn_energy(self) -> list[float]:
+        """pJ per sample of the SNN after t steps (the full form): E_AC·(ACs + spiking softmax ACs)(≤t)
+        + t·(E_MAC·analog MACs + E_float·analog float ops) per step."""
+        acs, softmax_acs = (torch.tensor(v, dtype=torch.float64) for v in (self.acs, self.softmax_acs))
+        synaptic = acs + softmax_acs
+        analog = self.e_mac * self.snn_analog_macs_per_step + self.e_float * self.snn_elementwise_ops_per_step
+        steps = torch.arange(1, self.time_steps + 1, dtype=torch.float64)
+        return (self.e_ac * synaptic.cumsum(0) + steps * analog).tolist()
+
+    @property
+    def ratio(self) -> dict[str, list[float]]:
+        """SNN/ANN energy after t steps in each form (module doc): "ecmt", "full", "sit"."""
+        acs = torch.tensor(self.acs, dtype=torch.float64).cumsum(0)
+        sit = torch.tensor(self.sit_acs, dtype=torch.float64)
+        return dict(
+            ecmt=(self.e_ac * acs / (self.e_mac * self.ann_macs)).tolist(),
+            full=(torch.tensor(self.snn_energy, dtype=torch.float64) / self.ann_energy).tolist(),
+            sit=(self.e_ac * sit / (self.e_mac * max(self.synaptic_macs, 1e-30))).tolist(),
+        )
+
+    def priced(self, e_mac: float = E_MAC, e_ac: float = E_AC, e_float: float = E_FLOAT) -> EnergyReport:
+        """The same counts at other energies per operation (pJ), e.g. ``**ARITHMETIC["int8"]``."""
+        check_costs(dict(e_mac=e_mac, e_ac=e_ac, e_float=e_float))
+        return replace(self, e_mac=e_mac, e_ac=e_ac, e_float=e_float)
 
     def costlier_from(self, form: str = "full") -> int | None:
         """The first t after which the SNN has spent more than its ANN (``form``: "ecmt", "full" or
@@ -352,7 +389,6 @@ def energy_report(
 ) -> EnergyReport:
     """Combine spike counts (summed over ``samples`` inputs) with the dense work of one step, at
     ``e_mac``, ``e_ac`` and ``e_float`` pJ per operation."""
-    steps = torch.arange(1, time_steps + 1, dtype=torch.float64)
     macs = {path: value for (path, role), value in dense.macs.items() if role in ("weight", "product")}
     layers, sit_acs = [], torch.zeros(time_steps, dtype=torch.float64)
     for path, record in monitor.operations.items():
@@ -377,18 +413,12 @@ def energy_report(
         for (_, role), value in dense.elementwise.items()
         if role in ("ann-nonlinear", "ann-replaced", "other")
     )
-    snn_macs = sum(row["macs"] for row in analog)
-    snn_float = sum(row["float_ops"] for row in analog)
     acs = sum(
         (_padded(r.operations, time_steps) for r in monitor.operations.values()), torch.zeros(time_steps)
     )
-    acs = acs / samples
-    spent = e_ac * acs.cumsum(0)
     softmaxes = _softmax_rows(monitor, samples, time_steps)
     rows = [row["acs"] for row in softmaxes]
     softmax_acs = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), time_steps).sum(0)
-    full = spent + e_ac * softmax_acs.cumsum(0) + steps * (e_mac * snn_macs + e_float * snn_float)
-    ann_energy = e_mac * ann_macs + e_float * ann_float
     histograms = [r.histogram for r in monitor.sites.values() if r.histogram is not None]
     same_levels = histograms and all(h.shape == histograms[0].shape for h in histograms)
     return EnergyReport(
@@ -399,17 +429,12 @@ def energy_report(
         e_float=e_float,
         ann_macs=ann_macs,
         ann_float_ops=ann_float,
-        snn_float_ops_per_step=snn_macs + snn_float,
-        snn_analog_macs_per_step=snn_macs,
-        ann_energy=ann_energy,
-        snn_energy=full.tolist(),
-        acs=acs.tolist(),
+        snn_analog_macs_per_step=sum(row["macs"] for row in analog),
+        snn_elementwise_ops_per_step=sum(row["float_ops"] for row in analog),
+        acs=(acs / samples).tolist(),
         softmax_acs=softmax_acs.tolist(),
-        ratio=dict(
-            ecmt=(spent / (e_mac * ann_macs)).tolist(),
-            full=(full / ann_energy).tolist(),
-            sit=(e_ac * sit_acs / (e_mac * max(sum(macs.values()), 1e-30))).tolist(),
-        ),
+        sit_acs=sit_acs.tolist(),
+        synaptic_macs=sum(macs.values()),
         layers=layers,
         analog=analog,
         softmaxes=softmaxes,
