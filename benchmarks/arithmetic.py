@@ -7,8 +7,8 @@ ANN's alike. Networks: the digits ViT on its 719 test images (the paper's defaul
 with mse thresholds and 8-bit synapses, and SIT's spiking softmax) and a random-init ViT-Tiny at 224
 px on 8 random images (the paper's default). Per network and arithmetic: SNN/ANN energy in ECMT's
 form and in the full form at t = 1, 2, 4, 8, the ANN's and the SNN's energy per sample at T (µJ,
-full form), and the first t after which the SNN has spent more than its ANN (full form; none: not
-within T).
+full form), the first t after which the SNN has spent more than its ANN (full form; none: not
+within T), and where the SNN's energy goes at T (``EnergyReport.breakdown``).
 
     python benchmarks/arithmetic.py [--out benchmarks/out/arithmetic.json]
 """
@@ -25,7 +25,7 @@ import torch
 
 import transpike
 from transpike.digits import load_digits_split, trained_digits_vit
-from transpike.energy import ARITHMETIC, EnergyReport
+from transpike.energy import ARITHMETIC, PARTS, EnergyReport
 
 T = 8
 STEPS = (1, 2, 4, 8)
@@ -56,6 +56,7 @@ def rows_of(network: str, config: str, reports: dict[str, EnergyReport]) -> list
             ann_uj=report.ann_energy / 1e6,
             snn_uj=report.snn_energy[-1] / 1e6,
             costlier_after=report.costlier_from("full"),
+            breakdown_uj={part: value / 1e6 for part, value in report.breakdown().items()},
         )
         rows.append(row)
         print(f"| {network} | {config} | {arithmetic} | "
@@ -86,6 +87,14 @@ def main() -> None:
     x = torch.randn(8, 3, 224, 224, generator=gen)
     snn = transpike.convert(tiny, calibration)
     rows += rows_of("ViT-Tiny (random init)", "paper default", priced(snn, x))
+    print(f"\nwhere the SNN's energy goes after t = {T} (full form, % of it)\n")
+    print("| network | conversion | arithmetic | " + " | ".join(PARTS.values()) + " |")
+    print("|---" * (len(PARTS) + 3) + "|")
+    for row in rows:
+        total = sum(row["breakdown_uj"].values())
+        shares = (100 * row["breakdown_uj"].get(part, 0.0) / total for part in PARTS)
+        print(f"| {row['network']} | {row['config']} | {row['arithmetic']} | "
+              + " | ".join(f"{share:.1f}" for share in shares) + " |")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     args.out.write_text(json.dumps(dict(machine=machine, torch=torch.__version__, rows=rows), indent=1))

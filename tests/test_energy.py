@@ -250,7 +250,9 @@ def test_each_operation_is_priced_apart(images):
     assert 0 < macs < report.snn_float_ops_per_step  # the patch embedding's MACs and the float work
     floats = report.snn_float_ops_per_step - macs
     steps = torch.arange(1, 4, dtype=torch.float64)
-    snn_energy = 0.1 * torch.tensor(report.acs).cumsum(0) + steps * (0.3 * macs + 4.6 * floats)
+    assert report.neurons == sum(site["neurons"] for site in report.sites)  # each updated at every step
+    per_step = 0.1 * report.neurons + 0.3 * macs + 4.6 * floats
+    snn_energy = 0.1 * torch.tensor(report.acs, dtype=torch.float64).cumsum(0) + steps * per_step
     assert report.snn_energy == pytest.approx(snn_energy.tolist())
     assert report.ann_energy == pytest.approx(0.3 * report.ann_macs + 4.6 * report.ann_float_ops)
     assert report.ratio["full"] == pytest.approx((snn_energy / report.ann_energy).tolist())
@@ -258,6 +260,16 @@ def test_each_operation_is_priced_apart(images):
     floating = transpike.account(snn, x, 3, e_float=1.0)
     assert floating.ratio["ecmt"] == fp32.ratio["ecmt"] and floating.ratio["full"] != fp32.ratio["full"]
     assert report.to_dict()["e_float_pj"] == 4.6 and "4.6 per float op" in str(report)
+    for t in (1, 2, 3):  # the parts of the SNN's energy add up to it at every t
+        parts = report.breakdown(t)
+        assert sum(parts.values()) == pytest.approx(report.snn_energy[t - 1])
+        assert parts["direct-input"] == pytest.approx(t * 0.3 * macs)  # the patch embedding's MACs
+        assert parts["weight"] + parts["product"] == pytest.approx(0.1 * sum(report.acs[:t]))
+        assert parts["neuron"] == pytest.approx(t * 0.1 * report.neurons)
+    assert report.to_dict()["breakdown_pj"] == report.breakdown(3)
+    assert "where it goes after t = 3 (full form): " in str(report)
+    with pytest.raises(ValueError, match=r"t = 4: the report covers t = 1..3"):
+        report.breakdown(4)
     first = next((t for t in (1, 2, 3) if report.ratio["full"][t - 1] > 1), None)
     assert report.costlier_from() == first == report.to_dict()["costlier_from"]["full"]
     assert report.costlier_from("ecmt") is None  # 3 steps of ACs at a third of a MAC each: < 1
@@ -311,14 +323,16 @@ def test_spiking_softmax_is_charged_its_spikes(images, norm_spikes):
     softmax_acs = torch.tensor([row["acs"] for row in report.softmaxes]).sum(0)
     assert report.softmax_acs == pytest.approx(softmax_acs.tolist())
     steps = torch.arange(1, 4)
-    full = (
-        E_AC * (torch.tensor(report.acs) + softmax_acs).cumsum(0)
-        + E_MAC * steps * report.snn_float_ops_per_step
+    full = E_AC * (torch.tensor(report.acs) + softmax_acs).cumsum(0) + steps * (
+        E_AC * report.neurons + E_MAC * report.snn_float_ops_per_step
     )
     assert report.ratio["full"] == pytest.approx(
         (full / (E_MAC * (report.ann_macs + report.ann_float_ops))).tolist()
     )
     assert "SI-norm spikes" in str(report) and "softmaxes" in report.to_dict()
+    parts = report.breakdown(2)  # the spiking softmaxes' ACs, apart from the weight layers'
+    assert parts["softmax"] == pytest.approx(E_AC * softmax_acs[:2].sum().item())
+    assert sum(parts.values()) == pytest.approx(report.snn_energy[1])
     assert ecmt.softmaxes == [] and ecmt.softmax_acs == [0.0] * 3
     # counting sees SI-exp's spikes as they are made, changes no output, and stops with the monitor
     plain = snn.simulate(x, 3)

@@ -20,8 +20,10 @@ accumulating in 32-bit integers, the ANN it is compared with on the same arithme
 work (EC modules, norms, softmax) still in 32-bit float. Three SNN/ANN ratios at every t:
 
 - ``ecmt``: E_AC·ACs(≤t) / (E_MAC·MACs), synaptic operations only, as ECMT reports it;
-- ``full``: (E_AC·ACs(≤t) + t·(E_MAC·analog MACs + E_float·analog float ops) per step) /
-  (E_MAC·MACs + E_float·ANN float ops), with the energies themselves (pJ per sample);
+- ``full``: (E_AC·(ACs(≤t) + t·MT neurons) + t·(E_MAC·analog MACs + E_float·analog float ops) per
+  step) / (E_MAC·MACs + E_float·ANN float ops), with the energies themselves (pJ per sample). Each
+  MT neuron's update at each step, V += I(t), is one AC (since stop 48; its comparison with the
+  thresholds and its reset are not priced, as an AC's own control is not): a lower bound;
 - ``sit``: SIT-conversion's formula, Σ_l FLOPs_ANN(l)·SpikeNum_l(≤t)/NeuronNum_l · E_AC over
   Σ_l FLOPs_ANN(l)·E_MAC (for a product, NeuronNum and SpikeNum of both operands).
 
@@ -31,8 +33,8 @@ exp_i), one per element for V_th = Σ_j exp_j, and for SI-norm, with the paper's
 one per element for its charge N·exp_i and one per output spike (each subtracts V_th). A row of
 softmax then costs about N ACs in SI-norm alone (N: its output resolution 1/N; by default about
 256 × the row length).
-Its simulation's float operations are neuron dynamics, not counted, and the ANN's own softmax on
-the same input stays in the ANN's float work.
+Its simulation's float operations are neuron dynamics, priced by these events instead, and the
+ANN's own softmax on the same input stays in the ANN's float work.
 """
 
 from __future__ import annotations
@@ -87,6 +89,18 @@ def check_costs(prices: dict[str, float]) -> None:
             raise ValueError(f"{name} = {value}: the energy of one operation is a finite number of pJ, >= 0")
 
 
+# The parts of EnergyReport.breakdown, as the summary names them.
+PARTS = {
+    "weight": "weight layers' ACs",
+    "product": "products' ACs",
+    "softmax": "spiking softmax ACs",
+    "neuron": "neuron updates",
+    "direct-input": "direct-input layer",
+    "ann-nonlinear": "EC modules' functions",
+    "ec": "EC bookkeeping",
+    "analog": "modules left analog",
+    "other": "residual sums and token handling",
+}
 # Dense products that stay dense in the SNN: the direct-input layer, whatever EC modules compute and
 # linear work between modules on their outputs (ConViT's constant positional attention times V).
 ANALOG_MAC_ROLES = ("direct-input", "analog", "ann-nonlinear", "ec", "other")
@@ -234,6 +248,7 @@ class EnergyReport:
     ann_float_ops: float
     snn_analog_macs_per_step: float
     snn_elementwise_ops_per_step: float
+    neurons: float  # MT neurons, each updated at every step
     acs: list[float]  # synaptic operations at step t (not cumulative)
     softmax_acs: list[float]  # the spiking softmaxes' ACs at step t (method "sit"; in "full" only)
     sit_acs: list[float]  # SIT: Σ_l FLOPs_ANN(l)·SpikeNum_l(≤t)/NeuronNum_l after t steps
@@ -254,6 +269,7 @@ class EnergyReport:
             ann_float_ops=self.ann_float_ops,
             snn_float_ops_per_step=self.snn_float_ops_per_step,
             snn_analog_macs_per_step=self.snn_analog_macs_per_step,
+            neurons=self.neurons,
             ann_energy_pj=self.ann_energy,
             snn_energy_pj=self.snn_energy,
             snn_acs=self.acs,
@@ -262,6 +278,7 @@ class EnergyReport:
             energy_ratio_full=self.ratio["full"],
             energy_ratio_sit=self.ratio["sit"],
             costlier_from={form: self.costlier_from(form) for form in self.ratio},
+            breakdown_pj=self.breakdown(),
             max_spikes_per_neuron_step=self.max_spikes_per_neuron_step,
             level_histogram=self.level_histogram,
             layers=self.layers,
@@ -283,10 +300,14 @@ class EnergyReport:
     @property
     def snn_energy(self) -> list[float]:
         """pJ per sample of the SNN after t steps (the full form): E_AC·(ACs + spiking softmax ACs)(≤t)
-        + t·(E_MAC·analog MACs + E_float·analog float ops) per step."""
+        + t·(E_AC·MT neurons + E_MAC·analog MACs + E_float·analog float ops)."""
         acs, softmax_acs = (torch.tensor(v, dtype=torch.float64) for v in (self.acs, self.softmax_acs))
         synaptic = acs + softmax_acs
-        analog = self.e_mac * self.snn_analog_macs_per_step + self.e_float * self.snn_elementwise_ops_per_step
+        analog = (
+            self.e_ac * self.neurons
+            + self.e_mac * self.snn_analog_macs_per_step
+            + self.e_float * self.snn_elementwise_ops_per_step
+        )
         steps = torch.arange(1, self.time_steps + 1, dtype=torch.float64)
         return (self.e_ac * synaptic.cumsum(0) + steps * analog).tolist()
 
@@ -306,6 +327,24 @@ class EnergyReport:
         check_costs(dict(e_mac=e_mac, e_ac=e_ac, e_float=e_float))
         return replace(self, e_mac=e_mac, e_ac=e_ac, e_float=e_float)
 
+    def breakdown(self, t: int | None = None) -> dict[str, float]:
+        """Where the SNN's energy goes: pJ per sample after t steps (default T, the full form) by
+        part, summing to ``snn_energy[t - 1]``: ``weight`` and ``product`` (the synaptic ACs of
+        weight layers and of products of spiking operands), ``softmax`` (the spiking softmaxes'
+        ACs), ``neuron`` (the MT neurons' updates) and the analog work of each role of
+        :class:`DenseWork` (``direct-input``, ``ann-nonlinear``, ``ec``, ``analog``, ``other``)."""
+        t = self.time_steps if t is None else t
+        if not 1 <= t <= self.time_steps:
+            raise ValueError(f"t = {t}: the report covers t = 1..{self.time_steps}")
+        parts: dict[str, float] = defaultdict(float)
+        for layer in self.layers:
+            parts[layer["kind"]] += self.e_ac * sum(layer["snn_acs"][:t])
+        parts["softmax"] += self.e_ac * sum(self.softmax_acs[:t])
+        parts["neuron"] += t * self.e_ac * self.neurons
+        for row in self.analog:
+            parts[row["role"]] += t * (self.e_mac * row["macs"] + self.e_float * row["float_ops"])
+        return dict(parts)
+
     def costlier_from(self, form: str = "full") -> int | None:
         """The first t after which the SNN has spent more than its ANN (``form``: "ecmt", "full" or
         "sit"; None: not within T)."""
@@ -324,6 +363,12 @@ class EnergyReport:
             f"{self.ratio['full'][t]:9.3f}   {self.ratio['sit'][t]:11.3f}   {self.snn_energy[t] / 1e6:13.4g}"
             for t in range(self.time_steps)
         ]
+        parts = sorted(self.breakdown().items(), key=lambda item: -item[1])
+        total = sum(value for _, value in parts) or 1.0
+        lines.append(
+            f"where it goes after t = {self.time_steps} (full form): "
+            + ", ".join(f"{PARTS[name]} {100 * value / total:.0f} %" for name, value in parts if value > 0)
+        )
         costlier = self.costlier_from()
         lines.append(
             f"the SNN has spent more than its ANN from t = {costlier} on (full form)"
@@ -431,6 +476,7 @@ def energy_report(
         ann_float_ops=ann_float,
         snn_analog_macs_per_step=sum(row["macs"] for row in analog),
         snn_elementwise_ops_per_step=sum(row["float_ops"] for row in analog),
+        neurons=sum(record.neurons for record in monitor.sites.values()) / samples,
         acs=(acs / samples).tolist(),
         softmax_acs=softmax_acs.tolist(),
         sit_acs=sit_acs.tolist(),
