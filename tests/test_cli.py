@@ -447,6 +447,8 @@ CALIB = ["--calib", "digits"]
         (["eval", *MODEL, *CALIB, "--calib-batch-size", "0", *EVAL], "--calib-batch-size must be >= 1"),
         (["eval", "--snn", "x", "--workers", "-1", *EVAL], "--workers must be >= 0, got -1"),
         (["eval", "--snn", "x", "--e-ac", "-1", *EVAL], "--e-ac = -1.0: the energy of one operation"),
+        (["energy", "missing.json"], "missing.json: not a readable results file of 'transpike eval'"),
+        (["energy", "x", "--e-mac", "-3"], "--e-mac = -3.0: the energy of one operation"),
         (["eval", "--snn", "x", "--arithmetic", "int8", "--e-float", "nan", *EVAL], "--e-float = nan"),
         (["demo", "--e-mac", "inf", "--out", "d"], "--e-mac = inf"),
         (["eval", "--snn", "x", "--exit-confidence", "0.9", "0", *EVAL], "--exit-confidence: early-exit"),
@@ -580,6 +582,10 @@ def test_weight_bits_sweep(tmp_path, npz_data, capsys):
     printed = capsys.readouterr().out
     assert "   same top-1 as ANN   ANN with rounded weights" in printed
     assert re.search(r"\n +float +[\d.]+ %", printed) and "accuracy_vs_weight_bits.png" in printed
+    assert run("energy", out) == 0  # the last evaluation's, said so
+    said = capsys.readouterr()
+    assert "a --weight-bits sweep's results file holds its last evaluation's energy only" in said.err
+    assert "energy SNN/ANN" in said.out
     assert run(*argv, "--blocks", 1, 2, "--weight-bits", 8, 4, "--out", tmp_path / "both") == 2
     assert "--blocks and --weight-bits both list several values" in capsys.readouterr().err
     assert run("eval", "--snn", "x.safetensors", "--data", npz_data, "--time-steps", 2, "--weight-bits", 8,
@@ -817,3 +823,21 @@ def test_arithmetic_sets_the_energy_per_operation_and_compare_names_it(tmp_path,
     assert "0.3 pJ per MAC, 0.05 per AC, 4.6 per float op" in capsys.readouterr().out
     assert run("compare", tmp_path / "fp32", tmp_path / "int8", "--out", tmp_path / "cmp") == 0
     assert "options that differ: e_ac_pj 0.9 -> 0.05, e_mac_pj 4.6 -> 0.3" in capsys.readouterr().out
+    # the fp32 run's counts priced again, without a new run: what the int8 run reported
+    assert run("energy", tmp_path / "fp32", "--arithmetic", "int8", "--e-ac", 0.05, "--json") == 0
+    repriced = json.loads(capsys.readouterr().out)
+    for key in ("energy_ratio", "energy_ratio_full", "energy_ratio_sit", "snn_energy_pj", "breakdown_pj"):
+        assert repriced[key] == pytest.approx(int8[key])
+    assert run("energy", tmp_path / "fp32" / "results.json", "--arithmetic", "int8") == 0
+    assert "at 0.3 pJ per MAC, 0.1 per AC, 4.6 per float op" in capsys.readouterr().out
+    # a file without counts is named: evaluated without energy, or from before they were kept
+    assert run(*argv, "--no-energy", "--out", tmp_path / "none") == 0
+    capsys.readouterr()
+    assert run("energy", tmp_path / "none") == 2
+    assert "results.json: no energy section (an evaluation with --no-energy" in capsys.readouterr().err
+    old = json.loads((tmp_path / "fp32" / "results.json").read_text())
+    del old["energy"]["neurons"], old["energy"]["sit_acs"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert run("energy", tmp_path / "old.json") == 2
+    lacks = "old.json: the energy section lacks neurons, sit_acs: written by an earlier transpike"
+    assert lacks in capsys.readouterr().err

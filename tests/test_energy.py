@@ -1,5 +1,7 @@
 """Energy and spike accounting: counts against closed forms, brute force and hand values."""
 
+import json
+
 import pytest
 import torch
 from conftest import DEVICES, tiny_vit
@@ -9,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import transpike
 from transpike import MTNeuron, burst_fire, mt_fire, spike_planes
-from transpike.energy import ARITHMETIC, E_AC, E_FLOAT, E_MAC, count_dense_work
+from transpike.energy import ARITHMETIC, E_AC, E_FLOAT, E_MAC, EnergyReport, count_dense_work
 from transpike.sit import SpikingSoftmax, fs_spikes
 from transpike.spikes import SpikeMonitor, SpikeStatistics, _burst_codes, operand_nonzeros, product_operations
 
@@ -267,6 +269,8 @@ def test_each_operation_is_priced_apart(images):
         assert parts["weight"] + parts["product"] == pytest.approx(0.1 * sum(report.acs[:t]))
         assert parts["neuron"] == pytest.approx(t * 0.1 * report.neurons)
     assert report.to_dict()["breakdown_pj"] == report.breakdown(3)
+    written = json.loads(json.dumps(report.to_dict()))  # as results.json keeps it
+    assert EnergyReport.from_dict(written) == report and EnergyReport.from_dict(written).priced() == fp32
     assert "where it goes after t = 3 (full form): " in str(report)
     with pytest.raises(ValueError, match=r"t = 4: the report covers t = 1..3"):
         report.breakdown(4)

@@ -1,4 +1,4 @@
-"""The ``transpike`` command: demo, convert, eval, trace, compare, info.
+"""The ``transpike`` command: demo, convert, eval, trace, compare, energy, info.
 
     transpike demo [--out DIR] [--time-steps 8]
     transpike convert --model NAME [--model-kwargs k=v ...] [--checkpoint FILE] [--weights NAME] --calib DATA
@@ -7,6 +7,7 @@
         [--resume]
     transpike trace (--snn SNN_FILE | --model NAME ... --calib DATA) --data DATA --time-steps T --out DIR
     transpike compare REFERENCE RUN [RUN ...] [--out DIR]
+    transpike energy RESULTS [--arithmetic fp32|fp16|int8] [--e-mac PJ] [--e-ac PJ] [--e-float PJ] [--json]
     transpike info SNN_FILE [--json]
 
 Errors in what the user gave (a missing file, an unknown model, a bad option) print one line and
@@ -40,7 +41,7 @@ from ._version import __version__
 from .compare import compare
 from .convert import GRANULARITIES, METHODS, THRESHOLDS, ConversionOptions, convert
 from .data import SPEC_HELP, has_labels, load_dataset, parse_spec, spread
-from .energy import ARITHMETIC, check_costs
+from .energy import ARITHMETIC, EnergyReport, check_costs
 from .errors import ConversionError, FusionError, GraphError
 from .evaluate import World, evaluate, init_world
 from .exits import EXITS, ExitRule, check_rules
@@ -191,6 +192,11 @@ def add_conversion_args(parser: argparse.ArgumentParser, sweep: bool = False) ->
 def add_energy_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("energy")
     group.add_argument("--no-energy", action="store_true", help="skip spike and energy accounting")
+    add_price_args(group)
+
+
+def add_price_args(group: argparse._ActionsContainer) -> None:
+    """--arithmetic and the energy of each operation it sets (see :func:`energy_prices`)."""
     group.add_argument(
         "--arithmetic", default="fp32", choices=ARITHMETIC,
         help="the number format of the chip, the SNN's and its ANN's alike, which sets the energy of "
@@ -304,6 +310,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def energy_prices(args: argparse.Namespace) -> dict[str, float]:
+    """The energy of each operation (pJ): the --arithmetic's, where --e-mac, --e-ac or --e-float does
+    not set it."""
+    given = {k: getattr(args, k) for k in ARITHMETIC[args.arithmetic] if getattr(args, k) is not None}
+    check_costs({"--" + k.replace("_", "-"): v for k, v in given.items()})
+    return ARITHMETIC[args.arithmetic] | given
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """How an evaluation runs and where its results go."""
@@ -328,10 +342,7 @@ class EvalSettings:
     def from_args(cls, args: argparse.Namespace, **overrides) -> EvalSettings:
         values = {name: getattr(args, name) for name in cls.__dataclass_fields__ if hasattr(args, name)}
         values["energy"] = not args.no_energy
-        # the arithmetic's energy of each operation, where --e-mac, --e-ac or --e-float does not set it
-        given = {k: getattr(args, k) for k in ARITHMETIC[args.arithmetic] if getattr(args, k) is not None}
-        check_costs({"--" + k.replace("_", "-"): v for k, v in given.items()})
-        values.update(ARITHMETIC[args.arithmetic] | given)
+        values.update(energy_prices(args))
         if hasattr(args, "exit_confidence"):
             values["exits"] = exit_rules(args)
         values.update(overrides)
@@ -716,6 +727,29 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_energy(args: argparse.Namespace) -> int:
+    prices = energy_prices(args)
+    path = Path(args.results)
+    path = path / "results.json" if path.is_dir() else path
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable results file of 'transpike eval' ({error})") from error
+    if not isinstance(results, dict) or not isinstance(results.get("energy"), dict):
+        raise ValueError(f"{path}: no energy section (an evaluation with --no-energy, or not a results file)")
+    try:
+        report = EnergyReport.from_dict(results["energy"])
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+    report = report.priced(**prices)
+    sweeps = [key.removesuffix("_sweep") for key in results if key.endswith("_sweep")]
+    if sweeps:
+        warnings.warn(f"{path}: a --{sweeps[0].replace('_', '-')} sweep's results file holds its last "
+                      "evaluation's energy only", UserWarning, stacklevel=2)  # fmt: skip
+    print(json.dumps(report.to_dict(), indent=1) if args.json else report.summary())
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     if len(args.runs) < 2:
         raise UsageError("compare: give a reference and at least one evaluation to compare with it")
@@ -881,6 +915,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     cmp.set_defaults(func=cmd_compare)
+
+    energy = commands.add_parser(
+        "energy", help="an evaluation's energy at other energies per operation, from its counts (no new run)"
+    )
+    energy.add_argument(
+        "results", metavar="RESULTS", help="results.json of 'transpike eval' or 'demo', or its directory"
+    )
+    add_price_args(energy)
+    energy.add_argument("--json", action="store_true", help="print the energy section, priced so, as JSON")
+    energy.set_defaults(func=cmd_energy)
 
     info = commands.add_parser(
         "info", help="what a saved network is: model, options, calibration data, checkpoint, digest, modules"

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import Tensor, nn
@@ -227,6 +227,10 @@ def count_dense_work(snn: SpikingModel, x: Tensor) -> DenseWork:
     return work
 
 
+# EnergyReport's fields under other names in its to_dict
+_KEYS = dict(e_mac="e_mac_pj", e_ac="e_ac_pj", e_float="e_float_pj", acs="snn_acs")
+
+
 @dataclass
 class EnergyReport:
     """Per-layer operation counts and SNN/ANN energy ratios at every t, per sample.
@@ -261,7 +265,9 @@ class EnergyReport:
     max_spikes_per_neuron_step: int
 
     def to_dict(self) -> dict:
+        """The counts (the keys :meth:`from_dict` reads back), their prices and what they give."""
         return dict(
+            samples=self.samples,
             e_mac_pj=self.e_mac,
             e_ac_pj=self.e_ac,
             e_float_pj=self.e_float,
@@ -269,11 +275,14 @@ class EnergyReport:
             ann_float_ops=self.ann_float_ops,
             snn_float_ops_per_step=self.snn_float_ops_per_step,
             snn_analog_macs_per_step=self.snn_analog_macs_per_step,
+            snn_elementwise_ops_per_step=self.snn_elementwise_ops_per_step,
             neurons=self.neurons,
             ann_energy_pj=self.ann_energy,
             snn_energy_pj=self.snn_energy,
             snn_acs=self.acs,
             softmax_acs=self.softmax_acs,
+            sit_acs=self.sit_acs,
+            synaptic_macs=self.synaptic_macs,
             energy_ratio=self.ratio["ecmt"],
             energy_ratio_full=self.ratio["full"],
             energy_ratio_sit=self.ratio["sit"],
@@ -286,6 +295,23 @@ class EnergyReport:
             softmaxes=self.softmaxes,
             sites=self.sites,
         )
+
+    @classmethod
+    def from_dict(cls, energy: dict) -> EnergyReport:
+        """The report whose :meth:`to_dict` is ``energy`` (results.json's ``energy`` section), to
+        price again with :meth:`priced`.
+
+        Raises:
+            ValueError: a key it needs is missing (a file from before transpike counted it).
+        """
+        keys = {f.name: _KEYS.get(f.name, f.name) for f in fields(cls) if f.name != "time_steps"}
+        missing = sorted(key for key in keys.values() if key not in energy)
+        if missing:
+            raise ValueError(
+                f"the energy section lacks {', '.join(missing)}: written by an earlier transpike; "
+                "evaluate again to price it"
+            )
+        return cls(time_steps=len(energy["snn_acs"]), **{name: energy[key] for name, key in keys.items()})
 
     @property
     def snn_float_ops_per_step(self) -> float:
