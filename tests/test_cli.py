@@ -78,7 +78,8 @@ def test_demo_writes_results(tmp_path, capsys):
     energy = results["energy"]
     assert energy["ann_macs"] > 0 and len(energy["energy_ratio"]) == 3
     assert {"path", "kind", "ann_macs", "snn_acs", "input_firing_rate"} <= set(energy["layers"][0])
-    for name in ("energy", "firing_rates", "spike_levels", "early_exit", "accuracy_energy"):
+    figures = ("energy", "energy_breakdown", "firing_rates", "spike_levels", "early_exit", "accuracy_energy")
+    for name in figures:
         assert Image.open(out / f"{name}.png").size[0] > 100
     for name, series in (("layers", ("snn_acs", "input_firing_rate")), ("sites", ("firing_rate",))):
         lines = (out / f"{name}.csv").read_text().splitlines()  # one line per layer / MT site

@@ -12,6 +12,8 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter
 
+from .energy import PARTS, EnergyReport
+
 
 @contextmanager
 def _figure(path: Path, size: tuple[float, float] = (5, 3.5)) -> Iterator[plt.Axes]:
@@ -33,6 +35,11 @@ def _against(ax: plt.Axes, xs: list | None, xlabel: str, ylabel: str, legend: st
         ax.set_xticks(xs[:: -(-len(xs) // 16)])  # at most 16 labels: 29 levels or T = 64 would overlap
     ax.grid(alpha=0.3)
     ax.legend(loc=legend, fontsize=7)
+
+
+def _prices(ax: plt.Axes, e_mac: float, e_ac: float, e_float: float) -> None:
+    """The energy per operation an energy figure is priced at, as its title."""
+    ax.set_title(f"{e_mac:g} pJ per MAC, {e_ac:g} per AC, {e_float:g} per float op", fontsize=8)
 
 
 def plot_accuracy(results: dict, path: Path) -> Path:
@@ -122,11 +129,24 @@ def plot_energy(energy: dict, path: Path) -> Path:
         ax.plot(steps, energy["energy_ratio_full"], marker="s", label="full (+ analog float work)")
         ax.plot(steps, energy["energy_ratio_sit"], marker="^", label="SIT formula")
         ax.axhline(1.0, color="gray", linestyle="--", label="ANN")
-        ax.set_title(
-            f"{energy['e_mac_pj']:g} pJ per MAC, {energy['e_ac_pj']:g} per AC, {energy['e_float_pj']:g} per "
-            "float op", fontsize=8,
-        )  # fmt: skip
+        _prices(ax, energy["e_mac_pj"], energy["e_ac_pj"], energy["e_float_pj"])
         _against(ax, steps, "time steps t", "energy SNN / ANN")
+    return path
+
+
+def plot_energy_breakdown(energy: dict, path: Path) -> Path:
+    """The SNN's energy per sample after t steps (full form), stacked by where it goes
+    (:meth:`~transpike.energy.EnergyReport.breakdown`), against its ANN's."""
+    report = EnergyReport.from_dict(energy)
+    steps = list(range(1, report.time_steps + 1))
+    series = [report.breakdown(t) for t in steps]
+    parts = [part for part in PARTS if any(row.get(part, 0.0) > 0 for row in series)]
+    with _figure(path) as ax:
+        ax.stackplot(steps, [[row.get(part, 0.0) / 1e6 for row in series] for part in parts],
+                     labels=[PARTS[part] for part in parts], alpha=0.85)  # fmt: skip
+        ax.axhline(report.ann_energy / 1e6, color="black", linestyle="--", label="ANN")
+        _prices(ax, report.e_mac, report.e_ac, report.e_float)
+        _against(ax, steps, "time steps t", "energy per sample (µJ)", "upper left")
     return path
 
 

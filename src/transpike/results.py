@@ -24,6 +24,7 @@ from .plots import (
     plot_comparison,
     plot_early_exit,
     plot_energy,
+    plot_energy_breakdown,
     plot_firing_rates,
     plot_spike_levels,
     plot_sweep,
@@ -91,6 +92,7 @@ def write_results(results: dict, out: Path) -> list[Path]:
             atomic_write(paths[-1], lambda tmp, rows=(table, scalars, series): _write_series_csv(tmp, *rows))
         for name, plot in (
             ("energy", plot_energy),
+            ("energy_breakdown", plot_energy_breakdown),
             ("firing_rates", plot_firing_rates),
             ("spike_levels", plot_spike_levels),
         ):
