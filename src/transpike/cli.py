@@ -790,7 +790,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "other settings: --threshold mse --rounding nearest --levels-per-octave 4 (one spike per "
         "step) or --neuron burst --threshold mse; --weight-bits 4 for synapses of 4 bits; measured in "
         "BENCHMARKS.md. Run one into another --out OTHER, then 'transpike compare "
-        f"{out} OTHER' tells, image by image, whether the two differ"
+        f"{out} OTHER' tells, image by image, whether the two differ; 'transpike energy {out} "
+        "--arithmetic int8' prices these spikes on an 8-bit integer chip"
     )
     return 0
 
