@@ -91,7 +91,8 @@ def test_demo_writes_results(tmp_path, capsys):
             values = [v for key in series for v in row[key]]
             assert [float(c) for c in cells[-len(values) :]] == pytest.approx(values, rel=1e-5)
     exits = (out / "early_exit.csv").read_text().splitlines()
-    head = "rule,value,snn_top1,difference,difference_ci95,snn_top5,mean_steps,energy_ratio,agreement"
+    head = "rule,value,snn_top1,difference,difference_ci95,snn_top5,mean_steps,energy_ratio,"
+    head += "energy_ratio_full,agreement"
     assert exits[0] == head + ",exit_t1,exit_t2,exit_t3"
     assert [line.split(",")[:2] for line in exits[1:]] == [[r.kind, f"{r.value:g}"] for r in EXITS]
     rules = [(row["rule"], row["value"]) for row in results["early_exit"]]

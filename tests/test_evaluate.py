@@ -102,6 +102,7 @@ def test_evaluate_reads_the_early_exits_from_the_same_run(setup):
             assert row[key] == results[key][t]
     assert low["mean_steps"] == 1.0 and high["mean_steps"] == 5.0
     assert low["energy_ratio"] == results["energy"].ratio["ecmt"][0]
+    assert low["energy_ratio_full"] == results["energy"].ratio["full"][0]
     assert high["energy_ratio"] == pytest.approx(results["energy"].ratio["ecmt"][-1])
     counts = exit_counts(snn.simulate(x, 5), y, (0.3, 0.5), model(x))
     rows = evaluate(snn, model, data, 5, batch_size=24, progress=False, exits=(0.3, 0.5),

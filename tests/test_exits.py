@@ -21,11 +21,12 @@ def test_a_sample_exits_at_its_first_confident_step():
     ann = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     counts = exit_counts(logits, torch.tensor([0, 0, 0]), (0.8,), ann)
     assert counts.tolist() == [[1, 1, 1, 2, 3, 1, 1, 1]]
-    (row,) = exit_table(counts, (0.8,), energy_ratio=[0.1, 0.3, 0.6])
+    (row,) = exit_table(counts, (0.8,), energy_ratio=[0.1, 0.3, 0.6], energy_ratio_full=[0.2, 0.6, 1.2])
     assert row["snn_top1"] == pytest.approx(200 / 3) and row["mean_steps"] == pytest.approx(2.0)
     # one lost, one gained of 3, plus 1/2 in each cell: p_l = p_g = 1.5/5
     assert row["snn_top5"] == 100.0 and row["difference_ci95"] == pytest.approx(196 * (0.6 / 5) ** 0.5)
     assert row["exits"] == pytest.approx([1 / 3] * 3) and row["energy_ratio"] == pytest.approx(1.0 / 3)
+    assert row["energy_ratio_full"] == pytest.approx(2.0 / 3)
     assert row["agreement"] == pytest.approx(100 / 3)
     assert "energy_ratio" not in exit_table(counts, (0.8,))[0]
 

@@ -240,8 +240,9 @@ def evaluate(
     if monitor is not None:
         results["energy"] = energy_report(monitor, dense, samples, time_steps, e_mac, e_ac, e_float)
     if exits:
-        ratio = results["energy"].ratio["ecmt"] if monitor is not None else None
-        results["early_exit"] = exit_table(counts[width:-2].view(len(exits), -1), exits, ratio)
+        ratio = results["energy"].ratio if monitor is not None else dict(ecmt=None, full=None)
+        table = counts[width:-2].view(len(exits), -1)
+        results["early_exit"] = exit_table(table, exits, ratio["ecmt"], ratio["full"])
     if predictions:
         rows = gather_samples(chosen, total, world).cpu()
         index = torch.tensor(indices, dtype=torch.int32)

@@ -172,7 +172,10 @@ def exit_counts(outputs: Tensor, labels: Tensor, rules: Sequence[ExitRule | floa
 
 
 def exit_table(
-    counts: Tensor, rules: Sequence[ExitRule | float], energy_ratio: list[float] | None = None
+    counts: Tensor,
+    rules: Sequence[ExitRule | float],
+    energy_ratio: list[float] | None = None,
+    energy_ratio_full: list[float] | None = None,
 ) -> list[dict]:
     """The results of :func:`exit_counts` summed over all samples, one dict per rule: ``rule`` (its
     kind) and ``value``, ``snn_top1`` and ``snn_top5`` (percent), ``difference_ci95`` (the
@@ -180,7 +183,8 @@ def exit_table(
     whose top-1 at their exit step is the ANN's), ``mean_steps`` (the mean of t*),
     ``exits`` (share of samples exiting after t = 1..T) and, given the energy after every t,
     ``energy_ratio``: Σ_t share(t)·E(t), the average sample's energy after its exit step (an
-    estimate: samples that exit early may spike less or more than the average one).
+    estimate: samples that exit early may spike less or more than the average one); the same of
+    the full form's energy as ``energy_ratio_full`` (:mod:`transpike.energy`).
     """
     samples = int(counts[0, :-SCORES].sum())
     rows = []
@@ -197,7 +201,8 @@ def exit_table(
             mean_steps=(share * steps).sum().item(),
             exits=share.tolist(),
         )
-        if energy_ratio is not None:
-            entry["energy_ratio"] = (share * torch.tensor(energy_ratio, dtype=share.dtype)).sum().item()
+        for key, energy in (("energy_ratio", energy_ratio), ("energy_ratio_full", energy_ratio_full)):
+            if energy is not None:
+                entry[key] = (share * torch.tensor(energy, dtype=share.dtype)).sum().item()
         rows.append(entry)
     return rows
