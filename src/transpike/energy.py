@@ -266,6 +266,7 @@ class EnergyReport:
 
     def to_dict(self) -> dict:
         """The counts (the keys :meth:`from_dict` reads back), their prices and what they give."""
+        ratio = self.ratio  # priced once
         return dict(
             samples=self.samples,
             e_mac_pj=self.e_mac,
@@ -283,9 +284,9 @@ class EnergyReport:
             softmax_acs=self.softmax_acs,
             sit_acs=self.sit_acs,
             synaptic_macs=self.synaptic_macs,
-            energy_ratio=self.ratio["ecmt"],
-            energy_ratio_full=self.ratio["full"],
-            energy_ratio_sit=self.ratio["sit"],
+            energy_ratio=ratio["ecmt"],
+            energy_ratio_full=ratio["full"],
+            energy_ratio_sit=ratio["sit"],
             costlier_from={form: self.costlier_from(form) for form in self.ratio},
             breakdown_pj=self.breakdown(),
             max_spikes_per_neuron_step=self.max_spikes_per_neuron_step,
@@ -377,6 +378,7 @@ class EnergyReport:
         return next((t for t, ratio in enumerate(self.ratio[form], 1) if ratio > 1), None)
 
     def summary(self) -> str:
+        ratio, spent = self.ratio, self.snn_energy  # priced once
         lines = [
             f"ANN: {self.ann_macs / 1e6:.2f} M MACs + {self.ann_float_ops / 1e6:.2f} M other float ops per "
             f"sample; SNN: {self.snn_float_ops_per_step / 1e6:.2f} M analog float ops per step",
@@ -385,8 +387,8 @@ class EnergyReport:
             "  t   ACs (M)   energy SNN/ANN: ECMT form   full form   SIT formula   SNN µJ (full)",
         ]
         lines += [
-            f"{t + 1:>3}   {sum(self.acs[: t + 1]) / 1e6:7.2f}   {self.ratio['ecmt'][t]:25.3f}   "
-            f"{self.ratio['full'][t]:9.3f}   {self.ratio['sit'][t]:11.3f}   {self.snn_energy[t] / 1e6:13.4g}"
+            f"{t + 1:>3}   {sum(self.acs[: t + 1]) / 1e6:7.2f}   {ratio['ecmt'][t]:25.3f}   "
+            f"{ratio['full'][t]:9.3f}   {ratio['sit'][t]:11.3f}   {spent[t] / 1e6:13.4g}"
             for t in range(self.time_steps)
         ]
         parts = sorted(self.breakdown().items(), key=lambda item: -item[1])
